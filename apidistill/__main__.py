@@ -1,0 +1,3 @@
+from apidistill.cli import main
+
+main()

@@ -1,0 +1,76 @@
+"""The ``apidistill`` command line: one typer app, one sub-module of commands per stage.
+
+Each stage owns its commands in ``<stage>/commands.py``; this file only wires them so that
+``apidistill --help`` lists the whole flow. Heavy libraries (torch, transformers) are imported
+inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from apidistill.costs.commands import estimate
+from apidistill.data.commands import data_app
+from apidistill.errors import ApidistillError
+from apidistill.eval.commands import eval_cmd, report
+from apidistill.harvest.commands import harvest
+from apidistill.pipeline.commands import bench, demo, run
+from apidistill.policy.commands import policy_app
+from apidistill.serve.commands import serve
+from apidistill.train.commands import train
+
+app = typer.Typer(
+    name="apidistill",
+    help="Distill a prompted API teacher into a small self-hosted student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+app.command(
+    "run", help="Run every stage of a YAML run file: policy → harvest → data → train → eval."
+)(run)
+app.command("demo", help="Offline demo: migrate a prototype prompt to a self-hosted student.")(demo)
+app.command(
+    "harvest", help="Pull teacher completions (and logprobs) for the prompts of a run file."
+)(harvest)
+app.command(
+    "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
+)(estimate)
+app.add_typer(policy_app, name="policy", help="Check a teacher's terms for an intended use.")
+app.add_typer(data_app, name="data", help="Inspect, filter, balance and split harvested datasets.")
+app.command("train", help="Distill the dataset of a run file into the student (LoRA or full).")(
+    train
+)
+app.command("eval", help="Evaluate student vs teacher on the held-out split; write the report.")(
+    eval_cmd
+)
+app.command("report", help="Print the path of a run's HTML report.")(report)
+app.command("serve", help="Serve a model behind OpenAI- and Anthropic-compatible endpoints.")(serve)
+app.command("bench", help="Run the benchmark suite (benchmarks/), writing JSON and RESULTS.md.")(
+    bench
+)
+
+
+def main() -> None:
+    """Entry point: apidistill errors print as one readable message, not a traceback."""
+    try:
+        app()
+    except ApidistillError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            "[yellow]interrupted[/]: everything finished so far is saved; re-run to resume."
+        )
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

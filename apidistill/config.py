@@ -1,0 +1,397 @@
+"""The YAML run file: one pydantic model per stage, validated at the boundary.
+
+``apidistill run config.yaml`` reads one :class:`RunConfig`. Every section forbids unknown
+keys, and :func:`load_config` turns pydantic's errors into a :class:`ConfigError` that names
+the file, the line, the key path and the allowed values, so a typo never becomes a silently
+ignored setting.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from apidistill.errors import ConfigError
+
+__all__ = [
+    "BalanceConfig",
+    "BudgetConfig",
+    "DatasetConfig",
+    "EvalConfig",
+    "FilterConfig",
+    "HarvestConfig",
+    "KDConfig",
+    "LoraConfig",
+    "PolicyConfig",
+    "PriceConfig",
+    "PromptsConfig",
+    "RunConfig",
+    "ServeConfig",
+    "SplitConfig",
+    "StudentConfig",
+    "TeacherConfig",
+    "TrainingConfig",
+    "load_config",
+]
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class PriceConfig(_Section):
+    """A user-given price; overrides genai-prices. Self-hosted: 0, or $/hour at a throughput."""
+
+    input_per_mtok: Decimal | None = Field(None, ge=0)
+    output_per_mtok: Decimal | None = Field(None, ge=0)
+    cached_input_per_mtok: Decimal | None = Field(None, ge=0)
+    usd_per_hour: Decimal | None = Field(None, ge=0)
+    tokens_per_second: float | None = Field(None, gt=0)
+    batch_discount: Decimal = Field(Decimal("0.5"), ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _complete(self) -> PriceConfig:
+        if self.usd_per_hour is not None and self.tokens_per_second is None:
+            raise ValueError("usd_per_hour needs tokens_per_second to turn $/hour into $/token")
+        return self
+
+
+class TeacherServeConfig(_Section):
+    """Start ``apidistill serve`` as the teacher (offline demo, self-hosted tests)."""
+
+    model: str = DEFAULT_MODEL
+    adapter: str | None = None
+    port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port
+    max_batch_size: int = Field(16, ge=1, le=256)
+
+
+class TeacherConfig(_Section):
+    provider: Literal["openai", "anthropic", "openai_compatible"] = "openai_compatible"
+    # Server profile for openai_compatible: which logprob fields exist and their quirks.
+    profile: Literal["apidistill", "vllm", "llamacpp", "ollama", "tgi", "sglang", "generic"] = (
+        "generic"
+    )
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None  # the key is read from this env var, never stored
+    # Tokenizer of the teacher when known (self-hosted): exact token counts and token ids.
+    tokenizer: str | None = None
+    serve: TeacherServeConfig | None = None
+    price: PriceConfig | None = None
+    allow_unpriced: bool = False
+
+    @model_validator(mode="after")
+    def _base_url_for_compatible(self) -> TeacherConfig:
+        if self.provider == "openai_compatible" and not self.base_url and self.serve is None:
+            raise ValueError("provider openai_compatible needs 'base_url' (or a 'serve' block)")
+        return self
+
+
+class PromptsConfig(_Section):
+    """Where the task inputs come from and how the prototype prompt wraps them."""
+
+    path: str
+    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
+    input_field: str = "text"  # plain text input, or a field holding a messages list
+    id_field: str | None = None
+    label_field: str | None = None  # for balancing / stratified splits
+    gold_field: str | None = None  # reference answer for task scoring
+    # The prototype prompt: a YAML/JSON file with `system` and `shots` (user/assistant pairs),
+    # and a `template` with `{input}` for the user turn.
+    template: str | None = None
+    limit: int | None = Field(None, gt=0)
+    skip_invalid: bool = False
+
+
+class PolicyConfig(_Section):
+    use: Literal["internal", "commercial", "competing", "redistribute", "research_noncommercial"]
+    policy_dirs: list[str] = Field(default_factory=list)  # extra policy files (your agreements)
+    authorization_reference: str | None = None  # e.g. "Anthropic written approval #1234"
+    acknowledge_unknown: str | None = None  # who/why, recorded in the dataset card
+    override_reference: str | None = None  # signed enterprise agreement reference
+
+
+class BudgetConfig(_Section):
+    usd: Decimal = Field(..., ge=0)
+    per_day_usd: Decimal | None = Field(None, ge=0)
+
+
+class HarvestConfig(_Section):
+    concurrency: int = Field(16, ge=1, le=4096)
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    max_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    n: int = Field(1, ge=1, le=128)
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=20)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0, le=50)
+    use_batch_api: bool = False
+    # What to do when logprob KD is asked of a teacher without logprobs.
+    on_missing_logprobs: Literal["error", "sequence_kd"] = "error"
+    max_requests: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> HarvestConfig:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs > 0 needs logprobs: true")
+        return self
+
+
+class FilterConfig(_Section):
+    drop_truncated: bool = True
+    drop_empty: bool = True
+    max_output_chars: int | None = Field(None, gt=0)
+    refusal_patterns: list[str] = Field(
+        default_factory=lambda: [r"(?i)\bI(?:'m| am) sorry\b", r"(?i)\bI can(?:not|'t) help\b"]
+    )
+    regex: str | None = None  # outputs must match
+    json_schema: dict[str, Any] | None = None  # outputs must parse and validate
+    label_set: list[str] | None = None
+
+
+class BalanceConfig(_Section):
+    by: Literal["label", "length"] | str = "label"
+    max_per_class: int | None = Field(None, gt=0)
+    target: dict[str, float] | None = None  # class → share
+
+
+class SplitConfig(_Section):
+    train: float = Field(0.8, ge=0, le=1)
+    validation: float = Field(0.0, ge=0, le=1)
+    test: float = Field(0.2, ge=0, le=1)
+    seed: int = 0
+    stratify_by: str | None = "label"
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1.0, got {total:g}")
+        return self
+
+
+class DatasetConfig(_Section):
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    dedupe: Literal["none", "exact", "near"] = "near"
+    near_dup_threshold: float = Field(0.85, gt=0, lt=1)
+    balance: BalanceConfig | None = None
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    top_k_store: int = Field(20, ge=0, le=20)
+
+
+class StudentConfig(_Section):
+    model: str = DEFAULT_MODEL
+    # The student's short instruction replacing the prototype prompt (None = no system turn).
+    system_prompt: str | None = None
+
+
+class LoraConfig(_Section):
+    r: int = Field(16, ge=1, le=1024)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class KDConfig(_Section):
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "unbiased"] = "forward_kl"
+    temperature: float = Field(1.0, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term; 1 - alpha goes to CE
+    beta: float = Field(0.5, gt=0, lt=1)  # generalized JSD mix
+    top_k: int = Field(20, ge=1, le=20)
+
+
+class TrainingConfig(_Section):
+    method: Literal["sequence_kd", "logprob_kd"] = "sequence_kd"
+    full_finetune: bool = False
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    kd: KDConfig = Field(default_factory=KDConfig)
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, ge=-1)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_length: int = Field(512, ge=16)
+    seed: int = 0
+    save_steps: int | None = Field(None, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
+    early_stopping_patience: int | None = Field(None, ge=1)
+
+
+class EvalThresholds(_Section):
+    agreement: float | None = Field(0.90, ge=0, le=1)
+    relative_task_score: float | None = Field(0.95, ge=0)  # student gold score / teacher's
+    max_latency_ms_p95: float | None = Field(None, gt=0)
+
+
+class EvalConfig(_Section):
+    split: Literal["test", "validation"] = "test"
+    max_examples: int | None = Field(None, gt=0)
+    # exact: normalized string match; fields: parse `key: value` lines or a JSON object and
+    # compare `fields`; label: class label; rouge_l / chrf: free text.
+    scorer: Literal["exact", "fields", "label", "rouge_l", "chrf"] = "exact"
+    fields: list[str] | None = None
+    thresholds: EvalThresholds = Field(default_factory=EvalThresholds)
+    student_usd_per_hour: Decimal = Field(Decimal("0"), ge=0)
+    bootstrap_samples: int = Field(1000, ge=100)
+    seed: int = 0
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key_env: str | None = None
+    max_batch_size: int = Field(16, ge=1, le=256)
+    max_queue: int = Field(256, ge=1)
+    max_tokens_cap: int = Field(2048, ge=1)
+    max_n: int = Field(8, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class RunConfig(_Section):
+    """One migration run: teacher → policy → budget → harvest → dataset → train → eval → serve."""
+
+    name: str = "run"
+    run_dir: str = "runs/{name}"
+    teacher: TeacherConfig
+    prompts: PromptsConfig
+    policy: PolicyConfig
+    budget: BudgetConfig
+    harvest: HarvestConfig = Field(default_factory=HarvestConfig)
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    # Where the file was loaded from; relative paths in the file resolve against its folder.
+    source: str | None = Field(None, exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or "/" in v or "\\" in v or v.startswith("."):
+            raise ValueError("name must be a plain word (no slashes, not starting with '.')")
+        return v
+
+    @model_validator(mode="after")
+    def _kd_needs_logprobs(self) -> RunConfig:
+        if self.training.method == "logprob_kd" and not self.harvest.logprobs:
+            raise ValueError(
+                "training.method logprob_kd needs harvest.logprobs: true "
+                "(or use training.method: sequence_kd)"
+            )
+        return self
+
+    def resolve_path(self, p: str) -> Path:
+        """Resolve a path from the file relative to the file's folder."""
+        path = Path(p).expanduser()
+        if path.is_absolute() or self.source is None:
+            return path
+        return (Path(self.source).parent / path).resolve()
+
+    @property
+    def run_path(self) -> Path:
+        return self.resolve_path(self.run_dir.format(name=self.name))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """Line (1-based) of the key path ``loc`` in YAML ``text``; the deepest node found."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(part):
+                    line, node = k.start_mark.line + 1, v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def _allowed(err: dict[str, Any]) -> str:
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        return f" (allowed: {ctx['expected']})"
+    return ""
+
+
+def _format_errors(exc: ValidationError, text: str, file: str) -> ConfigError:
+    errs = exc.errors()
+    first = errs[0]
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function")))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _yaml_line(text, loc)
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}"
+        hint = "check the spelling; docs/config.md lists every key"
+    elif kind == "missing":
+        msg = "required key is missing"
+        hint = None
+    else:
+        got = first.get("input")
+        got_s = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+        msg = f"{first['msg']}{_allowed(first)}; got {got_s}"
+        hint = None
+    more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+    return ConfigError(msg + more, file=file, key=key, line=line, hint=hint)
+
+
+def parse_config(text: str, file: str = "<string>") -> RunConfig:
+    """Validate YAML text as a :class:`RunConfig`; errors name ``file``, line and key."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"not valid YAML: {problem}", file=file, line=line) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"the run file must be a mapping of sections, got {type(data).__name__}",
+            file=file,
+            hint="start from examples/demo/migrate.yaml",
+        )
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _format_errors(exc, text, file) from None
+    cfg.source = file
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("file not found", file=str(p), hint="give the path of a YAML run file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(p)) from None
+    return parse_config(text, file=str(p))

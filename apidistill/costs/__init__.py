@@ -1,0 +1,1 @@
+"""costs stage."""

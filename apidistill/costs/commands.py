@@ -1,0 +1,13 @@
+"""CLI commands of this stage (wired in apidistill/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from apidistill.errors import ConfigError
+
+
+def estimate(config: Path = typer.Argument(..., help="YAML run file.")) -> None:
+    raise ConfigError("estimate: not built yet")

@@ -1,0 +1,163 @@
+"""One error tree for apidistill.
+
+Every error a user can meet derives from :class:`ApidistillError` and says what to do next.
+Provider SDK exceptions are mapped into this tree in one place (``teachers/``) with
+``raise ... from exc`` so the original stays in ``__cause__``.
+
+    ApidistillError
+     ├── ConfigError            a run file, CLI flag or argument is wrong (names file/key/line)
+     ├── PolicyDenied           the teacher's terms forbid the stated use (names the clause)
+     ├── BudgetExceeded         the next request would break the hard budget (nothing was sent)
+     ├── TeacherError           a teacher API call failed
+     │    ├── RateLimited       429 / overloaded after all retries
+     │    ├── TeacherTimeout    the request timed out after all retries
+     │    ├── TeacherUnavailable connection refused / 5xx after all retries
+     │    ├── TeacherRejected   4xx that retrying cannot fix (bad request, auth, not found)
+     │    └── CapabilityError   asked for something the teacher cannot give (e.g. logprobs)
+     ├── DataError              a prompt/dataset file is malformed (names file and line)
+     ├── ModelLoadError         a model path/name cannot be loaded (names the path)
+     ├── TrainingError          training cannot start or continue (names the setting)
+     └── EvalError              evaluation cannot run (names the missing piece)
+
+Messages never contain API keys: :func:`redact` is applied to every message built from
+provider text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = [
+    "ApidistillError",
+    "BudgetExceeded",
+    "CapabilityError",
+    "ConfigError",
+    "DataError",
+    "EvalError",
+    "ModelLoadError",
+    "PolicyDenied",
+    "RateLimited",
+    "TeacherError",
+    "TeacherRejected",
+    "TeacherTimeout",
+    "TeacherUnavailable",
+    "TrainingError",
+    "redact",
+]
+
+_KEY_PATTERNS = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.]{8,})"
+)
+_SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET")
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like an API key, and the value of every secret env var."""
+    out = _KEY_PATTERNS.sub("[REDACTED]", text)
+    for name, value in os.environ.items():
+        if value and len(value) >= 8 and any(h in name.upper() for h in _SECRET_ENV_HINTS):
+            out = out.replace(value, "[REDACTED]")
+    return out
+
+
+class ApidistillError(Exception):
+    """Root of every apidistill error. ``hint`` says what the user can do about it."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = redact(message)
+        self.hint = hint
+        super().__init__(self.message if not hint else f"{self.message}\n  → {hint}")
+
+
+class ConfigError(ApidistillError):
+    """A run file, CLI flag or argument is invalid.
+
+    ``file``/``key``/``line`` locate the problem so the message can be acted on without a
+    traceback.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        key: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.key, self.line = file, key, line
+        where = ""
+        if file:
+            where = f"{file}:{line}" if line else file
+        if key:
+            where = f"{where}: {key}" if where else key
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+
+
+class PolicyDenied(ApidistillError):
+    """The teacher's terms do not allow the stated use (or need an acknowledgement)."""
+
+    def __init__(self, message: str, *, decision: object | None = None, hint: str | None = None):
+        self.decision = decision
+        super().__init__(message, hint=hint)
+
+
+class BudgetExceeded(ApidistillError):
+    """Reserving the next request's worst-case cost would exceed the hard budget."""
+
+
+class TeacherError(ApidistillError):
+    """A teacher API call failed. ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+        self.status = status
+        super().__init__(message, hint=hint)
+
+
+class RateLimited(TeacherError):
+    """The provider kept answering 429/529 after every retry."""
+
+
+class TeacherTimeout(TeacherError):
+    """The provider did not answer in time after every retry."""
+
+
+class TeacherUnavailable(TeacherError):
+    """Connection failures or 5xx answers after every retry."""
+
+
+class TeacherRejected(TeacherError):
+    """A 4xx answer that retrying cannot fix (bad request, auth, unknown model)."""
+
+
+class CapabilityError(TeacherError):
+    """The run asks the teacher for something it declares it cannot give."""
+
+
+class DataError(ApidistillError):
+    """A prompt or dataset file is malformed; ``file``/``line`` say where."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file, self.line = file, line
+        where = f"{file}:{line}" if file and line else (file or "")
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+
+
+class ModelLoadError(ApidistillError):
+    """A model or tokenizer could not be loaded from the named path or name."""
+
+
+class TrainingError(ApidistillError):
+    """Training cannot start or continue with the given data/settings."""
+
+
+class EvalError(ApidistillError):
+    """Evaluation cannot run (missing split, endpoint down, ...)."""

