@@ -115,6 +115,9 @@ class PolicyConfig(_Section):
     authorization_reference: str | None = None  # e.g. "Anthropic written approval #1234"
     acknowledge_unknown: str | None = None  # who/why, recorded in the dataset card
     override_reference: str | None = None  # signed enterprise agreement reference
+    # License id of a self-hosted teacher's weights (e.g. "apache-2.0"), used only when no
+    # policy file names the checkpoint itself (see docs/policies.md).
+    weights_license: str | None = None
 
 
 class BudgetConfig(_Section):
@@ -223,6 +226,7 @@ class TrainingConfig(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_length: int = Field(512, ge=16)
+    packing: bool = False  # concatenate examples into max_length rows (block-diagonal attention)
     seed: int = 0
     save_steps: int | None = Field(None, gt=0)
     eval_steps: int | None = Field(None, gt=0)
@@ -244,6 +248,7 @@ class EvalConfig(_Section):
     fields: list[str] | None = None
     thresholds: EvalThresholds = Field(default_factory=EvalThresholds)
     student_usd_per_hour: Decimal = Field(Decimal("0"), ge=0)
+    max_tokens: int = Field(256, gt=0)  # per student answer (greedy)
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = 0
 

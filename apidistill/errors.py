@@ -108,10 +108,27 @@ class BudgetExceeded(ApidistillError):
 
 
 class TeacherError(ApidistillError):
-    """A teacher API call failed. ``status`` is the HTTP status when there was one."""
+    """A teacher API call failed. ``status`` is the HTTP status when there was one.
 
-    def __init__(self, message: str, *, status: int | None = None, hint: str | None = None) -> None:
+    ``retry_after`` is the wait in seconds the provider asked for (``retry-after-ms``,
+    ``retry-after``), or None. ``maybe_billed`` is True when the request may have reached the
+    provider (read timeout, reset after sending, a 200 with a broken body): the budget must
+    keep its worst case reserved. It is False when nothing can have been billed (refused
+    connection, DNS failure, a 4xx answer).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        hint: str | None = None,
+        retry_after: float | None = None,
+        maybe_billed: bool = False,
+    ) -> None:
         self.status = status
+        self.retry_after = retry_after
+        self.maybe_billed = maybe_billed
         super().__init__(message, hint=hint)
 
 

@@ -1,13 +1,38 @@
-"""CLI commands of this stage (wired in apidistill/cli.py)."""
+"""``apidistill harvest``: policy check, then pull teacher answers into the run folder."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import typer
 
-from apidistill.errors import ConfigError
+from apidistill.config import load_config
 
 
-def harvest(config: Path = typer.Argument(..., help="YAML run file.")) -> None:
-    raise ConfigError("harvest: not built yet")
+def harvest(
+    config: Path = typer.Argument(..., help="YAML run file."),
+    budget: float | None = typer.Option(
+        None, help="Override budget.usd (USD), e.g. to raise it and resume after a budget stop."
+    ),
+    max_requests: int | None = typer.Option(None, help="Stop after sending this many requests."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Check the teacher's terms, then send every request not already answered in the run's
+    journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
+    from apidistill.pipeline.requests import load_prompts
+    from apidistill.pipeline.run import teacher_server
+    from apidistill.pipeline.stages import RunContext, harvest_stage, policy_stage
+
+    cfg = load_config(config)
+    ctx = RunContext.from_config(
+        cfg,
+        progress=progress,
+        budget_override=Decimal(str(budget)) if budget is not None else None,
+        max_requests=max_requests,
+    )
+    batch = load_prompts(cfg)
+    decision = policy_stage(ctx)
+    with teacher_server(cfg) as url:
+        ctx.teacher_base_url = url
+        harvest_stage(ctx, batch, decision)

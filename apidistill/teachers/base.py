@@ -29,6 +29,13 @@ class Capabilities:
     quirks: frozenset[str] = field(default_factory=frozenset)
     max_concurrency_hint: int | None = None
     notes: str = ""
+    # The server answers plain-prompt requests on /v1/completions (else prompts are refused).
+    completions_endpoint: bool = False
+    # Body fields that must hold these values (after the model's defaults) for logprobs to be
+    # returned, e.g. GPT-5.1+: (("reasoning_effort", "none"),). Data, not ifs in the client.
+    logprobs_requires: tuple[tuple[str, str], ...] = ()
+    # Reasoning models accept only their default sampling (temperature 1, no top_p).
+    fixed_sampling: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,13 @@ class RateLimitSnapshot:
     limit_tokens: int | None = None
     remaining_tokens: int | None = None
     reset_tokens_s: float | None = None
+    # Anthropic limits input and output tokens per minute separately.
+    limit_input_tokens: int | None = None
+    remaining_input_tokens: int | None = None
+    reset_input_tokens_s: float | None = None
+    limit_output_tokens: int | None = None
+    remaining_output_tokens: int | None = None
+    reset_output_tokens_s: float | None = None
 
 
 @dataclass
@@ -50,6 +64,9 @@ class TeacherResponse:
     completion: Completion
     rate_limits: RateLimitSnapshot | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # Why ``completion.logprobs`` is None although logprobs were asked for (e.g. the model
+    # returned none); None when logprobs came back or were not requested.
+    logprobs_missing_reason: str | None = None
 
 
 @runtime_checkable

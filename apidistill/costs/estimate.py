@@ -1,0 +1,273 @@
+"""Pre-flight estimate of a run: tokens, dollars and time, before anything is sent.
+
+Three dollar figures bracket the bill, each with a definition a user can check:
+
+- ``max``: every request uncached and answered with ``max_tokens``; this is exactly what the
+  budget reserves, so a run whose max fits the budget cannot be stopped by it.
+- ``expected``: every request uncached, answers of the expected length (a given mean, the
+  gold answers' mean length, or ``max_tokens / 2``, in that order; the method is stated).
+- ``min``: a floor: no output at all, and the prefix every request shares (the prototype
+  prompt) billed at the cached-input rate after the first request.
+
+Time is the slowest of the configured limits (RPM, TPM) and, when a per-request latency is
+known, ``requests × latency / concurrency``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+
+from pydantic import BaseModel, Field
+from rich.table import Table
+
+from apidistill.config import RunConfig
+from apidistill.costs.prices import MTOK, ModelPrice, price_for_teacher
+from apidistill.costs.tokens import TokenCounter
+from apidistill.data.schema import Message, TeacherRequest
+from apidistill.errors import ConfigError
+
+__all__ = ["Estimate", "estimate", "render_estimate"]
+
+_CENT = Decimal("0.01")
+
+
+class Estimate(BaseModel):
+    """What a run will cost and take, with how each number was obtained."""
+
+    provider: str
+    model: str
+    requests: int
+    prompts: int
+    input_tokens: int
+    input_exact: bool
+    input_method: str
+    shared_prefix_tokens: int = 0  # per request: tokens of the messages every request shares
+    output_tokens_expected: int
+    output_tokens_max: int
+    output_method: str
+    price_source: str | None = None  # None: unpriced (costs unknown, never 0)
+    usd_min: Decimal | None = None
+    usd_expected: Decimal | None = None
+    usd_max: Decimal | None = None
+    batch_discount: Decimal | None = None
+    batch_usd_expected: Decimal | None = None
+    batch_usd_max: Decimal | None = None
+    uses_batch_api: bool = False
+    budget_usd: Decimal
+    fits_budget: bool | None = None  # usd_max (of the chosen mode) ≤ budget; None if unpriced
+    concurrency: int
+    rpm: int | None = None
+    tpm: int | None = None
+    latency_s: float | None = None
+    time_s: float | None = None
+    time_bound: str = "unknown"
+    notes: list[str] = Field(default_factory=list)
+
+
+def _shared_prefix(requests: Sequence[TeacherRequest]) -> list[Message]:
+    """The leading messages identical in every chat request (the prototype prompt)."""
+    chats = [r.messages for r in requests if r.messages is not None]
+    if not chats or len(chats) != len(requests):
+        return []
+    prefix: list[Message] = []
+    for i, msg in enumerate(chats[0][:-1]):  # the last message is the task input
+        if all(len(c) > i + 1 and c[i] == msg for c in chats):
+            prefix.append(msg)
+        else:
+            break
+    return prefix
+
+
+def _expected_output(
+    counter: TokenCounter, requests: Sequence[TeacherRequest], mean: float | None
+) -> tuple[list[int], str]:
+    caps = [r.params.max_tokens for r in requests]
+    if mean is not None:
+        return [min(round(mean), c) for c in caps], f"given mean of {mean:g} tokens"
+    golds = [r.metadata.get("gold") for r in requests]
+    lengths = [counter.count_text(g) for g in golds if isinstance(g, str) and g]
+    if lengths:
+        avg = sum(t.n for t in lengths) / len(lengths)
+        how = "exact" if lengths[0].exact else "approximate"
+        method = f"mean length of {len(lengths)} gold answers ({avg:.1f} tokens, {how})"
+        return [min(round(avg), c) for c in caps], method
+    return [c // 2 for c in caps], "max_tokens / 2 (assumed: no gold answers to measure)"
+
+
+def _usd(price: ModelPrice, inp: int, cached: int, out: int) -> Decimal:
+    cached_rate = (
+        price.cached_input_per_mtok
+        if price.cached_input_per_mtok is not None
+        else price.input_per_mtok
+    )
+    return (
+        Decimal(inp - cached) * price.input_per_mtok
+        + Decimal(cached) * cached_rate
+        + Decimal(out) * price.output_per_mtok
+    ) / MTOK
+
+
+def _up(x: Decimal | None) -> Decimal | None:
+    """Round up to the cent for display: an estimate never reads lower than it is."""
+    return None if x is None else x.quantize(_CENT, rounding="ROUND_CEILING")
+
+
+def _time(
+    n: int, tokens: int, rpm: int | None, tpm: int | None, conc: int, latency_s: float | None
+) -> tuple[float | None, str]:
+    bounds: dict[str, float] = {}
+    if rpm:
+        bounds[f"RPM {rpm}"] = n / rpm * 60
+    if tpm:
+        bounds[f"TPM {tpm}"] = tokens / tpm * 60
+    if latency_s is not None:
+        bounds[f"concurrency {conc} × {latency_s:g} s/request"] = n * latency_s / conc
+    if not bounds:
+        return None, "unknown (no rpm/tpm set and no latency given)"
+    which = max(bounds, key=lambda k: bounds[k])
+    return bounds[which], which
+
+
+def estimate(
+    cfg: RunConfig,
+    requests: Sequence[TeacherRequest],
+    *,
+    expected_output_tokens: float | None = None,
+    latency_s: float | None = None,
+) -> Estimate:
+    """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing."""
+    teacher, harvest = cfg.teacher, cfg.harvest
+    counter = TokenCounter(teacher)
+    counts = counter.count_many(list(requests)) if requests else []
+    input_tokens = sum(c.n for c in counts)
+    exact = all(c.exact for c in counts) if counts else True
+    methods = sorted({c.method for c in counts}) or ["no requests"]
+    prefix = _shared_prefix(requests)
+    prefix_tok = counter.prefix_tokens(prefix, requests[0]) if prefix else 0
+    outs, out_method = _expected_output(counter, requests, expected_output_tokens)
+    out_expected, out_max = sum(outs), sum(r.params.max_tokens for r in requests)
+    notes: list[str] = []
+
+    price: ModelPrice | None
+    try:
+        price = price_for_teacher(teacher)
+    except ConfigError as exc:
+        price = None
+        notes.append(f"the run will refuse to start: {exc.message} ({exc.hint})")
+    if price is None and teacher.allow_unpriced:
+        notes.append("teacher.allow_unpriced: costs are recorded as unknown, not as 0")
+
+    est = Estimate(
+        provider=teacher.provider,
+        model=teacher.model,
+        requests=len(requests),
+        prompts=len({r.prompt_id or r.cache_key("", "") for r in requests}),
+        input_tokens=input_tokens,
+        input_exact=exact,
+        input_method="; ".join(methods),
+        shared_prefix_tokens=prefix_tok,
+        output_tokens_expected=out_expected,
+        output_tokens_max=out_max,
+        output_method=out_method,
+        budget_usd=cfg.budget.usd,
+        concurrency=harvest.concurrency,
+        rpm=harvest.rpm,
+        tpm=harvest.tpm,
+        latency_s=latency_s,
+        uses_batch_api=harvest.use_batch_api,
+        notes=notes,
+    )
+    if price is not None:
+        cached_floor = prefix_tok * max(0, len(requests) - 1)
+        est.price_source = price.source
+        est.usd_min = _usd(price, input_tokens, cached_floor, 0)
+        est.usd_expected = _usd(price, input_tokens, 0, out_expected)
+        est.usd_max = _usd(price, input_tokens, 0, out_max)
+        if price.batch_discount > 0 and _has_batch_api(cfg):
+            keep = Decimal(1) - price.batch_discount
+            est.batch_discount = price.batch_discount
+            est.batch_usd_expected = est.usd_expected * keep
+            est.batch_usd_max = est.usd_max * keep
+        chosen_max = (
+            est.batch_usd_max if harvest.use_batch_api and est.batch_usd_max else est.usd_max
+        )
+        est.fits_budget = chosen_max <= cfg.budget.usd
+        if not est.fits_budget:
+            est.notes.append(
+                f"the worst case (${_up(chosen_max)}) exceeds the budget (${cfg.budget.usd}): the "
+                "run stops when reservations reach it; lower harvest.max_tokens or raise budget.usd"
+            )
+    if not exact:
+        est.notes.append(f"input tokens are approximate ({est.input_method})")
+    est.time_s, est.time_bound = _time(
+        len(requests),
+        input_tokens + out_expected,
+        harvest.rpm,
+        harvest.tpm,
+        harvest.concurrency,
+        latency_s,
+    )
+    if harvest.use_batch_api:
+        est.notes.append("Batch API: results can take up to the provider's batch window (24 h)")
+    return est
+
+
+def _has_batch_api(cfg: RunConfig) -> bool:
+    """Only OpenAI's and Anthropic's own endpoints offer a Batch API (teachers/batch.py)."""
+    t = cfg.teacher
+    if t.provider not in ("openai", "anthropic") or t.serve is not None:
+        return False
+    return not t.base_url or any(h in t.base_url for h in ("api.openai.com", "api.anthropic.com"))
+
+
+def _money(x: Decimal | None) -> str:
+    return "unknown" if x is None else f"${_up(x)}"
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def render_estimate(est: Estimate) -> Table:
+    """The estimate as a two-column rich table (what, how much and how it was counted)."""
+    t = Table(title=f"Estimate: {est.provider} / {est.model} (nothing sent)", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value", overflow="fold")
+    t.add_row("requests", f"{est.requests:,} ({est.prompts:,} prompts)")
+    t.add_row(
+        "input tokens",
+        f"{est.input_tokens:,} ({'exact' if est.input_exact else 'approximate'}: {est.input_method})",
+    )
+    if est.shared_prefix_tokens:
+        t.add_row("shared prefix", f"{est.shared_prefix_tokens:,} tokens per request")
+    t.add_row("output tokens", f"{est.output_tokens_expected:,} expected ({est.output_method})")
+    t.add_row("output worst case", f"{est.output_tokens_max:,} (max_tokens on every request)")
+    t.add_row("price", est.price_source or "unpriced")
+    t.add_row(
+        "cost online",
+        f"min {_money(est.usd_min)} · expected {_money(est.usd_expected)} · "
+        f"max {_money(est.usd_max)}",
+    )
+    if est.batch_discount is not None:
+        t.add_row(
+            "cost Batch API",
+            f"expected {_money(est.batch_usd_expected)} · max {_money(est.batch_usd_max)} "
+            f"({est.batch_discount * 100:.0f}% off)"
+            + (" ← configured" if est.uses_batch_api else ""),
+        )
+    fits = {True: "[green]fits[/]", False: "[red]exceeds[/]", None: "unknown"}[est.fits_budget]
+    t.add_row("budget", f"${est.budget_usd} ({fits} the worst case)")
+    if est.time_s is None:
+        t.add_row("time", est.time_bound)
+    else:
+        t.add_row("time", f"{_duration(est.time_s)} (bound: {est.time_bound})")
+    for note in est.notes:
+        t.add_row("note", note)
+    return t

@@ -1,0 +1,269 @@
+"""Count a request's input tokens before sending it, saying how exact the count is.
+
+Budgets reserve and estimates charge by these counts, so each count carries ``exact`` and the
+``method`` used; nothing guesses silently.
+
+- OpenAI models: ``bpe_openai`` with the model family's encoding (``o200k_base`` for gpt-4o,
+  gpt-4.1, gpt-4.5, gpt-5 and the o-series; ``cl100k_base`` for gpt-4 and gpt-3.5) plus the
+  chat format's overhead. The overhead follows OpenAI's cookbook, "How to count tokens with
+  tiktoken" (``num_tokens_from_messages``): every message costs 3 tokens plus its role and
+  content (plus 1 for a ``name``), and every reply is primed with 3 more
+  (``<|start|>assistant<|message|>``). The cookbook checks this against ``usage.prompt_tokens``
+  of the API for gpt-3.5-turbo, gpt-4, gpt-4o and gpt-4o-mini; for the newer families the same
+  format is assumed, so those counts are flagged not exact.
+- A self-hosted teacher with a known tokenizer (``teacher.tokenizer``, or the model an
+  ``apidistill serve`` block starts): the chat template with the generation prompt,
+  tokenized: exactly the ``prompt_tokens`` the server reports.
+- Anything else: characters / 4, stated as an approximation.
+
+Many requests share a long prefix (the prototype prompt's system turn and few-shot pairs);
+:class:`TokenCounter` memoizes per-message counts for OpenAI models and batch-tokenizes
+rendered templates for self-hosted ones, so counting thousands of requests stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from apidistill.config import TeacherConfig
+from apidistill.data.schema import Message, TeacherRequest
+from apidistill.errors import ConfigError, ModelLoadError
+
+__all__ = [
+    "TokenCount",
+    "TokenCounter",
+    "count_input_tokens",
+    "count_openai_chat_tokens",
+    "openai_encoding_name",
+]
+
+# OpenAI chat format overhead (cookbook, see the module docstring).
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+
+_O200K_PREFIXES = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4")
+_CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35")
+# Families whose overhead OpenAI's cookbook checked against the API's prompt_tokens.
+_VERIFIED_O200K = ("gpt-4o",)
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    n: int
+    exact: bool
+    method: str
+
+
+def openai_encoding_name(model: str) -> str | None:
+    """``o200k_base`` / ``cl100k_base`` for an OpenAI chat model name, ``None`` if unknown."""
+    name = model.lower().rsplit("/", 1)[-1]
+    if name.startswith(_O200K_PREFIXES):
+        return "o200k_base"
+    if name.startswith(_CL100K_PREFIXES):
+        return "cl100k_base"
+    return None
+
+
+@lru_cache(maxsize=4)
+def _encoding(name: str) -> Any:
+    import bpe_openai
+
+    return bpe_openai.get_encoding(name)
+
+
+@lru_cache(maxsize=4)
+def _hf_tokenizer(spec: str) -> Any:
+    from apidistill.models import load_tokenizer
+
+    try:
+        return load_tokenizer(spec)
+    except ModelLoadError as exc:
+        raise ConfigError(
+            f"cannot load the teacher tokenizer {spec!r}: {exc.message}",
+            key="teacher.tokenizer",
+            hint="give a local folder, a GGUF file or the embedded 'smollm2-135m-instruct'",
+        ) from exc
+
+
+def count_openai_chat_tokens(
+    messages: Sequence[Mapping[str, str]], encoding_name: str = "o200k_base"
+) -> int:
+    """Prompt tokens of an OpenAI chat request: the cookbook's formula (module docstring).
+
+    Text is encoded as ordinary text (a literal ``<|endoftext|>`` in a message is text to the
+    API, not a special token).
+    """
+    enc = _encoding(encoding_name)
+    n = REPLY_PRIMING
+    for message in messages:
+        n += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            n += len(enc.encode_ordinary(value))
+            if key == "name":
+                n += TOKENS_PER_NAME
+    return n
+
+
+def _tokenizer_spec(teacher: TeacherConfig) -> str | None:
+    if teacher.tokenizer:
+        return teacher.tokenizer
+    if teacher.serve is not None:
+        return teacher.serve.model
+    return None
+
+
+def _is_openai(teacher: TeacherConfig) -> bool:
+    if teacher.provider != "openai":
+        return False
+    return not teacher.base_url or "api.openai.com" in teacher.base_url
+
+
+@dataclass
+class TokenCounter:
+    """Counts input tokens for one teacher, remembering what repeats across requests."""
+
+    teacher: TeacherConfig
+    _memo: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def count(self, request: TeacherRequest) -> TokenCount:
+        return self.count_many([request])[0]
+
+    def count_many(self, requests: Sequence[TeacherRequest]) -> list[TokenCount]:
+        spec = _tokenizer_spec(self.teacher)
+        if spec is not None:
+            return self._count_hf(spec, requests)
+        if _is_openai(self.teacher):
+            return [self._count_openai(r) for r in requests]
+        return [self._approximate(r) for r in requests]
+
+    def count_text(self, text: str) -> TokenCount:
+        """Tokens of a bare text (e.g. a gold answer, to predict output lengths)."""
+        spec = _tokenizer_spec(self.teacher)
+        if spec is not None:
+            tok = _hf_tokenizer(spec)
+            return TokenCount(len(tok(text, add_special_tokens=False)["input_ids"]), True, spec)
+        enc_name = openai_encoding_name(self.teacher.model) if _is_openai(self.teacher) else None
+        if enc_name is not None:
+            return TokenCount(len(_encoding(enc_name).encode_ordinary(text)), True, enc_name)
+        return TokenCount(math.ceil(len(text) / 4), False, "≈ characters / 4")
+
+    def prefix_tokens(self, prefix: Sequence[Message], sample: TeacherRequest) -> int:
+        """Tokens that ``prefix`` (leading messages of ``sample``) contributes to ``sample``.
+
+        This is the part a provider's prompt cache can serve; 0 when it cannot be told.
+        """
+        if not prefix or sample.messages is None:
+            return 0
+        spec = _tokenizer_spec(self.teacher)
+        if spec is not None:
+            tok = _hf_tokenizer(spec)
+            full = tok.apply_chat_template(
+                [_plain(m) for m in sample.messages], add_generation_prompt=True, tokenize=False
+            )
+            head = tok.apply_chat_template(
+                [_plain(m) for m in prefix], add_generation_prompt=False, tokenize=False
+            )
+            if not full.startswith(head):
+                return 0
+            return len(tok(head, add_special_tokens=False)["input_ids"])
+        if _is_openai(self.teacher):
+            enc_name = openai_encoding_name(self.teacher.model) or "o200k_base"
+            return sum(
+                TOKENS_PER_MESSAGE
+                + self._memo_len(enc_name, m.role)
+                + self._memo_len(enc_name, m.content)
+                for m in prefix
+            )
+        return math.ceil(sum(len(m.content) + len(m.role) for m in prefix) / 4)
+
+    # ------------------------------------------------------------------ OpenAI
+
+    def _count_openai(self, request: TeacherRequest) -> TokenCount:
+        model = self.teacher.model
+        enc_name = openai_encoding_name(model)
+        assumed = enc_name is None
+        enc_name = enc_name or "o200k_base"
+        enc = _encoding(enc_name)
+        name = model.lower().rsplit("/", 1)[-1]
+        verified = (enc_name == "cl100k_base" and not assumed) or name.startswith(_VERIFIED_O200K)
+        if request.prompt is not None:
+            n = len(enc.encode_ordinary(request.prompt))
+            return TokenCount(n, not assumed, f"bpe-openai {enc_name} (completion prompt)")
+        n = REPLY_PRIMING
+        for m in request.messages or []:
+            n += (
+                TOKENS_PER_MESSAGE
+                + self._memo_len(enc_name, m.role)
+                + self._memo_len(enc_name, m.content)
+            )
+        if verified:
+            method = f"bpe-openai {enc_name} + chat overhead (3/message + 3)"
+        elif assumed:
+            method = f"bpe-openai {enc_name} assumed for unknown OpenAI model {model!r}"
+        else:
+            method = f"bpe-openai {enc_name} + chat overhead assumed as for gpt-4o"
+        return TokenCount(n, verified, method)
+
+    def _memo_len(self, enc_name: str, text: str) -> int:
+        key = f"{enc_name}\x00{text}"
+        n = self._memo.get(key)
+        if n is None:
+            n = len(_encoding(enc_name).encode_ordinary(text))
+            self._memo[key] = n
+        return n
+
+    # ------------------------------------------------------------------ self-hosted
+
+    def _count_hf(self, spec: str, requests: Sequence[TeacherRequest]) -> list[TokenCount]:
+        tok = _hf_tokenizer(spec)
+        texts: list[str] = []
+        specials: list[bool] = []
+        for r in requests:
+            if r.messages is not None:
+                texts.append(
+                    tok.apply_chat_template(
+                        [_plain(m) for m in r.messages], add_generation_prompt=True, tokenize=False
+                    )
+                )
+                specials.append(False)  # the template already holds its special tokens
+            else:
+                texts.append(r.prompt or "")
+                specials.append(True)
+        out: list[TokenCount] = []
+        chat = [t for t, s in zip(texts, specials, strict=True) if not s]
+        plain = [t for t, s in zip(texts, specials, strict=True) if s]
+        chat_ids = iter(tok(chat, add_special_tokens=False)["input_ids"] if chat else [])
+        plain_ids = iter(tok(plain)["input_ids"] if plain else [])
+        for special in specials:
+            ids = next(plain_ids) if special else next(chat_ids)
+            method = f"{spec} tokenizer" + (" (prompt)" if special else " chat template")
+            out.append(TokenCount(len(ids), True, method))
+        return out
+
+    # ------------------------------------------------------------------ fallback
+
+    def _approximate(self, request: TeacherRequest) -> TokenCount:
+        if request.prompt is not None:
+            chars = len(request.prompt)
+        else:
+            chars = sum(len(m.content) + len(m.role) for m in request.messages or [])
+        return TokenCount(
+            math.ceil(chars / 4), False, f"≈ characters / 4 (no tokenizer for {self.teacher.model})"
+        )
+
+
+def _plain(m: Message) -> dict[str, str]:
+    return {"role": m.role, "content": m.content}
+
+
+def count_input_tokens(teacher: TeacherConfig, request: TeacherRequest) -> TokenCount:
+    """Input tokens of one request as the teacher will count them (see the module docstring).
+
+    For many requests use :class:`TokenCounter`, which reuses the counts of repeated messages.
+    """
+    return TokenCounter(teacher).count(request)

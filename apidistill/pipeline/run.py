@@ -1,0 +1,245 @@
+"""``apidistill run config.yaml``: every stage of a migration, in order, resumable.
+
+policy → estimate → harvest → dataset → train → export → eval + report → drop-in check.
+Each stage reads what the previous one wrote in the run folder. Re-running the same file
+after a crash or Ctrl-C skips nothing it must not skip and pays for nothing twice: the
+harvest journal answers every request already paid for, training resumes from its last
+checkpoint, and eval keeps per-request answers already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from apidistill.config import RunConfig
+from apidistill.pipeline.requests import load_prompts
+from apidistill.pipeline.stages import (
+    RunContext,
+    _write_json,
+    dataset_stage,
+    estimate_stage,
+    harvest_stage,
+    load_split,
+    policy_stage,
+    train_stage,
+)
+
+__all__ = ["RunSummary", "run_pipeline", "teacher_server"]
+
+
+@dataclass
+class RunSummary:
+    run_dir: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+    report_path: str | None = None
+    student_dir: str | None = None
+
+
+@contextlib.contextmanager
+def teacher_server(cfg: RunConfig) -> Iterator[str | None]:
+    """Start ``apidistill serve`` as the teacher when the run file has a ``teacher.serve``
+    block (self-hosted teacher, offline demo); yield its base URL, else ``None``."""
+    if cfg.teacher.serve is None:
+        yield None
+        return
+    from apidistill.serve.launcher import launch_server
+
+    s = cfg.teacher.serve
+    with launch_server(
+        s.model,
+        adapter=s.adapter,
+        port=s.port,
+        max_batch_size=s.max_batch_size,
+        served_model_name=cfg.teacher.model,
+    ) as handle:
+        yield handle.base_url
+
+
+@contextlib.contextmanager
+def eval_servers(ctx: RunContext, adapter_dir: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Serve the untrained base and the distilled student; yield their endpoints."""
+    from apidistill.eval.types import StudentEndpoint
+    from apidistill.serve.launcher import launch_server
+
+    cfg = ctx.cfg
+    base_model = cfg.student.model
+    with (
+        launch_server(base_model, served_model_name="base") as base,
+        launch_server(base_model, adapter=adapter_dir, served_model_name="student") as student,
+    ):
+        yield (
+            {
+                "base (no prompt)": StudentEndpoint(
+                    base_url=base.base_url, model="base", kind="base", local_model=base_model
+                ),
+                "student": StudentEndpoint(
+                    base_url=student.base_url,
+                    model="student",
+                    kind=cfg.training.method,
+                    local_model=base_model,
+                    adapter=adapter_dir,
+                ),
+            },
+            student,
+        )
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    *,
+    progress: bool = True,
+    budget: Decimal | None = None,
+    max_requests: int | None = None,
+    stop_after: str | None = None,
+) -> RunSummary:
+    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run."""
+    ctx = RunContext.from_config(
+        cfg, progress=progress, budget_override=budget, max_requests=max_requests
+    )
+    out = RunSummary(run_dir=str(ctx.layout.root))
+    t0 = time.perf_counter()
+    batch = load_prompts(cfg)
+    if batch.skipped:
+        ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
+    decision = policy_stage(ctx)
+    if stop_after == "policy":
+        return out
+    with teacher_server(cfg) as url:
+        ctx.teacher_base_url = url
+        estimate_stage(ctx, batch)
+        if stop_after == "estimate":
+            return out
+        h = harvest_stage(ctx, batch, decision)
+        out.numbers["harvest_s"] = round(h.wall_s, 1)
+        out.numbers["teacher_s_per_request"] = (
+            round(h.wall_s / max(h.records, 1), 3) if h.records else None
+        )
+    if stop_after == "harvest":
+        return out
+    out.numbers["dataset"] = dataset_stage(ctx, decision)
+    if stop_after == "dataset":
+        return out
+    tr = train_stage(ctx)
+    out.numbers["train_s"] = round(getattr(tr, "train_seconds", 0.0), 1)
+    adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
+    if stop_after == "train":
+        return out
+    out.student_dir = export_stage(ctx, tr, decision)
+    result, switch = eval_stage(ctx, adapter_dir)
+    out.report_path = str(ctx.layout.report / "report.html")
+    out.numbers.update(_headline(result))
+    out.numbers["drop_in_answer"] = switch
+    out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
+    return out
+
+
+def student_dir_of(tr: Any) -> str:
+    """The trained student's folder: the LoRA adapter, or the full model when fine-tuned."""
+    return str(getattr(tr, "adapter_dir", None) or tr.model_dir)
+
+
+def export_stage(ctx: RunContext, tr: Any, decision: Any) -> str:
+    from apidistill.policy.obligations import render_obligations_md
+    from apidistill.train.export import export_student
+
+    sections = {}
+    card = ctx.layout.dataset / "card.md"
+    if card.is_file():
+        sections["Training data"] = card.read_text(encoding="utf-8")
+    if decision is not None:
+        sections["Terms and obligations"] = render_obligations_md([decision])
+    path = export_student(
+        tr,
+        ctx.layout.student,
+        base_model=ctx.cfg.student.model,
+        merge=False,
+        model_card_sections=sections,
+    )
+    ctx.console.print(f"[bold]export[/]: student written to {path}")
+    return str(path)
+
+
+def eval_stage(ctx: RunContext, adapter_dir: str) -> tuple[Any, str | None]:
+    """Evaluate base and distilled student against the teacher; write the report; then make
+    one call through the official openai SDK to show the drop-in switch."""
+    from apidistill.eval.report import write_report
+    from apidistill.eval.runner import run_eval
+
+    cfg = ctx.cfg
+    test = load_split(ctx, cfg.eval.split)
+    latencies = {r.id: r.metadata.get("latency_ms") for r in test if r.metadata.get("latency_ms")}
+    system = cfg.student.system_prompt
+    switch = None
+    with eval_servers(ctx, adapter_dir) as (students, student_handle):
+        result = asyncio.run(
+            run_eval(
+                test,
+                students,
+                cfg.eval,
+                system_prompts=dict.fromkeys(students, system),
+                out_dir=ctx.layout.eval,
+                teacher_latency_ms=latencies,
+                resume=True,
+            )
+        )
+        switch = drop_in_call(student_handle.base_url, test[0], system)
+    history = _training_history(ctx)
+    path = write_report(
+        result, ctx.layout.report, title=f"apidistill: {cfg.name}", training_history=history
+    )
+    ctx.console.print(f"[bold]report[/]: {path}")
+    return result, switch
+
+
+def drop_in_call(base_url: str, record: Any, system: str | None) -> str:
+    """The prototype's code path, unchanged but for the base URL: one chat call."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base_url, api_key="not-needed-locally")
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        m.model_dump() for m in record.messages
+    ]
+    resp = client.chat.completions.create(model="student", messages=messages, temperature=0)
+    return resp.choices[0].message.content or ""
+
+
+def _training_history(ctx: RunContext) -> list[dict[str, Any]] | None:
+    import json
+
+    p = ctx.layout.train / "log_history.json"
+    if p.is_file():
+        return json.loads(p.read_text(encoding="utf-8"))
+    return None
+
+
+def _headline(result: Any) -> dict[str, Any]:
+    """The numbers the demo prints, from the eval result."""
+    out: dict[str, Any] = {}
+
+    def metric(me: Any, name: str) -> float | None:
+        m = me.metrics.get(name)
+        return round(m.value, 4) if m is not None else None
+
+    out["teacher_gold"] = metric(result.teacher, "task_score")
+    out["teacher_prompt_tokens"] = result.teacher.prompt_tokens_per_request
+    for name, me in result.students.items():
+        key = "base" if me.kind == "base" else "student"
+        out[f"{key}_agreement"] = metric(me, "agreement")
+        out[f"{key}_gold"] = metric(me, "task_score")
+        out[f"{key}_kl"] = metric(me, "kl")
+        out[f"{key}_prompt_tokens"] = me.prompt_tokens_per_request
+        out[f"{key}_p50_ms"] = me.timing.p50_ms
+        out[f"{key}_s_per_request"] = (
+            round(me.timing.wall_s / me.timing.requests, 3)
+            if me.timing.wall_s and me.timing.requests
+            else None
+        )
+        del name
+    return out

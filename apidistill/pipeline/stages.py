@@ -1,0 +1,333 @@
+"""The stages of one run, each a plain function over a :class:`RunContext`.
+
+Stages talk only through files in the run folder (see :mod:`apidistill.pipeline.layout`) and
+the record schema, so any stage can be re-run alone (``apidistill train config.yaml``) and a
+run interrupted anywhere resumes: harvest answers come from the journal, training from its
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from apidistill.config import RunConfig
+from apidistill.data.schema import Message, Provenance, Record
+from apidistill.errors import CapabilityError, DataError, EvalError
+from apidistill.pipeline.layout import RunLayout
+from apidistill.pipeline.requests import PromptBatch
+from apidistill.progress import console as progress_console
+
+__all__ = [
+    "HarvestOutcome",
+    "RunContext",
+    "dataset_stage",
+    "estimate_stage",
+    "harvest_stage",
+    "policy_stage",
+    "record_from_result",
+    "train_stage",
+]
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig
+    layout: RunLayout
+    console: Console = field(default_factory=lambda: progress_console)
+    # Set when the pipeline itself started the teacher server (teacher.serve block).
+    teacher_base_url: str | None = None
+    progress: bool = True
+    budget_override: Decimal | None = None
+    max_requests: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig, **kw: Any) -> RunContext:
+        return cls(cfg=cfg, layout=RunLayout(cfg.run_path).ensure(), **kw)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def policy_stage(ctx: RunContext):
+    """Decide and enforce the teacher's terms before anything is sent; record the decision."""
+    from apidistill.policy.engine import decide_for_teacher, enforce
+
+    cfg = ctx.cfg
+    decision = enforce(decide_for_teacher(cfg.teacher, cfg.policy), cfg.policy)
+    _write_json(ctx.layout.policy, decision.model_dump(mode="json"))
+    cite = f" — {decision.document}" if decision.document else ""
+    ctx.console.print(
+        f"[bold]policy[/]: {decision.decision} for use '{decision.use}'{cite} "
+        f"[dim](decision {decision.id}; engineering help, not legal advice)[/]"
+    )
+    return decision
+
+
+def load_decision(ctx: RunContext):
+    from apidistill.policy.schema import Decision
+
+    if not ctx.layout.policy.is_file():
+        return None
+    return Decision.model_validate_json(ctx.layout.policy.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+def estimate_stage(ctx: RunContext, batch: PromptBatch):
+    from apidistill.costs.estimate import estimate, render_estimate
+
+    est = estimate(ctx.cfg, batch.requests)
+    _write_json(ctx.layout.estimate, est.model_dump(mode="json"))
+    ctx.console.print(render_estimate(est))
+    return est
+
+
+# --------------------------------------------------------------------------- harvest
+
+
+@dataclass
+class HarvestOutcome:
+    summary: Any
+    records: int
+    failed: int
+    wall_s: float
+    logprobs: bool
+
+
+def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
+    """A dataset record from one answered teacher request (student-side input, provenance)."""
+    req, comp = result.request, result.completion
+    meta = dict(req.metadata)
+    student = [Message.model_validate(m) for m in meta.pop("student_messages")]
+    rid = meta.pop("prompt_id") or result.key[:16]
+    if req.sample_index:
+        rid = f"{rid}-s{req.sample_index}"
+    return Record(
+        id=rid,
+        messages=student,
+        completion=comp.text,
+        finish_reason=comp.finish_reason,
+        logprobs=comp.logprobs,
+        label=meta.pop("label", None),
+        gold=meta.pop("gold", None),
+        metadata={"request_key": result.key, "latency_ms": comp.latency_ms, **meta},
+        provenance=Provenance(
+            provider=comp.provider,
+            model=comp.model,
+            base_url=teacher_cfg.base_url,
+            model_version=comp.model_version,
+            policy_decision_id=getattr(decision, "id", None),
+            terms_document=getattr(decision, "document", None),
+            terms_version=str(getattr(decision, "effective_date", "") or "") or None,
+        ),
+        usage=comp.usage,
+        cost_usd=comp.cost_usd,
+    )
+
+
+def _check_logprob_capability(ctx: RunContext, teacher: Any) -> bool:
+    """Whether logprobs will be harvested; fail before spending when KD needs them."""
+    h, cfg = ctx.cfg.harvest, ctx.cfg
+    if not h.logprobs:
+        return False
+    caps = teacher.capabilities
+    if caps.output_logprobs and caps.max_top_logprobs >= h.top_logprobs:
+        return True
+    why = (
+        f"teacher {cfg.teacher.provider}:{cfg.teacher.model} gives no output logprobs"
+        if not caps.output_logprobs
+        else f"teacher gives at most top-{caps.max_top_logprobs} logprobs, "
+        f"harvest.top_logprobs asks {h.top_logprobs}"
+    )
+    if h.on_missing_logprobs == "sequence_kd" or cfg.training.method == "sequence_kd":
+        ctx.console.print(
+            f"[yellow]warning[/]: {why}; harvesting text only and training with sequence KD "
+            "(harvest.on_missing_logprobs: sequence_kd)"
+        )
+        cfg.training.method = "sequence_kd"
+        cfg.harvest.logprobs = False
+        cfg.harvest.top_logprobs = 0
+        return False
+    raise CapabilityError(
+        why,
+        hint="use a teacher with logprobs, or set harvest.on_missing_logprobs: sequence_kd "
+        "(or training.method: sequence_kd)",
+    )
+
+
+def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> HarvestOutcome:
+    """Send every request not already in the journal; write all answers as records."""
+    import time
+
+    from apidistill.costs.budget import Budget
+    from apidistill.costs.prices import price_for_teacher
+    from apidistill.data.store import DatasetWriter
+    from apidistill.harvest import harvest
+    from apidistill.teachers import make_teacher
+
+    cfg = ctx.cfg
+    teacher = make_teacher(cfg.teacher, base_url=ctx.teacher_base_url)
+    wants_logprobs = _check_logprob_capability(ctx, teacher)
+    if not wants_logprobs:
+        for r in batch.requests:
+            r.params.logprobs, r.params.top_logprobs = False, 0
+    price = price_for_teacher(cfg.teacher)
+    budget = Budget(ctx.budget_override if ctx.budget_override is not None else cfg.budget.usd)
+    count = None
+    if cfg.teacher.tokenizer or cfg.teacher.provider == "openai":
+        from apidistill.costs.tokens import count_input_tokens
+
+        def count(req, _t=cfg.teacher):
+            return count_input_tokens(_t, req).n
+
+    tmp_dir = ctx.layout.harvest.with_name("harvest.partial")
+    n_ok = n_failed = 0
+    t0 = time.perf_counter()
+
+    async def _run():
+        nonlocal n_ok, n_failed
+        gen = harvest(
+            batch.requests,
+            teacher=teacher,
+            journal=ctx.layout.journal,
+            budget=budget,
+            price=price,
+            batch=cfg.harvest.use_batch_api,
+            concurrency=cfg.harvest.concurrency,
+            rpm=cfg.harvest.rpm,
+            tpm=cfg.harvest.tpm,
+            max_retries=cfg.harvest.max_retries,
+            timeout_s=cfg.harvest.timeout_s,
+            max_requests=ctx.max_requests or cfg.harvest.max_requests,
+            count_input_tokens=count,
+            progress=ctx.progress,
+        )
+        with DatasetWriter(tmp_dir) as writer:
+            try:
+                async for res in gen:
+                    if res.completion is None:
+                        n_failed += 1
+                        continue
+                    writer.write(record_from_result(res, decision, cfg.teacher))
+                    n_ok += 1
+            finally:
+                await gen.aclose()
+                await teacher.aclose()
+        return getattr(gen, "summary", None)
+
+    summary = asyncio.run(_run())
+    _replace_dir(tmp_dir, ctx.layout.harvest)
+    wall = time.perf_counter() - t0
+    ctx.console.print(
+        f"[bold]harvest[/]: {n_ok} answers, {n_failed} failed, {wall:.0f} s"
+        + (f"; {summary}" if summary is not None else "")
+    )
+    return HarvestOutcome(summary, n_ok, n_failed, wall, wants_logprobs)
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    import shutil
+
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
+    """Filter, dedupe, balance and split the harvested records; write the data card."""
+    from apidistill.data.balance import balance
+    from apidistill.data.card import build_card, write_card
+    from apidistill.data.dedupe import dedupe
+    from apidistill.data.filters import apply_filters
+    from apidistill.data.splits import split_records
+    from apidistill.data.store import load_records, save_splits
+
+    cfg = ctx.cfg.dataset
+    records = load_records(ctx.layout.harvest)
+    if not records:
+        raise DataError(
+            "no harvested records to build a dataset from",
+            file=str(ctx.layout.harvest),
+            hint="run the harvest first (apidistill harvest config.yaml)",
+        )
+    filtered = apply_filters(records, cfg.filters)
+    deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
+    kept = deduped.kept
+    balanced = None
+    if cfg.balance is not None:
+        balanced = balance(kept, cfg.balance)
+        kept = balanced.kept
+    splits = split_records(kept, cfg.splits, groups=deduped.groups)
+    save_splits(splits.records, ctx.layout.dataset)
+    card = build_card(
+        records=splits.records,
+        filter_result=filtered,
+        dedupe_result=deduped,
+        balance_result=balanced,
+        decisions=[decision] if decision is not None else [],
+        total_cost=sum((r.cost_usd or Decimal(0) for r in records), Decimal(0)),
+    )
+    write_card(card, ctx.layout.dataset)
+    counts = {
+        s: sum(1 for r in splits.records if r.split == s) for s in ("train", "validation", "test")
+    }
+    ctx.console.print(
+        f"[bold]dataset[/]: {len(records)} harvested → {len(filtered.kept)} after filters "
+        f"→ {len(kept)} after dedupe/balance; splits {counts}"
+    )
+    return {"harvested": len(records), "kept": len(kept), "splits": counts}
+
+
+# --------------------------------------------------------------------------- train
+
+
+def train_stage(ctx: RunContext, *, resume: bool = True):
+    from apidistill.data.store import load_records
+    from apidistill.train.api import train_student
+
+    train = load_records(ctx.layout.dataset, split="train")
+    val = load_records(ctx.layout.dataset, split="validation") or None
+    return train_student(
+        train,
+        val,
+        student=ctx.cfg.student,
+        training=ctx.cfg.training,
+        out_dir=ctx.layout.train,
+        teacher_tokenizer=ctx.cfg.teacher.tokenizer,
+        resume=resume,
+        progress=ctx.progress,
+    )
+
+
+def load_split(ctx: RunContext, split: str) -> list[Record]:
+    from apidistill.data.store import load_records
+
+    recs = load_records(ctx.layout.dataset, split=split)
+    if not recs:
+        raise EvalError(
+            f"the dataset has no '{split}' split",
+            hint=f"set dataset.splits.{split} > 0 and re-run the dataset stage",
+        )
+    return recs

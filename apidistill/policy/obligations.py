@@ -1,0 +1,93 @@
+"""The terms section of dataset and model cards, built from recorded decisions.
+
+Obligations only help if they reach the people who publish the student, so they are rendered
+as concrete instructions (the name must start with X, show line Y) next to the citation that
+imposes them, followed by the not-legal-advice line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from apidistill.policy.schema import Decision, Obligations
+
+__all__ = ["NOT_LEGAL_ADVICE", "obligation_lines", "render_obligations_md"]
+
+NOT_LEGAL_ADVICE = (
+    "apidistill's policy decisions are engineering help, not legal advice: read the cited "
+    "documents and ask your counsel before relying on them."
+)
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def obligation_lines(ob: Obligations) -> list[str]:
+    """Each obligation as one imperative sentence."""
+    lines = []
+    if ob.name_prefix:
+        lines.append(f'The student\'s name must begin with "{ob.name_prefix}".')
+    if ob.attribution_text:
+        lines.append(f'Display "{ob.attribution_text}" where the student is offered or described.')
+    if ob.license_passthrough:
+        lines.append("Ship a copy of the source license/terms with the student and the dataset.")
+    if ob.noncommercial:
+        lines.append("Non-commercial use only.")
+    if ob.mau_threshold:
+        lines.append(
+            f"Above {ob.mau_threshold:,} monthly active users a separate license is required."
+        )
+    lines.extend(ob.notes)
+    return lines
+
+
+def render_obligations_md(decisions: Sequence[Decision]) -> str:
+    """Markdown section listing every teacher's decision, citation and obligations."""
+    out = ["## Teacher terms and obligations", ""]
+    if not decisions:
+        out += ["No teacher policy decision was recorded.", "", f"> {NOT_LEGAL_ADVICE}", ""]
+        return "\n".join(out)
+    out += [
+        "| teacher | model | channel | use | decision | document | clause | decision id |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in decisions:
+        doc = d.document or "—"
+        if d.effective_date:
+            doc += f" ({d.effective_date.isoformat()})"
+        if d.source_url:
+            doc = f"[{doc}]({d.source_url})"
+        verdict = d.decision + (f" — {d.overridden_by}" if d.overridden_by else "")
+        out.append(
+            "| "
+            + " | ".join(
+                _cell(x)
+                for x in (
+                    d.provider,
+                    d.model,
+                    d.channel or "—",
+                    d.use,
+                    verdict,
+                    doc,
+                    d.clause or "—",
+                    d.id,
+                )
+            )
+            + " |"
+        )
+    out.append("")
+    for d in decisions:
+        lines = obligation_lines(d.obligations)
+        if d.overridden_by:
+            when = f" on {d.overridden_at:%Y-%m-%d %H:%M UTC}" if d.overridden_at else ""
+            lines.insert(
+                0, f"Went ahead despite '{d.decision}' because of {d.overridden_by}{when}."
+            )
+        if not lines:
+            continue
+        out += [f"### Obligations from {d.document or d.provider} ({d.model})", ""]
+        out += [f"- {line}" for line in lines]
+        out.append("")
+    out += [f"> {NOT_LEGAL_ADVICE}", ""]
+    return "\n".join(out)

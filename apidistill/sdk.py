@@ -1,0 +1,99 @@
+"""The Python SDK's front door: one object per run, one method per stage.
+
+``Distiller`` is a thin, typed wrapper over :mod:`apidistill.pipeline` so that a notebook or a
+script can run the stages one at a time, look at what each produced, and change course —
+with exactly the same files, cache and guarantees as ``apidistill run``::
+
+    d = Distiller.from_yaml("examples/demo/migrate.yaml")
+    d.check_policy()
+    d.harvest()                      # cached: a re-run sends nothing already answered
+    d.build_dataset()
+    d.train()
+    print(d.evaluate().numbers)
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from apidistill.config import RunConfig, load_config
+from apidistill.pipeline.requests import PromptBatch, load_prompts
+from apidistill.pipeline.stages import RunContext
+
+__all__ = ["Distiller"]
+
+
+class Distiller:
+    """Runs the stages of one :class:`RunConfig`; state lives in the run folder, not here."""
+
+    def __init__(self, config: RunConfig, *, progress: bool = True) -> None:
+        self.config = config
+        self.ctx = RunContext.from_config(config, progress=progress)
+        self._batch: PromptBatch | None = None
+        self._decision: Any = None
+        self._train_result: Any = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **kw: Any) -> Distiller:
+        return cls(load_config(path), **kw)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.layout.root
+
+    @property
+    def prompts(self) -> PromptBatch:
+        if self._batch is None:
+            self._batch = load_prompts(self.config)
+        return self._batch
+
+    def check_policy(self) -> Any:
+        """Decide and enforce the teacher's terms (raises PolicyDenied); returns the Decision."""
+        from apidistill.pipeline.stages import policy_stage
+
+        self._decision = policy_stage(self.ctx)
+        return self._decision
+
+    def estimate(self) -> Any:
+        from apidistill.pipeline.run import teacher_server
+        from apidistill.pipeline.stages import estimate_stage
+
+        with teacher_server(self.config) as url:
+            self.ctx.teacher_base_url = url
+            return estimate_stage(self.ctx, self.prompts)
+
+    def harvest(self, *, budget: Decimal | float | None = None, max_requests: int | None = None):
+        """Pull every teacher answer not yet in the journal (policy is checked first)."""
+        from apidistill.pipeline.run import teacher_server
+        from apidistill.pipeline.stages import harvest_stage
+
+        if self._decision is None:
+            self.check_policy()
+        if budget is not None:
+            self.ctx.budget_override = Decimal(str(budget))
+        self.ctx.max_requests = max_requests
+        with teacher_server(self.config) as url:
+            self.ctx.teacher_base_url = url
+            return harvest_stage(self.ctx, self.prompts, self._decision)
+
+    def build_dataset(self) -> dict[str, Any]:
+        from apidistill.pipeline.stages import dataset_stage, load_decision
+
+        return dataset_stage(self.ctx, self._decision or load_decision(self.ctx))
+
+    def train(self, *, resume: bool = True) -> Any:
+        from apidistill.pipeline.stages import train_stage
+
+        self._train_result = train_stage(self.ctx, resume=resume)
+        return self._train_result
+
+    def evaluate(self) -> Any:
+        """Serve base and student, evaluate against the teacher, write the HTML report."""
+        from apidistill.pipeline.run import eval_stage, student_dir_of
+
+        tr = self._train_result
+        adapter = student_dir_of(tr) if tr is not None else str(self.ctx.layout.train / "adapter")
+        result, _ = eval_stage(self.ctx, adapter)
+        return result

@@ -1,0 +1,230 @@
+"""Anthropic Messages on the official ``AsyncAnthropic`` client.
+
+Anthropic returns no logprobs on any model, and API version 2026-10-21 (sent by the 2.x
+SDK) rejects every sampling parameter; requests needing either are refused here before
+anything is sent (:class:`~apidistill.errors.CapabilityError`). Body building and parsing
+are plain functions shared with the Message Batches client. Answers are normalized to the
+OpenAI vocabulary the later stages filter on: ``finish_reason`` ``stop``/``length``, and
+``input_tokens`` = every input token including cache reads and writes (Anthropic reports
+those three separately; the cost code subtracts the cached share itself).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import httpx2
+
+from apidistill.costs.prices import ModelPrice, cost_of
+from apidistill.data.schema import Completion, TeacherRequest, Usage
+from apidistill.errors import CapabilityError
+from apidistill.teachers.base import Capabilities, TeacherResponse
+from apidistill.teachers.failures import malformed_body, map_failure
+from apidistill.teachers.profiles import anthropic_capabilities
+from apidistill.teachers.ratelimits import anthropic_rate_limits
+from apidistill.teachers.urls import teacher_identity
+
+__all__ = [
+    "ANTHROPIC_BASE_URL",
+    "AnthropicTeacher",
+    "build_anthropic_body",
+    "check_anthropic_request",
+    "parse_anthropic_body",
+]
+
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+_SDK_FAILURES = (anthropic.AnthropicError, httpx2.HTTPError, OSError)
+_STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "content_filter",
+    "tool_use": "tool_calls",
+}
+
+
+def anthropic_api_version() -> str:
+    """The ``anthropic-version`` header the installed SDK sends."""
+    from anthropic._constants import ANTHROPIC_API_VERSION
+
+    return ANTHROPIC_API_VERSION
+
+
+def check_anthropic_request(request: TeacherRequest, *, model: str) -> None:
+    """Refuse what Anthropic cannot do, before any money is spent."""
+    if request.params.logprobs:
+        raise CapabilityError(
+            f"Anthropic ({model!r}) returns no logprobs on any model",
+            hint="use training.method: sequence_kd, or harvest.on_missing_logprobs: sequence_kd",
+        )
+    if request.prompt is not None:
+        raise CapabilityError(
+            "Anthropic has no plain-prompt completion endpoint",
+            hint="give 'messages' (chat) instead of 'prompt'",
+        )
+    p = request.params
+    if p.top_p is not None or p.temperature not in (0.0, 1.0):
+        raise CapabilityError(
+            f"Anthropic API {anthropic_api_version()} accepts no sampling parameters "
+            f"(got temperature {p.temperature:g}, top_p {p.top_p})",
+            hint="leave harvest.temperature at 0 or 1 and top_p unset for Anthropic teachers",
+        )
+
+
+def build_anthropic_body(request: TeacherRequest, *, model: str) -> dict[str, Any]:
+    """The Messages API body. System turns become ``system``. ``seed``, ``temperature``
+    and ``top_p`` are not sent: API version 2026-10-21 answers 400 to any sampling parameter
+    (the 2.x SDK dropped them), so :func:`check_anthropic_request` refuses a request that
+    needs a specific sampling; they stay in the cache key, so answers stay separated."""
+    p = request.params
+    system = [m.content for m in request.messages or () if m.role == "system"]
+    turns = [
+        {"role": m.role, "content": m.content} for m in request.messages or () if m.role != "system"
+    ]
+    body: dict[str, Any] = {"model": model, "max_tokens": p.max_tokens, "messages": turns}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if p.stop:
+        body["stop_sequences"] = list(p.stop)
+    body.update(p.extra_body)
+    return body
+
+
+def _count(u: Mapping[str, Any], key: str) -> int:
+    v = u.get(key)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def parse_anthropic_body(
+    data: object,
+    *,
+    model: str,
+    request_hash: str = "",
+    latency_ms: float = 0.0,
+    price: ModelPrice | None = None,
+    batch: bool = False,
+) -> Completion:
+    """A decoded ``message`` object → Completion."""
+    if not isinstance(data, Mapping) or data.get("type", "message") != "message":
+        raise malformed_body("anthropic", "expected a 'message' object")
+    blocks = data.get("content")
+    if not isinstance(blocks, list):
+        raise malformed_body("anthropic", "'content' is not a list of blocks")
+    text = "".join(
+        b["text"]
+        for b in blocks
+        if isinstance(b, Mapping) and b.get("type") == "text" and isinstance(b.get("text"), str)
+    )
+    u = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
+    cached = _count(u, "cache_read_input_tokens")
+    usage = Usage(
+        input_tokens=_count(u, "input_tokens") + cached + _count(u, "cache_creation_input_tokens"),
+        output_tokens=_count(u, "output_tokens"),
+        cached_input_tokens=cached,
+    )
+    stop = data.get("stop_reason")
+    returned = data.get("model")
+    return Completion(
+        text=text,
+        finish_reason=_STOP_REASONS.get(stop, stop) if isinstance(stop, str) else None,
+        logprobs=None,
+        usage=usage,
+        cost_usd=cost_of(price, usage, batch=batch),
+        latency_ms=latency_ms,
+        provider="anthropic",
+        model=model,
+        model_version=returned if isinstance(returned, str) else None,
+        request_hash=request_hash,
+    )
+
+
+class AnthropicTeacher:
+    """One Claude model. The key goes to the SDK client only; ``repr`` never shows it."""
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 120.0,
+        price: ModelPrice | None = None,
+        max_connections: int = 1000,
+    ) -> None:
+        self.model = model
+        self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
+        self._teacher_id = teacher_identity(self.provider, self.base_url)
+        self._price = price
+        self._client = anthropic.AsyncAnthropic(
+            api_key=api_key or "EMPTY",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                )
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return f"AnthropicTeacher(model={self.model!r}, base_url={self.base_url!r})"
+
+    @property
+    def teacher_id(self) -> str:
+        return self._teacher_id
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return anthropic_capabilities(self.model)
+
+    def build(self, request: TeacherRequest) -> dict[str, Any]:
+        check_anthropic_request(request, model=self.model)
+        return build_anthropic_body(request, model=self.model)
+
+    async def complete(self, request: TeacherRequest) -> TeacherResponse:
+        body = self.build(request)
+        known = {k: body.pop(k) for k in ("model", "max_tokens", "messages")}
+        for k in ("system", "stop_sequences"):
+            if k in body:
+                known[k] = body.pop(k)
+        started = time.perf_counter()
+        try:
+            raw = await self._client.messages.with_raw_response.create(**known, extra_body=body)
+            content = await raw.read()
+        except _SDK_FAILURES as exc:
+            raise map_failure(self.provider, exc) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            data = json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise malformed_body(self.provider, f"not JSON ({exc})") from exc
+        completion = parse_anthropic_body(
+            data,
+            model=self.model,
+            request_hash=request.cache_key(self.teacher_id, self.model),
+            latency_ms=latency_ms,
+            price=self._price,
+        )
+        return TeacherResponse(
+            completion=completion,
+            rate_limits=anthropic_rate_limits(raw.headers),
+            headers=dict(raw.headers.items()),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> AnthropicTeacher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,188 @@
+"""The one place where provider SDK and transport failures become apidistill errors.
+
+Teachers send each request once; ``harvest/retry.py`` decides whether to try again from the
+class of the error, its ``retry_after`` and its ``maybe_billed`` flag. So this mapping is the
+contract between the two:
+
+==============================================  =====================  =============
+failure                                         error                  maybe_billed
+==============================================  =====================  =============
+429, 529 (overloaded)                           RateLimited            False
+408                                             TeacherTimeout         False
+read / write timeout (request was sent)         TeacherTimeout         True
+connect / pool timeout (nothing sent)           TeacherTimeout         False
+connection refused, DNS failure                 TeacherUnavailable     False
+reset / closed / truncated after sending        TeacherUnavailable     True
+409, 5xx                                        TeacherUnavailable     False
+502, 504, 524 (a gateway gave up; the backend   TeacherUnavailable     True
+may still have generated and billed)
+other 4xx                                       TeacherRejected        False
+a 200 whose body cannot be parsed               TeacherUnavailable     True
+==============================================  =====================  =============
+
+Messages quote the provider's error text through :func:`apidistill.errors.redact` (the
+error base class does it), never the request headers, so an API key cannot leak.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import anthropic
+import httpx2
+import openai
+
+from apidistill.errors import (
+    RateLimited,
+    TeacherError,
+    TeacherRejected,
+    TeacherTimeout,
+    TeacherUnavailable,
+)
+from apidistill.teachers.ratelimits import parse_retry_after
+
+__all__ = ["malformed_body", "map_failure", "status_error"]
+
+_NOT_SENT_TIMEOUTS = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
+_NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.UnsupportedProtocol, httpx2.ProxyError)
+_GATEWAY_GAVE_UP = frozenset({502, 504, 524})
+_MAX_DETAIL = 300
+
+
+def _detail(body: object, fallback: str) -> str:
+    """The provider's own error message, short (both SDKs put it at ``error.message``)."""
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+            text = err["message"]
+            kind = err.get("type") or err.get("code")
+            return f"{kind}: {text}"[:_MAX_DETAIL] if isinstance(kind, str) else text[:_MAX_DETAIL]
+        if isinstance(err, str):
+            return err[:_MAX_DETAIL]
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:_MAX_DETAIL]
+    return fallback
+
+
+def status_error(
+    provider: str, status: int, headers: Mapping[str, str], body: object
+) -> TeacherError:
+    """Map one non-2xx answer; ``body`` is the decoded JSON (or text) of the answer."""
+    retry_after = parse_retry_after(headers)
+    detail = _detail(body, f"HTTP {status}")
+    where = f"{provider} answered {status}: {detail}"
+    if status in (429, 529):
+        return RateLimited(
+            where,
+            status=status,
+            retry_after=retry_after,
+            hint="lower harvest.concurrency / rpm / tpm, or wait and resume",
+        )
+    if status == 408:
+        return TeacherTimeout(where, status=status, retry_after=retry_after)
+    if status == 409 or status >= 500:
+        return TeacherUnavailable(
+            where,
+            status=status,
+            retry_after=retry_after,
+            maybe_billed=status in _GATEWAY_GAVE_UP,
+            hint="the provider failed on its side; resuming the run retries it",
+        )
+    hint = {
+        401: "check the API key in the env var named by teacher.api_key_env",
+        403: "the key lacks access to this model or feature (reasoning models refuse logprobs)",
+        404: "check teacher.model and teacher.base_url",
+    }.get(status, "fix the request settings named in the message; retrying will not help")
+    return TeacherRejected(where, status=status, retry_after=retry_after, hint=hint)
+
+
+def malformed_body(provider: str, what: str) -> TeacherUnavailable:
+    """A 2xx answer we cannot read: the provider may have done (and billed) the work."""
+    return TeacherUnavailable(
+        f"{provider} answered 200 with a body that cannot be read: {what}",
+        maybe_billed=True,
+        hint="the outcome is unknown and counted at its worst-case cost; a retry may pay twice",
+    )
+
+
+def _transport(provider: str, exc: BaseException) -> TeacherError:
+    name = type(exc).__name__
+    if isinstance(exc, _NOT_SENT_TIMEOUTS):
+        return TeacherTimeout(
+            f"{provider}: could not connect in time ({name})",
+            maybe_billed=False,
+            hint="check teacher.base_url and that the server is up",
+        )
+    if isinstance(exc, httpx2.TimeoutException):
+        return TeacherTimeout(
+            f"{provider}: no answer in time after sending ({name})",
+            maybe_billed=True,
+            hint="raise harvest.timeout_s or lower max_tokens; the request may have been billed",
+        )
+    if isinstance(exc, _NOT_SENT_ERRORS):
+        return TeacherUnavailable(
+            f"{provider}: cannot connect ({name}: {exc})",
+            maybe_billed=False,
+            hint="check teacher.base_url and that the server is up",
+        )
+    return TeacherUnavailable(
+        f"{provider}: connection failed after sending ({name}: {exc})",
+        maybe_billed=True,
+        hint="the outcome is unknown and counted at its worst-case cost",
+    )
+
+
+def _root_transport_error(exc: BaseException) -> BaseException | None:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, httpx2.TransportError | OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _body_of(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError, httpx2.ResponseNotRead):
+        try:
+            return response.text
+        except (UnicodeDecodeError, httpx2.ResponseNotRead):
+            return None
+
+
+def map_failure(provider: str, exc: BaseException) -> TeacherError:
+    """Map any exception from one send into the apidistill tree (call as ``raise ... from``)."""
+    if isinstance(exc, TeacherError):
+        return exc
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        return status_error(provider, exc.status_code, exc.response.headers, _body_of(exc.response))
+    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError):
+        return malformed_body(provider, str(exc))
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError):
+        root = _root_transport_error(exc.__cause__) if exc.__cause__ else None
+        if root is not None:
+            return _transport(provider, root)
+        return TeacherTimeout(f"{provider}: request timed out", maybe_billed=True)
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError):
+        root = _root_transport_error(exc.__cause__) if exc.__cause__ else None
+        if root is not None:
+            return _transport(provider, root)
+        return TeacherUnavailable(f"{provider}: connection error", maybe_billed=True)
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return status_error(
+            provider, exc.response.status_code, exc.response.headers, _body_of(exc.response)
+        )
+    if isinstance(exc, httpx2.TransportError | OSError):
+        return _transport(provider, exc)
+    if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
+        return malformed_body(provider, str(exc))
+    return TeacherUnavailable(
+        f"{provider}: unexpected failure ({type(exc).__name__}: {exc})",
+        maybe_billed=True,
+        hint="report this with the run's log; the outcome is counted as unknown",
+    )

@@ -1,0 +1,334 @@
+"""OpenAI and every OpenAI-compatible server, on the official ``AsyncOpenAI`` client.
+
+Request bodies and response parsing are plain functions (:func:`build_openai_body`,
+:func:`parse_openai_body`) because the Batch API sends the same bodies as JSONL lines and
+gets the same objects back; :class:`OpenAITeacher` only adds the one HTTP call, headers and
+timing. The SDK is built with ``max_retries=0``: ``harvest/retry.py`` owns retrying, and an
+SDK retry would hide a possibly billed attempt from the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx2
+import openai
+
+from apidistill.costs.prices import ModelPrice, cost_of
+from apidistill.data.schema import Completion, TeacherRequest, Usage
+from apidistill.errors import CapabilityError, ConfigError
+from apidistill.teachers.base import Capabilities, TeacherResponse
+from apidistill.teachers.failures import malformed_body, map_failure
+from apidistill.teachers.logprobs import NormalizedLogprobs, TokenVocab, extract_choice_logprobs
+from apidistill.teachers.profiles import (
+    ServerProfile,
+    openai_model_defaults,
+    openai_profile,
+    server_profile,
+)
+from apidistill.teachers.ratelimits import openai_rate_limits
+from apidistill.teachers.urls import teacher_identity
+
+__all__ = [
+    "OPENAI_BASE_URL",
+    "OpenAITeacher",
+    "build_openai_body",
+    "check_openai_request",
+    "parse_openai_body",
+]
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+_SDK_FAILURES = (openai.OpenAIError, httpx2.HTTPError, OSError)
+
+
+def check_openai_request(
+    request: TeacherRequest,
+    *,
+    model: str,
+    capabilities: Capabilities,
+    model_defaults: Mapping[str, str] | None = None,
+) -> None:
+    """Refuse, before sending, what the teacher declares it cannot do."""
+    p = request.params
+    caps = capabilities
+    if request.prompt is not None and not caps.completions_endpoint:
+        raise CapabilityError(
+            f"{model!r} has no /v1/completions endpoint for plain prompts",
+            hint="give 'messages' (chat) instead of 'prompt'",
+        )
+    if p.logprobs and not caps.output_logprobs:
+        raise CapabilityError(
+            f"{model!r} returns no logprobs ({caps.notes or 'declared by its profile'})",
+            hint="use training.method: sequence_kd, or harvest.on_missing_logprobs: sequence_kd",
+        )
+    if p.logprobs and p.top_logprobs > caps.max_top_logprobs:
+        raise CapabilityError(
+            f"{model!r} gives at most {caps.max_top_logprobs} top logprobs, "
+            f"{p.top_logprobs} were asked",
+            hint=f"set harvest.top_logprobs to {caps.max_top_logprobs} or less",
+        )
+    if p.logprobs and caps.logprobs_requires:
+        effective = {**(model_defaults or {}), **p.extra_body}
+        for key, value in caps.logprobs_requires:
+            if effective.get(key) != value:
+                raise CapabilityError(
+                    f"{model!r} returns logprobs only with {key}={value!r} "
+                    f"(got {effective.get(key)!r})",
+                    hint=f"set {key}: {value} in the request's extra_body, or turn logprobs off",
+                )
+    if caps.fixed_sampling and (p.temperature != 1.0 or p.top_p not in (None, 1.0)):
+        raise CapabilityError(
+            f"{model!r} is a reasoning model and accepts only temperature 1 and no top_p "
+            f"(got temperature {p.temperature:g}, top_p {p.top_p})",
+            hint="set harvest.temperature: 1 and leave top_p unset for this model",
+        )
+
+
+def build_openai_body(
+    request: TeacherRequest, *, model: str, profile: ServerProfile
+) -> tuple[str, dict[str, Any]]:
+    """``(path, JSON body)`` for one request; the path is relative to a ``.../v1`` base URL."""
+    p = request.params
+    body: dict[str, Any] = {"model": model}
+    chat = request.messages is not None
+    if chat:
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages or ()]
+        body[profile.max_tokens_field] = p.max_tokens
+    else:
+        body["prompt"] = request.prompt
+        body["max_tokens"] = p.max_tokens
+    if not profile.capabilities.fixed_sampling:
+        body["temperature"] = p.temperature
+        if p.top_p is not None:
+            body["top_p"] = p.top_p
+    if p.stop:
+        body["stop"] = list(p.stop)
+    if p.seed is not None:
+        body["seed"] = p.seed
+    if p.logprobs:
+        if chat:
+            body["logprobs"] = True
+            body["top_logprobs"] = p.top_logprobs
+        else:
+            body["logprobs"] = p.top_logprobs
+        body.update(profile.logprob_body)
+    body.update(profile.extra_body)
+    body.update(p.extra_body)
+    return ("/chat/completions" if chat else "/completions"), body
+
+
+def _count(obj: object, key: str) -> int:
+    v = obj.get(key) if isinstance(obj, Mapping) else None
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 0
+
+
+def _usage(data: Mapping[str, Any]) -> Usage:
+    u = data.get("usage")
+    if not isinstance(u, Mapping):
+        return Usage()
+    details = u.get("prompt_tokens_details")
+    return Usage(
+        input_tokens=_count(u, "prompt_tokens"),
+        output_tokens=_count(u, "completion_tokens"),
+        cached_input_tokens=_count(details, "cached_tokens"),
+    )
+
+
+def parse_openai_body(
+    data: object,
+    *,
+    chat: bool,
+    logprobs_requested: bool,
+    top_k: int,
+    provider: str,
+    model: str,
+    quirks: frozenset[str] = frozenset(),
+    vocab: TokenVocab | None = None,
+    request_hash: str = "",
+    latency_ms: float = 0.0,
+    price: ModelPrice | None = None,
+    batch: bool = False,
+) -> tuple[Completion, NormalizedLogprobs]:
+    """A decoded chat (``chat``) or legacy completion object → Completion (first choice).
+
+    Batch results pass ``logprobs_requested`` from the presence of the field and the widest
+    ``top_k``; ``request_hash`` is then the caller's to fill from its own journal."""
+    if not isinstance(data, Mapping):
+        raise malformed_body(provider, f"expected a JSON object, got {type(data).__name__}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
+        raise malformed_body(provider, "no 'choices' in the answer")
+    choice = choices[0]
+    if chat:
+        message = choice.get("message")
+        if not isinstance(message, Mapping):
+            raise malformed_body(provider, "choice has no 'message' object")
+        text = message.get("content")
+    else:
+        text = choice.get("text")
+    if text is not None and not isinstance(text, str):
+        raise malformed_body(provider, "the answer text is not a string")
+    finish = choice.get("finish_reason")
+    lp = extract_choice_logprobs(
+        choice,
+        requested=logprobs_requested,
+        top_k=top_k,
+        chat=chat,
+        quirks=quirks,
+        vocab=vocab,
+        model=model,
+    )
+    usage = _usage(data)
+    fingerprint = data.get("system_fingerprint")
+    returned_model = data.get("model")
+    version = fingerprint if isinstance(fingerprint, str) and fingerprint else returned_model
+    completion = Completion(
+        text=text or "",
+        finish_reason=finish if isinstance(finish, str) else None,
+        logprobs=lp.tokens,
+        usage=usage,
+        cost_usd=cost_of(price, usage, batch=batch),
+        latency_ms=latency_ms,
+        provider=provider,
+        model=model,
+        model_version=version if isinstance(version, str) else None,
+        request_hash=request_hash,
+    )
+    return completion, lp
+
+
+class OpenAITeacher:
+    """One model on OpenAI or on an OpenAI-compatible server (profile chooses which).
+
+    ``api_key`` comes from the argument or from the env var ``api_key_env``; it is handed to
+    the SDK client and kept nowhere else on this object, so it cannot show in ``repr``.
+    ``http_client`` swaps the SDK transport (e.g. ``openai.DefaultAioHttpClient()``, which
+    the harvest benchmark compares against httpx2).
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        provider: str = "openai_compatible",
+        base_url: str | None = None,
+        api_key: str | None = None,
+        profile: ServerProfile | None = None,
+        timeout_s: float = 120.0,
+        vocab: TokenVocab | None = None,
+        price: ModelPrice | None = None,
+        max_connections: int = 1000,
+        http_client: Any | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        if provider == "openai":
+            base_url = base_url or OPENAI_BASE_URL
+            self._profile = profile or openai_profile(model)
+            self._defaults = openai_model_defaults(model)
+        else:
+            if not base_url:
+                raise ConfigError(
+                    "an OpenAI-compatible teacher needs a base URL",
+                    key="teacher.base_url",
+                    hint="set teacher.base_url, e.g. http://127.0.0.1:8000/v1",
+                )
+            self._profile = profile or server_profile("generic")
+            self._defaults = {}
+        self.base_url = base_url.rstrip("/")
+        self._teacher_id = teacher_identity(provider, self.base_url)
+        self._vocab = vocab
+        self._price = price
+        self._client = openai.AsyncOpenAI(
+            api_key=api_key or "EMPTY",
+            base_url=self.base_url,
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
+            http_client=http_client
+            or openai.DefaultAsyncHttpxClient(
+                limits=httpx2.Limits(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                )
+            ),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAITeacher(provider={self.provider!r}, model={self.model!r}, "
+            f"base_url={self.base_url!r}, profile={self._profile.name!r})"
+        )
+
+    @property
+    def teacher_id(self) -> str:
+        return self._teacher_id
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._profile.capabilities
+
+    @property
+    def profile(self) -> ServerProfile:
+        return self._profile
+
+    def build(self, request: TeacherRequest) -> tuple[str, dict[str, Any]]:
+        """Check capabilities and build ``(path, body)``; raises CapabilityError, sends nothing."""
+        check_openai_request(
+            request, model=self.model, capabilities=self.capabilities, model_defaults=self._defaults
+        )
+        return build_openai_body(request, model=self.model, profile=self._profile)
+
+    async def complete(self, request: TeacherRequest) -> TeacherResponse:
+        path, body = self.build(request)
+        fixed = {"model": body.pop("model")}
+        started = time.perf_counter()
+        try:
+            if path == "/chat/completions":
+                fixed["messages"] = body.pop("messages")
+                raw = await self._client.chat.completions.with_raw_response.create(
+                    **fixed, extra_body=body
+                )
+            else:
+                fixed["prompt"] = body.pop("prompt")
+                raw = await self._client.completions.with_raw_response.create(
+                    **fixed, extra_body=body
+                )
+            content = raw.content
+        except _SDK_FAILURES as exc:
+            raise map_failure(self.provider, exc) from exc
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        headers = dict(raw.headers.items())
+        try:
+            data = json.loads(content)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise malformed_body(self.provider, f"not JSON ({exc})") from exc
+        completion, lp = parse_openai_body(
+            data,
+            chat=request.messages is not None,
+            logprobs_requested=request.params.logprobs,
+            top_k=request.params.top_logprobs,
+            provider=self.provider,
+            model=self.model,
+            quirks=self.capabilities.quirks,
+            vocab=self._vocab,
+            request_hash=request.cache_key(self.teacher_id, self.model),
+            latency_ms=latency_ms,
+            price=self._price,
+        )
+        return TeacherResponse(
+            completion=completion,
+            rate_limits=openai_rate_limits(raw.headers),
+            headers=headers,
+            logprobs_missing_reason=lp.missing_reason,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> OpenAITeacher:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+import pytest
+from teacher_fakes import FakeProvider
+
+
+@pytest.fixture
+async def provider():
+    server = FakeProvider()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
