@@ -13,7 +13,7 @@ import typer
 
 from apidistill.costs.commands import estimate
 from apidistill.data.commands import data_app
-from apidistill.errors import ApidistillError
+from apidistill.errors import ApidistillError, redact
 from apidistill.eval.commands import eval_cmd, report
 from apidistill.harvest.commands import harvest
 from apidistill.pipeline.commands import bench, demo, run
@@ -62,6 +62,15 @@ def main() -> None:
         from rich.console import Console
 
         Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except OSError as exc:  # disk full, read-only folder: the message names the file
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[bold red]error:[/] {redact(str(exc))}\n  → check free disk space and that the "
+            "folder is writable; everything finished so far is saved, re-run to resume",
+            highlight=False,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         from rich.console import Console

@@ -8,6 +8,7 @@ ignored setting.
 
 from __future__ import annotations
 
+import string
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
@@ -286,8 +287,21 @@ class RunConfig(_Section):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, v: str) -> str:
-        if not v or "/" in v or "\\" in v or v.startswith("."):
+        if not v or "/" in v or "\\" in v or v.startswith(".") or not v.isprintable():
             raise ValueError("name must be a plain word (no slashes, not starting with '.')")
+        return v
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_template(cls, v: str) -> str:
+        """Only ``{name}`` may be filled in: ``str.format`` would otherwise raise, read
+        attributes (``{name.__class__}``) or pad to any width (``{name:>999999999}``)."""
+        try:
+            parts = list(string.Formatter().parse(v))
+        except ValueError as exc:
+            raise ValueError(f"run_dir is not a valid template ({exc})") from None
+        if any(f is not None and (f != "name" or spec or conv) for _, f, spec, conv in parts):
+            raise ValueError("run_dir may contain only the placeholder {name}")
         return v
 
     @model_validator(mode="after")
@@ -301,6 +315,8 @@ class RunConfig(_Section):
 
     def resolve_path(self, p: str) -> Path:
         """Resolve a path from the file relative to the file's folder."""
+        if "\x00" in p:
+            raise ConfigError(f"path {p!r} contains a NUL character", file=self.source)
         path = Path(p).expanduser()
         if path.is_absolute() or self.source is None:
             return path

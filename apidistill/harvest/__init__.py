@@ -1,1 +1,27 @@
-"""harvest stage."""
+"""harvest stage: the async engine that pulls teacher completions, journaled and budgeted.
+
+Public API: :func:`harvest`, :func:`harvest_sync`, :class:`HarvestResult`,
+:class:`HarvestSummary`; the journal (:class:`JournalStore`) is what later stages read.
+"""
+
+from apidistill.harvest.api import HarvestStream, harvest, harvest_sync
+from apidistill.harvest.journal import JournalRow, JournalStore, check_integrity
+from apidistill.harvest.limits import RateLimiter
+from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
+from apidistill.harvest.retry import RetryPolicy
+from apidistill.harvest.writer import Journal
+
+__all__ = [
+    "HarvestInterrupted",
+    "HarvestResult",
+    "HarvestStream",
+    "HarvestSummary",
+    "Journal",
+    "JournalRow",
+    "JournalStore",
+    "RateLimiter",
+    "RetryPolicy",
+    "check_integrity",
+    "harvest",
+    "harvest_sync",
+]

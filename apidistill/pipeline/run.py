@@ -198,6 +198,21 @@ def eval_stage(ctx: RunContext, adapter_dir: str) -> tuple[Any, str | None]:
     return result, switch
 
 
+def eval_from_config(cfg: RunConfig, *, progress: bool = True) -> Any:
+    """``apidistill eval config.yaml``: evaluate the trained student of a finished run."""
+    from apidistill.errors import EvalError
+
+    ctx = RunContext.from_config(cfg, progress=progress)
+    adapter = ctx.layout.train / "adapter"
+    if not adapter.is_dir():
+        raise EvalError(
+            f"no trained student in {adapter}",
+            hint="train first: apidistill train config.yaml (or apidistill run config.yaml)",
+        )
+    result, _ = eval_stage(ctx, str(adapter))
+    return result
+
+
 def drop_in_call(base_url: str, record: Any, system: str | None) -> str:
     """The prototype's code path, unchanged but for the base URL: one chat call."""
     from openai import OpenAI
@@ -233,7 +248,7 @@ def _headline(result: Any) -> dict[str, Any]:
         key = "base" if me.kind == "base" else "student"
         out[f"{key}_agreement"] = metric(me, "agreement")
         out[f"{key}_gold"] = metric(me, "task_score")
-        out[f"{key}_kl"] = metric(me, "kl")
+        out[f"{key}_kl"] = metric(me, "kl_nats_per_token")
         out[f"{key}_prompt_tokens"] = me.prompt_tokens_per_request
         out[f"{key}_p50_ms"] = me.timing.p50_ms
         out[f"{key}_s_per_request"] = (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.console import Console
 
 from apidistill.config import RunConfig
 from apidistill.data.schema import Message, Provenance, Record
-from apidistill.errors import CapabilityError, DataError, EvalError
+from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
@@ -54,8 +55,16 @@ class RunContext:
 
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), "utf-8")
+        tmp.replace(path)
+    except OSError as exc:  # disk full, read-only run folder: name it; the old file stays
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write: {exc.strerror or exc}",
+            file=str(path),
+            hint="free disk space or make the run folder writable, then re-run to resume",
+        ) from None
 
 
 # --------------------------------------------------------------------------- policy
@@ -195,6 +204,9 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             return count_input_tokens(_t, req).n
 
     tmp_dir = ctx.layout.harvest.with_name("harvest.partial")
+    # Left by a run that was killed or stopped: the journal answers all of it again from its
+    # cache, so start the folder afresh (else those records would be written twice).
+    shutil.rmtree(tmp_dir, ignore_errors=True)
     n_ok = n_failed = 0
     t0 = time.perf_counter()
 
@@ -258,10 +270,10 @@ def _replace_dir(src: Path, dst: Path) -> None:
 def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
     """Filter, dedupe, balance and split the harvested records; write the data card."""
     from apidistill.data.balance import balance
-    from apidistill.data.card import build_card, write_card
+    from apidistill.data.card import build_card
     from apidistill.data.dedupe import dedupe
     from apidistill.data.filters import apply_filters
-    from apidistill.data.splits import split_records
+    from apidistill.data.splits import make_splits
     from apidistill.data.store import load_records, save_splits
 
     cfg = ctx.cfg.dataset
@@ -273,31 +285,56 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
             hint="run the harvest first (apidistill harvest config.yaml)",
         )
     filtered = apply_filters(records, cfg.filters)
-    deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
-    kept = deduped.kept
+    if cfg.dedupe == "none":
+        kept, dedupe_stats = filtered.kept, {}
+    else:
+        deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
+        kept, dedupe_stats = deduped.kept, deduped.stats()
     balanced = None
     if cfg.balance is not None:
-        balanced = balance(kept, cfg.balance)
+        balanced = balance(kept, cfg.balance, seed=cfg.splits.seed)
         kept = balanced.kept
-    splits = split_records(kept, cfg.splits, groups=deduped.groups)
-    save_splits(splits.records, ctx.layout.dataset)
+    if not kept:
+        raise DataError(
+            f"every harvested record was dropped ({filtered.dropped_by_reason})",
+            file=str(ctx.layout.harvest),
+            hint="check dataset.filters against a few teacher answers (apidistill data inspect)",
+        )
+    splits = make_splits(kept, cfg.splits, dedupe=cfg.dedupe, threshold=cfg.near_dup_threshold)
+    save_splits(splits.records, ctx.layout.dataset, overwrite=True)
+    spent = sum((r.cost_usd for r in records if r.cost_usd is not None), Decimal(0))
     card = build_card(
-        records=splits.records,
-        filter_result=filtered,
-        dedupe_result=deduped,
-        balance_result=balanced,
-        decisions=[decision] if decision is not None else [],
-        total_cost=sum((r.cost_usd or Decimal(0) for r in records), Decimal(0)),
+        splits.records,
+        name=ctx.cfg.name,
+        drops_by_reason=filtered.dropped_by_reason,
+        dedupe_stats=dedupe_stats,
+        balance=balanced,
+        cost_totals={"teacher_usd": spent},
+        teachers=[
+            {
+                "provider": ctx.cfg.teacher.provider,
+                "model": ctx.cfg.teacher.model,
+                "base_url": ctx.cfg.teacher.base_url or ctx.teacher_base_url,
+            }
+        ],
+        policy=[decision.model_dump(mode="json")] if decision is not None else [],
+        policy_markdown=_obligations_md(decision),
     )
-    write_card(card, ctx.layout.dataset)
-    counts = {
-        s: sum(1 for r in splits.records if r.split == s) for s in ("train", "validation", "test")
-    }
+    card.write(ctx.layout.dataset)
+    counts = {s: len(splits.of(s)) for s in ("train", "validation", "test")}
     ctx.console.print(
         f"[bold]dataset[/]: {len(records)} harvested → {len(filtered.kept)} after filters "
         f"→ {len(kept)} after dedupe/balance; splits {counts}"
     )
     return {"harvested": len(records), "kept": len(kept), "splits": counts}
+
+
+def _obligations_md(decision: Any) -> str | None:
+    if decision is None:
+        return None
+    from apidistill.policy.obligations import render_obligations_md
+
+    return render_obligations_md([decision])
 
 
 # --------------------------------------------------------------------------- train

@@ -1,0 +1,151 @@
+"""What a run cost, read from its journal: totals and breakdowns as exact Decimals.
+
+Every request's usage, settled cost and at-risk money live in the harvest journal
+(:mod:`apidistill.harvest.journal`); the ledger is a read-only view of it, grouped by
+teacher, model, label or split (labels and splits come from ``TeacherRequest.metadata``).
+The progress bar shows the running spend and the dataset card embeds :meth:`Ledger.card`.
+
+A group with answers from an unpriced model reports ``cost_usd=None`` for those answers
+(``unpriced`` counts them): unknown is never added up as 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from apidistill.errors import ConfigError
+from apidistill.harvest.journal import JournalRow, JournalStore
+
+__all__ = ["GroupBy", "Ledger", "LedgerLine"]
+
+GroupBy = Literal["teacher", "model", "label", "split"]
+_ZERO = Decimal(0)
+_CENT = Decimal("0.01")
+
+
+@dataclass
+class LedgerLine:
+    """Money and usage of one group of requests (or of all of them)."""
+
+    group: dict[str, str | None] = field(default_factory=dict)
+    requests: int = 0
+    done: int = 0
+    failed: int = 0
+    unknown: int = 0
+    sends: int = 0  # times possibly billed (answers + unknown outcomes)
+    resends: int = 0  # sends beyond the first, per request
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cost_usd: Decimal = _ZERO  # settled cost of priced answers
+    at_risk_usd: Decimal = _ZERO  # worst cases of sends with unknown outcome
+    unpriced: int = 0  # answers whose cost is unknown
+    batch: int = 0  # answered through a Batch API
+
+    def add(self, r: JournalRow) -> None:
+        self.requests += 1
+        state = r.state
+        self.done += state == "done"
+        self.failed += state == "failed"
+        self.unknown += state == "unknown"
+        self.sends += r.sends
+        self.resends += max(r.sends - 1, 0)
+        self.at_risk_usd += r.at_risk_usd
+        if state == "done":
+            self.input_tokens += r.input_tokens
+            self.output_tokens += r.output_tokens
+            self.cached_input_tokens += r.cached_input_tokens
+            self.batch += bool(r.batch)
+            if r.cost_usd is None:
+                self.unpriced += 1
+            else:
+                self.cost_usd += r.cost_usd
+
+    @property
+    def total_usd(self) -> Decimal:
+        """Settled cost plus money at risk: the most this group can have cost."""
+        return self.cost_usd + self.at_risk_usd
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            **{f"by_{k}": v for k, v in self.group.items()},
+            "requests": self.requests,
+            "done": self.done,
+            "failed": self.failed,
+            "unknown": self.unknown,
+            "sends": self.sends,
+            "resends": self.resends,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cost_usd": str(self.cost_usd),
+            "at_risk_usd": str(self.at_risk_usd),
+            "unpriced": self.unpriced,
+            "batch": self.batch,
+        }
+
+
+class Ledger:
+    """Read-only cost view of one journal file."""
+
+    def __init__(self, journal: str | Path) -> None:
+        self.path = Path(journal)
+
+    def _rows(self) -> Iterable[JournalRow]:
+        store = JournalStore(self.path, readonly=True)
+        try:
+            yield from store.rows()
+        finally:
+            store.close()
+
+    def totals(self) -> LedgerLine:
+        line = LedgerLine()
+        for row in self._rows():
+            line.add(row)
+        return line
+
+    def summary(self, by: Sequence[GroupBy] = ("teacher", "model")) -> list[LedgerLine]:
+        """One line per distinct value of ``by`` (e.g. ``("label",)``), largest cost first."""
+        for name in by:
+            if name not in ("teacher", "model", "label", "split"):
+                raise ConfigError(
+                    f"cannot group the ledger by {name!r}",
+                    hint="use teacher, model, label or split",
+                )
+        lines: dict[tuple[str | None, ...], LedgerLine] = {}
+        attr = {"teacher": "teacher_id", "model": "model", "label": "label", "split": "split"}
+        for row in self._rows():
+            key = tuple(getattr(row, attr[n]) for n in by)
+            line = lines.get(key)
+            if line is None:
+                line = lines[key] = LedgerLine(group=dict(zip(by, key, strict=True)))
+            line.add(row)
+        return sorted(lines.values(), key=lambda ln: (-ln.total_usd, str(ln.group)))
+
+    def card(self) -> dict[str, object]:
+        """The cost section of a dataset card: totals plus the split by label and split."""
+        total = self.totals()
+        return {
+            "total": total.as_dict(),
+            "by_teacher_model": [ln.as_dict() for ln in self.summary(("teacher", "model"))],
+            "by_label": [ln.as_dict() for ln in self.summary(("label",))],
+            "by_split": [ln.as_dict() for ln in self.summary(("split",))],
+        }
+
+    def table(self, by: Sequence[GroupBy] = ("teacher", "model")) -> str:
+        """A markdown table of :meth:`summary` (cents rounded for reading only)."""
+        head = [*by, "done", "failed", "unknown", "in tok", "out tok", "cost $", "at risk $"]
+        out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for ln in self.summary(by):
+            cells = [str(ln.group.get(b)) for b in by] + [
+                str(ln.done), str(ln.failed), str(ln.unknown),
+                str(ln.input_tokens), str(ln.output_tokens),
+                str(ln.cost_usd.quantize(_CENT)) + (f" (+{ln.unpriced} unpriced)" if ln.unpriced else ""),
+                str(ln.at_risk_usd.quantize(_CENT)),
+            ]  # fmt: skip
+            out.append("| " + " | ".join(cells) + " |")
+        return "\n".join(out)

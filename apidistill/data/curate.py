@@ -1,0 +1,87 @@
+"""The dataset stage in one call: filter → dedupe → balance → split, as the run file says.
+
+The order matters and lives here once: filtering first (a refusal must not be the copy a
+dedupe keeps), dedupe before balancing (duplicates would inflate a class), balancing before
+splitting (so every split sees the balanced shares), and the split groups near-duplicates
+with the same threshold the dedupe used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from apidistill.config import DatasetConfig
+from apidistill.data.balance import BalanceResult, balance
+from apidistill.data.card import DatasetCard, build_card
+from apidistill.data.dedupe import DedupeResult, dedupe
+from apidistill.data.filters import FilterResult, Validator, apply_filters
+from apidistill.data.schema import Record
+from apidistill.data.splits import SplitResult, make_splits
+from apidistill.data.store import save_splits
+
+__all__ = ["CurateResult", "curate"]
+
+
+@dataclass
+class CurateResult:
+    records: list[Record]  # every kept record, ``split`` set
+    filtered: FilterResult
+    deduped: DedupeResult
+    balanced: BalanceResult | None
+    split: SplitResult
+
+    def card(
+        self,
+        *,
+        name: str = "dataset",
+        cost_totals: dict[str, Decimal] | None = None,
+        teachers: Sequence[dict[str, Any]] = (),
+        policy: Sequence[dict[str, Any]] = (),
+        policy_markdown: str | None = None,
+    ) -> DatasetCard:
+        return build_card(
+            self.records,
+            name=name,
+            drops_by_reason=self.filtered.dropped_by_reason,
+            dedupe_stats=self.deduped.stats(),
+            balance=self.balanced,
+            cost_totals=cost_totals,
+            teachers=teachers,
+            policy=policy,
+            policy_markdown=policy_markdown,
+        )
+
+    def save(self, folder: str | Path, *, overwrite: bool = False) -> dict[str, int]:
+        """Write the split dataset (one group of shards per split)."""
+        return save_splits(self.records, folder, overwrite=overwrite)
+
+
+def curate(
+    records: Sequence[Record],
+    cfg: DatasetConfig,
+    *,
+    validator: Validator | None = None,
+    seed: int | None = None,
+) -> CurateResult:
+    """Run the configured curation steps; ``seed`` defaults to ``cfg.splits.seed``."""
+    seed = cfg.splits.seed if seed is None else seed
+    filtered = apply_filters(records, cfg.filters, validator)
+    deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
+    kept = deduped.kept
+    balanced = None
+    if cfg.balance is not None:
+        balanced = balance(kept, cfg.balance, seed=seed)
+        kept = balanced.kept
+    # Survivors of a near-dedupe are no longer near each other; grouping again still keeps any
+    # pair that only exact-dedupe (or none) let through on one side of the split.
+    split = make_splits(
+        kept,
+        cfg.splits.model_copy(update={"seed": seed}),
+        dedupe=cfg.dedupe,
+        threshold=cfg.near_dup_threshold,
+    )
+    return CurateResult(split.records, filtered, deduped, balanced, split)

@@ -1,0 +1,110 @@
+"""What a harvest hands back: one result per request, one summary per run."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Literal
+
+from apidistill.data.schema import Completion, TeacherRequest
+
+__all__ = ["HarvestInterrupted", "HarvestResult", "HarvestSummary", "StopReason"]
+
+StopReason = Literal["budget", "max_requests", "interrupt", "closed"]
+
+
+@dataclass(frozen=True, slots=True)
+class HarvestResult:
+    """The outcome of one request. Exactly one of ``completion`` / ``error`` is set.
+
+    ``from_cache``: answered by an earlier run (or by an identical request earlier in this
+    one) and not sent again. ``reason`` is a short stable word for failures
+    (``rate_limited``, ``timeout``, ``unavailable``, ``rejected``, ``capability``,
+    ``stopped``, ``exceeds_tpm``, ``internal``...).
+    """
+
+    key: str
+    request: TeacherRequest
+    completion: Completion | None
+    error: str | None = None
+    from_cache: bool = False
+    reason: str | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.completion is not None
+
+
+@dataclass
+class HarvestSummary:
+    """Counts and money for one run (this process), plus what it found from earlier runs."""
+
+    done: int = 0  # answered by a send of this run
+    cached: int = 0  # answered before, returned without sending
+    failed: Counter[str] = field(default_factory=Counter)  # reason -> count
+    sends: int = 0  # attempts that went out (retries included)
+    resent: int = 0  # sends of requests an earlier send may already have been billed for
+    unknown_found: int = 0  # outcome-unknown requests found on open (crash / fault)
+    crashed_found: int = 0  # of which left in flight by a killed process
+    at_risk_found_usd: Decimal = Decimal(0)  # their worst-case cost, still charged
+    unknown_this_run: int = 0  # sends of this run whose outcome is unknown
+    spent_usd: Decimal = Decimal(0)  # settled by this run
+    at_risk_usd: Decimal = Decimal(0)  # became at risk in this run
+    total_spent_usd: Decimal = Decimal(0)  # whole journal, every run
+    total_at_risk_usd: Decimal = Decimal(0)
+    unpriced: bool = False  # costs unknown: the budget counted requests only
+    rate_limit_pauses: int = 0
+    stopped_by: StopReason | None = None
+    stop_message: str | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def failed_total(self) -> int:
+        return sum(self.failed.values())
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for k, v in self.__dict__.items():
+            out[k] = str(v) if isinstance(v, Decimal) else dict(v) if isinstance(v, Counter) else v
+        return out
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one fact per line (for the CLI and logs)."""
+        out = [
+            f"done {self.done}, from cache {self.cached}, failed {self.failed_total}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in self.failed.most_common())})"
+               if self.failed else ""),
+            f"spent ${self.spent_usd} this run, ${self.total_spent_usd} in all"
+            if not self.unpriced
+            else "spend unknown: the model has no price (allow_unpriced)",
+        ]  # fmt: skip
+        if self.unknown_found:
+            out.append(
+                f"found {self.unknown_found} request(s) whose outcome was unknown "
+                f"({self.crashed_found} left in flight by a stopped process); "
+                f"${self.at_risk_found_usd} may have been billed for them"
+            )
+        if self.resent:
+            out.append(f"re-sent {self.resent} request(s) that may already have been billed")
+        if self.unknown_this_run:
+            out.append(
+                f"{self.unknown_this_run} send(s) lost their answer after sending "
+                f"(${self.at_risk_usd} at risk, kept charged in the budget)"
+            )
+        if self.stopped_by:
+            out.append(f"stopped early ({self.stopped_by}): {self.stop_message or ''}".rstrip())
+        return out
+
+
+class HarvestInterrupted(KeyboardInterrupt):
+    """Ctrl-C / SIGTERM stopped the harvest after draining what was in flight.
+
+    A ``KeyboardInterrupt`` (so programs stop as the user asked) that carries the run's
+    ``summary``: everything answered so far is journaled and a re-run resumes.
+    """
+
+    def __init__(self, summary: HarvestSummary) -> None:
+        super().__init__("harvest interrupted; everything answered so far is saved")
+        self.summary = summary

@@ -1,0 +1,148 @@
+"""``POST /v1/messages`` (Anthropic Messages API) and ``POST /v1/messages/count_tokens``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from apidistill.data.schema import GenerationParams, Message
+from apidistill.errors import ApidistillError
+from apidistill.serve.anthropic_schema import (
+    MessagesRequest,
+    message_response,
+    message_start,
+    stop_reason_of,
+)
+from apidistill.serve.http_common import (
+    ServerContext,
+    engine_error,
+    new_id,
+    parse_body,
+    read_json,
+    sse,
+    unless_disconnected,
+)
+from apidistill.serve.http_errors import APIError, sse_error
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+def _messages(req: MessagesRequest) -> tuple[list[Message], bool]:
+    """Chat messages for the template, and whether the last one is a prefill to continue."""
+    out: list[Message] = []
+    system = req.system_text()
+    if system:
+        out.append(Message(role="system", content=system))
+    out.extend(Message(role=m.role, content=m.text()) for m in req.messages)
+    prefill = req.messages[-1].role == "assistant"
+    if prefill and out[-1].content != out[-1].content.rstrip():
+        raise APIError(
+            400,
+            "messages: final assistant content cannot end with trailing whitespace",
+            param="messages",
+        )
+    return out, prefill
+
+
+def _prompt_ids(ctx: ServerContext, req: MessagesRequest) -> list[int]:
+    messages, prefill = _messages(req)
+    try:
+        return ctx.engine.encode_messages(messages, continue_final_message=prefill)
+    except ApidistillError as exc:
+        raise engine_error(exc) from None
+
+
+@router.post("/v1/messages/count_tokens")
+async def count_tokens(request: Request) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    ctx.authorize(request)
+    data = await read_json(request, ctx.settings.max_body_bytes)
+    if isinstance(data, dict):
+        data.setdefault("max_tokens", 1)
+    req = parse_body(MessagesRequest, data)
+    ctx.check_model(req.model)
+    return JSONResponse({"input_tokens": len(_prompt_ids(ctx, req))})
+
+
+@router.post("/v1/messages")
+async def messages(request: Request) -> Response:
+    ctx: ServerContext = request.app.state.ctx
+    ctx.authorize(request)
+    req = parse_body(MessagesRequest, await read_json(request, ctx.settings.max_body_bytes))
+    ctx.check_model(req.model)
+    if req.tools:
+        raise APIError(400, "tools: tool use is not supported by apidistill serve", param="tools")
+    ctx.check_max_tokens(req.max_tokens)
+    ids = _prompt_ids(ctx, req)
+    extra = {"top_k": req.top_k} if req.top_k else {}
+    params = GenerationParams(
+        max_tokens=req.max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=req.top_p,
+        stop=list(req.stop_sequences) if req.stop_sequences else None,
+        extra_body=extra,
+    )
+    engine = ctx.engine
+    try:
+        prepared = engine.prepare(None, None, params, prompt_ids=ids)
+    except ApidistillError as exc:
+        raise engine_error(exc) from None
+    ctx.admit("anthropic")
+    mid = new_id("msg_")
+    model = ctx.settings.served_model_name
+    if not req.stream:
+        try:
+            (out,) = await unless_disconnected(request, engine.run(prepared))
+        except ApidistillError as exc:
+            raise engine_error(exc) from None
+        finally:
+            ctx.admission.leave()
+        return JSONResponse(message_response(mid, model, out), headers={"request-id": mid})
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            yield sse(message_start(mid, model, len(ids)), "message_start")
+            block = {"type": "content_block_start", "index": 0}
+            yield sse(
+                {**block, "content_block": {"type": "text", "text": ""}}, "content_block_start"
+            )
+            yield sse({"type": "ping"}, "ping")
+            async with contextlib.aclosing(engine.run_stream(prepared)) as stream:
+                async for d in stream:
+                    if d.text:
+                        delta = {"type": "text_delta", "text": d.text}
+                        yield sse(
+                            {"type": "content_block_delta", "index": 0, "delta": delta},
+                            "content_block_delta",
+                        )
+                    if d.output is not None:
+                        out = d.output
+            yield sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
+            yield sse(
+                {
+                    "type": "message_delta",
+                    "delta": {
+                        "stop_reason": stop_reason_of(out),
+                        "stop_sequence": out.stop_sequence,
+                    },
+                    "usage": {"output_tokens": out.completion_tokens},
+                },
+                "message_delta",
+            )
+            yield sse({"type": "message_stop"}, "message_stop")
+        except ApidistillError as exc:
+            yield sse_error(engine_error(exc), "anthropic")
+        finally:
+            ctx.admission.leave()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "request-id": mid},
+    )

@@ -1,0 +1,109 @@
+"""Anthropic Messages request bodies and the response / stream event builders.
+
+Follows the Messages API reference: ``system`` is a string or text blocks, message content is
+a string or text blocks, ``max_tokens`` is required, a final assistant message is a prefill
+the answer continues from. Non-text blocks (images, tools, documents) are refused with a 400.
+
+Usage: ``input_tokens`` is the whole prompt. The server's automatic prefix cache is not
+Anthropic's opt-in prompt caching, so ``cache_read_input_tokens`` stays 0 and clients that
+add the cache fields to ``input_tokens`` still get the right total.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from apidistill.serve.engine import EngineOutput
+
+__all__ = ["MessagesRequest", "message_response", "stop_reason_of"]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextBlock(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class MessageIn(_Body):
+    role: Literal["user", "assistant"]
+    content: str | list[TextBlock]
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(b.text for b in self.content)
+
+
+class MessagesRequest(_Body):
+    model: str
+    max_tokens: int
+    messages: list[MessageIn] = Field(min_length=1)
+    system: str | list[TextBlock] | None = None
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=0)
+    stop_sequences: list[str] | None = None
+    stream: bool = False
+    metadata: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+
+    def system_text(self) -> str | None:
+        if self.system is None:
+            return None
+        if isinstance(self.system, str):
+            return self.system
+        return "\n".join(b.text for b in self.system)
+
+
+def stop_reason_of(out: EngineOutput) -> str:
+    if out.finish_reason == "length":
+        return "max_tokens"
+    return "stop_sequence" if out.stop_sequence is not None else "end_turn"
+
+
+def usage_of(out: EngineOutput) -> dict[str, int]:
+    return {
+        "input_tokens": out.prompt_tokens,
+        "output_tokens": out.completion_tokens,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
+    }
+
+
+def message_response(mid: str, model: str, out: EngineOutput) -> dict[str, Any]:
+    return {
+        "id": mid,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": out.text}],
+        "stop_reason": stop_reason_of(out),
+        "stop_sequence": out.stop_sequence,
+        "usage": usage_of(out),
+    }
+
+
+def message_start(mid: str, model: str, prompt_tokens: int) -> dict[str, Any]:
+    return {
+        "type": "message_start",
+        "message": {
+            "id": mid,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": prompt_tokens,
+                "output_tokens": 0,
+                "cache_creation_input_tokens": 0,
+                "cache_read_input_tokens": 0,
+            },
+        },
+    }

@@ -1,0 +1,283 @@
+"""OpenAI request bodies (chat + legacy completions) and the response/chunk builders.
+
+Field names, defaults and ranges follow the OpenAI API reference; vLLM's extra body fields
+``top_k``, ``ignore_eos``, ``return_tokens_as_token_ids`` and ``continue_final_message`` are
+accepted too, since clients written against vLLM send them. Unknown fields are ignored (as
+vLLM does); known fields this server cannot honour (tools, penalties, logit_bias, suffix)
+are refused with a 400 rather than silently changing the answer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from apidistill.data.schema import TokenLogprob
+from apidistill.serve.engine import EngineOutput
+
+__all__ = [
+    "ChatRequest",
+    "CompletionRequest",
+    "chat_chunk",
+    "chat_logprobs",
+    "chat_response",
+    "completion_chunk",
+    "completion_logprobs",
+    "completion_response",
+    "usage_body",
+]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Body):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(_Body):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class _Common(_Body):
+    model: str
+    n: int = Field(1, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    # vLLM extras
+    top_k: int | None = None
+    ignore_eos: bool = False
+    return_tokens_as_token_ids: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 16:
+            raise ValueError("at most 16 stop sequences")
+        return v
+
+    def stop_list(self) -> list[str] | None:
+        if self.stop is None:
+            return None
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        """(param, why) for a known field this server does not implement."""
+        if self.presence_penalty:
+            return "presence_penalty", "presence_penalty is not supported; leave it at 0"
+        if self.frequency_penalty:
+            return "frequency_penalty", "frequency_penalty is not supported; leave it at 0"
+        if self.logit_bias:
+            return "logit_bias", "logit_bias is not supported"
+        return None
+
+
+class ChatRequest(_Common):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0)
+    tools: list[Any] | None = None
+    functions: list[Any] | None = None
+    response_format: dict[str, Any] | None = None
+    continue_final_message: bool = False
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.tools or self.functions:
+            return "tools", "tool calling is not supported by apidistill serve"
+        fmt = (self.response_format or {}).get("type", "text")
+        if fmt != "text":
+            return "response_format", f"response_format {fmt!r} is not supported (only 'text')"
+        return super().unsupported()
+
+
+class CompletionRequest(_Common):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    max_tokens: int | None = 16
+    logprobs: int | None = Field(None, ge=0)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = None
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if p and all(isinstance(x, int) for x in p):
+            return [list(p)]  # type: ignore[arg-type]
+        return list(p)  # type: ignore[arg-type]
+
+    def unsupported(self) -> tuple[str, str] | None:
+        if self.suffix:
+            return "suffix", "suffix (insertion) is not supported"
+        if self.best_of is not None and self.best_of != self.n:
+            return "best_of", "best_of other than n is not supported"
+        return super().unsupported()
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def usage_body(outs: list[EngineOutput], n: int = 1) -> dict[str, Any]:
+    """Prompt tokens once per prompt (choice ``index // n``); completion tokens summed."""
+    prompts: dict[int, tuple[int, int]] = {}
+    for o in outs:
+        prompts[o.index // max(1, n)] = (o.prompt_tokens, o.cached_tokens)
+    prompt = sum(p for p, _ in prompts.values())
+    cached = sum(c for _, c in prompts.values())
+    completion = sum(o.completion_tokens for o in outs)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def _entry(lp: TokenLogprob) -> dict[str, Any]:
+    return {"token": lp.token, "logprob": lp.logprob, "bytes": lp.bytes}
+
+
+def chat_logprobs(lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    if lps is None:
+        return None
+    return {
+        "content": [{**_entry(lp), "top_logprobs": [_entry(t) for t in lp.top]} for lp in lps],
+        "refusal": None,
+    }
+
+
+def chat_response(
+    rid: str, model: str, fingerprint: str, outs: list[EngineOutput], *, logprobs: bool
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": [
+            {
+                "index": o.index,
+                "message": {"role": "assistant", "content": o.text, "refusal": None},
+                "logprobs": chat_logprobs(o.logprobs) if logprobs else None,
+                "finish_reason": o.finish_reason,
+            }
+            for o in outs
+        ],
+        "usage": usage_body(outs),
+    }
+
+
+def chat_chunk(
+    rid: str,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
+    *,
+    created: int,
+    usage: dict[str, Any] | None = None,
+    with_usage_field: bool = False,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+    }
+    if with_usage_field:
+        body["usage"] = usage
+    return body
+
+
+def completion_logprobs(
+    entries: list[tuple[str, TokenLogprob | None]], *, text_start: int = 0
+) -> dict[str, Any]:
+    """Legacy completions logprobs: parallel lists over (token text, logprob entry) pairs.
+    An entry of ``None`` (the first echoed prompt token, which has no context) reports its
+    token with a null logprob. ``text_offset`` counts characters into the returned text."""
+    tokens: list[str] = []
+    token_lps: list[float | None] = []
+    tops: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    at = text_start
+    for text, lp in entries:
+        tokens.append(text)
+        token_lps.append(None if lp is None else lp.logprob)
+        tops.append(None if lp is None else {t.token: t.logprob for t in lp.top})
+        offsets.append(at)
+        at += len(text)
+    return {
+        "tokens": tokens,
+        "token_logprobs": token_lps,
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def completion_response(
+    rid: str,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
+    outs: list[EngineOutput],
+    n: int,
+) -> dict[str, Any]:
+    return {
+        "id": rid,
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+        "usage": usage_body(outs, n),
+    }
+
+
+def completion_chunk(
+    rid: str,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
+    *,
+    created: int,
+    usage: dict[str, Any] | None = None,
+    with_usage_field: bool = False,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+    }
+    if with_usage_field:
+        body["usage"] = usage
+    return body

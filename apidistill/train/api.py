@@ -1,0 +1,290 @@
+"""``train_student``: records in, a trained adapter (or full model) folder out.
+
+Every check that can fail is done before the model is loaded, so a bad setting costs
+seconds, not a training run: empty data, logprob KD without logprobs, a student tokenizer
+without a chat template, LoRA targets that match nothing, early stopping without a
+validation split.
+
+Layout of ``out_dir``::
+
+    checkpoints/checkpoint-N/   Trainer checkpoints (safetensors, optimizer, RNG state)
+    adapter/  or  model/        the final LoRA adapter (+ base_model.txt) or full model,
+                                with the tokenizer; loadable by apidistill.models.load_model
+    run_fingerprint.json        what the checkpoints were trained on (guards resuming)
+    train_result.json           :class:`TrainResult`
+
+Resuming: with ``resume=True`` a finished run with the same fingerprint is returned as is,
+and an interrupted one continues from its last checkpoint on the same loss curve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from apidistill.config import StudentConfig, TrainingConfig
+from apidistill.data.schema import Record
+from apidistill.errors import TrainingError
+
+__all__ = ["TrainResult", "train_student"]
+
+RESULT_FILE = "train_result.json"
+FINGERPRINT_FILE = "run_fingerprint.json"
+
+
+class TrainResult(BaseModel):
+    """What a training run produced; saved as ``out_dir/train_result.json``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    out_dir: Path
+    adapter_dir: Path | None = None  # LoRA runs
+    model_dir: Path | None = None  # full fine-tuning runs
+    base_model: str
+    method: str
+    system_prompt: str | None = None
+    steps: int = 0
+    train_seconds: float = 0.0
+    train_examples: int = 0
+    supervised_share: float = 0.0  # share of answer tokens with a teacher top-k target
+    eval_metrics: dict[str, float] = Field(default_factory=dict)
+    log_history: list[dict[str, Any]] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+    @property
+    def final_dir(self) -> Path:
+        """The folder to load, export or serve (adapter or full model)."""
+        out = self.adapter_dir or self.model_dir
+        if out is None:
+            raise TrainingError(f"{self.out_dir}: the training result names no output folder")
+        return out
+
+    @classmethod
+    def load(cls, out_dir: Path) -> TrainResult:
+        path = Path(out_dir) / RESULT_FILE
+        if not path.is_file():
+            raise TrainingError(
+                f"{path}: no training result here", hint="run `apidistill train` first"
+            )
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_inputs(train: list[Record], training: TrainingConfig, has_val: bool) -> list[str]:
+    if not train:
+        raise TrainingError(
+            "the training set is empty",
+            hint="check the dataset split (dataset.splits.train) and the filters that ran",
+        )
+    notes = []
+    if training.method == "logprob_kd":
+        lacking = [r.id for r in train if not r.logprobs]
+        if len(lacking) == len(train):
+            raise TrainingError(
+                "training.method is logprob_kd but no training record has teacher logprobs "
+                f"(e.g. record {lacking[0]!r})",
+                hint="harvest with harvest.logprobs: true and harvest.top_logprobs: 20, or use "
+                "training.method: sequence_kd (harvest.on_missing_logprobs: sequence_kd "
+                "falls back explicitly for teachers without logprobs)",
+            )
+        if lacking:
+            notes.append(
+                f"{len(lacking)} of {len(train)} records have no teacher logprobs (e.g. "
+                f"{lacking[0]!r}); they train on sequence loss only"
+            )
+        if not any(t.top for r in train for t in (r.logprobs or [])):
+            notes.append(
+                "the teacher logprobs carry no top alternatives (harvest.top_logprobs was 0): "
+                "logprob KD sees only the sampled token and the tail"
+            )
+    if training.early_stopping_patience and not has_val:
+        raise TrainingError(
+            "training.early_stopping_patience needs a validation set",
+            hint="set dataset.splits.validation > 0, or remove early_stopping_patience",
+        )
+    return notes
+
+
+def _same_vocab(student_tok: Any, student: StudentConfig, teacher_tokenizer: str | None) -> bool:
+    """Whether teacher token ids may be read as student ids (still checked per record)."""
+    if teacher_tokenizer is None or teacher_tokenizer == student.model:
+        return True
+    from apidistill.errors import ModelLoadError
+    from apidistill.models import load_tokenizer
+
+    try:
+        teacher = load_tokenizer(teacher_tokenizer)
+    except ModelLoadError as exc:  # byte alignment needs no teacher tokenizer: carry on
+        warnings.warn(
+            f"teacher tokenizer {teacher_tokenizer!r} not loadable ({exc.message}); "
+            "aligning teacher logprobs by bytes",
+            stacklevel=3,
+        )
+        return False
+    return teacher.get_vocab() == student_tok.get_vocab()
+
+
+def _fingerprint(train: list[Record], validation: list[Record] | None, **parts: Any) -> str:
+    h = hashlib.sha256()
+    for rec in [*train, None, *(validation or [])]:
+        h.update(b"|" if rec is None else rec.model_dump_json(exclude={"provenance"}).encode())
+    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- main
+
+
+def train_student(
+    train: list[Record],
+    validation: list[Record] | None,
+    *,
+    student: StudentConfig,
+    training: TrainingConfig,
+    out_dir: Path,
+    teacher_tokenizer: str | None = None,
+    resume: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Distill ``train`` into ``student`` (LoRA or full fine-tuning) under ``out_dir``.
+
+    ``teacher_tokenizer`` names the teacher's tokenizer when known: a different one switches
+    logprob targets to byte alignment. ``resume`` continues an interrupted run (or returns
+    a finished one) with the same data and settings; ``resume=False`` starts over.
+    """
+    from apidistill.models import load_tokenizer
+    from apidistill.train.align import StudentVocab
+    from apidistill.train.collate import build_examples, record_messages, render_student_prompt
+
+    out_dir = Path(out_dir)
+    notes = _check_inputs(train, training, bool(validation))
+    tok = load_tokenizer(student.model)
+    render_student_prompt(tok, record_messages(train[0]), student.system_prompt)  # template?
+    use_kd = training.method == "logprob_kd"
+    same = _same_vocab(tok, student, teacher_tokenizer)
+    vocab = StudentVocab.build(tok)
+    kw = dict(
+        system_prompt=student.system_prompt,
+        max_length=training.max_length,
+        top_k=training.kd.top_k,
+        with_kd=use_kd,
+        same_vocab=same,
+        vocab=vocab,
+    )
+    built = build_examples(train, tok, **kw)  # type: ignore[arg-type]
+    if not built.examples:
+        raise TrainingError(
+            f"no training example is left after tokenization ({built.warnings[0]})"
+            if built.warnings
+            else "no training example is left after tokenization"
+        )
+    val_built = build_examples(validation, tok, **kw) if validation else None  # type: ignore[arg-type]
+    notes += built.warnings
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+
+    fp = _fingerprint(
+        train,
+        validation,
+        student=student.model_dump(),
+        training=training.model_dump(),
+        teacher_tokenizer=teacher_tokenizer,
+    )
+    done = _finished(out_dir, fp) if resume else None
+    if done is not None:
+        return done
+    ckpt = _prepare_out_dir(out_dir, fp, resume)
+
+    from apidistill.train.session import run_training
+
+    started = time.perf_counter()
+    outcome = run_training(
+        built,
+        val_built,
+        tokenizer=tok,
+        student=student,
+        training=training,
+        out_dir=out_dir,
+        resume_from=ckpt,
+        progress=progress,
+    )
+    result = TrainResult(
+        out_dir=out_dir,
+        adapter_dir=outcome.final_dir if not training.full_finetune else None,
+        model_dir=outcome.final_dir if training.full_finetune else None,
+        base_model=student.model,
+        method=training.method,
+        system_prompt=student.system_prompt,
+        steps=outcome.steps,
+        train_seconds=round(time.perf_counter() - started, 3),
+        train_examples=len(built.examples),
+        supervised_share=round(built.supervised_share, 6) if use_kd else 0.0,
+        eval_metrics=outcome.eval_metrics,
+        log_history=outcome.log_history,
+        warnings=notes,
+    )
+    (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    return result
+
+
+def _finished(out_dir: Path, fp: str) -> TrainResult | None:
+    res, fpf = out_dir / RESULT_FILE, out_dir / FINGERPRINT_FILE
+    if not (res.is_file() and fpf.is_file()):
+        return None
+    if json.loads(fpf.read_text()).get("fingerprint") != fp:
+        return None
+    result = TrainResult.load(out_dir)
+    return (
+        result
+        if (result.final_dir / "config.json").exists()
+        or (result.final_dir / "adapter_config.json").exists()
+        else None
+    )
+
+
+def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
+    """Return the checkpoint to resume from (or None), after checking it is ours."""
+    ckpts = out_dir / "checkpoints"
+    fpf = out_dir / FINGERPRINT_FILE
+    if not resume:
+        shutil.rmtree(ckpts, ignore_errors=True)
+        (out_dir / RESULT_FILE).unlink(missing_ok=True)
+    latest = _latest_checkpoint(ckpts)
+    if latest is not None:
+        old = json.loads(fpf.read_text()).get("fingerprint") if fpf.is_file() else None
+        if old != fp:
+            raise TrainingError(
+                f"{ckpts}: checkpoints from a run with different data or settings",
+                hint="resume with the original settings, pass --no-resume to start over, "
+                "or use another output folder",
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fpf.write_text(json.dumps({"fingerprint": fp}), encoding="utf-8")
+    return latest
+
+
+def _latest_checkpoint(ckpts: Path) -> Path | None:
+    found = []
+    for p in ckpts.glob("checkpoint-*"):
+        suffix = p.name.rsplit("-", 1)[-1]
+        if suffix.isdigit() and _state_written(p):
+            found.append((int(suffix), p))
+    return max(found)[1] if found else None
+
+
+def _state_written(ckpt: Path) -> bool:
+    """The Trainer writes trainer_state.json last; a kill while writing it leaves it empty."""
+    try:
+        json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True

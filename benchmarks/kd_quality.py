@@ -1,0 +1,287 @@
+"""Distillation quality at equal teacher samples: base vs sequence KD vs top-20 KD vs unbiased.
+
+The demo task (examples/demo): the teacher is SmolLM2-135M-Instruct with the prototype
+prompt (1,570 tokens of instruction and 16 shots); the student is the same base model with
+only a one-line instruction, LoRA-distilled (r 16, all linear layers, lr 5e-4, batch 8) by
+:func:`apidistill.train.api.train_student`. Arms, each trained on the same N teacher
+samples (the same tickets, the same seed):
+
+- ``base``: no training (the starting point);
+- ``sequence_kd``: cross-entropy on the teacher's greedy answers;
+- ``topk_tail``: logprob KD, forward KL over the teacher's top-20 + tail bucket, α = 0.5;
+- ``unbiased``: logprob KD with the unbiased sampled-token target, α = 0.5, on answers the
+  teacher *sampled at T = 1* (the target is only unbiased for such samples).
+
+Held-out (the last 64 tickets, greedy teacher answers): KL to the teacher (nats/token,
+top-20 + tail, :mod:`apidistill.eval.scoring`, bootstrap interval over records), top-1
+token agreement under teacher forcing, and — from the student's own greedy answers —
+answer agreement with the teacher (both fields equal) and exact match with gold.
+
+Scaled down to fit the 30-minute suite on 2 CPU cores (a step costs ~2.4 s): see
+``FULL`` / ``QUICK`` and RESULTS.md, which states the reduction. Teacher targets are
+generated once and cached (``benchmarks/kd_targets.py``).
+
+Usage: python -m benchmarks.kd_quality [--quick] [--sizes 64 128 250] [--epochs 1]
+Writes out/kd_quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from benchmarks import kd_targets
+from benchmarks.common import spread, write_result
+
+ARMS = ("base", "sequence_kd", "topk_tail", "unbiased")
+FULL = {"sizes": [64, 128, 250], "seeds": [0], "extra_seeds": [1, 2], "epochs": 2.0, "test": 64}
+QUICK = {"sizes": [16], "seeds": [0], "extra_seeds": [], "epochs": 1.0, "test": 8}
+
+
+def training_config(arm: str, epochs: float, seed: int) -> Any:
+    from apidistill.config import KDConfig, TrainingConfig
+
+    method = "sequence_kd" if arm == "sequence_kd" else "logprob_kd"
+    loss = "unbiased" if arm == "unbiased" else "forward_kl"
+    return TrainingConfig(
+        method=method,
+        kd=KDConfig(loss=loss, alpha=0.5, top_k=20),
+        epochs=epochs,
+        learning_rate=5e-4,
+        batch_size=8,
+        warmup_ratio=0.1,
+        seed=seed,
+    )
+
+
+def subset(n_pool: int, size: int, seed: int) -> list[int]:
+    """Which pool tickets a (size, seed) cell trains on; every arm of the cell gets the same."""
+    order = list(range(n_pool))
+    random.Random(seed).shuffle(order)
+    return sorted(order[:size])
+
+
+async def _answers(model: Any, tok: Any, held: list[Any], instruction: str) -> list[str]:
+    """The student's greedy answers to the held-out tickets, batched by the serve engine."""
+    from apidistill.data.schema import GenerationParams, Message
+    from apidistill.serve.engine import Engine
+
+    engine = Engine(model, tok, max_batch_size=16)
+    params = GenerationParams(max_tokens=kd_targets.MAX_TOKENS, temperature=0.0)
+    try:
+        outs = await asyncio.gather(
+            *(
+                engine.generate(
+                    [Message(role="system", content=instruction), *r.messages], None, params
+                )
+                for r in held
+            )
+        )
+    finally:
+        await engine.aclose()
+    return [o[0].text for o in outs]
+
+
+def evaluate(adapter: Path | None, held: list[Any], instruction: str) -> dict[str, Any]:
+    """Held-out KL / top-1 (teacher forcing) and answer agreement / exact (generation)."""
+    from apidistill.eval.scoring import score_records, summarize_scores
+    from apidistill.models import load_model, load_tokenizer
+
+    task = kd_targets._demo_task()
+    tok = load_tokenizer(kd_targets.MODEL)
+    model = load_model(kd_targets.MODEL, adapter=str(adapter) if adapter else None)
+    t0 = time.perf_counter()
+    scores = score_records(model, tok, held, system_prompt=instruction)
+    kl = summarize_scores(scores, len(held), samples=1000, seed=0)
+    scored_s = time.perf_counter() - t0
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    answers = asyncio.run(_answers(model, tok, held, instruction))
+    agree = [task.score(a, r.completion) for a, r in zip(answers, held, strict=True)]
+    exact = [task.score(a, r.gold) for a, r in zip(answers, held, strict=True)]
+    e = kl.kl_nats_per_token
+    return {
+        "kl": round(e.value, 5),
+        "kl_ci95": [round(e.low, 5), round(e.high, 5)],
+        "top1_agreement": round(kl.top1_agreement.value, 4),
+        "answer_agreement": round(sum(agree) / len(held), 4),
+        "exact_vs_gold": round(sum(exact) / len(held), 4),
+        "positions": kl.positions,
+        "eval_s": round(time.perf_counter() - t0, 1),
+        "score_s": round(scored_s, 1),
+    }
+
+
+def train_arm(arm: str, train: list[Any], epochs: float, seed: int, tmp: Path) -> dict[str, Any]:
+    from apidistill.config import StudentConfig
+    from apidistill.train.api import train_student
+
+    task = kd_targets._demo_task()
+    student = StudentConfig(model=kd_targets.MODEL, system_prompt=task.student_instruction())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = train_student(
+            train,
+            None,
+            student=student,
+            training=training_config(arm, epochs, seed),
+            out_dir=tmp / f"{arm}-{len(train)}-{seed}",
+            resume=False,
+            progress=False,
+        )
+    return {"adapter": res.adapter_dir, "steps": res.steps, "train_s": res.train_seconds}
+
+
+def run_cell(
+    size: int,
+    seed: int,
+    arms: list[str],
+    data: dict[str, list[Any]],
+    held: list[Any],
+    epochs: float,
+    tmp: Path,
+    base_row: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    instruction = kd_targets._demo_task().student_instruction()
+    idx = subset(len(data["greedy"]), size, seed)
+    rows = []
+    for arm in arms:
+        row: dict[str, Any] = {"size": size, "seed": seed, "arm": arm}
+        if arm == "base":
+            row.update(base_row or evaluate(None, held, instruction))
+        else:
+            kind = "sampled" if arm == "unbiased" else "greedy"
+            trained = train_arm(arm, [data[kind][i] for i in idx], epochs, seed, tmp)
+            row.update(steps=trained["steps"], train_s=trained["train_s"])
+            row.update(evaluate(trained["adapter"], held, instruction))
+        rows.append(row)
+        print(
+            f"[n={size} seed={seed}] {arm}: KL {row['kl']:.4f}, top-1 "
+            f"{row['top1_agreement']:.3f}, answers {row['answer_agreement']:.3f}",
+            flush=True,
+        )
+    return rows
+
+
+def summarize(rows: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any]:
+    """Per size and arm: spread over seeds; and whether top-k KD beat sequence KD on KL."""
+    cells: dict[str, Any] = {}
+    for size in sizes:
+        for arm in dict.fromkeys(r["arm"] for r in rows):
+            mine = [r for r in rows if r["size"] == size and r["arm"] == arm]
+            if not mine:
+                continue
+            cells[f"{size}/{arm}"] = {
+                "size": size,
+                "arm": arm,
+                "seeds": [r["seed"] for r in mine],
+                **{
+                    k: spread([r[k] for r in mine], 4)
+                    for k in ("kl", "top1_agreement", "answer_agreement", "exact_vs_gold")
+                },
+            }
+    beats = {}
+    for size in sizes:
+        lp, sq = cells.get(f"{size}/topk_tail"), cells.get(f"{size}/sequence_kd")
+        if lp and sq:
+            beats[str(size)] = {
+                "topk_tail_kl": lp["kl"]["median"],
+                "sequence_kd_kl": sq["kl"]["median"],
+                "ratio": round(lp["kl"]["median"] / sq["kl"]["median"], 3),
+                "beats": lp["kl"]["median"] < sq["kl"]["median"],
+            }
+    return {
+        "cells": cells,
+        "logprob_vs_sequence_kl": beats,
+        "logprob_beats_sequence_at_every_size": bool(beats)
+        and all(b["beats"] for b in beats.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", type=int, nargs="+")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--extra-seeds", type=int, nargs="*", help="more seeds at the smallest size")
+    ap.add_argument("--epochs", type=float)
+    ap.add_argument("--test", type=int, help="held-out tickets")
+    ap.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    args = ap.parse_args(argv)
+    plan = dict(QUICK if args.quick else FULL)
+    for key in ("sizes", "seeds", "extra_seeds", "epochs", "test"):
+        if getattr(args, key) is not None:
+            plan[key] = getattr(args, key)
+    started = time.perf_counter()
+    sizes = sorted(plan["sizes"])
+    pool, held_tickets = kd_targets.split_tickets(max(sizes), plan["test"])
+    data: dict[str, list[Any]] = {}
+    target_info: dict[str, Any] = {}
+    data["greedy"], target_info["greedy"] = kd_targets.targets(pool, "greedy")
+    if "unbiased" in args.arms:
+        data["sampled"], target_info["sampled"] = kd_targets.targets(pool, "sampled")
+    held, target_info["held_out"] = kd_targets.targets(held_tickets, "greedy")
+    targets_s = round(time.perf_counter() - started, 1)
+
+    rows: list[dict[str, Any]] = []
+    base_row: dict[str, Any] | None = None
+    cells = [(s, seed) for s in sizes for seed in plan["seeds"]]
+    cells += [(sizes[0], seed) for seed in plan["extra_seeds"] if seed not in plan["seeds"]]
+    with tempfile.TemporaryDirectory(prefix="kdq-") as tmp:
+        for size, seed in cells:
+            new = run_cell(size, seed, args.arms, data, held, plan["epochs"], Path(tmp), base_row)
+            base_row = base_row or next(
+                (
+                    {k: v for k, v in r.items() if k not in ("size", "seed", "arm")}
+                    for r in new
+                    if r["arm"] == "base"
+                ),
+                None,
+            )
+            rows.extend(new)
+    payload = {
+        "setting": {
+            "task": "examples/demo (order_id + product), SmolLM2-135M teacher with the "
+            "prototype prompt, student without it",
+            "sizes": sizes,
+            "seeds": plan["seeds"],
+            "extra_seeds_at_smallest": plan["extra_seeds"],
+            "epochs": plan["epochs"],
+            "held_out_tickets": len(held),
+            "arms": args.arms,
+            "lora": "r 16, alpha 32, all-linear",
+            "lr": 5e-4,
+            "batch": 8,
+            "kd_alpha": 0.5,
+            "top_k": kd_targets.TOP_K,
+            "teacher_targets_s": targets_s,
+            "targets": target_info,
+            "reduction": "issue 10 asks 250/500/1000 samples x 3 seeds; scaled to fit 30 min "
+            "on 2 CPU cores",
+        },
+        "rows": rows,
+        **summarize(rows, sizes),
+    }
+    seeds = sorted({r["seed"] for r in rows})
+    path = write_result(
+        "kd_quality",
+        payload,
+        mode="quick" if args.quick else "full",
+        seeds=seeds,
+        started=started,
+    )
+    print(json.dumps(payload["logprob_vs_sequence_kl"], indent=2))
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

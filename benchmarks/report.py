@@ -1,0 +1,579 @@
+"""RESULTS.md, regenerated from the JSON files in ``out/`` (never edited by hand).
+
+Why regenerate instead of appending: a table that grows by appends mixes runs from
+different days, machines and loads, and the targets can then be "met" by numbers that were
+never measured together. Here every number comes from the JSON files of the last suite run
+(``out/suite.json`` says which run and how long it took); a file older than that run is
+marked as such, and a benchmark that did not run says why.
+
+Each benchmark has one small renderer; :data:`TARGETS` turns the issue-10 targets into
+met / not met with the measured ratio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import HERE, fmt, load_result, md_table
+
+Doc = dict[str, Any]
+APPENDIX_HEADER = (
+    "## Rows appended by standalone runs\n\n"
+    "Scripts run on their own (not through `python -m benchmarks`) append a row here; the "
+    "next suite run replaces this file.\n\n"
+    "| date | benchmark | setting | result | notes |\n|---|---|---|---|---|\n"
+)
+
+
+def _med(cell: Any) -> float | None:
+    return cell.get("median") if isinstance(cell, dict) else None
+
+
+def _mmm(cell: Any, digits: int = 1) -> str:
+    """``median (min–max)`` of a spread, or a dash."""
+    if not isinstance(cell, dict) or cell.get("median") is None:
+        return "—"
+    if cell.get("n", 1) <= 1:
+        return fmt(cell["median"], digits)
+    return f"{fmt(cell['median'], digits)} ({fmt(cell['min'], digits)}–{fmt(cell['max'], digits)})"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One acceptance target: where its number lives and how it is judged."""
+
+    text: str
+    source: str  # benchmark (JSON) name
+    measure: Callable[[Doc], tuple[str, float | None, bool | None, str]]
+    # -> (measured text, ratio or value, met?, note)
+
+
+def _peers(
+    doc: Doc, key: str, limit: float, above: bool
+) -> tuple[str, float | None, bool | None, str]:
+    clean = doc.get("variants", {}).get("clean", {})
+    value = clean.get("ratios", {}).get(key)
+    if value is None:
+        return "—", None, None, "an arm did not run"
+    arms = clean.get("arms", {})
+    note = ""
+    if key == "throughput_vs_fastest_raw":
+        rates = {a: _med(arms.get(a, {}).get("req_per_s")) for a in ("raw_aiohttp", "raw_httpx2")}
+        note = ", ".join(f"{a} {fmt(v, 0)} req/s" for a, v in rates.items() if v)
+    if key.startswith("throughput"):
+        measured = f"apidistill {fmt(_med(arms['apidistill']['req_per_s']), 0)} req/s"
+    else:
+        measured = f"apidistill {fmt(_med(arms['apidistill']['cpu_s_per_1k']))} CPU s/1k"
+    return measured, value, value >= limit if above else value <= limit, note
+
+
+def _resume(doc: Doc) -> tuple[str, float | None, bool | None, str]:
+    arms = doc.get("arms", {})
+    api = arms.get("apidistill", {})
+    if "duplicate_requests" not in api:
+        return "—", None, None, api.get("not_run", "did not run")
+    dup = api["duplicate_requests"]["max"]
+    parts = []
+    for arm, label in (
+        ("apidistill_no_resend", "resend_unknown=False"),
+        ("apidistill_sigterm", "SIGTERM"),
+        ("curator", "Curator"),
+    ):
+        if "duplicate_requests" in arms.get(arm, {}):
+            parts.append(f"{label}: {fmt(arms[arm]['duplicate_requests']['max'], 0)}")
+    measured = f"kill -9, default: {fmt(dup, 0)} duplicates (max over rounds)"
+    return measured, dup, dup == 0, "; ".join(parts)
+
+
+def _storage(doc: Doc) -> tuple[str, float | None, bool | None, str]:
+    k20 = doc.get("k", {}).get("20", {})
+    cell = k20.get("store_fp16_ids")
+    if not cell:
+        return "—", None, None, "no K=20 result"
+    b = cell["bytes_per_token"]
+    note = (
+        f"provider JSON {fmt(k20.get('provider_json_bytes_per_token'), 0)} B/token; "
+        f"KL of stored vs original {cell['kl_mean']:.1e}"
+    )
+    return f"{fmt(b, 1)} B/token (fp16, token ids)", b, b <= 130, note
+
+
+def _kd_ratio(
+    key: str, limit: float
+) -> Callable[[Doc], tuple[str, float | None, bool | None, str]]:
+    def measure(doc: Doc) -> tuple[str, float | None, bool | None, str]:
+        value = doc.get(key)
+        if value is None:
+            why = "TRL not installed" if key == "ratio_sequence_vs_trl" else "missing"
+            return "—", None, None, why
+        arms = doc.get("arms", {})
+        parts = [f"{a} {fmt(v.get('median_s'), 2)} s" for a, v in arms.items()]
+        return "median step time", value, value <= limit, ", ".join(parts)
+
+    return measure
+
+
+def _kd_quality(doc: Doc) -> tuple[str, float | None, bool | None, str]:
+    per = doc.get("logprob_vs_sequence_kl", {})
+    if not per:
+        return "—", None, None, "no size with both arms"
+    worst = max(v["ratio"] for v in per.values())
+    note = "; ".join(
+        f"n={s}: {fmt(v['topk_tail_kl'], 3)} vs {fmt(v['sequence_kd_kl'], 3)}"
+        for s, v in per.items()
+    )
+    return (
+        "KL top-20 KD / KL seq KD (worst size)",
+        worst,
+        doc.get("logprob_beats_sequence_at_every_size"),
+        note,
+    )
+
+
+TARGETS: list[Target] = [
+    Target(
+        "harvest throughput ≥ 1.0× Curator (c = 64)",
+        "peers_harvest",
+        lambda d: _peers(d, "throughput_vs_curator", 1.0, True),
+    ),
+    Target(
+        "harvest throughput ≥ 0.95× fastest raw loop (aiohttp / httpx2, c = 64)",
+        "peers_harvest",
+        lambda d: _peers(d, "throughput_vs_fastest_raw", 0.95, True),
+    ),
+    Target(
+        "CPU per request ≤ Curator's",
+        "peers_harvest",
+        lambda d: _peers(d, "cpu_per_request_vs_curator", 1.0, False),
+    ),
+    Target("zero duplicate requests after kill -9 + resume", "resume_cost", _resume),
+    Target("≤ 130 B/token at K = 20", "storage", _storage),
+    Target(
+        "logprob-KD step ≤ 1.15× sequence-KD step",
+        "kd_overhead",
+        _kd_ratio("ratio_logprob_vs_sequence", 1.15),
+    ),
+    Target(
+        "apidistill sequence-KD step ≤ 1.05× TRL SFTTrainer",
+        "kd_overhead",
+        _kd_ratio("ratio_sequence_vs_trl", 1.05),
+    ),
+    Target(
+        "logprob KD beats sequence KD on held-out KL at every sample size",
+        "kd_quality",
+        _kd_quality,
+    ),
+]
+
+
+def targets_table(docs: dict[str, Doc | None], why_missing: dict[str, str]) -> str:
+    rows = []
+    for t in TARGETS:
+        doc = docs.get(t.source)
+        if doc is None:
+            rows.append(
+                [t.text, "—", "—", f"not run: {why_missing.get(t.source, 'no JSON')}", t.source]
+            )
+            continue
+        measured, value, met, note = t.measure(doc)
+        status = "—" if met is None else ("**met**" if met else "**not met**")
+        if met is None:
+            status = f"not run: {note}"
+            note = ""
+        rows.append(
+            [
+                t.text,
+                measured + (f" ({note})" if note else ""),
+                fmt(value, 3) if value is not None else "—",
+                status,
+                f"{t.source} ({doc.get('mode')})",
+            ]
+        )
+    return md_table(["target", "measured", "ratio / value", "status", "from"], rows)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def harvest_section(peers: Doc | None, own: Doc | None) -> str:
+    out = ["## 1. Harvest throughput and overhead", ""]
+    if peers:
+        s = peers["setting"]
+        out.append(
+            f"`peers_harvest.py`: {s['requests']:,} requests per run, concurrency "
+            f"{s['concurrency']}, {s['latency_ms']:.0f} ms loopback latency (ideal "
+            f"{s['concurrency'] / s['latency_ms'] * 1000:.0f} req/s), each client in its own "
+            f"process, arms shuffled per round; median (min–max) over {s['rounds']} round(s) "
+            f"clean and {s['fault_rounds']} with faults ({s['fault_mix']}). CPU s per 1k = the "
+            "client's own CPU while harvesting (imports excluded, worker processes included); "
+            "RSS = the client's process tree. Curator, distilabel and plain httpx run in the "
+            "peers venv."
+        )
+        for variant, v in peers["variants"].items():
+            rows = []
+            for arm, a in v["arms"].items():
+                if "not_run" in a:
+                    rows.append([arm, f"not run: {a['not_run'][:120]}", "", "", "", ""])
+                    continue
+                rows.append(
+                    [
+                        arm,
+                        _mmm(a["req_per_s"], 0),
+                        _mmm(a["pct_ideal"], 0),
+                        _mmm(a["cpu_s_per_1k"], 2),
+                        _mmm(a["peak_rss_mb"], 0),
+                        f"{a['ok_min']:,} / {a['duplicate_answers_max']}",
+                    ]
+                )
+            out += [
+                "",
+                f"**{variant}**",
+                "",
+                md_table(
+                    [
+                        "client",
+                        "req/s",
+                        "% of ideal",
+                        "CPU s / 1k req",
+                        "peak RSS MB",
+                        "answers (min) / dup",
+                    ],
+                    rows,
+                ),
+            ]
+    else:
+        out.append("`peers_harvest.py`: not run.")
+    if own and own.get("table_md"):
+        out += [
+            "",
+            "`harvest_throughput.py` (the engine's own benchmark, same suite run):",
+            "",
+            own["table_md"],
+        ]
+    return "\n".join(out)
+
+
+def resume_section(doc: Doc | None) -> str:
+    out = ["## 2. Resume cost after kill -9", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    s = doc["setting"]
+    out.append(
+        f"{s['requests']:,} requests, concurrency {s['concurrency']}, {s['latency_ms']:.0f} ms; "
+        f"{s['kill']}, then the same command again on the same journal / cache; "
+        f"{s['rounds']} round(s). Duplicates are counted by the server (receipts past the first "
+        "of each request; no faults injected, so each was billed)."
+    )
+    rows = []
+    for arm, a in doc["arms"].items():
+        if "not_run" in a:
+            rows.append([arm, f"not run: {a['not_run'][:120]}", "", "", "", ""])
+            continue
+        own = (
+            (
+                f"unknown {_mmm(a['reported_outcome_unknown'], 0)}, "
+                f"re-sent {_mmm(a['reported_resent'], 0)}"
+            )
+            if a.get("reported_outcome_unknown")
+            else "none"
+        )
+        rows.append(
+            [
+                arm,
+                _mmm(a["duplicate_requests"], 0),
+                _mmm(a["resume_process_s"], 1),
+                _mmm(a["resume_harvest_s"], 1),
+                _mmm(a["unanswered_after_resume"], 0),
+                own,
+            ]
+        )
+    out += [
+        "",
+        md_table(
+            [
+                "client",
+                "duplicate requests",
+                "resume: process s",
+                "resume: harvest s",
+                "unanswered after resume",
+                "client's own report",
+            ],
+            rows,
+        ),
+    ]
+    return "\n".join(out)
+
+
+def storage_section(doc: Doc | None) -> str:
+    out = ["## 3. Storage: bytes per generated token", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    out.append(
+        f"{doc['tokens']:,} tokens in {doc['records']} records; {doc['source']}. "
+        "Bytes = whole Parquet shards / generated tokens; KL = stored vs original "
+        "top-k + tail distribution, mean per position."
+    )
+    rows = []
+    for k, r in doc["k"].items():
+        rows.append([f"K={k}", "provider JSON", fmt(r["provider_json_bytes_per_token"], 0), "—"])
+        for key, label in (
+            ("store_fp16_ids", "store fp16, token ids"),
+            ("store_q8_ids", "store q8, token ids"),
+            ("store_fp16_bytes_vocab", "store fp16, API teacher (bytes vocab)"),
+            ("store_q8_bytes_vocab", "store q8, API teacher (bytes vocab)"),
+        ):
+            if key in r:
+                rows.append(
+                    [f"K={k}", label, fmt(r[key]["bytes_per_token"], 1), f"{r[key]['kl_mean']:.1e}"]
+                )
+    return "\n".join([*out, "", md_table(["K", "format", "B / token", "KL (mean)"], rows)])
+
+
+def kd_overhead_section(doc: Doc | None) -> str:
+    out = ["## 4. Training step: logprob KD vs sequence KD vs TRL SFTTrainer", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    b = doc.get("batch", {})
+    out.append(
+        f"{doc.get('model')}, LoRA {doc.get('lora')}, batch {b.get('examples')} "
+        f"({b.get('padded_tokens')} padded tokens), top-{b.get('top_k')}; "
+        f"{doc.get('steps_timed')} timed steps after {doc.get('warmup_steps')} warm-up, "
+        "arms interleaved step by step; a step = forward + backward + optimizer."
+    )
+    rows = [
+        [arm, fmt(a["median_s"], 3), fmt(a["min_s"], 3), fmt(a["max_s"], 3)]
+        for arm, a in doc.get("arms", {}).items()
+    ]
+    out += ["", md_table(["arm", "median s", "min s", "max s"], rows), ""]
+    out.append(
+        f"logprob / sequence: {fmt(doc.get('ratio_logprob_vs_sequence'), 3)}×; "
+        f"sequence / TRL: {fmt(doc.get('ratio_sequence_vs_trl'), 3)}×"
+    )
+    return "\n".join(out)
+
+
+def kd_quality_section(doc: Doc | None) -> str:
+    out = ["## 5. Distillation quality at equal teacher samples", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    s = doc["setting"]
+    extra = s.get("extra_seeds_at_smallest") or []
+    out.append(
+        f"{s['task']}. LoRA {s['lora']}, lr {s['lr']}, batch {s['batch']}, {s['epochs']:g} "
+        f"epoch(s), KD α {s['kd_alpha']}, top-{s['top_k']}; held-out: {s['held_out_tickets']} "
+        f"tickets. Sizes {s['sizes']}, seed(s) {s['seeds']}"
+        + (f" plus seeds {extra} at n={min(s['sizes'])}" if extra else "")
+        + f". **Scaled down:** {s['reduction']}. Teacher targets: harvested once from "
+        "`apidistill serve` with apidistill's own harvest and cached "
+        f"({_targets_note(s.get('targets', {}))})."
+    )
+    rows = []
+    for c in doc["cells"].values():
+        rows.append(
+            [
+                c["size"],
+                c["arm"],
+                ",".join(map(str, c["seeds"])),
+                _mmm(c["kl"], 3),
+                _mmm(c["top1_agreement"], 3),
+                _mmm(c["answer_agreement"], 2),
+                _mmm(c["exact_vs_gold"], 2),
+            ]
+        )
+    out += [
+        "",
+        md_table(
+            [
+                "n samples",
+                "arm",
+                "seeds",
+                "held-out KL (nats/token)",
+                "top-1 agreement",
+                "answer agreement",
+                "exact vs gold",
+            ],
+            rows,
+        ),
+    ]
+    out += [
+        "",
+        "KL = top-20 + tail, teacher forcing on the teacher's greedy answers; answer "
+        "agreement = both fields equal to the teacher's (student's own greedy answer). "
+        "`base` is the untrained student.",
+    ]
+    return "\n".join(out)
+
+
+def _targets_note(t: dict[str, Any]) -> str:
+    parts = []
+    for kind, info in t.items():
+        if info.get("harvested"):
+            parts.append(f"{kind}: {info['harvested']} harvested in {info.get('harvest_s')} s")
+        else:
+            parts.append(f"{kind}: {info.get('cached', 0)} from cache")
+    return "; ".join(parts)
+
+
+def serve_section(doc: Doc | None) -> str:
+    out = ["## 6. Serving the teacher: batching and the prefix cache", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    if doc.get("table_md"):
+        return "\n".join([*out, doc["table_md"]])
+    arms = doc.get("arms") or {}
+    rows = []
+    for arm, a in arms.items():
+        if isinstance(a, dict):
+            cells = [
+                f"{k}: {fmt(v, 3) if isinstance(v, float) else v}"
+                for k, v in a.items()
+                if not isinstance(v, (list, dict))
+            ]
+            rows.append([arm, "; ".join(cells)])
+    return "\n".join([*out, md_table(["arm", "numbers"], rows)] if rows else [*out, "(no arms)"])
+
+
+# --------------------------------------------------------------------------- page
+
+
+SECTIONS = (
+    "peers_harvest",
+    "harvest_throughput",
+    "resume_cost",
+    "storage",
+    "kd_overhead",
+    "kd_quality",
+    "serve_batching",
+)
+
+
+def machine_section(suite: Doc | None, docs: dict[str, Doc | None]) -> str:
+    any_doc = next((d for d in docs.values() if d), None)
+    m = (suite or {}).get("machine") or (any_doc or {}).get("machine") or {}
+    out = ["## Machine and versions", ""]
+    out.append(
+        md_table(
+            ["", ""],
+            [
+                ["CPU", m.get("cpu", "?")],
+                ["cores (usable)", f"{m.get('cores')} ({m.get('usable_cores')})"],
+                ["RAM", f"{m.get('ram_gib')} GiB"],
+                ["OS / Python", f"{m.get('os')} / {m.get('python')}"],
+                ["GPU", m.get("gpu") or "none (CPU only)"],
+                [
+                    "load average at suite start / end",
+                    f"{(suite or {}).get('load_start')} / {(suite or {}).get('load_end')}",
+                ],
+            ],
+        )
+    )
+    vers = (suite or {}).get("versions") or (any_doc or {}).get("versions") or {}
+    peers = (suite or {}).get("peer_versions") or {}
+    out += ["", "Main venv: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v)]
+    out += [
+        "",
+        "Peers venv (`/work/peers-venv`): "
+        + (", ".join(f"{k} {v}" for k, v in peers.items() if v) or "not set up"),
+    ]
+    seeds = {n: d.get("seeds") for n, d in docs.items() if d and d.get("seeds")}
+    out += ["", "Seeds: " + ", ".join(f"{n} {s}" for n, s in seeds.items())]
+    return "\n".join(out)
+
+
+def suite_section(suite: Doc | None, docs: dict[str, Doc | None]) -> str:
+    if not suite:
+        return "## Suite run\n\nNo `out/suite.json`: these files were not produced by the suite."
+    rows = []
+    for name, b in suite.get("benchmarks", {}).items():
+        doc = docs.get(name)
+        rows.append(
+            [
+                name,
+                b.get("mode"),
+                b.get("status"),
+                fmt(b.get("wall_s"), 0),
+                doc.get("date") if doc else "—",
+            ]
+        )
+    total = suite.get("wall_s") or 0
+    flags = (" --quick" if suite.get("mode") == "quick" else "") + (
+        " --only " + " ".join(suite["only"]) if suite.get("only") else ""
+    )
+    return "\n".join(
+        [
+            "## Suite run",
+            "",
+            f"`python -m benchmarks{flags}` started {suite.get('started')}, wall time "
+            f"{total / 60:.1f} min (budget: full ≤ 30 min, quick ≤ ~3 min).",
+            "",
+            md_table(["benchmark", "mode", "status", "wall s", "JSON written"], rows),
+        ]
+    )
+
+
+def render(folder: Path) -> str:
+    suite = load_result("suite", folder)
+    docs: dict[str, Doc | None] = {n: load_result(n, folder) for n in SECTIONS}
+    why: dict[str, str] = {}
+    started = (suite or {}).get("started") or ""
+    for name, doc in list(docs.items()):
+        status = ((suite or {}).get("benchmarks", {}).get(name) or {}).get("status")
+        if doc is not None and started and doc.get("date", "") < started:
+            doc["stale"] = True  # from an earlier run: shown, flagged below
+        if doc is None:
+            why[name] = status or "no JSON in out/"
+    stale = [n for n, d in docs.items() if d and d.get("stale")]
+    mode = (suite or {}).get("mode", "?")
+    head = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m benchmarks` from `benchmarks/out/*.json`; do not edit by "
+        "hand (see benchmarks/README.md to reproduce). Everything below was measured in the "
+        f"same suite run ({mode} mode) on the machine described under *Machine and versions*.",
+        "",
+        "**The machine is shared**: other jobs ran on its 2 cores during the run (see the load "
+        "average), so absolute times are inflated and noisy; the ratios, measured in the same "
+        "rounds with the arms interleaved, are what the targets use.",
+    ]
+    if stale:
+        head += [
+            "",
+            f"Stale: {', '.join(stale)} did not run in this suite run; their numbers "
+            "are from the date shown in *Suite run*.",
+        ]
+    body = [
+        "## Targets (issue 10)",
+        "",
+        targets_table(docs, why),
+        "",
+        harvest_section(docs["peers_harvest"], docs["harvest_throughput"]),
+        "",
+        resume_section(docs["resume_cost"]),
+        "",
+        storage_section(docs["storage"]),
+        "",
+        kd_overhead_section(docs["kd_overhead"]),
+        "",
+        kd_quality_section(docs["kd_quality"]),
+        "",
+        serve_section(docs["serve_batching"]),
+        "",
+        machine_section(suite, docs),
+        "",
+        suite_section(suite, docs),
+        "",
+        APPENDIX_HEADER,
+    ]
+    return "\n".join([*head, "", *body])
+
+
+def write(folder: Path, results_md: Path | None = None) -> Path:
+    path = results_md or HERE / "RESULTS.md"
+    path.write_text(render(folder), encoding="utf-8")
+    return path

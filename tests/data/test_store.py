@@ -1,0 +1,239 @@
+"""Dataset store: round trip, crash safety (truncated write-ahead file), checksums, versions."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from helpers import make_record
+
+from apidistill.data.schema import Record
+from apidistill.data.store import (
+    DatasetWriter,
+    StoreWarning,
+    dataset_status,
+    iter_token_arrays,
+    load_records,
+    record_ids,
+    save_splits,
+)
+from apidistill.errors import DataError
+
+
+def _assert_same(a: Record, b: Record, *, rtol: float = 2**-10) -> None:
+    assert a.model_dump(exclude={"logprobs"}) == b.model_dump(exclude={"logprobs"})
+    if a.logprobs is None:
+        assert b.logprobs is None
+        return
+    assert b.logprobs is not None and len(a.logprobs) == len(b.logprobs)
+    for x, y in zip(a.logprobs, b.logprobs, strict=True):
+        assert (x.token_id, x.token, x.bytes) == (y.token_id, y.token, y.bytes)
+        assert y.logprob == pytest.approx(x.logprob, rel=rtol, abs=1e-7)
+        assert len(x.top) == len(y.top)
+        for u, v in zip(x.top, y.top, strict=True):
+            assert (u.token_id, u.token, u.bytes) == (v.token_id, v.token, v.bytes)
+            assert v.logprob == pytest.approx(u.logprob, rel=rtol, abs=1e-7)
+
+
+def test_round_trip_top20_within_float16(tmp_path: Path) -> None:
+    recs = [make_record(i, t=40, k=20, label="a") for i in range(12)]
+    recs.append(make_record(50, t=25, k=20, with_ids=False))  # API teacher: bytes, no ids
+    recs.append(make_record(51))  # no logprobs at all
+    with DatasetWriter(tmp_path / "ds", shard_records=5) as w:
+        w.write_many(recs)
+    back = load_records(tmp_path / "ds")
+    assert [r.id for r in back] == [r.id for r in recs]
+    for a, b in zip(recs, back, strict=True):
+        _assert_same(a, b)
+    status = dataset_status(tmp_path / "ds")
+    assert len(status.shards) == 3 and status.shard_rows == 14 and status.pending_records == 0
+    assert status.logprob_tokens == 12 * 40 + 25
+
+
+def test_quirky_tokens_round_trip(tmp_path: Path) -> None:
+    """llama.cpp-style quirks: bytes null, empty tokens, partial UTF-8 bytes, -9999, 0.0."""
+    from apidistill.data.schema import Message, TokenLogprob, TopLogprob
+
+    lp = [
+        TokenLogprob(token="", bytes=None, logprob=0.0, top=[TopLogprob(token="", logprob=0.0)]),
+        TokenLogprob(
+            token="\\xe2",
+            bytes=[0xE2],
+            logprob=-0.5,
+            top=[
+                TopLogprob(token="\\xe2", bytes=[0xE2], logprob=-0.5),
+                TopLogprob(token="x", bytes=None, logprob=-9999.0),
+            ],
+        ),
+        TokenLogprob(token="z", bytes=[122], logprob=-3.0, top=[]),
+    ]
+    rec = Record(id="q", messages=[Message(role="user", content="hi")], completion="z", logprobs=lp)
+    with DatasetWriter(tmp_path / "ds") as w:
+        w.write(rec)
+    _assert_same(rec, load_records(tmp_path / "ds")[0])
+
+
+def test_truncated_write_ahead_file_loads_prefix_and_reports(tmp_path: Path) -> None:
+    """Simulated crash: the process dies mid-frame; no shard was ever written."""
+    folder = tmp_path / "ds"
+    recs = [make_record(i, t=10, k=5) for i in range(6)]
+    w = DatasetWriter(folder, shard_records=1000)
+    w.open()
+    w.write_many(recs)
+    wal = w._wal.path  # the process "crashes" here: no flush, no close
+    w._wal._fh.flush()
+    data = wal.read_bytes()
+    frames = data.split(b"\n")
+    cut = sum(len(f) + 1 for f in frames[:4]) + len(frames[4]) // 2
+    wal.write_bytes(data[:cut])
+    w._unlock()
+
+    seen: list[str] = []
+    back = load_records(folder, on_damage=seen.append)
+    assert [r.id for r in back] == ["r0", "r1", "r2", "r3"]
+    for a, b in zip(recs, back, strict=False):
+        _assert_same(a, b)
+    assert len(seen) == 1 and "truncated" in seen[0] and wal.name in seen[0]
+    with pytest.warns(StoreWarning, match="truncated"):
+        load_records(folder)
+
+    # Re-opening as a writer compacts the intact frames into a shard, reports the break once.
+    reported: list[str] = []
+    with DatasetWriter(folder, on_damage=reported.append) as w2:
+        assert w2.recovered == 4
+        w2.write(make_record(9))
+    assert len(reported) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r.id for r in load_records(folder)] == ["r0", "r1", "r2", "r3", "r9"]
+    assert not list((folder / "wal").glob("*.wal"))
+
+
+def test_every_truncation_point_is_safe(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    with DatasetWriter(folder, shard_records=1000) as w:
+        w.write_many([make_record(i, t=3, k=3) for i in range(3)])
+        w._wal._fh.flush()
+        data = w._wal.path.read_bytes()
+        w._pending.clear()  # keep the write-ahead file as the only copy
+        original = w._wal.path
+    wal = folder / "wal" / "x.wal"
+    original.rename(wal)
+    ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    for cut in range(0, len(data) + 1, 7):
+        wal.write_bytes(data[:cut])
+        got = load_records(folder, on_damage=lambda _m: None)
+        assert len(got) == sum(1 for e in ends if e <= cut)
+
+
+def test_crash_after_shard_before_manifest(tmp_path: Path) -> None:
+    """An orphan shard (renamed, but not yet in the manifest) is never read, then removed."""
+    folder = tmp_path / "ds"
+    with DatasetWriter(folder) as w:
+        w.write(make_record(1))
+    shard = next(folder.glob("shard-*.parquet"))
+    orphan = folder / "shard-00001-deadbeef.parquet"
+    orphan.write_bytes(shard.read_bytes())
+    assert [r.id for r in load_records(folder)] == ["r1"]
+    with DatasetWriter(folder):
+        pass
+    assert not orphan.exists()
+
+
+def test_crash_after_manifest_before_wal_delete(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    with DatasetWriter(folder) as w:
+        w.write(make_record(1))
+        w._wal._fh.flush()
+        copy = w._wal.path.read_bytes(), w._wal.path.name
+    (folder / "wal" / copy[1]).write_bytes(copy[0])  # the delete "did not happen"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["compacted_wal"] = [copy[1]]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert [r.id for r in load_records(folder)] == ["r1"]  # not twice
+
+
+def test_damaged_shard_checksum_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    with DatasetWriter(folder) as w:
+        w.write(make_record(1))
+    shard = next(folder.glob("shard-*.parquet"))
+    blob = bytearray(shard.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    shard.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="checksum") as err:
+        load_records(folder)
+    assert shard.name in str(err.value)
+
+
+def test_newer_store_version_fails_with_message(tmp_path: Path) -> None:
+    folder = tmp_path / "ds"
+    with DatasetWriter(folder) as w:
+        w.write(make_record(1))
+    shard = next(folder.glob("shard-*.parquet"))
+    pf = pq.ParquetFile(shard)
+    meta = dict(pf.metadata.metadata)
+    meta[b"apidistill.store_version"] = b"99"
+    tbl = pf.read()
+    with pq.ParquetWriter(shard, tbl.schema, store_schema=False) as w:
+        w.add_key_value_metadata(meta)
+        w.write_table(tbl)
+    with pytest.raises(DataError, match=r"(?s)newer apidistill.*upgrade"):
+        load_records(folder, verify=False)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["store_version"] = 7
+    (folder / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DataError, match="store format 7"):
+        load_records(folder)
+
+
+def test_second_writer_is_refused(tmp_path: Path) -> None:
+    with DatasetWriter(tmp_path / "ds"), pytest.raises(DataError, match="another process"):
+        DatasetWriter(tmp_path / "ds").open()
+
+
+def test_not_a_dataset_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not an apidistill dataset"):
+        load_records(tmp_path)
+    with pytest.raises(DataError, match="unknown split"):
+        load_records(tmp_path, split="dev")
+
+
+def test_splits_token_arrays_ids_and_top_k(tmp_path: Path) -> None:
+    recs = [make_record(i, t=6, k=8) for i in range(6)]
+    for i, r in enumerate(recs):
+        r.split = ["train", "test", "validation"][i % 3]
+    counts = save_splits(recs, tmp_path / "ds")
+    assert counts == {"train": 2, "test": 2, "validation": 2}
+    assert [r.id for r in load_records(tmp_path / "ds", split="test")] == ["r1", "r4"]
+    with pytest.raises(DataError, match="already holds"):
+        save_splits(recs, tmp_path / "ds")
+    arrays = dict(iter_token_arrays(tmp_path / "ds", split="train"))
+    a = arrays["r0"]
+    assert a is not None and a.topk_ids.shape == (6, 8)
+    want = recs[0].logprobs
+    assert a.ids.tolist() == [p.token_id for p in want]
+    assert a.topk_ids[2].tolist() == [x.token_id for x in want[2].top]
+    np.testing.assert_allclose(a.topk_logprobs[2], [x.logprob for x in want[2].top], rtol=1e-3)
+    assert record_ids(tmp_path / "ds") == {r.id for r in recs}
+
+    with DatasetWriter(tmp_path / "k", top_k=3) as w:
+        w.write(recs[0])
+    assert all(len(p.top) == 3 for p in load_records(tmp_path / "k")[0].logprobs)
+
+
+def test_q8_codec_keeps_distribution(tmp_path: Path) -> None:
+    recs = [make_record(i, t=30, k=20) for i in range(4)]
+    with DatasetWriter(tmp_path / "ds", codec="q8") as w:
+        w.write_many(recs)
+    back = load_records(tmp_path / "ds")
+    for a, b in zip(recs, back, strict=True):
+        for x, y in zip(a.logprobs, b.logprobs, strict=True):
+            assert [t.token_id for t in x.top] == [t.token_id for t in y.top]
+            px = np.exp([t.logprob for t in x.top])
+            py = np.exp([t.logprob for t in y.top])
+            assert np.abs(px - py).max() < 0.02

@@ -1,0 +1,140 @@
+"""kill -9 and Ctrl-C against a real harvest process, checked with the server's counters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import openai_teacher
+from harvest_script import PRICE, prompts
+
+from apidistill.harvest import JournalStore, check_integrity, harvest
+from apidistill.testing.fault_server import request_digest
+
+SCRIPT = Path(__file__).with_name("harvest_script.py")
+N, CONCURRENCY = 300, 16
+
+
+def _digest(req) -> str:
+    return request_digest(
+        {"model": "fault-model", "messages": [m.model_dump() for m in req.messages]}
+    )
+
+
+def _start(srv, journal: Path, mode: str, out: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), srv.base_url, str(journal), str(N), str(CONCURRENCY),
+         mode, str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+
+
+def _wait_for_done(journal: Path, proc: subprocess.Popen[str], at_least: int) -> int:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if journal.exists():
+            try:
+                store = JournalStore(journal, readonly=True)
+                done = store.count("done")
+                store.close()
+            except Exception:  # the file is being created
+                done = 0
+            if done >= at_least:
+                return done
+        time.sleep(0.05)
+    raise AssertionError("the harvest made no progress")
+
+
+async def _resume(srv, journal: Path):
+    teacher = openai_teacher(srv.base_url)
+    try:
+        return await harvest(prompts(N), teacher=teacher, journal=journal, concurrency=CONCURRENCY,
+                             progress=False, price=PRICE)  # fmt: skip
+    finally:
+        await teacher.aclose()
+
+
+def _output_prompt_ids(journal: Path) -> Counter[str]:
+    store = JournalStore(journal, readonly=True)
+    try:
+        return Counter(r.prompt_id for r in store.rows(state="done"))
+    finally:
+        store.close()
+
+
+async def test_kill_9_mid_run_then_resume_pays_at_most_the_in_flight_again(fault, tmp_path):
+    srv = fault(latency_ms=60)
+    journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
+    proc = _start(srv, journal, "sync", out)
+    _wait_for_done(journal, proc, 80)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert check_integrity(journal) == []
+    store = JournalStore(journal, readonly=True)
+    in_flight = {r.prompt_id for r in store.rows(state="sent")}
+    worst = store.conn.execute("SELECT reserved_usd FROM requests WHERE state='sent'").fetchall()
+    store.close()
+    assert 0 < len(in_flight) <= CONCURRENCY
+    at_risk = sum((Decimal(w) for (w,) in worst), Decimal(0))
+
+    summary = await _resume(srv, journal)
+    assert summary.crashed_found == len(in_flight)  # reported ...
+    assert summary.resent == len(in_flight)  # ... and each re-sent exactly once
+    assert summary.at_risk_found_usd == at_risk > 0  # the money that may have been billed
+    assert any("may have been billed" in line for line in summary.lines())
+
+    ids = _output_prompt_ids(journal)
+    assert set(ids) == {f"p{i}" for i in range(N)} and set(ids.values()) == {1}
+    stats = srv.stats()["digests"]
+    billed = {r.prompt_id: stats[_digest(r)]["billed"] for r in prompts(N)}
+    paid_twice = {p for p, n in billed.items() if n > 1}
+    assert max(billed.values()) <= 2 and min(billed.values()) == 1
+    assert paid_twice <= in_flight  # duplicates only among what was in flight at the kill
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_ctrl_c_drains_in_flight_and_resume_resends_nothing(fault, tmp_path, mode):
+    srv = fault(latency_ms=60)
+    journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
+    proc = _start(srv, journal, mode, out)
+    _wait_for_done(journal, proc, 60)
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    first = json.loads(out.read_text())
+    assert first["stopped_by"] == "interrupt" and 0 < first["done"] < N
+
+    store = JournalStore(journal, readonly=True)
+    assert store.count("sent") == 0 and store.count("unknown") == 0
+    assert store.count("done") == first["done"]
+    store.close()
+    summary = await _resume(srv, journal)
+    assert summary.resent == 0 and summary.unknown_found == 0
+    assert summary.cached == first["done"] and summary.done == N - first["done"]
+    stats = srv.stats()["digests"]
+    assert all(stats[_digest(r)]["billed"] == 1 for r in prompts(N))
+
+
+async def test_sigterm_is_a_graceful_stop_too(fault, tmp_path):
+    srv = fault(latency_ms=60)
+    journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
+    proc = _start(srv, journal, "sync", out)
+    _wait_for_done(journal, proc, 40)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    store = JournalStore(journal, readonly=True)
+    assert store.count("sent") == 0 and store.count("unknown") == 0
+    received = sum(d["received"] for d in srv.stats()["digests"].values())
+    assert store.count("done") == received  # every request that went out came back in
+    store.close()

@@ -1,0 +1,90 @@
+"""Fixtures for the train stage: a tiny chat model built in code, and the embedded SmolLM2."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import pytest
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def char_tokenizer(chat_template: str | None = CHATML):
+    """A character-level tokenizer with ChatML special tokens (≈ 100 ids)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.chat_template = chat_template
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory) -> Path:
+    """A folder with a tiny random Llama + the char tokenizer: loads via load_model(path)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = char_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+    )
+    folder = tmp_path_factory.mktemp("tiny_chat")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_records(tiny_chat_dir):
+    """Teacher records with top-k logprobs from a second random tiny model (same tokenizer)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from apidistill.models import load_tokenizer
+    from apidistill.train.localteacher import teacher_records
+
+    tok = load_tokenizer(str(tiny_chat_dir))
+    torch.manual_seed(1)
+    teacher = LlamaForCausalLM.from_pretrained(tiny_chat_dir)
+    with torch.no_grad():  # a different, sharper teacher than the student's random init
+        for p in teacher.parameters():
+            p.mul_(3.0)
+    inputs = [f"order {n} for item {chr(97 + n % 26)}" for n in range(24)]
+    return teacher_records(teacher, tok, inputs, max_new_tokens=12, top_k=5)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded SmolLM2-135M-Instruct tokenizer, loaded once per session."""
+    from apidistill.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m-instruct")
