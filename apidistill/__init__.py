@@ -31,6 +31,8 @@ from apidistill.errors import (
     TrainingError,
 )
 
+from apidistill.sdk import Distiller
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Completion",
     "ConfigError",
     "DataError",
+    "Distiller",
     "EvalError",
     "GenerationParams",
     "Message",

@@ -51,13 +51,19 @@ TICKETS = [
 
 
 def _teacher_batch(device: str):
+    from apidistill.data.schema import Message
     from apidistill.models import load_model, load_tokenizer
     from apidistill.train.localteacher import teacher_records
 
     tok = load_tokenizer(MODEL)
     model = load_model(MODEL, device=device)
     recs = teacher_records(
-        model, tok, TICKETS, teacher_system_prompt=TEACHER_PROMPT, max_new_tokens=24, top_k=20
+        model,
+        tok,
+        TICKETS,
+        teacher_prompt=[Message(role="system", content=TEACHER_PROMPT)],
+        max_new_tokens=24,
+        top_k=20,
     )
     return tok, recs
 
@@ -75,6 +81,7 @@ class _Arm:
         self.name, self.trainer, self.batch = name, trainer, batch
         self.model = trainer.model
         trainer.create_optimizer_and_scheduler(num_training_steps=1000)
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() otherwise
         self.times: list[float] = []
         self.losses: list[float] = []
 

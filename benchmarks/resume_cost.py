@@ -12,7 +12,7 @@ it, apidistill's own report on resume: how many requests it found with an unknow
 (sent, never answered in the journal) and how many it re-sent. HARVEST-NOTES explains why
 the floor after kill -9 is the requests in flight, not zero, without provider help.
 
-Usage: python -m benchmarks.resume_cost [--quick] [--n 2000] [--rounds 3]
+Usage: python -m benchmarks.resume_cost [--quick] [--n 2000] [--rounds 2]
 Writes out/resume_cost.json.
 """
 
@@ -175,20 +175,21 @@ def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="400 requests, 1 round")
+    ap.add_argument("--quick", action="store_true", help="400 requests, 1 round, 2 arms")
     ap.add_argument("--n", type=int)
     ap.add_argument("--rounds", type=int)
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: all; quick: 2")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.n or (400 if args.quick else 2000)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (1 if args.quick else 2)
+    arms = args.arms or (["apidistill", "curator"] if args.quick else list(ARMS))
     from apidistill.testing.fault_server import FaultServerProcess
 
     runs: list[dict[str, Any]] = []
     with FaultServerProcess(latency_ms=LATENCY_MS) as srv:
         for r in range(rounds):
-            for arm in args.arms if r % 2 == 0 else reversed(args.arms):
+            for arm in arms if r % 2 == 0 else reversed(arms):
                 res = one_round(srv, arm, n, tag=f"resume-r{r}-{arm}")
                 res["round"] = r
                 runs.append(res)

@@ -129,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--arms", default="batch1,batched,batched+prefix")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: physical cores; 1 gives steadier numbers on a shared box)",
+    )
     args = ap.parse_args(argv)
     requests = args.requests or (8 if args.quick else 32)
     shots = args.shots if args.shots is not None else (4 if args.quick else 16)
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from apidistill.models import load_model, load_tokenizer
     from apidistill.serve.engine import Engine, physical_cores
 
-    threads = physical_cores()
+    threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
     model, tok = load_model(args.model), load_tokenizer(args.model)
     chats = build_requests(shots, requests)

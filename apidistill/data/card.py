@@ -53,9 +53,7 @@ def token_stats(records: Sequence[Record]) -> dict[str, Any]:
     with_lp = [r for r in records if r.logprobs is not None]
     ks = Counter(max((len(p.top) for p in r.logprobs or []), default=0) for r in with_lp)
     positions = sum(len(r.logprobs or []) for r in with_lp)
-    with_ids = sum(
-        1 for r in with_lp for p in r.logprobs or [] if p.token_id is not None
-    )
+    with_ids = sum(1 for r in with_lp for p in r.logprobs or [] if p.token_id is not None)
     return {
         "output_tokens": _summary([_output_tokens(r) for r in records]),
         "input_tokens": _summary([r.usage.input_tokens for r in records if r.usage.input_tokens]),
@@ -70,9 +68,13 @@ def _provenance(records: Sequence[Record]) -> dict[str, Any]:
     teachers = Counter(
         f"{r.provenance.provider}:{r.provenance.model}" for r in records if r.provenance
     )
-    versions = Counter(r.provenance.model_version for r in records if r.provenance and r.provenance.model_version)
+    versions = Counter(
+        r.provenance.model_version for r in records if r.provenance and r.provenance.model_version
+    )
     decisions = Counter(
-        r.provenance.policy_decision_id for r in records if r.provenance and r.provenance.policy_decision_id
+        r.provenance.policy_decision_id
+        for r in records
+        if r.provenance and r.provenance.policy_decision_id
     )
     times = [r.provenance.harvested_at for r in records if r.provenance]
     return {
@@ -87,7 +89,10 @@ def _provenance(records: Sequence[Record]) -> dict[str, Any]:
 
 def _record_cost(records: Sequence[Record]) -> dict[str, Any]:
     known = [r.cost_usd for r in records if r.cost_usd is not None]
-    return {"sum_usd": str(sum(known, Decimal(0))), "records_with_unknown_cost": len(records) - len(known)}
+    return {
+        "sum_usd": str(sum(known, Decimal(0))),
+        "records_with_unknown_cost": len(records) - len(known),
+    }
 
 
 @dataclass
@@ -100,8 +105,13 @@ class DatasetCard:
 
     def to_markdown(self) -> str:
         d = self.data
-        out = [f"# Dataset card: {self.name}", "", f"Built {d['created_at']} · store format "
-               f"{d['store_version']} · record schema {d['schema_version']}", ""]
+        out = [
+            f"# Dataset card: {self.name}",
+            "",
+            f"Built {d['created_at']} · store format "
+            f"{d['store_version']} · record schema {d['schema_version']}",
+            "",
+        ]
         out += ["## Counts", "", f"- records: **{d['records']}**"]
         out += [f"- {s}: {n}" for s, n in d["splits"].items()]
         out += _table("Labels", ["label", "records"], d["labels"].items())
@@ -116,19 +126,28 @@ class DatasetCard:
                 need = ", ".join(f"{c}: {n}" for c, n in b["under_represented"].items())
                 out += [f"Under-represented (more examples needed): {need}", ""]
         ts = d["tokens"]
-        rows = [(k, *(ts[k].get(c, "") for c in ("total", "mean", "median", "p95", "max")))
-                for k in ("output_tokens", "input_tokens") if ts[k].get("count")]
+        rows = [
+            (k, *(ts[k].get(c, "") for c in ("total", "mean", "median", "p95", "max")))
+            for k in ("output_tokens", "input_tokens")
+            if ts[k].get("count")
+        ]
         out += _table("Tokens", ["", "total", "mean", "median", "p95", "max"], rows)
-        out += [f"Records with logprobs: {ts['records_with_logprobs']} "
-                f"({ts['logprob_positions']} positions; top-k sizes {ts['top_k'] or '—'}; "
-                f"teacher token ids known for {_pct(ts['token_ids_known_share'])} of positions)", ""]
+        out += [
+            f"Records with logprobs: {ts['records_with_logprobs']} "
+            f"({ts['logprob_positions']} positions; top-k sizes {ts['top_k'] or '—'}; "
+            f"teacher token ids known for {_pct(ts['token_ids_known_share'])} of positions)",
+            "",
+        ]
         cost = d["cost"]
         rows = [(k, f"${v}") for k, v in cost["totals_usd"].items()]
         rows.append(("sum of record costs", f"${cost['records']['sum_usd']}"))
         out += _table("Cost", ["item", "USD"], rows)
         if cost["records"]["records_with_unknown_cost"]:
-            out += [f"{cost['records']['records_with_unknown_cost']} records have an unknown cost "
-                    "(unpriced model).", ""]
+            out += [
+                f"{cost['records']['records_with_unknown_cost']} records have an unknown cost "
+                "(unpriced model).",
+                "",
+            ]
         prov = d["provenance"]
         out += _table("Teachers", ["teacher", "records"], prov["teachers"].items())
         out += [f"Harvested {prov['harvested_from']} → {prov['harvested_to']}", ""]
@@ -167,7 +186,10 @@ def _table(title: str, header: list[str], rows: Any) -> list[str]:
         return [*out, "none", ""]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
-    out += ["| " + " | ".join(str(c) for c in (r if isinstance(r, tuple) else (r,))) + " |" for r in rows]
+    out += [
+        "| " + " | ".join(str(c) for c in (r if isinstance(r, tuple) else (r,))) + " |"
+        for r in rows
+    ]
     return [*out, ""]
 
 

@@ -20,13 +20,20 @@ from apidistill.errors import ConfigError
 data_app = typer.Typer(no_args_is_help=True)
 out = Console()
 
-Folder = Annotated[Path, typer.Argument(help="Dataset folder (written by harvest or a data command).")]
-OutFolder = Annotated[Path, typer.Option("--out", "-o", help="Folder for the result (must be new).")]
+Folder = Annotated[
+    Path, typer.Argument(help="Dataset folder (written by harvest or a data command).")
+]
+OutFolder = Annotated[
+    Path, typer.Option("--out", "-o", help="Folder for the result (must be new).")
+]
 RunFile = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Run file whose `dataset` section gives defaults.")
+    Path | None,
+    typer.Option("--config", "-c", help="Run file whose `dataset` section gives defaults."),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace a dataset already in --out.")]
-Codec = Annotated[str, typer.Option("--codec", help="Logprob storage: fp16 (exact to float16) or q8.")]
+Codec = Annotated[
+    str, typer.Option("--codec", help="Logprob storage: fp16 (exact to float16) or q8.")
+]
 
 
 def _dataset_cfg(config: Path | None) -> DatasetConfig:
@@ -89,7 +96,9 @@ def inspect(
         out.print(f"[yellow]damaged:[/] {msg}")
     for rec in records[:show]:
         text = rec.prompt if rec.prompt is not None else (rec.messages or [])[-1].content
-        out.print(f"[bold]{rec.id}[/] [dim]{rec.label or ''}[/]\n  in:  {text[:160]!r}\n  out: {rec.completion[:160]!r}")
+        out.print(
+            f"[bold]{rec.id}[/] [dim]{rec.label or ''}[/]\n  in:  {text[:160]!r}\n  out: {rec.completion[:160]!r}"
+        )
 
 
 @data_app.command("filter")
@@ -100,7 +109,9 @@ def filter_cmd(
     max_output_chars: Annotated[int | None, typer.Option(help="Drop longer outputs.")] = None,
     regex: Annotated[str | None, typer.Option(help="Outputs must fully match this regex.")] = None,
     label_set: Annotated[str | None, typer.Option(help="Comma-separated allowed outputs.")] = None,
-    keep_truncated: Annotated[bool, typer.Option(help="Keep finish_reason=length outputs.")] = False,
+    keep_truncated: Annotated[
+        bool, typer.Option(help="Keep finish_reason=length outputs.")
+    ] = False,
     overwrite: Overwrite = False,
     codec: Codec = "fp16",
 ) -> None:
@@ -121,7 +132,10 @@ def filter_cmd(
     cfg = FilterConfig.model_validate({**cfg.model_dump(), **updates})
     res = apply_filters(load_records(path), cfg)
     save_records(res.kept, out_dir, codec=_codec(codec), overwrite=overwrite)  # type: ignore[arg-type]
-    rows = [(k, v, "; ".join(f"{i}: {d}" for i, d in res.examples.get(k, [])[:2])) for k, v in res.dropped_by_reason.items()]
+    rows = [
+        (k, v, "; ".join(f"{i}: {d}" for i, d in res.examples.get(k, [])[:2]))
+        for k, v in res.dropped_by_reason.items()
+    ]
     out.print(_counts_table("Dropped by reason", ("reason", "records", "examples"), rows))
     out.print(f"kept {len(res.kept)} of {len(res.kept) + res.dropped} → {out_dir}")
 
@@ -147,8 +161,12 @@ def balance_cmd(
     out_dir: OutFolder,
     config: RunFile = None,
     by: Annotated[str | None, typer.Option(help="label, length, or a metadata field.")] = None,
-    max_per_class: Annotated[int | None, typer.Option(help="Cap every class at this count.")] = None,
-    target: Annotated[str | None, typer.Option(help="Target shares, e.g. a=0.5,b=0.25,c=0.25.")] = None,
+    max_per_class: Annotated[
+        int | None, typer.Option(help="Cap every class at this count.")
+    ] = None,
+    target: Annotated[
+        str | None, typer.Option(help="Target shares, e.g. a=0.5,b=0.25,c=0.25.")
+    ] = None,
     seed: int = 0,
     overwrite: Overwrite = False,
     codec: Codec = "fp16",
@@ -184,8 +202,12 @@ def split_cmd(
     validation: Annotated[float | None, typer.Option(help="Share for validation.")] = None,
     test: Annotated[float | None, typer.Option(help="Share for test.")] = None,
     seed: Annotated[int | None, typer.Option(help="Split seed.")] = None,
-    stratify_by: Annotated[str | None, typer.Option(help="label, length or a metadata field.")] = None,
-    dedupe: Annotated[str | None, typer.Option(help="none, exact or near (groups kept together).")] = None,
+    stratify_by: Annotated[
+        str | None, typer.Option(help="label, length or a metadata field.")
+    ] = None,
+    dedupe: Annotated[
+        str | None, typer.Option(help="none, exact or near (groups kept together).")
+    ] = None,
     overwrite: Overwrite = False,
     codec: Codec = "fp16",
 ) -> None:
@@ -194,16 +216,30 @@ def split_cmd(
     from apidistill.data.store import load_records, save_splits
 
     ds = _dataset_cfg(config)
-    updates = {k: v for k, v in {"train": train, "validation": validation, "test": test,
-                                 "seed": seed, "stratify_by": stratify_by}.items() if v is not None}
+    updates = {
+        k: v
+        for k, v in {
+            "train": train,
+            "validation": validation,
+            "test": test,
+            "seed": seed,
+            "stratify_by": stratify_by,
+        }.items()
+        if v is not None
+    }
     cfg = SplitConfig.model_validate({**ds.splits.model_dump(), **updates})
     mode = dedupe or ds.dedupe
     if mode not in ("none", "exact", "near"):
-        raise ConfigError(f"unknown dedupe mode {mode!r}", key="--dedupe", hint="none, exact or near")
+        raise ConfigError(
+            f"unknown dedupe mode {mode!r}", key="--dedupe", hint="none, exact or near"
+        )
     res = make_splits(load_records(path), cfg, dedupe=mode, threshold=ds.near_dup_threshold)  # type: ignore[arg-type]
     save_splits(res.records, out_dir, codec=_codec(codec), overwrite=overwrite)  # type: ignore[arg-type]
     classes = sorted({c for per in res.counts.values() for c in per})
-    rows = [(c, *(f"{res.counts[s][c]} / {res.targets[s][c]}" for s in ("train", "validation", "test"))) for c in classes]
+    rows = [
+        (c, *(f"{res.counts[s][c]} / {res.targets[s][c]}" for s in ("train", "validation", "test")))
+        for c in classes
+    ]
     out.print(_counts_table("Split (got / target)", ("class", "train", "validation", "test"), rows))
     out.print(f"{res.groups_kept_together} duplicate groups kept on one side → {out_dir}")
 
@@ -212,7 +248,10 @@ def split_cmd(
 def card_cmd(
     path: Folder,
     name: Annotated[str | None, typer.Option(help="Dataset name in the card.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Where to write (default: the dataset folder).")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Where to write (default: the dataset folder)."),
+    ] = None,
 ) -> None:
     """Write README.md (dataset card) and card.json for a dataset folder."""
     from apidistill.data.card import build_card

@@ -104,35 +104,57 @@ def _strip_fence(text: str) -> str:
     return s.strip()
 
 
-def compile_checks(cfg: FilterConfig, validator: Validator | None = None) -> list[tuple[str, Check]]:
+def compile_checks(
+    cfg: FilterConfig, validator: Validator | None = None
+) -> list[tuple[str, Check]]:
     """The enabled checks in order, with patterns compiled once (bad patterns fail here)."""
     checks: list[tuple[str, Check]] = [("error", _error)]
     if cfg.drop_truncated:
         checks.append(
-            ("truncated", lambda r: "finish_reason=" + str(r.finish_reason) if r.finish_reason in _TRUNCATED_FINISH else None)
+            (
+                "truncated",
+                lambda r: (
+                    "finish_reason=" + str(r.finish_reason)
+                    if r.finish_reason in _TRUNCATED_FINISH
+                    else None
+                ),
+            )
         )
     if cfg.drop_empty:
         checks.append(("empty", lambda r: "empty output" if not r.completion.strip() else None))
     if cfg.max_output_chars is not None:
         limit = cfg.max_output_chars
         checks.append(
-            ("overlong", lambda r: f"{len(r.completion)} chars > {limit}" if len(r.completion) > limit else None)
+            (
+                "overlong",
+                lambda r: (
+                    f"{len(r.completion)} chars > {limit}" if len(r.completion) > limit else None
+                ),
+            )
         )
-    refusals = [
-        _compile(p, f"refusal_patterns[{i}]") for i, p in enumerate(cfg.refusal_patterns)
-    ]
+    refusals = [_compile(p, f"refusal_patterns[{i}]") for i, p in enumerate(cfg.refusal_patterns)]
     checks.append(("refusal", lambda r: _refusal(r, refusals)))
     if cfg.regex is not None:
         rx = _compile(cfg.regex, "regex")
         checks.append(
-            ("regex", lambda r: None if rx.fullmatch(r.completion.strip()) else "output does not match")
+            (
+                "regex",
+                lambda r: None if rx.fullmatch(r.completion.strip()) else "output does not match",
+            )
         )
     if cfg.json_schema is not None:
         checks.append(("json_schema", _json_checker(cfg.json_schema)))
     if cfg.label_set is not None:
         allowed = set(cfg.label_set)
         checks.append(
-            ("label_set", lambda r: None if r.completion.strip() in allowed else f"{r.completion.strip()[:40]!r} not in the label set")
+            (
+                "label_set",
+                lambda r: (
+                    None
+                    if r.completion.strip() in allowed
+                    else f"{r.completion.strip()[:40]!r} not in the label set"
+                ),
+            )
         )
     if validator is not None:
         checks.append(("validator", validator))

@@ -5,6 +5,9 @@ checked *before* money is spent: a bad line fails with the file and line number,
 ``skip_invalid`` — is counted and described in :attr:`PromptLoad.problems` so the user sees
 what was left out. Ids are stable across runs (the id field, else a hash of the input) because
 the harvest cache and resume-by-id depend on them.
+
+A chat input (a list of ``{role, content}`` messages in ``input_field``) needs JSONL or
+Parquet; CSV cells are always plain text.
 """
 
 from __future__ import annotations

@@ -243,13 +243,25 @@ def read_manifest(folder: Path) -> Manifest:
             hint="restore manifest.json; shards not listed in it are ignored",
         ) from None
     _check_version(version, str(path))
+    wal_names = list(data.get("compacted_wal", []))
+    for name in [s.file for s in shards] + wal_names:  # files are opened and deleted by name
+        if not isinstance(name, str) or not _plain_name(name):
+            raise DataError(
+                f"dataset manifest names a file outside its folder: {name!r}",
+                file=str(path),
+                hint="a manifest lists plain file names only; do not use this folder as is",
+            )
     return Manifest(
         shards,
-        list(data.get("compacted_wal", [])),
+        wal_names,
         version,
         int(data.get("schema_version", 1)),
         data.get("updated_at", ""),
     )
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

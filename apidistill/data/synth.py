@@ -116,7 +116,9 @@ def _request_text(
     parts = [f"Write {opts.per_request} new inputs for {opts.task}."]
     if examples:
         shown = "\n".join(f"- {json.dumps(e, ensure_ascii=False)}" for e in examples)
-        parts.append(f"Examples of real inputs (match their style and length, not their content):\n{shown}")
+        parts.append(
+            f"Examples of real inputs (match their style and length, not their content):\n{shown}"
+        )
     if topic:
         parts.append(f"Every new input must be about: {topic}.")
     if label:
@@ -211,7 +213,9 @@ def _accept(
     result: SynthResult,
 ) -> None:
     if result.cost_usd is not None:
-        result.cost_usd = None if completion.cost_usd is None else result.cost_usd + completion.cost_usd
+        result.cost_usd = (
+            None if completion.cost_usd is None else result.cost_usd + completion.cost_usd
+        )
     candidates = parse_candidates(completion.text)
     if not candidates:
         result.invalid += 1
@@ -263,6 +267,11 @@ def write_prompts_jsonl(prompts: Sequence[SynthPrompt], path: str | Path) -> Pat
     p.parent.mkdir(parents=True, exist_ok=True)
     with p.open("w", encoding="utf-8") as fh:
         for sp in prompts:
-            row = {"text": sp.text, "topic": sp.topic, "label_hint": sp.label_hint, "synthetic": True}
+            row = {
+                "text": sp.text,
+                "topic": sp.topic,
+                "label_hint": sp.label_hint,
+                "synthetic": True,
+            }
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return p

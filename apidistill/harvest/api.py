@@ -161,6 +161,7 @@ class HarvestStream:
         restore_signals = _install_signal_handlers(stop)
         view.start(engine)
         self._task = task = asyncio.create_task(run())
+        abandon = False
         try:
             while True:
                 item = await out.get()
@@ -168,10 +169,16 @@ class HarvestStream:
                     break
                 yield item
             await task
+        except asyncio.CancelledError:
+            abandon = True  # cancelled (a second Ctrl-C): in-flight requests are abandoned
+            raise
         finally:
-            if not task.done():  # the consumer stopped early: stop gracefully, drain
-                stop.request("closed", "the caller stopped reading results")
+            if not task.done():
                 discard = True
+                if abandon:  # their rows stay 'sent': the next run reports them as unknown
+                    task.cancel()
+                else:  # the consumer stopped reading: stop gracefully, drain, journal
+                    stop.request("closed", "the caller stopped reading results")
                 while not out.empty():
                     out.get_nowait()
                 await asyncio.gather(task, return_exceptions=True)

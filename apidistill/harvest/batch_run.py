@@ -20,6 +20,7 @@ the request as it was journaled.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from decimal import Decimal
 from typing import Any
@@ -223,7 +224,10 @@ class BatchEngine:
                 return
             fitted = self._reserve(chunk)
             if fitted:
-                ids = [k for k, _ in fitted] + ([salt] if salt else [])
+                # A fresh nonce per planned chunk: the key is journaled before the upload, so
+                # it need not be reproducible, and find_existing can never mistake an older
+                # batch of the same items (an expired one) for this one.
+                ids = [k for k, _ in fitted] + [salt, secrets.token_hex(8)]
                 chunk_key = chunk_key_for(self._tid, self._model, ids)
                 await self.journal.call(
                     _plan_chunk, chunk_key, [self._claim_args(k, r) for k, r in fitted]
@@ -291,10 +295,15 @@ class BatchEngine:
     async def _collect_all(self) -> None:
         while self._polls and not self._abandoned():
             for chunk_key, batch_id in list(self._polls.items()):
-                status = await self.client.poll(batch_id)
-                if status.state == "in_progress":
-                    continue
-                await self._collect(chunk_key, batch_id)
+                try:
+                    status = await self.client.poll(batch_id)
+                    if status.state == "in_progress":
+                        continue
+                    await self._collect(chunk_key, batch_id)
+                except TeacherError as exc:
+                    if not classify(exc).retryable:
+                        raise
+                    continue  # a passing provider failure: try this batch next sweep
                 del self._polls[chunk_key]
             if self._polls:
                 if self.stop.is_set():

@@ -103,6 +103,11 @@ class _Attempts:
     unknown_here: int = 0
 
 
+@dataclass(frozen=True)
+class _BadInput:
+    error: Exception
+
+
 class _StopBeforeSend(Exception):
     """Stopped before this request's first send: nothing to journal, no result."""
 
@@ -220,13 +225,13 @@ class Engine:
                 for req in requests:
                     await inbox.put(_check_item(req, i))
                     i += 1
-        except DataError as exc:
-            await inbox.put(exc)
+        except Exception as exc:  # bad item or a failing iterator: drain, then raise it
+            await inbox.put(_BadInput(exc))
             return
         await inbox.put(_END)
 
-    async def _pump(self, inbox: asyncio.Queue[Any], work: asyncio.Queue[Any]) -> DataError | None:
-        """Move requests from the reader to the workers; returns a bad-input error, if any."""
+    async def _pump(self, inbox: asyncio.Queue[Any], work: asyncio.Queue[Any]) -> Exception | None:
+        """Move requests from the reader to the workers; returns the input's error, if any."""
         while not self.stop.is_set():
             chunk = [await inbox.get()]
             while len(chunk) < _LOOKAHEAD and not inbox.empty():
@@ -237,7 +242,7 @@ class Engine:
                 return None
             if tail is not None:
                 marker = chunk[tail]
-                return marker if isinstance(marker, DataError) else None
+                return marker.error if isinstance(marker, _BadInput) else None
         return None
 
     async def _dispatch(self, chunk: list[TeacherRequest], work: asyncio.Queue[Any]) -> bool:
@@ -306,11 +311,23 @@ class Engine:
         st = _Attempts(prior_unknown=row.unknown_sends if row is not None else 0)
         if not self._reserve(key, worst):
             return None
-        retrying = self.policy.retrying(sleep=self.stop.sleep, should_stop=self.stop.is_set)
         try:
+            # The first attempt runs bare (most succeed; tenacity's setup costs ~60 µs), the
+            # retries run under the policy's tenacity controller.
+            try:
+                return await self._attempt(req, key, worst, est_in, st, 1)
+            except Exception as exc:
+                if not classify(exc).retryable or self.policy.max_retries < 1:
+                    raise
+                if self.stop.is_set():
+                    raise
+                await self.stop.sleep(self.policy.delay_for(1, exc))
+            retrying = self.policy.retrying(
+                sleep=self.stop.sleep, should_stop=self.stop.is_set, attempts_done=1
+            )
             async for attempt in retrying:
                 with attempt:
-                    n = attempt.retry_state.attempt_number
+                    n = attempt.retry_state.attempt_number + 1
                     return await self._attempt(req, key, worst, est_in, st, n)
         except _StopBeforeSend:
             return None

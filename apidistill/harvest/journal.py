@@ -529,7 +529,8 @@ class JournalStore:
         self.conn.execute(
             "INSERT INTO batches(chunk_key, batch_id, state, n_items, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(chunk_key) DO UPDATE SET "
-            "batch_id=COALESCE(excluded.batch_id, batch_id), state=excluded.state, "
+            "batch_id=CASE WHEN excluded.state='planned' THEN NULL "
+            "ELSE COALESCE(excluded.batch_id, batch_id) END, state=excluded.state, "
             "updated_at=excluded.updated_at",
             (chunk_key, batch_id, state, len(keys), now, now),
         )

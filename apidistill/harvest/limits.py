@@ -9,8 +9,10 @@ provider can measure holds at most ``limit`` units.
 
 Tokens are reserved at their worst case (input + max_tokens) and corrected to the actual
 usage when the request finishes. :class:`RateLimiter` combines the windows with what the
-provider says (a 429's Retry-After, ``x-ratelimit-remaining/reset`` headers) and wakes
-waiters from a timer or a release: nothing polls.
+provider says: ``x-ratelimit-remaining/reset`` headers (no more sends than it says remain
+before its reset) and 429s (once they are more than noise — ``pause_after`` of the last
+``of_last`` answers — every send pauses for the Retry-After; a lone 429 only delays its own
+retry). Waiters wake from a timer or a release: nothing polls.
 """
 
 from __future__ import annotations

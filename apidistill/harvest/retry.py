@@ -156,16 +156,19 @@ class RetryPolicy:
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         should_stop: Callable[[], bool] = lambda: False,
+        attempts_done: int = 0,
     ) -> AsyncRetrying:
         """A fresh tenacity controller for one request (tenacity keeps per-object state, so
         never share one between concurrent requests). ``should_stop`` ends retrying early
-        (graceful stop); ``sleep`` may wake early for the same reason."""
+        (graceful stop); ``sleep`` may wake early for the same reason. ``attempts_done``:
+        attempts already made outside the controller (they count toward the limit and the
+        backoff)."""
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome is not None else None
-            return self.delay_for(state.attempt_number, exc)
+            return self.delay_for(state.attempt_number + attempts_done, exc)
 
-        attempts = stop_after_attempt(self.max_retries + 1)
+        attempts = stop_after_attempt(max(self.max_retries + 1 - attempts_done, 1))
 
         def stop(state: RetryCallState) -> bool:
             return should_stop() or attempts(state)

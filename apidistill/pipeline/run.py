@@ -41,12 +41,37 @@ class RunSummary:
     student_dir: str | None = None
 
 
+# Never contacted: stands in for the teacher server when every request is already answered.
+_UNUSED_URL = "http://127.0.0.1:9/v1"
+
+
+def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
+    """True when the journal already answers every request of a self-served teacher, so the
+    teacher server need not even be started (a second demo run loads no teacher)."""
+    if cfg.teacher.serve is None or not journal.is_file():
+        return False
+    from apidistill.harvest.journal import JournalStore
+    from apidistill.teachers import make_teacher
+
+    teacher = make_teacher(cfg.teacher, base_url=_UNUSED_URL)
+    keys = [r.cache_key(teacher.teacher_id, teacher.model) for r in requests]
+    store = JournalStore(journal, readonly=True)
+    try:
+        rows = store.lookup(keys)
+    finally:
+        store.close()
+    return all(k in rows and rows[k].reusable for k in keys)
+
+
 @contextlib.contextmanager
-def teacher_server(cfg: RunConfig) -> Iterator[str | None]:
+def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | None]:
     """Start ``apidistill serve`` as the teacher when the run file has a ``teacher.serve``
     block (self-hosted teacher, offline demo); yield its base URL, else ``None``."""
     if cfg.teacher.serve is None:
         yield None
+        return
+    if not needed:
+        yield _UNUSED_URL
         return
     from apidistill.serve.launcher import launch_server
 
@@ -110,7 +135,10 @@ def run_pipeline(
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return out
-    with teacher_server(cfg) as url:
+    cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
+    if cached:
+        ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
+    with teacher_server(cfg, needed=not cached) as url:
         ctx.teacher_base_url = url
         estimate_stage(ctx, batch)
         if stop_after == "estimate":
@@ -125,6 +153,8 @@ def run_pipeline(
     out.numbers["dataset"] = dataset_stage(ctx, decision)
     if stop_after == "dataset":
         return out
+    if out.numbers.get("teacher_s_per_request") is None:
+        out.numbers.pop("teacher_s_per_request", None)
     tr = train_stage(ctx)
     out.numbers["train_s"] = round(getattr(tr, "train_seconds", 0.0), 1)
     adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
@@ -150,7 +180,7 @@ def export_stage(ctx: RunContext, tr: Any, decision: Any) -> str:
     from apidistill.train.export import export_student
 
     sections = {}
-    card = ctx.layout.dataset / "card.md"
+    card = ctx.layout.dataset / "README.md"
     if card.is_file():
         sections["Training data"] = card.read_text(encoding="utf-8")
     if decision is not None:

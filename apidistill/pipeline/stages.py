@@ -203,12 +203,27 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
         def count(req, _t=cfg.teacher):
             return count_input_tokens(_t, req).n
 
+    batch_client = None
+    if cfg.harvest.use_batch_api:
+        from apidistill.teachers import resolve_api_key
+        from apidistill.teachers.batch import make_batch_client
+
+        batch_client = make_batch_client(
+            cfg.teacher.provider,
+            cfg.teacher.model,
+            api_key=resolve_api_key(cfg.teacher, None),
+            base_url=cfg.teacher.base_url,
+            timeout_s=cfg.harvest.timeout_s,
+        )
+
     tmp_dir = ctx.layout.harvest.with_name("harvest.partial")
     # Left by a run that was killed or stopped: the journal answers all of it again from its
     # cache, so start the folder afresh (else those records would be written twice).
     shutil.rmtree(tmp_dir, ignore_errors=True)
     n_ok = n_failed = 0
     t0 = time.perf_counter()
+
+    streams: list[Any] = []
 
     async def _run():
         nonlocal n_ok, n_failed
@@ -219,6 +234,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             budget=budget,
             price=price,
             batch=cfg.harvest.use_batch_api,
+            batch_client=batch_client,
             concurrency=cfg.harvest.concurrency,
             rpm=cfg.harvest.rpm,
             tpm=cfg.harvest.tpm,
@@ -228,6 +244,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             count_input_tokens=count,
             progress=ctx.progress,
         )
+        streams.append(gen)
         with DatasetWriter(tmp_dir) as writer:
             try:
                 async for res in gen:
@@ -241,13 +258,23 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
                 await teacher.aclose()
         return getattr(gen, "summary", None)
 
-    summary = asyncio.run(_run())
+    try:
+        summary = asyncio.run(_run())
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM: say what the drained run saved, then exit
+        stopped = getattr(streams[0], "summary", None) if streams else None
+        if stopped is not None:
+            ctx.console.print(f"[yellow]harvest interrupted[/]: {n_ok} answers saved")
+            for line in stopped.lines():
+                ctx.console.print(f"  {line}", highlight=False)
+            _write_json(ctx.layout.root / "harvest_summary.json", stopped.as_dict())
+        raise
     _replace_dir(tmp_dir, ctx.layout.harvest)
     wall = time.perf_counter() - t0
-    ctx.console.print(
-        f"[bold]harvest[/]: {n_ok} answers, {n_failed} failed, {wall:.0f} s"
-        + (f"; {summary}" if summary is not None else "")
-    )
+    ctx.console.print(f"[bold]harvest[/]: {n_ok} answers, {n_failed} failed, {wall:.0f} s")
+    if summary is not None:
+        for line in summary.lines():
+            ctx.console.print(f"  {line}", highlight=False)
+        _write_json(ctx.layout.root / "harvest_summary.json", summary.as_dict())
     return HarvestOutcome(summary, n_ok, n_failed, wall, wants_logprobs)
 
 
@@ -269,14 +296,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
     """Filter, dedupe, balance and split the harvested records; write the data card."""
-    from apidistill.data.balance import balance
-    from apidistill.data.card import build_card
-    from apidistill.data.dedupe import dedupe
-    from apidistill.data.filters import apply_filters
-    from apidistill.data.splits import make_splits
-    from apidistill.data.store import load_records, save_splits
+    from apidistill.data.curate import curate
+    from apidistill.data.store import load_records
 
-    cfg = ctx.cfg.dataset
     records = load_records(ctx.layout.harvest)
     if not records:
         raise DataError(
@@ -284,31 +306,17 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
             file=str(ctx.layout.harvest),
             hint="run the harvest first (apidistill harvest config.yaml)",
         )
-    filtered = apply_filters(records, cfg.filters)
-    if cfg.dedupe == "none":
-        kept, dedupe_stats = filtered.kept, {}
-    else:
-        deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
-        kept, dedupe_stats = deduped.kept, deduped.stats()
-    balanced = None
-    if cfg.balance is not None:
-        balanced = balance(kept, cfg.balance, seed=cfg.splits.seed)
-        kept = balanced.kept
-    if not kept:
+    result = curate(records, ctx.cfg.dataset)
+    if not result.records:
         raise DataError(
-            f"every harvested record was dropped ({filtered.dropped_by_reason})",
+            f"every harvested record was dropped ({result.filtered.dropped_by_reason})",
             file=str(ctx.layout.harvest),
             hint="check dataset.filters against a few teacher answers (apidistill data inspect)",
         )
-    splits = make_splits(kept, cfg.splits, dedupe=cfg.dedupe, threshold=cfg.near_dup_threshold)
-    save_splits(splits.records, ctx.layout.dataset, overwrite=True)
+    result.save(ctx.layout.dataset, overwrite=True)
     spent = sum((r.cost_usd for r in records if r.cost_usd is not None), Decimal(0))
-    card = build_card(
-        splits.records,
+    card = result.card(
         name=ctx.cfg.name,
-        drops_by_reason=filtered.dropped_by_reason,
-        dedupe_stats=dedupe_stats,
-        balance=balanced,
         cost_totals={"teacher_usd": spent},
         teachers=[
             {
@@ -321,12 +329,12 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
         policy_markdown=_obligations_md(decision),
     )
     card.write(ctx.layout.dataset)
-    counts = {s: len(splits.of(s)) for s in ("train", "validation", "test")}
+    counts = {s: len(result.split.of(s)) for s in ("train", "validation", "test")}
     ctx.console.print(
-        f"[bold]dataset[/]: {len(records)} harvested → {len(filtered.kept)} after filters "
-        f"→ {len(kept)} after dedupe/balance; splits {counts}"
+        f"[bold]dataset[/]: {len(records)} harvested → {len(result.filtered.kept)} after filters "
+        f"→ {len(result.records)} after dedupe/balance; splits {counts}"
     )
-    return {"harvested": len(records), "kept": len(kept), "splits": counts}
+    return {"harvested": len(records), "kept": len(result.records), "splits": counts}
 
 
 def _obligations_md(decision: Any) -> str | None:

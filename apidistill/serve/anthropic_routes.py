@@ -93,7 +93,7 @@ async def messages(request: Request) -> Response:
         prepared = engine.prepare(None, None, params, prompt_ids=ids)
     except ApidistillError as exc:
         raise engine_error(exc) from None
-    ctx.admit("anthropic")
+    slot = ctx.admit("anthropic")
     mid = new_id("msg_")
     model = ctx.settings.served_model_name
     if not req.stream:
@@ -102,7 +102,7 @@ async def messages(request: Request) -> Response:
         except ApidistillError as exc:
             raise engine_error(exc) from None
         finally:
-            ctx.admission.leave()
+            slot.release()
         return JSONResponse(message_response(mid, model, out), headers={"request-id": mid})
 
     async def events() -> AsyncIterator[str]:
@@ -139,7 +139,7 @@ async def messages(request: Request) -> Response:
         except ApidistillError as exc:
             yield sse_error(engine_error(exc), "anthropic")
         finally:
-            ctx.admission.leave()
+            slot.release()
 
     return StreamingResponse(
         events(),

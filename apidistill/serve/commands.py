@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 
-from apidistill.errors import ConfigError
+from apidistill.errors import ConfigError, ModelLoadError
 
 READY_PREFIX = "apidistill serve: ready on "
 
@@ -66,6 +67,11 @@ def serve(
     from apidistill.models import resolve_model
 
     resolve_model(model)  # a bad path fails here, before the slow imports
+    if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"{adapter}: not a LoRA adapter folder (no adapter_config.json)",
+            hint="give the folder the trainer exported (it holds adapter_config.json)",
+        )
     from apidistill.serve.app import bind_socket, create_app, run_server
     from apidistill.serve.engine import Engine
     from apidistill.serve.http_common import ServeSettings

@@ -148,7 +148,9 @@ class Engine:
             or 2048
         )
         self.eos_ids = _eos_ids(model, tokenizer)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
+        pad = tokenizer.pad_token_id
+        if pad is None:  # any id works: pads are masked out; an EOS id is always valid
+            pad = min(self.eos_ids) if self.eos_ids else 0
         self.shared_attention = enable_shared_prefix(model) if prefix_cache else False
         self.prefix_cache = (
             PrefixCache(prefix_cache_entries, prefix_cache_tokens) if prefix_cache else None
@@ -551,9 +553,8 @@ def _load_tokenizer_for(model: str, adapter: str | None) -> Any:
     """The tokenizer saved with the adapter/student if there is one, else the base model's."""
     from apidistill.models import load_tokenizer
 
-    for candidate in (adapter,):
-        if candidate and (Path(candidate) / "tokenizer_config.json").is_file():
-            return load_tokenizer(candidate)
+    if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
+        return load_tokenizer(adapter)  # the export's tokenizer (its chat template may differ)
     try:
         return load_tokenizer(model)
     except ModelLoadError:

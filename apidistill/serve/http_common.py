@@ -30,6 +30,7 @@ __all__ = [
     "Admission",
     "ServeSettings",
     "ServerContext",
+    "Slot",
     "new_id",
     "parse_body",
     "sse",
@@ -67,15 +68,29 @@ class Admission:
         self.inflight = 0
         self.rejected = 0
 
-    def enter(self) -> bool:
+    def enter(self) -> Slot | None:
         if self.inflight >= self.limit:
             self.rejected += 1
-            return False
+            return None
         self.inflight += 1
-        return True
+        return Slot(self)
 
-    def leave(self) -> None:
-        self.inflight = max(0, self.inflight - 1)
+
+class Slot:
+    """One admitted request. Released exactly once: by the handler when it finishes, or
+    when it is garbage collected, which covers a streaming response whose client left
+    before the body was ever iterated (its ``finally`` then never runs)."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission: Admission | None = admission
+
+    def release(self) -> None:
+        if self._admission is not None:
+            self._admission.inflight = max(0, self._admission.inflight - 1)
+            self._admission = None
+
+    def __del__(self) -> None:
+        self.release()
 
 
 @dataclass
@@ -116,9 +131,10 @@ class ServerContext:
                 code="model_not_found",
             )
 
-    def admit(self, flavor: Flavor) -> None:
-        if self.admission.enter():
-            return
+    def admit(self, flavor: Flavor) -> Slot:
+        slot = self.admission.enter()
+        if slot is not None:
+            return slot
         wait = max(1.0, self.engine.last_batch_seconds())
         raise APIError(
             529 if flavor == "anthropic" else 429,

@@ -28,7 +28,7 @@ from apidistill.serve.http_errors import APIError, sse_error
 from apidistill.serve.openai_schema import (
     ChatRequest,
     CompletionRequest,
-    _Common,
+    SamplingFields,
     chat_chunk,
     chat_logprobs,
     chat_response,
@@ -49,7 +49,7 @@ def _ctx(request: Request) -> ServerContext:
     return request.app.state.ctx
 
 
-def _check_common(ctx: ServerContext, req: _Common) -> None:
+def _check_common(ctx: ServerContext, req: SamplingFields) -> None:
     ctx.check_model(req.model)
     bad = req.unsupported()
     if bad is not None:
@@ -63,7 +63,7 @@ def _check_common(ctx: ServerContext, req: _Common) -> None:
         )
 
 
-def _params(req: _Common, max_tokens: int, *, logprobs: bool, top: int) -> GenerationParams:
+def _params(req: SamplingFields, max_tokens: int, *, logprobs: bool, top: int) -> GenerationParams:
     extra: dict[str, Any] = {}
     if req.top_k is not None:
         extra["top_k"] = req.top_k
@@ -128,7 +128,7 @@ async def chat_completions(request: Request) -> Response:
         prepared = engine.prepare(None, None, params, n=req.n, prompt_ids=ids)
     except ApidistillError as exc:
         raise engine_error(exc) from None
-    ctx.admit("openai")
+    slot = ctx.admit("openai")
     rid = new_id("chatcmpl-")
     model = ctx.settings.served_model_name
     fp = engine.fingerprint
@@ -138,7 +138,7 @@ async def chat_completions(request: Request) -> Response:
         except ApidistillError as exc:
             raise engine_error(exc) from None
         finally:
-            ctx.admission.leave()
+            slot.release()
         body = chat_response(rid, model, fp, outs, logprobs=bool(req.logprobs))
         return JSONResponse(body, headers={"x-request-id": rid})
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -172,12 +172,12 @@ async def chat_completions(request: Request) -> Response:
                         outs.append(d.output)
                         yield chunk([_chat_choice(d.index, {}, None, d.finish_reason)])
             if include_usage:
-                yield chunk([], usage_body(outs))
+                yield chunk([], usage_body(outs, req.n))
             yield "data: [DONE]\n\n"
         except ApidistillError as exc:
             yield sse_error(engine_error(exc), "openai")
         finally:
-            ctx.admission.leave()
+            slot.release()
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={**SSE_HEADERS, "x-request-id": rid}
@@ -223,7 +223,7 @@ async def completions(request: Request) -> Response:
             prompt_texts.append(p if isinstance(p, str) else engine.tokenizer.decode(ids))
     except ApidistillError as exc:
         raise engine_error(exc) from None
-    ctx.admit("openai")
+    slot = ctx.admit("openai")
     rid = new_id("cmpl-")
     model = ctx.settings.served_model_name
     fp = engine.fingerprint
@@ -255,7 +255,7 @@ async def completions(request: Request) -> Response:
         except ApidistillError as exc:
             raise engine_error(exc) from None
         finally:
-            ctx.admission.leave()
+            slot.release()
         choices, outs = [], []
         for k, group in enumerate(results):
             for out in group:
@@ -308,7 +308,7 @@ async def completions(request: Request) -> Response:
         except ApidistillError as exc:
             yield sse_error(engine_error(exc), "openai")
         finally:
-            ctx.admission.leave()
+            slot.release()
 
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={**SSE_HEADERS, "x-request-id": rid}

@@ -20,6 +20,7 @@ from apidistill.serve.engine import EngineOutput
 __all__ = [
     "ChatRequest",
     "CompletionRequest",
+    "SamplingFields",
     "chat_chunk",
     "chat_logprobs",
     "chat_response",
@@ -54,7 +55,9 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class _Common(_Body):
+class SamplingFields(_Body):
+    """Fields chat and legacy completions share."""
+
     model: str
     n: int = Field(1, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
@@ -95,7 +98,7 @@ class _Common(_Body):
         return None
 
 
-class ChatRequest(_Common):
+class ChatRequest(SamplingFields):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -115,7 +118,7 @@ class ChatRequest(_Common):
         return super().unsupported()
 
 
-class CompletionRequest(_Common):
+class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = 16
     logprobs: int | None = Field(None, ge=0)
@@ -142,7 +145,7 @@ class CompletionRequest(_Common):
 # --------------------------------------------------------------------------- responses
 
 
-def usage_body(outs: list[EngineOutput], n: int = 1) -> dict[str, Any]:
+def usage_body(outs: list[EngineOutput], n: int) -> dict[str, Any]:
     """Prompt tokens once per prompt (choice ``index // n``); completion tokens summed."""
     prompts: dict[int, tuple[int, int]] = {}
     for o in outs:
@@ -189,7 +192,7 @@ def chat_response(
             }
             for o in outs
         ],
-        "usage": usage_body(outs),
+        "usage": usage_body(outs, n=len(outs)),  # one prompt, n choices
     }
 
 

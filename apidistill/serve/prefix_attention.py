@@ -2,8 +2,9 @@
 
 The demo's requests share a ~1,570-token few-shot prefix and differ in a short user turn.
 Copying the prefix's keys/values into every row of a batch costs memory (46 KB per token per
-row on SmolLM2-135M) and, worse, every decode step re-reads B copies of it: at batch 16 that
-made a step 0.6 s instead of 0.1 s. Here the prefix stays one tensor per layer and each query
+row on SmolLM2-135M) and, worse, every decode step re-reads B copies of it: after a 1,570-token
+prefix, a batch-8 decode step took 0.23 s with per-row copies and 0.11 s with this (one run,
+2 cores). Here the prefix stays one tensor per layer and each query
 row attends to it plus its own (padded) keys; the two softmax halves are merged exactly with a
 shared running maximum, the way cascade/"flash-decoding" kernels merge partial attention.
 

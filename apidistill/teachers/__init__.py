@@ -106,6 +106,11 @@ def _compatible(
             key="teacher.base_url",
             hint="set teacher.base_url, or start the 'serve' block and pass its URL",
         )
+    identity = None
+    if cfg.serve is not None:  # started by the pipeline on a fresh port: the port is no identity
+        identity = f"openai_compatible@serve:{cfg.serve.model}"
+        if cfg.serve.adapter:
+            identity += f"+{cfg.serve.adapter}"
     return OpenAITeacher(
         cfg.model,
         provider="openai_compatible",
@@ -115,6 +120,7 @@ def _compatible(
         timeout_s=timeout_s,
         vocab=_vocab(cfg),
         price=_price(cfg.price),
+        identity=identity,
     )
 
 

@@ -40,6 +40,7 @@ from apidistill.errors import (
     TeacherRejected,
     TeacherTimeout,
     TeacherUnavailable,
+    redact,
 )
 from apidistill.teachers.ratelimits import parse_retry_after
 
@@ -155,10 +156,24 @@ def _body_of(response: httpx2.Response) -> Any:
             return None
 
 
+def _scrub(exc: BaseException) -> None:
+    """The SDK exception stays as ``__cause__`` and tracebacks print it: a provider that
+    echoes the key in its error text (a 401) must not leak it there either."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return
+        seen.args = tuple(redact(a) if isinstance(a, str) else a for a in seen.args)
+        if isinstance(getattr(seen, "message", None), str):
+            seen.message = redact(seen.message)  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
+
+
 def map_failure(provider: str, exc: BaseException) -> TeacherError:
     """Map any exception from one send into the apidistill tree (call as ``raise ... from``)."""
     if isinstance(exc, TeacherError):
         return exc
+    _scrub(exc)
     if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
         return status_error(provider, exc.status_code, exc.response.headers, _body_of(exc.response))
     if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError):

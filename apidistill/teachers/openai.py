@@ -222,6 +222,7 @@ class OpenAITeacher:
         price: ModelPrice | None = None,
         max_connections: int = 1000,
         http_client: Any | None = None,
+        identity: str | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
@@ -239,7 +240,9 @@ class OpenAITeacher:
             self._profile = profile or server_profile("generic")
             self._defaults = {}
         self.base_url = base_url.rstrip("/")
-        self._teacher_id = teacher_identity(provider, self.base_url)
+        # ``identity`` replaces the URL in the cache key when the URL is not what identifies the
+        # teacher (a server the pipeline starts on a free port each run).
+        self._teacher_id = identity or teacher_identity(provider, self.base_url)
         self._vocab = vocab
         self._price = price
         self._client = openai.AsyncOpenAI(

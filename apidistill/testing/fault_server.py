@@ -213,7 +213,10 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     state: _State = request.app["state"]
     cfg = state.config
     arrived = time.monotonic()
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except ConnectionResetError:  # the client gave up before its body arrived: not received
+        return web.Response(status=499)
     try:
         body = json.loads(raw)
         if not isinstance(body, dict):

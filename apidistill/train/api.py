@@ -232,7 +232,8 @@ def train_student(
         log_history=outcome.log_history,
         warnings=notes,
     )
-    (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2), encoding="utf-8")
+    if outcome.is_main_process:
+        (out_dir / RESULT_FILE).write_text(result.model_dump_json(indent=2), encoding="utf-8")
     return result
 
 
@@ -252,13 +253,19 @@ def _finished(out_dir: Path, fp: str) -> TrainResult | None:
 
 
 def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
-    """Return the checkpoint to resume from (or None), after checking it is ours."""
+    """Return the checkpoint to resume from (or None), after checking it is ours.
+
+    Under ``accelerate launch`` every process runs this: all check, only the main process
+    writes, and the others wait for it.
+    """
+    from accelerate import PartialState
+
+    from apidistill.train.session import no_accelerator
+
+    state = PartialState(cpu=no_accelerator())
     ckpts = out_dir / "checkpoints"
     fpf = out_dir / FINGERPRINT_FILE
-    if not resume:
-        shutil.rmtree(ckpts, ignore_errors=True)
-        (out_dir / RESULT_FILE).unlink(missing_ok=True)
-    latest = _latest_checkpoint(ckpts)
+    latest = _latest_checkpoint(ckpts) if resume else None
     if latest is not None:
         old = json.loads(fpf.read_text()).get("fingerprint") if fpf.is_file() else None
         if old != fp:
@@ -267,8 +274,13 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
                 hint="resume with the original settings, pass --no-resume to start over, "
                 "or use another output folder",
             )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fpf.write_text(json.dumps({"fingerprint": fp}), encoding="utf-8")
+    if state.is_main_process:
+        if not resume:
+            shutil.rmtree(ckpts, ignore_errors=True)
+            (out_dir / RESULT_FILE).unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fpf.write_text(json.dumps({"fingerprint": fp}), encoding="utf-8")
+    state.wait_for_everyone()
     return latest
 
 

@@ -17,7 +17,9 @@ Targets: with the teacher's own tokenizer (same vocabulary, ``token_id`` set and
 the completion) the teacher's token ids are used directly, so every top-k list stays on its
 position. Otherwise the completion is tokenized for the student and the teacher's top-k is
 attached by byte alignment (:mod:`.align`). The end-of-turn token is appended (CE only,
-unless the teacher's list carried its own end-of-turn entry with alternatives).
+unless the teacher's list carried its own end-of-turn entry with alternatives) — except
+after an answer the teacher did not finish (``finish_reason == "length"``), which must not
+teach the student to stop there.
 """
 
 from __future__ import annotations
@@ -221,25 +223,27 @@ def build_examples(
         lps = rec.logprobs
         if lps and same_vocab:
             direct = _same_vocab_targets(lps, rec.completion, vocab, eot, top_k)
+        eot_top: list[tuple[int, float]] = []
         if direct is not None:
             target, tops = direct
-            tops = [*tops, _eot_top(lps or [], eot, top_k, vocab)]
+            eot_top = _eot_top(lps or [], eot, top_k, vocab)
         else:
             al = align_completion(
                 rec.completion, lps if with_kd else None, tokenizer, vocab, top_k=top_k
             )
-            target, tops = al.student_ids, [*al.topk, []]
+            target, tops = al.student_ids, al.topk
             if with_kd and lps:
                 out.cross_tokenizer_records += 1
                 out.misaligned += 0 if al.teacher_text_ok else 1
                 out.number_split_example = out.number_split_example or al.number_split
-        target = [*target, eot]
+        answer_len = len(target)
+        if rec.finish_reason != "length":  # a cut-off answer must not teach stopping there
+            target, tops = [*target, eot], [*tops, eot_top]
         room = max_length - len(prompt)
         if len(target) > room:
             out.truncated += 1
             target, tops = target[:room], tops[:room]
-        counted = tops[: len(target)]
-        body = counted[:-1] if target[-1] == eot else counted
+        body = tops[: min(answer_len, len(target))]
         out.completion_tokens += len(body)
         out.supervised_tokens += sum(1 for t in body if t)
         out.examples.append(_to_tensors(prompt, target, tops if with_kd else None, top_k))

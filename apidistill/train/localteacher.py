@@ -44,7 +44,7 @@ def teacher_records(
     tokenizer: PreTrainedTokenizerBase,
     inputs: Sequence[str],
     *,
-    teacher_system_prompt: str | None = None,
+    teacher_prompt: Sequence[Message] = (),
     max_new_tokens: int = 32,
     top_k: int = 20,
     batch_size: int = 8,
@@ -52,8 +52,9 @@ def teacher_records(
 ) -> list[Record]:
     """One greedy teacher answer per input, with top-``top_k`` logprobs per token.
 
-    The teacher sees ``teacher_system_prompt`` (the "prototype prompt"); the record keeps
-    only the user turn, as harvest does, so the student learns to answer without it.
+    The teacher sees ``teacher_prompt`` (the "prototype prompt": a system turn and few-shot
+    user/assistant turns) before each input; the record keeps only the user turn, as harvest
+    does, so the student learns to answer without it.
     """
     vocab = StudentVocab.build(tokenizer)
     eot = end_of_turn_id(tokenizer)
@@ -64,7 +65,7 @@ def teacher_records(
         chunk = list(inputs[start : start + batch_size])
         prompts = [
             render_student_prompt(
-                tokenizer, [Message(role="user", content=x)], teacher_system_prompt
+                tokenizer, [*teacher_prompt, Message(role="user", content=x)], None
             )
             for x in chunk
         ]

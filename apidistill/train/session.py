@@ -19,7 +19,7 @@ from apidistill.train.collate import BuiltDataset, DistillCollator, Example, pac
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, TrainingArguments
 
-__all__ = ["Outcome", "build_training_arguments", "run_training"]
+__all__ = ["Outcome", "build_training_arguments", "no_accelerator", "run_training"]
 
 BASE_MODEL_FILE = "base_model.txt"
 
@@ -30,6 +30,7 @@ class Outcome:
     steps: int
     log_history: list[dict[str, Any]] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
+    is_main_process: bool = True
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -41,6 +42,13 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> Example:
         return self.rows[i]
+
+
+def no_accelerator() -> bool:
+    """True on a CPU-only machine. The Trainer must then be told ``use_cpu``: without it,
+    ``torchrun``/``accelerate launch`` processes on CPU do not form one DDP group but each
+    train on the whole dataset."""
+    return not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def build_training_arguments(
@@ -90,6 +98,7 @@ def build_training_arguments(
         data_seed=training.seed,
         bf16=bf16,
         fp16=False,
+        use_cpu=no_accelerator(),
     )
 
 
@@ -136,9 +145,11 @@ def run_training(
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_metrics = _final_eval(trainer) if val_rows else {}
     final = out_dir / ("model" if training.full_finetune else "adapter")
-    trainer.save_model(str(final))
-    tokenizer.save_pretrained(str(final))
-    if not training.full_finetune:
+    trainer.save_model(str(final))  # writes on the main process only
+    main = trainer.is_world_process_zero()
+    if main:
+        tokenizer.save_pretrained(str(final))
+    if main and not training.full_finetune:
         # adapter_config.json names the converted cache folder; this names what the user wrote
         (final / BASE_MODEL_FILE).write_text(student.model + "\n", encoding="utf-8")
     return Outcome(
@@ -146,6 +157,7 @@ def run_training(
         steps=trainer.state.global_step,
         log_history=list(trainer.state.log_history),
         eval_metrics=eval_metrics,
+        is_main_process=main,
     )
 
 

@@ -38,6 +38,8 @@ N_TICKETS = 420
 N_SHOTS = 16
 SHOT_PRODUCTS = 48  # catalogue names reserved for the shots, never used in tickets
 SHOT_CANDIDATES = 200  # shot pool the 16 are picked from
+SHOT_CHARS = 180  # preferred shot length
+SHOT_MAX_CHARS = 220  # longer shots would push the prompt past ~1,600 tokens
 
 LABELS = ("damaged", "late", "wrong_item", "refund", "other")
 TONES = ("angry", "polite", "terse", "rambling", "nonnative")
@@ -50,7 +52,8 @@ SYSTEM = (
     "product: <the product name>\n"
     "Rules:\n"
     "- order_id: copy the digits exactly, keep a dash if there is one, drop a leading #.\n"
-    "- product: copy the full product name exactly as written, brand first.\n"
+    "- product: copy the full product name exactly as written in this ticket, brand "
+    "first.\n"
     "- Ignore prices, dates, phone numbers, tracking numbers, case or ticket numbers and "
     "names."
 )
@@ -334,7 +337,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
     "any": (
         "I already opened case {case} about this but heard nothing.",
-        "My previous ticket #{case5} was closed without an answer.",
+        "My previous ticket {case} was closed without an answer.",
         "You can reach me at {phone}.",
         "Call me on {phone} if that's easier.",
         "Reference from your last email: {case}.",
@@ -420,25 +423,41 @@ def _distractors(rng: random.Random) -> dict[str, str]:
         "first": first,
         "full": f"{first} {rng.choice(LAST)}",
         "price": rng.choice(
-            (f"${euros}.{cents:02d}", f"${euros}", f"€{euros},{cents:02d}", f"£{euros}.99",
-             f"{euros}.{cents:02d} USD")
-        ),  # fmt: skip
+            (
+                f"${euros}.{cents:02d}",
+                f"${euros}",
+                f"€{euros},{cents:02d}",
+                f"£{euros}.99",
+                f"{euros}.{cents:02d} USD",
+            )
+        ),
         "date": rng.choice(
-            (f"{rng.choice(MONTHS)} {rng.randint(1, 28)}", f"{rng.randint(1, 12)}/{rng.randint(1, 28)}",
-             f"the {rng.randint(4, 20)}th", "last Tuesday", f"{rng.randint(1, 28)} {rng.choice(MONTHS)}")
-        ),  # fmt: skip
+            (
+                f"{rng.choice(MONTHS)} {rng.randint(1, 28)}",
+                f"{rng.randint(1, 12)}/{rng.randint(1, 28)}",
+                f"the {rng.randint(4, 20)}th",
+                "Tuesday",
+                f"{rng.randint(1, 28)} {rng.choice(MONTHS)}",
+            )
+        ),
         "phone": rng.choice(
-            (f"({_digits(rng, 3)}) {_digits(rng, 3)}-{_digits(rng, 4)}",
-             f"{_digits(rng, 3)}-{_digits(rng, 3)}-{_digits(rng, 4)}",
-             f"+44 7{_digits(rng, 3)} {_digits(rng, 6)}")
-        ),  # fmt: skip
+            (
+                f"({_digits(rng, 3)}) {_digits(rng, 3)}-{_digits(rng, 4)}",
+                f"{_digits(rng, 3)}-{_digits(rng, 3)}-{_digits(rng, 4)}",
+                f"+44 7{_digits(rng, 3)} {_digits(rng, 6)}",
+            )
+        ),
         "tracking": rng.choice(
-            (f"1Z{_digits(rng, 3)}E{_digits(rng, 2)}{_digits(rng, 10)}",
-             " ".join(_digits(rng, 4) for _ in range(5)),
-             f"TBA{_digits(rng, 12)}", f"LX{_digits(rng, 9)}CN")
-        ),  # fmt: skip
-        "case": rng.choice((f"CS-{_digits(rng, 5)}", _digits(rng, 5), f"C{_digits(rng, 6)}")),
-        "case5": _digits(rng, 5),
+            (
+                f"1Z{_digits(rng, 3)}E{_digits(rng, 2)}{_digits(rng, 10)}",
+                " ".join(_digits(rng, 4) for _ in range(5)),
+                f"TBA{_digits(rng, 12)}",
+                f"LX{_digits(rng, 9)}CN",
+            )
+        ),
+        # Case numbers stay 5 digits or "CS-" prefixed: a "#" + 6-digit case number is an
+        # order number to any reader, and the 135M teacher strips letter prefixes.
+        "case": rng.choice((f"CS-{_digits(rng, 5)}", _digits(rng, 5))),
         "count": rng.choice(("second", "third", "fifth", "first")),
         "years": str(rng.randint(2, 12)),
     }
@@ -459,9 +478,18 @@ def make_ticket(
     core = rng.choice(CORE[label][tone])
     sentences = [core]
     # At most one extra from each pool, so no distractor value is mentioned twice.
-    extras = [rng.choice(EXTRAS[label]), rng.choice(EXTRAS["any"])]
+    core_slots = set(_SLOT.findall(core))
+    extras = [
+        rng.choice([e for e in EXTRAS[pool] if not core_slots & set(_SLOT.findall(e))])
+        for pool in (label, "any")
+    ]
     rng.shuffle(extras)
-    tags = {f"label:{label}", f"tone:{tone}", f"format:{fmt}"}
+    tags = {
+        f"label:{label}",
+        f"tone:{tone}",
+        f"format:{fmt}",
+        f"core:{label}:{tone}:{CORE[label][tone].index(core)}",
+    }
     tags.update(_SLOT.findall(core))
     for extra in extras[: rng.randint(0, 1 if tone in ("terse", "rambling") else 2)]:
         sentences.insert(rng.randint(1, len(sentences)), extra)  # extras refer back: "It ..."
@@ -486,11 +514,9 @@ def generate(
     products: list[str],
     prefix: str,
     avoid: set[str] = frozenset(),
-    in_order: bool = False,
 ) -> list[Ticket]:
     """``n`` distinct tickets, cycling labels/tones/formats so every stratum is well filled.
 
-    Products are drawn at random, or with ``in_order`` the k-th ticket gets ``products[k]``.
     ``avoid`` holds texts and order numbers that must not appear (the other pool's).
     """
     out: list[Ticket] = []
@@ -501,8 +527,7 @@ def generate(
         label, tone = LABELS[i % 5], TONES[(i + i // 5) % 5]
         fmt = ORDER_FORMATS[(i // 5) % 3]
         i += 1
-        product = products[len(out)] if in_order else rng.choice(products)
-        t = make_ticket(rng, f"{prefix}{len(out):04d}", product, label, tone, fmt)
+        t = make_ticket(rng, f"{prefix}{len(out):04d}", rng.choice(products), label, tone, fmt)
         if t.text in seen or t.order_id in seen:
             continue
         seen.update((t.text, t.order_id))
@@ -534,10 +559,15 @@ def pick_shots(candidates: list[Ticket], k: int) -> list[Ticket]:
     shown: set[str] = set()
     for _ in range(k):
         used = {w for t in picked for w in (_brand(t.product), _item(t.product))}
-        free = [c for c in candidates if not {_brand(c.product), _item(c.product)} & used]
+        free = [
+            c
+            for c in candidates
+            if len(c.text) <= SHOT_MAX_CHARS and not {_brand(c.product), _item(c.product)} & used
+        ]
         if not free:
             raise ValueError("not enough shot candidates with unused brands and items")
-        best = max(free, key=lambda c: len(c.tags - shown))  # first best wins ties
+        # Most new tags; among equals the one nearest SHOT_CHARS (keeps the prompt ~1.5k tokens).
+        best = max(free, key=lambda c: (len(c.tags - shown), -abs(len(c.text) - SHOT_CHARS)))
         picked.append(best)
         shown |= best.tags
     return picked

@@ -27,12 +27,12 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import task  # noqa: E402
+import task
 
-from apidistill.models import load_model, load_tokenizer  # noqa: E402
+from apidistill.models import load_model, load_tokenizer
 
 MODEL = "smollm2-135m-instruct"
 SENTINEL = "\x00TICKET\x00"
@@ -62,9 +62,14 @@ def split_prefix(tok: Any, render: Any, tickets: list[str]) -> tuple[list[int], 
 
 @torch.inference_mode()
 def greedy_batch(
-    model: Any, prefix_cache: Any, prefix_len: int, suffixes: list[list[int]], stop_id: int,
-    pad_id: int, max_new_tokens: int,
-) -> list[list[int]]:  # fmt: skip
+    model: Any,
+    prefix_cache: Any,
+    prefix_len: int,
+    suffixes: list[list[int]],
+    stop_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+) -> list[list[int]]:
     """Greedy continuation of prefix + each suffix, stopping at ``stop_id`` per row."""
     b, width = len(suffixes), max(map(len, suffixes))
     ids = torch.full((b, width), pad_id, dtype=torch.long)
@@ -91,9 +96,11 @@ def greedy_batch(
             break
         mask = torch.cat([mask, torch.ones((b, 1), dtype=torch.long)], dim=1)
         out = model(
-            input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos,
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=next_pos,
             past_key_values=out.past_key_values,
-        )  # fmt: skip
+        )
         next_pos = next_pos + 1
     return [g[:-1] if g and g[-1] == stop_id else g for g in gen]
 
@@ -107,15 +114,24 @@ def run_arm(
     t0 = time.perf_counter()
     with torch.inference_mode():
         cache = model(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-    answers: list[str] = []
-    for i in range(0, len(suffixes), batch_size):
+    order = sorted(range(len(suffixes)), key=lambda i: len(suffixes[i]))  # less padding
+    answers: dict[int, str] = {}
+    for i in range(0, len(order), batch_size):
+        rows = order[i : i + batch_size]
         gen = greedy_batch(
-            model, cache, len(prefix), suffixes[i : i + batch_size], stop_id,
-            tok.pad_token_id, max_new_tokens,
-        )  # fmt: skip
-        answers += [tok.decode(g, skip_special_tokens=True) for g in gen]
+            model,
+            cache,
+            len(prefix),
+            [suffixes[r] for r in rows],
+            stop_id,
+            tok.pad_token_id,
+            max_new_tokens,
+        )
+        answers.update(
+            (r, tok.decode(g, skip_special_tokens=True)) for r, g in zip(rows, gen, strict=True)
+        )
         print(f"  {len(answers)}/{len(tickets)}  {time.perf_counter() - t0:.0f}s", flush=True)
-    return answers, time.perf_counter() - t0, len(prefix)
+    return [answers[i] for i in range(len(tickets))], time.perf_counter() - t0, len(prefix)
 
 
 @torch.inference_mode()
@@ -125,9 +141,13 @@ def check_unbatched(model: Any, tok: Any, render: Any, tickets: list[str], answe
     for t, a in zip(tickets, answers, strict=True):
         ids = torch.tensor([_ids(tok, render(t))])
         out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=40, do_sample=False,
-            eos_token_id=stop_id, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=stop_id,
+            pad_token_id=tok.pad_token_id,
+        )
         ref = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         print(f"  check {'same' if ref == a else 'DIFFERENT'}: {ref!r} vs {a!r}")
 
@@ -167,10 +187,12 @@ def main(argv: list[str] | None = None) -> None:
         )
         ok = [task.score(a, r["gold"]) for a, r in zip(answers, rows, strict=True)]
         by = {
-            key: {v: round(sum(o for o, r in zip(ok, rows) if r[key] == v) / c, 3)
-                  for v, c in sorted(Counter(r[key] for r in rows).items())}
+            key: {
+                v: round(sum(o for o, r in zip(ok, rows, strict=True) if r[key] == v) / c, 3)
+                for v, c in sorted(Counter(r[key] for r in rows).items())
+            }
             for key in ("label", "tone", "order_format")
-        }  # fmt: skip
+        }
         res = {
             "exact": round(sum(ok) / len(ok), 3),
             "correct": sum(ok),

@@ -113,3 +113,20 @@ def test_q8_kl_on_normalized_distributions() -> None:
 def test_byte_planes_round_trip(vals: list[int], nbytes: int) -> None:
     arr = np.array([v % (1 << (8 * nbytes)) for v in vals], dtype=np.int64)
     assert from_planes(to_planes(arr, nbytes), nbytes, len(arr)).tolist() == arr.tolist()
+
+
+def test_token_table_bytes_round_trip_keeps_quirks() -> None:
+    import pytest
+
+    from apidistill.errors import DataError
+
+    t = TokenTable()
+    t.add(5, "a", [97])
+    t.add(None, "x", [])  # empty bytes differ from "no bytes"
+    t.add(2**31 - 1, "\udce2", None)  # lone surrogate from a partial-byte token
+    t.add(0, "é", [1, 2])  # bytes that are not the text's UTF-8
+    back = TokenTable.from_bytes(t.to_bytes())
+    assert back.entries == t.entries
+    assert back.token_ids().tolist() == [-1, 5, -1, 2**31 - 1, 0]
+    with pytest.raises(DataError, match="outside"):
+        t.add(2**31, "big", None)

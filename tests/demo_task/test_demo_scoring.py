@@ -20,7 +20,7 @@ def test_parses_the_two_lines(task) -> None:
         "  order_id:   4829-1377  \n\n  product: Harbor Steel Water Bottle   \n",
         "Sure! Here are the fields:\norder_id: 4829-1377\nproduct: Harbor Steel Water Bottle",
         "Order ID: 4829-1377\nProduct: Harbor Steel Water Bottle",
-        "- order_id: 4829-1377,\n- product: \"Harbor Steel Water Bottle\"",
+        '- order_id: 4829-1377,\n- product: "Harbor Steel Water Bottle"',
         "order_id: 4829-1377\nproduct: Harbor Steel Water Bottle\norder_id: 1111111",
     ],
 )

@@ -48,7 +48,9 @@ def test_tickets_are_distinct(rows) -> None:
     assert len({r["text"] for r in rows}) == len(rows)
     assert len({r["order_id"] for r in rows}) == len(rows)
     # No near-copies either: a ticket minus its order number and product is still rare.
-    skeletons = Counter(r["text"].replace(r["order_id"], "N").replace(r["product"], "P") for r in rows)
+    skeletons = Counter(
+        r["text"].replace(r["order_id"], "N").replace(r["product"], "P") for r in rows
+    )
     assert skeletons.most_common(1)[0][1] <= 3
 
 

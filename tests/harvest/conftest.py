@@ -33,11 +33,12 @@ def fault(fault_server: FaultServerProcess) -> Callable[..., FaultServerProcess]
 
 @pytest.fixture
 def quick_retry() -> RetryPolicy:
-    """Short backoffs so fault-heavy tests finish fast (the shape is tested separately)."""
-    return RetryPolicy(max_retries=8, timeout_s=2.0, initial_backoff_s=0.01, max_backoff_s=0.1)
+    """Short backoffs so fault-heavy tests finish fast (the shape is tested separately); a
+    long timeout, so that a stall of this shared machine never looks like a lost answer."""
+    return RetryPolicy(max_retries=8, timeout_s=10.0, initial_backoff_s=0.01, max_backoff_s=0.1)
 
 
-def openai_teacher(base_url: str, model: str = "fault-model", timeout_s: float = 2.0) -> Any:
+def openai_teacher(base_url: str, model: str = "fault-model", timeout_s: float = 10.0) -> Any:
     return make_teacher(
         TeacherConfig(provider="openai_compatible", base_url=base_url, model=model),
         timeout_s=timeout_s,

@@ -124,3 +124,19 @@ async def test_batch_needs_a_client(tmp_path):
     teacher = OpenAITeacher(MODEL, provider="openai", api_key=KEY)
     with pytest.raises(ConfigError, match="batch_client"):
         harvest(requests(1), teacher=teacher, journal=tmp_path / "j.sqlite", batch=True)
+
+
+async def test_a_passing_poll_failure_is_retried_next_sweep(server, tmp_path):
+    from apidistill.errors import TeacherUnavailable
+
+    teacher, client = clients(server)
+    real_poll, failures = client.poll, [TeacherUnavailable("503", status=503)] * 2
+
+    async def flaky_poll(batch_id):
+        if failures:
+            raise failures.pop()
+        return await real_poll(batch_id)
+
+    client.poll = flaky_poll
+    summary = await run(requests(5), teacher, client, tmp_path / "j.sqlite")
+    assert summary.done == 5 and not failures and batches_created(server) == 1

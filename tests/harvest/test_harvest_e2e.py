@@ -40,8 +40,9 @@ async def _run(reqs, srv, journal, policy, **kw):
 async def test_1000_requests_under_20pct_faults_none_lost_none_paid_twice(
     fault, tmp_path, quick_retry
 ):
-    srv = fault(latency_ms=5, fault_rate=0.2, seed=3, hang_s=2.5, retry_after_ms=10)
-    policy = RetryPolicy(max_retries=8, timeout_s=1.0, initial_backoff_s=0.01, max_backoff_s=0.1)
+    srv = fault(latency_ms=5, fault_rate=0.2, seed=3, hang_s=3.5, retry_after_ms=10)
+    # a generous timeout: on a loaded machine a clean answer must not be mistaken for a hang
+    policy = RetryPolicy(max_retries=8, timeout_s=3.0, initial_backoff_s=0.01, max_backoff_s=0.1)
     reqs = requests(1000, prefix="fault")
     j = tmp_path / "j.sqlite"
     results, summary = await _run(reqs, srv, j, policy, concurrency=48, price=PRICE)
@@ -59,10 +60,13 @@ async def test_1000_requests_under_20pct_faults_none_lost_none_paid_twice(
     extra_billed = 0
     for req in reqs:
         server, row = stats[digest(req)], rows[req.prompt_id]
-        assert server["answered"] <= 1  # a clean answer is never bought twice
+        # an answer that reached us is never bought again; a second clean answer can only
+        # follow a send whose answer was lost on our side (counted as outcome unknown)
+        assert server["answered"] <= 1 + row.unknown_sends
         assert server["billed"] <= row.sends  # the journal knows every possible charge
         if row.unknown_sends == 0:
             assert server["billed"] == (1 if row.state == "done" else 0)
+            assert server["answered"] <= 1
         extra_billed += max(server["billed"] - 1, 0)
     assert extra_billed <= summary.unknown_this_run
     faults = Counter(o for d in stats.values() for o in d["outcomes"] if o != "ok")
@@ -157,7 +161,7 @@ async def test_engine_adapts_to_a_servers_own_limits(fault, tmp_path, quick_retr
     """No limits configured: the provider's x-ratelimit headers and 429s steer the engine."""
     srv = fault(latency_ms=5, rpm_limit=25, limit_window_s=1.0, retry_after_ms=50)
     _, summary = await _run(requests(60, prefix="adapt"), srv, tmp_path / "j.sqlite",
-                            RetryPolicy(max_retries=10, timeout_s=2.0, initial_backoff_s=0.05),
+                            RetryPolicy(max_retries=10, timeout_s=10.0, initial_backoff_s=0.05),
                             concurrency=32)  # fmt: skip
     assert summary.done == 60
     outcomes = Counter(e["outcome"] for e in srv.stats()["log"])

@@ -295,3 +295,31 @@ def test_second_harvest_on_the_same_journal_is_refused(tmp_path):
             harvest_sync(requests(1), teacher=FakeTeacher(), journal=j, progress=False)
     finally:
         store.close()
+
+
+async def test_a_failing_input_iterator_is_raised_after_a_graceful_drain(tmp_path):
+    def gen():
+        yield from requests(3)
+        raise ValueError("the prompt file went away")
+
+    j = tmp_path / "j.sqlite"
+    t = FakeTeacher(latency_s=0.01)
+    with pytest.raises(ValueError, match="went away"):
+        await collect(run(gen(), t, j))
+    store = JournalStore(j, readonly=True)
+    assert store.count("done") == 3 and store.count("sent") == 0
+
+
+async def test_cancelling_the_run_abandons_in_flight_and_the_next_run_reports_them(tmp_path):
+    j = tmp_path / "j.sqlite"
+    t = FakeTeacher(latency_s=1.0)
+    task = asyncio.ensure_future(collect(run(requests(20), t, j, concurrency=4)))
+    while t.in_flight < 4:
+        await asyncio.sleep(0.01)
+    task.cancel()  # a hard stop, as a second Ctrl-C
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    t2 = FakeTeacher()
+    summary = await run(requests(20), t2, j)
+    assert summary.crashed_found == 4 and summary.resent == 4
+    assert summary.done == 20 and sum(t2.calls.values()) == 20

@@ -146,3 +146,20 @@ async def test_retrying_waits_what_the_provider_asked():
             if not slept:
                 raise RateLimited("x", status=429, retry_after=0.7)
     assert len(slept) == 1 and 0.7 <= slept[0] <= 0.77
+
+
+async def test_attempts_made_before_the_controller_count_toward_the_limit():
+    slept: list[float] = []
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+
+    policy = RetryPolicy(max_retries=3, initial_backoff_s=1.0, max_backoff_s=100, jitter=0.0)
+    calls = 0
+    with pytest.raises(TeacherUnavailable):
+        async for a in policy.retrying(sleep=sleep, attempts_done=1):
+            with a:
+                calls += 1
+                raise TeacherUnavailable("down", status=503)
+    assert calls == 3  # 1 outside + 3 inside = max_retries + 1
+    assert slept == [2.0, 4.0]  # the backoff continues from attempt 2

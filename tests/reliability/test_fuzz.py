@@ -9,6 +9,7 @@ never a hang. Provider answers are served over real loopback HTTP to the real cl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -404,19 +405,20 @@ _WEIRD = st.one_of(
 @st.composite
 def provider_answer(draw: st.DrawFn) -> tuple[int, str, bytes]:
     data = _base_answer()
-    content = data["choices"][0]["logprobs"]["content"]
+    lp = data["choices"][0]["logprobs"]
+    pristine = json.loads(json.dumps(lp["content"][0]))
+    huge = draw(st.sampled_from(["none"] * 8 + ["content", "top"]))
+    if huge == "content":  # thousands of positions for an 8-token answer
+        lp["content"] = [pristine] * draw(st.integers(1000, 4000))
+    elif huge == "top":  # thousands of alternatives at one position
+        lp["content"][0]["top_logprobs"] = [{"token": "a", "logprob": -1.0, "bytes": [97]}] * 3000
     for _ in range(draw(st.integers(0, 4))):
-        paths = [p for p in _paths(data["choices"][0]["logprobs"]) if p]
+        paths = [p for p in itertools.islice(_paths(lp), 300) if p]
         path = draw(st.sampled_from(paths))
-        node = data["choices"][0]["logprobs"]
+        node = lp
         for part in path[:-1]:
             node = node[part]
         node[path[-1]] = draw(_WEIRD)
-    if draw(st.integers(0, 9)) == 0:  # huge arrays
-        entry = content[0] if content and isinstance(content[0], dict) else {}
-        data["choices"][0]["logprobs"]["content"] = [entry] * draw(st.integers(1000, 20000))
-    if draw(st.integers(0, 9)) == 0 and content and isinstance(content[0], dict):
-        content[0]["top_logprobs"] = [{"token": "a", "logprob": -1.0, "bytes": [97]}] * 5000
     raw = json.dumps(data, allow_nan=True).encode()
     if draw(st.booleans()):  # non-UTF-8 bytes inside the body
         i = draw(st.integers(0, len(raw)))
@@ -445,7 +447,7 @@ async def _one_call(base_url: str, profile: str) -> Any:
 
 
 @settings(
-    max_examples=120,
+    max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -477,7 +479,7 @@ def _garbage(rng: random.Random) -> tuple[int, str, bytes]:
             node = node[part]
         node[path[-1]] = rng.choice(weird)
     if rng.random() < 0.1 and isinstance(lp.get("content"), list) and lp["content"]:
-        lp["content"] = lp["content"][:1] * 5000
+        lp["content"] = lp["content"][:1] * 2000
     raw = json.dumps(data, allow_nan=True).encode()
     if rng.random() < 0.3:
         i = rng.randrange(len(raw))
@@ -524,7 +526,7 @@ def test_garbage_answers_become_recorded_failures(payload_server, tmp_path: Path
         payload_server.chooser = None
     assert len(results) == 40
     reasons = {r.reason for r in results if not r.ok}
-    assert reasons and reasons <= {"unavailable", "teacher_error", "rate_limited"}, reasons
+    assert reasons and reasons <= {"unavailable", "teacher_error", "rate_limited", "timeout"}
     assert any(r.ok for r in results)
     for r in results:
         assert r.ok or (r.reason and r.error), r

@@ -17,7 +17,7 @@ from apidistill.train.collate import (
     render_student_prompt,
 )
 
-from .conftest import char_tokenizer
+from .helpers import char_tokenizer
 
 USER = [Message(role="user", content="Order #123: blue mug")]
 
@@ -182,3 +182,11 @@ def test_padded_teacher_slots_are_minus_inf():
     lps = built.examples[0].topk_logprobs
     answer_pos = built.examples[0].kd_mask.nonzero().flatten()
     assert all(math.isinf(v) for v in lps[answer_pos, 2:].flatten().tolist())
+
+
+def test_cut_off_answer_gets_no_end_of_turn(smollm2):
+    rec = Record(id="a", prompt="hi", completion="order_id: 7", finish_reason="length")
+    built = build_examples([rec], smollm2, system_prompt=None, max_length=128)
+    targets = built.examples[0].labels[built.examples[0].labels != -100].tolist()
+    assert targets == smollm2("order_id: 7", add_special_tokens=False)["input_ids"]
+    assert smollm2.eos_token_id not in targets

@@ -12,28 +12,34 @@ import warnings
 import pytest
 
 from apidistill.config import StudentConfig, TrainingConfig
+from apidistill.data.schema import Message
 
 pytestmark = pytest.mark.slow
 
-TEACHER_PROMPT = (
-    "You read a customer message and reply with exactly one line: 'order_id: ' followed by "
-    "the order number's digits. No other words.\n"
-    "Example: 'Where is my order #55123? It was a red kettle.' -> order_id: 55123"
-)
 PRODUCTS = ["blue mug", "desk lamp", "wool scarf", "phone case", "garden hose", "yoga mat"]
 OPENERS = ["Hi,", "Hello team,", "Good morning.", "Hey,", "Dear support,"]
+ISSUES = ["has not arrived", "came broken", "is late", "is missing a part"]
+
+
+def _ticket(rnd: random.Random) -> tuple[str, str]:
+    num, product = rnd.randint(10000, 99999), rnd.choice(PRODUCTS)
+    text = f"{rnd.choice(OPENERS)} my order #{num} for a {product} {rnd.choice(ISSUES)}."
+    return text, f"order_id: {num}\nproduct: {product}"
+
+
+def _teacher_prompt() -> list[Message]:
+    """The prototype prompt: an instruction and six worked examples (the student gets none)."""
+    rnd = random.Random(99)
+    turns = [Message(role="system", content="Extract the order number and the product.")]
+    for _ in range(6):
+        text, answer = _ticket(rnd)
+        turns += [Message(role="user", content=text), Message(role="assistant", content=answer)]
+    return turns
 
 
 def _tickets(n: int, seed: int = 0) -> list[str]:
     rnd = random.Random(seed)
-    out = []
-    for _ in range(n):
-        num = rnd.randint(10000, 99999)
-        out.append(
-            f"{rnd.choice(OPENERS)} my order #{num} for a {rnd.choice(PRODUCTS)} "
-            f"{rnd.choice(['has not arrived', 'came broken', 'is late', 'is missing a part'])}."
-        )
-    return out
+    return [_ticket(rnd)[0] for _ in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +53,8 @@ def setup(tmp_path_factory):
         model,
         tok,
         _tickets(40),
-        teacher_system_prompt=TEACHER_PROMPT,
-        max_new_tokens=12,
+        teacher_prompt=_teacher_prompt(),
+        max_new_tokens=20,
         top_k=20,
     )
     return {"tok": tok, "model": model, "train": recs[:32], "heldout": recs[32:]}

@@ -15,7 +15,7 @@ from apidistill.errors import TrainingError
 from apidistill.train.api import TrainResult, train_student
 from apidistill.train.export import export_student
 
-from .conftest import char_tokenizer
+from .helpers import char_tokenizer
 
 
 def _cfg(**kw) -> TrainingConfig:

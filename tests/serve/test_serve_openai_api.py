@@ -146,3 +146,20 @@ def test_echo_scores_the_prompt(client, smol_local):
     for pos in range(1, len(ids)):
         assert abs(lps.token_logprobs[pos] - float(lp[pos - 1, ids[pos]])) < 1e-4
         assert len(lps.top_logprobs[pos]) <= 2
+
+
+def test_n_choices_and_prompt_lists_count_each_prompt_once(client, smol_local):
+    _, tok = smol_local
+    chat = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=3, temperature=0, n=2
+    )
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert chat.choices[0].message.content == chat.choices[1].message.content  # greedy
+    assert chat.usage.prompt_tokens == len(chat_ids(tok, CHAT))
+    assert chat.usage.completion_tokens == 6
+    prompts = ["Roses are red,", "Once upon a time"]
+    comp = client.completions.create(model=MODEL, prompt=prompts, max_tokens=2, temperature=0, n=2)
+    assert sorted(c.index for c in comp.choices) == [0, 1, 2, 3]
+    assert comp.usage.prompt_tokens == sum(len(tok(p)["input_ids"]) for p in prompts)
+    by_index = {c.index: c.text for c in comp.choices}
+    assert by_index[0] == by_index[1] and by_index[2] == by_index[3]

@@ -255,3 +255,48 @@ async def test_a_client_that_hangs_up_frees_its_slot(guarded):
             timeout=60,
         )
         assert ok.status_code == 200
+
+
+async def test_a_stream_closed_early_frees_its_slot(guarded):
+    import time
+
+    headers = {"authorization": f"Bearer {KEY}"}
+    body = {
+        "model": "tiny",
+        "messages": MSGS,
+        "max_tokens": 1000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    async with httpx2.AsyncClient(base_url=guarded.base_url, headers=headers, timeout=60) as c:
+        async with c.stream("POST", "/chat/completions", json=body) as resp:
+            assert resp.status_code == 200
+            async for line in resp.aiter_lines():
+                if line.startswith("data: "):
+                    break  # hang up after the first event
+        deadline = time.monotonic() + 3.0
+        health = {}
+        while time.monotonic() < deadline:
+            health = (await c.get(guarded.root_url + "/health")).json()
+            if health["inflight"] == 0 and health["running"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        assert health["inflight"] == 0 and health["running"] == 0, health
+
+
+def test_an_admission_slot_is_released_once_even_if_never_used():
+    import gc
+
+    from apidistill.serve.http_common import Admission
+
+    adm = Admission(limit=1)
+    slot = adm.enter()
+    assert slot is not None and adm.enter() is None and adm.rejected == 1
+    slot.release()
+    slot.release()
+    assert adm.inflight == 0
+    forgotten = adm.enter()
+    assert adm.inflight == 1
+    del forgotten
+    gc.collect()
+    assert adm.inflight == 0

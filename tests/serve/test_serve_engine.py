@@ -69,6 +69,21 @@ async def test_concurrent_requests_share_batches_and_match_single_runs(engine):
     assert max(t[0].cached_tokens for t in together) > 0  # the system turn came from the cache
 
 
+async def test_requests_trickling_in_still_share_one_batch(tiny_lm, byte_tokenizer):
+    """Arrivals 15 ms apart with a 40 ms quiet-gap window: one batch, not five."""
+    eng = Engine(tiny_lm, byte_tokenizer, max_batch_size=8, gather_window_s=0.04)
+
+    async def later(i: int):
+        await asyncio.sleep(0.015 * i)
+        return await eng.generate(None, f"ticket {i}", greedy(max_tokens=3))
+
+    try:
+        await asyncio.gather(*(later(i) for i in range(5)))
+        assert eng.stats.batches == 1 and eng.stats.largest_batch == 5
+    finally:
+        eng.close()
+
+
 async def test_n_samples_seeded_repeat_and_differ(engine):
     params = GenerationParams(max_tokens=10, temperature=1.0, seed=11)
     first = await engine.generate(CHAT, None, params, n=3)
@@ -138,3 +153,41 @@ def test_engine_serves_several_event_loops_in_turn(engine):
     a = asyncio.run(engine.generate(None, "abc", greedy(max_tokens=4)))
     b = asyncio.run(engine.generate(None, "abc", greedy(max_tokens=4)))
     assert a[0].token_ids == b[0].token_ids and len(a[0].token_ids) == 4
+
+
+def test_from_spec_applies_a_lora_adapter(tiny_model_dir, tmp_path):
+    """An adapter folder is loaded, merged, and gives the adapted model's greedy output."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    lora = get_peft_model(
+        base,
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    lora.save_pretrained(tmp_path / "adapter")
+    threads = torch.get_num_threads()  # from_spec sets the process-wide thread count
+    engine = Engine.from_spec(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), num_threads=1)
+    plain = Engine.from_spec(str(tiny_model_dir), num_threads=1)
+    try:
+        ids = engine.encode_prompt("abc")
+        (adapted,) = asyncio.run(engine.generate(None, "abc", greedy(max_tokens=8)))
+        (unadapted,) = asyncio.run(plain.generate(None, "abc", greedy(max_tokens=8)))
+        with torch.inference_mode():
+            ref = (
+                lora.eval()
+                .generate(
+                    torch.tensor([ids]),
+                    max_new_tokens=8,
+                    do_sample=False,
+                    eos_token_id=None,
+                    pad_token_id=0,
+                )[0, len(ids) :]
+                .tolist()
+            )
+        assert adapted.token_ids == ref
+        assert adapted.token_ids != unadapted.token_ids
+    finally:
+        engine.close()
+        plain.close()
+        torch.set_num_threads(threads)

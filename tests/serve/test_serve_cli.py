@@ -53,6 +53,11 @@ def test_missing_model_folder_names_the_path(tmp_path):
     assert_one_error(serve("--model", str(missing)), str(missing))
 
 
+def test_missing_adapter_folder_names_the_path(tmp_path):
+    missing = tmp_path / "no-adapter"
+    assert_one_error(serve("--adapter", str(missing)), str(missing), "adapter")
+
+
 def test_a_gguf_that_is_not_a_model_names_the_path(tmp_path):
     fake = tmp_path / "broken.gguf"
     fake.write_bytes(b"GGUF" + os.urandom(64))

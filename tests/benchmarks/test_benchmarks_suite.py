@@ -1,0 +1,147 @@
+"""The benchmark suite's cheap pieces, run for real at tiny sizes into a temporary folder.
+
+What must hold: every benchmark writes its JSON with the common envelope, RESULTS.md is
+regenerated from those files with a met / not met verdict per target computed from the
+numbers, and a peer that cannot run (no peers venv, as in CI) is reported as "not run"
+instead of silently dropping out of the ratios.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENVELOPE = {"benchmark", "mode", "date", "machine", "versions", "seeds"}
+
+
+def _run(args: list[str], out: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "APIDISTILL_BENCH_OUT": str(out),
+        "APIDISTILL_PEERS_PYTHON": str(out / "no-peers-venv" / "python"),  # as in CI
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done
+
+
+def _load(out: Path, name: str, envelope: bool = True) -> dict:
+    doc = json.loads((out / f"{name}.json").read_text())
+    if envelope:  # the benchmarks written on benchmarks/common.py
+        assert doc.keys() >= ENVELOPE
+        assert doc["machine"]["cores"] >= 1 and "load_avg_1_5_15" in doc["machine"]
+    return doc
+
+
+def test_peers_harvest_runs_own_arms_and_reports_missing_peers(tmp_path: Path) -> None:
+    _run(
+        [
+            "benchmarks.peers_harvest",
+            "--quick",
+            "--n",
+            "96",
+            "--rounds",
+            "1",
+            "--fault-rounds",
+            "0",
+        ],
+        tmp_path,
+    )
+    doc = _load(tmp_path, "peers_harvest")
+    clean = doc["variants"]["clean"]
+    for arm in ("apidistill", "raw_aiohttp", "raw_httpx2"):
+        cell = clean["arms"][arm]
+        assert cell["ok_min"] == 96, arm  # every request answered
+        assert cell["duplicate_answers_max"] == 0
+        assert cell["req_per_s"]["median"] > 0 and cell["cpu_s_per_1k"]["median"] > 0
+    for peer in ("curator", "distilabel"):
+        assert "peers venv missing" in clean["arms"][peer]["not_run"]
+    assert clean["ratios"]["throughput_vs_curator"] is None
+    assert 0 < clean["ratios"]["throughput_vs_fastest_raw"] < 5
+
+
+@pytest.mark.slow  # ~1-2 minutes: two harvests killed and resumed
+def test_resume_cost_counts_duplicates_from_the_server(tmp_path: Path) -> None:
+    _run(
+        ["benchmarks.resume_cost", "--quick", "--n", "160", "--arms", "apidistill",
+         "apidistill_sigterm", "curator"],
+        tmp_path,
+    )  # fmt: skip
+    doc = _load(tmp_path, "resume_cost")
+    kill9 = doc["runs"][0] if doc["runs"][0]["arm"] == "apidistill" else doc["runs"][1]
+    own = kill9["own_report"]
+    # kill -9: apidistill re-sends each outcome-unknown request at most once, and knows it.
+    assert kill9["duplicate_requests"] <= own["resent_that_may_have_been_billed"] <= 64
+    assert own["outcome_unknown_found"] == own["resent_that_may_have_been_billed"]
+    assert kill9["results_after_resume"] == 160 and kill9["never_sent"] == 0
+    graceful = doc["arms"]["apidistill_sigterm"]
+    assert graceful["duplicate_requests"]["max"] == 0  # a drained stop re-sends nothing
+    assert "peers venv missing" in doc["arms"]["curator"]["not_run"]
+
+
+@pytest.mark.slow  # ~1 minute on a busy 2-core machine
+def test_suite_writes_json_suite_record_and_results_md(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    _run(["benchmarks", "--quick", "--only", "storage", "--results", str(results)], tmp_path)
+    suite = json.loads((tmp_path / "suite.json").read_text())
+    assert suite["mode"] == "quick" and suite["benchmarks"]["storage"]["status"] == "ok"
+    storage = _load(tmp_path, "storage", envelope=False)
+    b20 = storage["k"]["20"]["store_fp16_ids"]["bytes_per_token"]
+    text = results.read_text()
+    row = next(x for x in text.splitlines() if x.startswith("| ≤ 130 B/token"))
+    assert ("**met**" in row) == (b20 <= 130)
+    assert "not run:" in next(x for x in text.splitlines() if "TRL SFTTrainer" in x)
+    for heading in ("## Targets (issue 10)", "## Machine and versions", "## Suite run"):
+        assert heading in text
+
+
+@pytest.mark.parametrize("ratio, verdict", [(1.2, "**met**"), (0.8, "**not met**")])
+def test_target_verdicts_follow_the_measured_ratio(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ratio: float, verdict: str
+) -> None:
+    monkeypatch.setenv("APIDISTILL_BENCH_OUT", str(tmp_path))
+    from benchmarks import report
+    from benchmarks.common import spread, write_result
+
+    def arm(rps: float, cpu: float) -> dict:
+        return {"req_per_s": spread([rps]), "pct_ideal": spread([rps / 3.2]),
+                "cpu_s_per_1k": spread([cpu]), "peak_rss_mb": spread([50.0]), "ok_min": 10,
+                "duplicate_answers_max": 0}  # fmt: skip
+
+    arms = {"apidistill": arm(100 * ratio, 2.0), "curator": arm(100.0, 3.0)}
+    ratios = {"throughput_vs_curator": ratio, "cpu_per_request_vs_curator": 2.0 / 3.0}
+    setting = {"requests": 10, "concurrency": 64, "latency_ms": 200.0, "rounds": 1,
+               "fault_rounds": 0, "fault_mix": "none"}  # fmt: skip
+    clean = {"arms": arms, "ratios": ratios}
+    write_result("peers_harvest", {"setting": setting, "variants": {"clean": clean}}, mode="full")
+    lines = report.render(tmp_path).splitlines()
+    curator = next(x for x in lines if x.startswith("| harvest throughput ≥ 1.0× Curator"))
+    assert verdict in curator and f"{ratio:.3f}" in curator
+    cpu = next(x for x in lines if x.startswith("| CPU per request"))
+    assert "**met**" in cpu
+    kd = next(x for x in lines if x.startswith("| logprob KD beats"))
+    assert "not run" in kd
+    assert "Could not render" not in "\n".join(lines)
+
+
+def test_report_only_rewrites_results_md_from_whatever_json_exists(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    _run(["benchmarks", "--report-only", "--results", str(results)], tmp_path, timeout=120)
+    text = results.read_text()
+    targets = [x for x in text.splitlines() if x.startswith("| ") and "not run:" in x]
+    assert len(targets) >= 8  # every target, none measured: all say why
+    assert text.rstrip().endswith("|---|---|---|---|---|")  # standalone appends land in a table
