@@ -22,6 +22,7 @@ the ones before them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import sys
@@ -47,9 +48,30 @@ def _demo_task() -> Any:
     return task
 
 
+DEMO_FILES = ("prototype_prompt.yaml", "tickets.jsonl", "student_prompt.txt")
+
+
+@functools.cache
+def _snapshot() -> dict[str, bytes]:
+    """The demo's files, read once per process: if they are edited while a run is going,
+    every target, prompt and fingerprint of this run still comes from one version."""
+    return {name: (DEMO / name).read_bytes() for name in DEMO_FILES}
+
+
 def load_tickets() -> list[dict[str, Any]]:
-    lines = (DEMO / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = _snapshot()["tickets.jsonl"].decode("utf-8").splitlines()
     return [json.loads(x) for x in lines if x.strip()]
+
+
+def prototype_prompt() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(_snapshot()["prototype_prompt.yaml"].decode("utf-8"))
+
+
+def instruction() -> str:
+    """The student's one-line instruction (examples/demo/student_prompt.txt)."""
+    return _snapshot()["student_prompt.txt"].decode("utf-8").strip()
 
 
 def split_tickets(pool_size: int, test_size: int = TEST_TICKETS) -> tuple[list, list]:
@@ -60,17 +82,17 @@ def split_tickets(pool_size: int, test_size: int = TEST_TICKETS) -> tuple[list, 
     return pool, held_out
 
 
-def _fingerprint() -> str:
+def fingerprint() -> str:
     """Changes whenever the prompt, the tickets or the generation settings change."""
     h = hashlib.sha256()
-    for name in ("prototype_prompt.yaml", "tickets.jsonl", "student_prompt.txt"):
-        h.update((DEMO / name).read_bytes())
+    for name in DEMO_FILES:
+        h.update(_snapshot()[name])
     h.update(f"{MODEL}|{MAX_TOKENS}|{TOP_K}".encode())
     return h.hexdigest()[:16]
 
 
 def cache_dir() -> Path:
-    path = out_dir() / "kd_targets" / _fingerprint()
+    path = out_dir() / "kd_targets" / fingerprint()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -79,8 +101,7 @@ def _requests(tickets: list[dict[str, Any]], kind: str) -> list[Any]:
     from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 
     task = _demo_task()
-    prompt = task.load_prompt()
-    instruction = task.student_instruction()
+    prompt, student_line = prototype_prompt(), instruction()
     out = []
     for t in tickets:
         seed = int(hashlib.sha256(t["id"].encode()).hexdigest()[:8], 16)  # stable per ticket
@@ -91,7 +112,7 @@ def _requests(tickets: list[dict[str, Any]], kind: str) -> list[Any]:
             logprobs=True,
             top_logprobs=TOP_K,
         )
-        student = task.student_messages(t["text"], instruction)[1:]  # the ticket only
+        student = task.student_messages(t["text"], student_line)[1:]  # the ticket only
         out.append(
             TeacherRequest(
                 messages=[Message(**m) for m in task.teacher_messages(t["text"], prompt)],

@@ -130,7 +130,9 @@ def print_summary(numbers: dict[str, Any], report: str | None, student: str | No
     if isinstance(tp, int | float) and isinstance(sp, int | float):
         c.print(f"prompt tokens saved per request: {tp - sp:.0f} ({(tp - sp) / tp * 100:.0f}%)")
     if numbers.get("drop_in_answer") is not None:
-        c.print(f"drop-in call through the openai SDK answered: {numbers['drop_in_answer']!r}")
+        answer = str(numbers["drop_in_answer"])
+        answer = answer if len(answer) <= 200 else answer[:200] + "…"
+        c.print(f"drop-in call through the openai SDK (only the base URL changed): {answer!r}")
     if student:
         c.print(f"student: {student}  (serve it: apidistill serve --model {student})")
     if report:

@@ -337,7 +337,6 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     ),
     "any": (
         "I already opened case {case} about this but heard nothing.",
-        "My previous ticket {case} was closed without an answer.",
         "You can reach me at {phone}.",
         "Call me on {phone} if that's easier.",
         "Reference from your last email: {case}.",
@@ -464,6 +463,7 @@ def _distractors(rng: random.Random) -> dict[str, str]:
 
 
 _SLOT = re.compile(r"\{(\w+)\}")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 
 
 def make_ticket(
@@ -491,7 +491,9 @@ def make_ticket(
         f"core:{label}:{tone}:{CORE[label][tone].index(core)}",
     }
     tags.update(_SLOT.findall(core))
-    for extra in extras[: rng.randint(0, 1 if tone in ("terse", "rambling") else 2)]:
+    room = 4 - len(_SENTENCE_END.findall(core))  # tickets keep to 1-4 sentences
+    n_extra = rng.randint(0, 1 if tone in ("terse", "rambling") else 2)
+    for extra in extras[: max(0, min(n_extra, room))]:
         sentences.insert(rng.randint(1, len(sentences)), extra)  # extras refer back: "It ..."
         tags.update(_SLOT.findall(extra))
     body = " ".join(s.format(**values) for s in sentences)

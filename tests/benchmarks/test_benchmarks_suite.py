@@ -145,3 +145,23 @@ def test_report_only_rewrites_results_md_from_whatever_json_exists(tmp_path: Pat
     targets = [x for x in text.splitlines() if x.startswith("| ") and "not run:" in x]
     assert len(targets) >= 8  # every target, none measured: all say why
     assert text.rstrip().endswith("|---|---|---|---|---|")  # standalone appends land in a table
+
+
+def test_kd_quality_verdict_needs_a_win_at_every_size() -> None:
+    from benchmarks.kd_quality import subset, summarize
+
+    def row(size: int, arm: str, kl: float, seed: int = 0) -> dict:
+        return {"size": size, "seed": seed, "arm": arm, "kl": kl, "top1_agreement": 0.9,
+                "answer_agreement": 0.8, "exact_vs_gold": 0.7}  # fmt: skip
+
+    rows = [row(64, "sequence_kd", 0.30), row(64, "topk_tail", 0.20),
+            row(128, "sequence_kd", 0.10), row(128, "topk_tail", 0.12)]  # fmt: skip
+    out = summarize(rows, [64, 128])
+    assert out["logprob_vs_sequence_kl"]["64"]["beats"] is True
+    assert out["logprob_vs_sequence_kl"]["128"]["beats"] is False
+    assert out["logprob_beats_sequence_at_every_size"] is False
+    # seeds: the median over seeds decides, and every arm of a cell trains on the same tickets
+    rows += [row(128, "topk_tail", 0.05, seed=1), row(128, "topk_tail", 0.06, seed=2)]
+    assert summarize(rows, [64, 128])["logprob_beats_sequence_at_every_size"] is True
+    assert subset(250, 64, 1) == subset(250, 64, 1) != subset(250, 64, 2)
+    assert len(set(subset(250, 64, 0))) == 64
