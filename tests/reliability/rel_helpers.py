@@ -5,6 +5,7 @@ Everything talks to 127.0.0.1 only; every subprocess has a timeout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -128,24 +129,26 @@ def run_cli(
 # --------------------------------------------------------------------------- journal reads
 
 
+def _read(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """One query on a journal, read-only, the connection closed at once (an idle connection
+    left open keeps the WAL index pinned and can show a crashed writer's file as stale)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return conn.execute(sql).fetchall()
+
+
 def journal_counts(path: Path) -> dict[str, int]:
-    """Rows per state, read without the writer lock (safe while nothing writes)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("SELECT state, COUNT(*) FROM requests GROUP BY state").fetchall())
+    """Rows per state (safe while nothing writes)."""
+    return dict(_read(path, "SELECT state, COUNT(*) FROM requests GROUP BY state"))
 
 
 def run_end_summaries(path: Path) -> list[dict[str, Any]]:
     """The summary each finished run noted in the journal (oldest first)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        rows = conn.execute(
-            "SELECT detail FROM events WHERE event='run_end' ORDER BY seq"
-        ).fetchall()
+    rows = _read(path, "SELECT detail FROM events WHERE event='run_end' ORDER BY seq")
     return [json.loads(r[0]) for r in rows]
 
 
 def integrity(path: Path) -> list[str]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return [r[0] for r in conn.execute("PRAGMA integrity_check")]
+    return [r[0] for r in _read(path, "PRAGMA integrity_check")]
 
 
 # --------------------------------------------------------------------------- tiny model
