@@ -111,8 +111,9 @@ def append_results_md(row: str) -> Path:
     path = (out_dir() if os.environ.get("APIDISTILL_BENCH_OUT") else HERE) / "RESULTS.md"
     if not path.exists():
         path.write_text(
-            "# Benchmark results\n\nRows appended by the scripts in benchmarks/ (newest last); "
-            "the JSON in benchmarks/out/ has the machine, versions and raw numbers.\n\n",
+            "# Benchmark results\n\nRows are appended by the scripts in benchmarks/; the JSON "
+            "in benchmarks/out/ has the machine, versions and raw numbers.\n\n"
+            "| date | benchmark | setting | result | notes |\n|---|---|---|---|---|\n",
             encoding="utf-8",
         )
     with path.open("a", encoding="utf-8") as f:
@@ -203,10 +204,12 @@ def main(argv: list[str] | None = None) -> int:
     equal = min((r["outputs_equal_to_first_arm"] for r in results.values()), default=0)
     load = os.getloadavg()[0]
     row = (
-        f"| {time.strftime('%Y-%m-%d')} | {NAME}{' (quick)' if args.quick else ''} | "
-        f"{requests} concurrent chats, {shots} shots ({prefix_len}+ prompt tokens), "
-        f"{max_tokens} new, batch ≤ {args.batch_size}, {threads} threads, load {load:.1f} | "
-        f"s/request: {cells}; {equal}/{requests} outputs identical across arms |"
+        f"| {time.strftime('%Y-%m-%d')} | {NAME}.py{' --quick' if args.quick else ''} | "
+        f"SmolLM2-135M, {requests} concurrent chats, {shots} shots ({prefix_len}+ prompt "
+        f"tokens), {max_tokens} new tokens greedy, batch ≤ {args.batch_size} | "
+        f"s/request: {cells}; {equal}/{requests} outputs identical across arms | "
+        f"cpu, {threads} torch threads, load average {load:.1f} (shared machine: compare "
+        "arms within the row) |"
     )
     md = append_results_md(row)
     print(f"wrote {path} and a row in {md}")

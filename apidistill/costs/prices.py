@@ -145,7 +145,10 @@ def _genai_price(provider: str, model: str, base_url: str | None) -> ModelPrice 
     provider_id = _GENAI_PROVIDER.get(provider)
     host = (urlsplit(base_url).hostname or "") if base_url else ""
     api_url = None
-    if host and host != _OFFICIAL_HOSTS.get(provider):
+    gateway = provider in ("openai", "anthropic") and _is_private_url(base_url)
+    if host and host != _OFFICIAL_HOSTS.get(provider) and not gateway:
+        # another host speaking the same API (DeepSeek, Mistral, ...) is found by its URL;
+        # openai/anthropic on a local address is a gateway to that provider (its prices)
         provider_id, api_url = None, base_url
     if provider_id is None and api_url is None:
         return None

@@ -228,8 +228,9 @@ def teacher_route(teacher: TeacherConfig) -> tuple[str, str, str | None]:
     """(policy provider, channel, note) for a teacher config.
 
     The provider field names the client, not whose terms apply: ``openai`` with
-    ``base_url: https://api.deepseek.com`` is DeepSeek's platform, and any server on this
-    machine or network is self-hosted weights whose license is what counts.
+    ``base_url: https://api.deepseek.com`` is DeepSeek's platform, and an ``openai_compatible``
+    server on this machine or network is self-hosted weights whose license is what counts.
+    ``openai``/``anthropic`` on a local address is taken as a gateway to that provider.
     """
     if teacher.serve is not None and not teacher.base_url:
         return SELF_HOSTED, "weights", "started by apidistill serve"
@@ -246,6 +247,10 @@ def teacher_route(teacher: TeacherConfig) -> tuple[str, str, str | None]:
         if host == known or host.endswith("." + known):
             return provider, "api", None
     if _is_local(host):
+        if teacher.provider in ("openai", "anthropic"):
+            # provider openai/anthropic on this machine is a gateway or proxy to that provider
+            # (or a test double of it): its terms still govern the outputs.
+            return teacher.provider, "api", f"through a local endpoint at {host}"
         return SELF_HOSTED, "weights", f"self-hosted at {host}"
     return (
         SELF_HOSTED,

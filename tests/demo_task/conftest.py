@@ -37,6 +37,12 @@ def task() -> ModuleType:
 
 
 @pytest.fixture(scope="session")
+def measure_teacher() -> ModuleType:
+    """Imports torch and puts examples/demo on sys.path (it imports ``task`` by name)."""
+    return load_demo_module("measure_teacher")
+
+
+@pytest.fixture(scope="session")
 def rows() -> list[dict[str, str]]:
     """The shipped tickets.jsonl."""
     lines = (DEMO / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
