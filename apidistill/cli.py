@@ -61,7 +61,7 @@ def main() -> None:
     except ApidistillError as exc:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     except OSError as exc:  # disk full, read-only folder: the message names the file
         from rich.console import Console

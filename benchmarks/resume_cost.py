@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     with FaultServerProcess(latency_ms=LATENCY_MS) as srv:
         for r in range(rounds):
             for arm in arms if r % 2 == 0 else reversed(arms):
-                res = one_round(srv, arm, n, tag=f"resume-r{r}-{arm}")
+                try:
+                    res = one_round(srv, arm, n, tag=f"resume-r{r}-{arm}")
+                except RuntimeError as exc:  # one arm failing must not lose the others
+                    res = {"arm": arm, "error": str(exc)}
                 res["round"] = r
                 runs.append(res)
                 print(

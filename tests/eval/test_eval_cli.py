@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -41,14 +40,9 @@ def test_eval_cmd_validates_the_run_file_first(tmp_path: Path) -> None:
         eval_cmd(bad)
 
 
-def test_eval_cmd_says_when_the_pipeline_is_not_wired(tmp_path: Path) -> None:
-    try:
-        stages = importlib.import_module("apidistill.pipeline.stages")
-    except ImportError:
-        stages = None
-    if stages is not None and hasattr(stages, "eval_stage"):
-        pytest.skip("pipeline.stages.eval_stage is wired: the pipeline's tests cover it")
+def test_eval_cmd_without_a_trained_student_says_what_to_run(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(RUN_FILE)
-    with pytest.raises(ConfigError, match="not wired yet"):
+    with pytest.raises(EvalError, match="no trained student") as ei:
         eval_cmd(cfg)
+    assert "apidistill train" in str(ei.value)

@@ -259,6 +259,14 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_chat_dir, tiny_teacher_rec
             out_dir=tmp_path,
             progress=False,
         )
-    evals = [h["eval_loss"] for h in res.log_history if "eval_loss" in h]
-    assert res.steps < 16  # 4 epochs × 4 steps were allowed
-    assert res.eval_metrics["eval_loss"] == pytest.approx(min(evals), rel=1e-5)
+    evals = [(h["step"], h["eval_loss"]) for h in res.log_history if "eval_loss" in h]
+    # Early stopping's rule, replayed on the logged curve: stop once `patience` evaluations in
+    # a row fail to beat the best so far.
+    best, bad, expected_stop = float("inf"), 0, 16  # 4 epochs × 4 steps were allowed
+    for step, loss in evals:
+        best, bad = (loss, 0) if loss < best else (best, bad + 1)
+        if bad >= 2:
+            expected_stop = step
+            break
+    assert res.steps == expected_stop
+    assert res.eval_metrics["eval_loss"] == pytest.approx(min(e for _, e in evals), rel=1e-5)
