@@ -27,6 +27,7 @@ import argparse
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ N_SHOTS = 16
 SHOT_PRODUCTS = 48  # catalogue names reserved for the shots, never used in tickets
 SHOT_CANDIDATES = 200  # shot pool the 16 are picked from
 SHOT_CHARS = 180  # preferred shot length
+SHOT_WANT: dict[str, int] = {}  # tags to show more than once
 SHOT_MAX_CHARS = 220  # longer shots would push the prompt past ~1,600 tokens
 
 LABELS = ("damaged", "late", "wrong_item", "refund", "other")
@@ -507,6 +509,12 @@ def make_ticket(
     text = sep.join(p for p in (opener, body, closing) if p)
     tags.update(_SLOT.findall(closing_tpl))
     tags.add("layout:email" if sep != " " else "layout:line")
+    before, _, after = text.partition(written)
+    tags.update(
+        f"number_{where}"
+        for where, part in (("before", before), ("after", after))
+        if re.search(r"\d{2}", part)
+    )
     return Ticket(ticket_id, text, gold_id, product, label, tone, fmt, frozenset(tags))
 
 
@@ -551,14 +559,18 @@ def build(seed: int = SEED, n: int = N_TICKETS) -> tuple[list[Ticket], list[Tick
     return tickets, [replace(t, id=f"s{k:04d}") for k, t in enumerate(shots)]
 
 
-def pick_shots(candidates: list[Ticket], k: int) -> list[Ticket]:
-    """``k`` shots that together show every trap at least once, the way a prompt engineer
-    would pick them: each pick adds the most tags (label, tone, order format, distractor
-    kinds, layout) not yet shown. No brand or item repeats: a recurring one becomes an
-    attractor that the 135M teacher answers for tickets about something else.
+def pick_shots(
+    candidates: list[Ticket], k: int, want: dict[str, int] | None = None
+) -> list[Ticket]:
+    """``k`` shots that together show every trap, the way a prompt engineer would pick them.
+
+    Each pick adds the most tags (label, tone, order format, distractor kinds, layout) not
+    yet shown ``want[tag]`` times (default once). No brand or item repeats: a recurring one
+    becomes an attractor that the 135M teacher answers for tickets about something else.
     """
+    want = SHOT_WANT if want is None else want
     picked: list[Ticket] = []
-    shown: set[str] = set()
+    shown: Counter[str] = Counter()
     for _ in range(k):
         used = {w for t in picked for w in (_brand(t.product), _item(t.product))}
         free = [
@@ -568,10 +580,15 @@ def pick_shots(candidates: list[Ticket], k: int) -> list[Ticket]:
         ]
         if not free:
             raise ValueError("not enough shot candidates with unused brands and items")
-        # Most new tags; among equals the one nearest SHOT_CHARS (keeps the prompt ~1.5k tokens).
-        best = max(free, key=lambda c: (len(c.tags - shown), -abs(len(c.text) - SHOT_CHARS)))
+
+        def gain(c: Ticket) -> tuple[int, int]:
+            # Most wanted tags; among equals the length nearest SHOT_CHARS (prompt ~1.5k tokens).
+            new = sum(shown[tag] < want.get(tag, 1) for tag in c.tags)
+            return new, -abs(len(c.text) - SHOT_CHARS)
+
+        best = max(free, key=gain)
         picked.append(best)
-        shown |= best.tags
+        shown.update(best.tags)
     return picked
 
 
