@@ -30,7 +30,6 @@ from apidistill.errors import (
     TeacherUnavailable,
     TrainingError,
 )
-
 from apidistill.sdk import Distiller
 
 __version__ = "0.1.0"

@@ -60,7 +60,7 @@ def test_bad_enum_lists_allowed_values():
 
 def test_logprob_kd_without_logprobs_is_rejected():
     bad = GOOD.replace("  logprobs: true\n  top_logprobs: 20\n", "  logprobs: false\n")
-    with pytest.raises(ConfigError, match="logprob_kd needs harvest.logprobs"):
+    with pytest.raises(ConfigError, match=r"logprob_kd needs harvest\.logprobs"):
         parse_config(bad, file="run.yaml")
 
 

@@ -33,5 +33,7 @@ def test_every_config_key_is_in_the_reference():
 def test_readme_commands_are_in_ci():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    test_cmd = next(line for line in readme.splitlines() if "pytest" in line and "pip install" in line)
+    test_cmd = next(
+        line for line in readme.splitlines() if "pytest" in line and "pip install" in line
+    )
     assert test_cmd.strip() in ci
