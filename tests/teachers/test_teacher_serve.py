@@ -28,9 +28,8 @@ async def _maybe_await(value):
 
 
 async def test_serve_gives_token_ids_and_top20_logprobs():
-    from apidistill.serve.launcher import launch_server
-
     from apidistill.models import load_tokenizer
+    from apidistill.serve.launcher import launch_server
 
     handle = await _maybe_await(launch_server(MODEL, port=0))
     base = handle.base_url.rstrip("/")
