@@ -152,6 +152,13 @@ def test_harvest_kill9_ten_points(fault, tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- (b) dataset
 
 
+def _acked(ack: Path) -> int:
+    try:
+        return ack.read_text().count("\n")
+    except FileNotFoundError:
+        return 0
+
+
 def _dataset_kills(tmp_path: Path, kills: int, seed: int, n: int) -> None:
     folder, ack = tmp_path / "ds", tmp_path / "acks.txt"
     rng = random.Random(seed)
@@ -160,8 +167,12 @@ def _dataset_kills(tmp_path: Path, kills: int, seed: int, n: int) -> None:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(b"ready")
-        time.sleep(rng.uniform(0.05, 1.5))
-        assert proc.poll() is None, "the writer finished before its kill point"
+        # kill at a record count, not a time: a fast machine finishes any fixed delay
+        before = len(ack.read_text().split()) if ack.exists() else 0
+        target = before + rng.randint(20, max(21, (n - before) // 2))
+        while _acked(ack) < target:
+            assert proc.poll() is None, "the writer finished before its kill point"
+            time.sleep(0.002)
         _kill(proc)
         proc.stdout.close()
         acked = set(ack.read_text().split())
