@@ -8,15 +8,33 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
+
+import transformers
 
 from apidistill.config import LoraConfig, StudentConfig, TrainingConfig
 from apidistill.data.schema import Record
 from apidistill.train.api import train_student
 
 
+def _paced(step):
+    """Each step takes at least PACE seconds, so the parent can land a kill mid-run on any
+    machine speed (a tiny model otherwise finishes between two polls)."""
+
+    def training_step(self, *args, **kwargs):
+        time.sleep(PACE)
+        return step(self, *args, **kwargs)
+
+    return training_step
+
+
+PACE = 0.3
+
+
 def main() -> None:
+    transformers.Trainer.training_step = _paced(transformers.Trainer.training_step)
     model_dir, records_path, out_dir, max_steps = sys.argv[1:5]
     warnings.simplefilter("ignore")
     recs = [
