@@ -41,6 +41,10 @@ SHOT_PRODUCTS = 48  # catalogue names reserved for the shots, never used in tick
 SHOT_CANDIDATES = 200  # shot pool the 16 are picked from
 SHOT_CHARS = 180  # preferred shot length
 SHOT_WANT: dict[str, int] = {}  # tags to show more than once
+# Which shuffle of the shots: the last shot is the 135M teacher's strongest attractor (it
+# answers that shot's product for tickets it is unsure about), and orders differ by up to
+# 10 points. Chosen on dev tickets that are not in tickets.jsonl; see MEASUREMENTS.md.
+SHOT_ORDER = 0
 SHOT_MAX_CHARS = 220  # longer shots would push the prompt past ~1,600 tokens
 
 LABELS = ("damaged", "late", "wrong_item", "refund", "other")
@@ -48,16 +52,10 @@ TONES = ("angry", "polite", "terse", "rambling", "nonnative")
 ORDER_FORMATS = ("hash", "dash", "plain")
 
 SYSTEM = (
-    "You read customer-support tickets for an online shop and extract two fields.\n"
-    "Reply with exactly two lines and nothing else:\n"
-    "order_id: <the customer's order number>\n"
-    "product: <the product name>\n"
-    "Rules:\n"
-    "- order_id: copy the digits exactly, keep a dash if there is one, drop a leading #.\n"
-    "- product: copy the full product name exactly as written in this ticket, brand "
-    "first.\n"
-    "- Ignore prices, dates, phone numbers, tracking numbers, case or ticket numbers and "
-    "names."
+    "Extract two fields from the customer-support ticket. Reply with exactly two lines:\n"
+    "order_id: <the order number: its digits and any dash, without a leading #>\n"
+    "product: <the full product name, brand first, copied exactly from the ticket>\n"
+    "Ignore prices, dates, phone, tracking and case numbers, and people's names."
 )
 
 # --- products: brand + optional modifier + item ------------------------------------------
@@ -314,10 +312,11 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "It was a gift, so this is really embarrassing.",
     ),
     "late": (
-        "The tracking number is {tracking}.",
         "Tracking {tracking} hasn't updated in days.",
         "It was supposed to arrive by {date}.",
         "I paid {price} for express shipping.",
+        "The courier page just says 'in transit'.",
+        "Nobody has left a delivery note either.",
     ),
     "wrong_item": (
         "I've attached a photo of what came.",
@@ -330,6 +329,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "It's unused and still in the box.",
         "I received it on {date}.",
         "The return label I got has tracking {tracking}.",
+        "Do I have to pay for the return shipping?",
     ),
     "other": (
         "I ordered it on {date}.",
@@ -338,10 +338,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "No rush on this.",
     ),
     "any": (
-        "I already opened case {case} about this but heard nothing.",
         "You can reach me at {phone}.",
         "Call me on {phone} if that's easier.",
-        "Reference from your last email: {case}.",
         "This is my {count} order from you.",
         "Please get back to me soon.",
         "I've been a customer for {years} years.",
@@ -351,6 +349,18 @@ EXTRAS: dict[str, tuple[str, ...]] = {
         "I hope this can be sorted quickly.",
     ),
 }
+
+# Old case numbers open a follow-up ticket. After the order number they would be the last
+# number in the ticket, which the 135M teacher copies instead of the order number (measured:
+# most such tickets wrong), so they come first, as follow-ups usually do.
+FOLLOW_UPS = (
+    "Following up on case {case}.",
+    "Re: case {case}.",
+    "This is about my earlier case {case}, which is still open.",
+    "Reference from your last email: {case}.",
+    "Second time writing (case {case}).",
+)
+FOLLOW_UP_RATE = 0.04
 
 FIRST = (
     "Maria", "Tom", "Aisha", "Wei", "Priya", "Oluwaseun", "Sven", "Kenji", "Lucia", "Dmitri",
@@ -471,7 +481,7 @@ _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 def make_ticket(
     rng: random.Random, ticket_id: str, product: str, label: str, tone: str, fmt: str
 ) -> Ticket:
-    """One ticket: opener, the core sentence(s), 0-2 extra sentences, sign-off."""
+    """One ticket: opener, maybe a follow-up line, the core sentence(s), extras, sign-off."""
     written, gold_id = order_number(rng, fmt)
     ref = rng.choice(ORDER_REFS).format(id=written)
     values = {**_distractors(rng), "product": product, "oid": written, "order": ref}
@@ -493,10 +503,15 @@ def make_ticket(
         f"core:{label}:{tone}:{CORE[label][tone].index(core)}",
     }
     tags.update(_SLOT.findall(core))
-    room = 4 - len(_SENTENCE_END.findall(core))  # tickets keep to 1-4 sentences
+    if rng.random() < FOLLOW_UP_RATE:
+        follow_up = rng.choice(FOLLOW_UPS)
+        sentences.insert(0, follow_up)
+        tags.update(_SLOT.findall(follow_up))
+    room = 5 - len(sentences) - len(_SENTENCE_END.findall(core))  # keep to 1-4 sentences
     n_extra = rng.randint(0, 1 if tone in ("terse", "rambling") else 2)
     for extra in extras[: max(0, min(n_extra, room))]:
-        sentences.insert(rng.randint(1, len(sentences)), extra)  # extras refer back: "It ..."
+        after_core = sentences.index(core) + 1  # extras refer back to it: "It was ..."
+        sentences.insert(rng.randint(after_core, len(sentences)), extra)
         tags.update(_SLOT.findall(extra))
     body = " ".join(s.format(**values) for s in sentences)
     if tone == "terse" and rng.random() < 0.4:
@@ -555,7 +570,7 @@ def build(seed: int = SEED, n: int = N_TICKETS) -> tuple[list[Ticket], list[Tick
     shot_rng = random.Random(f"{seed}:shots")
     candidates = generate(SHOT_CANDIDATES, shot_rng, shot_names, "s", avoid)
     shots = pick_shots(candidates, N_SHOTS)
-    shot_rng.shuffle(shots)
+    random.Random(f"{seed}:shot-order:{SHOT_ORDER}").shuffle(shots)
     return tickets, [replace(t, id=f"s{k:04d}") for k, t in enumerate(shots)]
 
 
