@@ -86,6 +86,9 @@ class TeacherConfig(_Section):
     serve: TeacherServeConfig | None = None
     price: PriceConfig | None = None
     allow_unpriced: bool = False
+    # HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2;
+    # auto = aiohttp when installed, else httpx2. Errors map the same on both.
+    transport: Literal["auto", "httpx2", "aiohttp"] = "auto"
 
     @model_validator(mode="after")
     def _base_url_for_compatible(self) -> TeacherConfig:

@@ -91,6 +91,7 @@ def _openai(cfg: TeacherConfig, key: str | None, base_url: str | None, timeout_s
         api_key=key,
         timeout_s=timeout_s,
         price=_price(cfg.price),
+        transport=cfg.transport,
     )
 
 
@@ -120,6 +121,7 @@ def _compatible(
         timeout_s=timeout_s,
         vocab=_vocab(cfg),
         price=_price(cfg.price),
+        transport=cfg.transport,
         identity=identity,
     )
 
@@ -135,6 +137,7 @@ def _anthropic(
         api_key=key,
         timeout_s=timeout_s,
         price=_price(cfg.price),
+        transport=cfg.transport,
     )
 
 

@@ -12,6 +12,7 @@ those three separately; the cost code subtracts the cached share itself).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,9 +24,10 @@ from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.data.schema import Completion, TeacherRequest, Usage
 from apidistill.errors import CapabilityError
 from apidistill.teachers.base import Capabilities, TeacherResponse
-from apidistill.teachers.failures import malformed_body, map_failure
+from apidistill.teachers.failures import TRANSPORT_ERRORS, malformed_body, map_failure
 from apidistill.teachers.profiles import anthropic_capabilities
 from apidistill.teachers.ratelimits import anthropic_rate_limits
+from apidistill.teachers.transport import resolve_transport, sdk_http_client
 from apidistill.teachers.urls import teacher_identity
 
 __all__ = [
@@ -37,7 +39,7 @@ __all__ = [
 ]
 
 ANTHROPIC_BASE_URL = "https://api.anthropic.com"
-_SDK_FAILURES = (anthropic.AnthropicError, httpx2.HTTPError, OSError)
+_SDK_FAILURES = (anthropic.AnthropicError, *TRANSPORT_ERRORS)
 _STOP_REASONS = {
     "end_turn": "stop",
     "stop_sequence": "stop",
@@ -145,7 +147,10 @@ def parse_anthropic_body(
 
 
 class AnthropicTeacher:
-    """One Claude model. The key goes to the SDK client only; ``repr`` never shows it."""
+    """One Claude model. The key goes to the SDK client only; ``repr`` never shows it.
+
+    ``transport``: the SDK's HTTP transport, as for ``OpenAITeacher`` (``auto``: the SDK's
+    aiohttp client when installed, else httpx2; :mod:`apidistill.teachers.transport`)."""
 
     provider = "anthropic"
 
@@ -158,25 +163,28 @@ class AnthropicTeacher:
         timeout_s: float = 120.0,
         price: ModelPrice | None = None,
         max_connections: int = 1000,
+        transport: str = "auto",
     ) -> None:
         self.model = model
-        self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
+        # like the SDK: an explicit URL, else $ANTHROPIC_BASE_URL, else api.anthropic.com
+        base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
+        self.base_url = base_url.rstrip("/")
         self._teacher_id = teacher_identity(self.provider, self.base_url)
         self._price = price
+        self.transport = resolve_transport(transport)
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "EMPTY",
             base_url=self.base_url,
             max_retries=0,
             timeout=httpx2.Timeout(timeout_s, connect=min(10.0, timeout_s)),
-            http_client=anthropic.DefaultAsyncHttpxClient(
-                limits=httpx2.Limits(
-                    max_connections=max_connections, max_keepalive_connections=max_connections
-                )
-            ),
+            http_client=sdk_http_client(anthropic, self.transport, max_connections=max_connections),
         )
 
     def __repr__(self) -> str:
-        return f"AnthropicTeacher(model={self.model!r}, base_url={self.base_url!r})"
+        return (
+            f"AnthropicTeacher(model={self.model!r}, base_url={self.base_url!r}, "
+            f"transport={self.transport!r})"
+        )
 
     @property
     def teacher_id(self) -> str:

@@ -18,7 +18,26 @@ reset / closed / truncated after sending        TeacherUnavailable     True
 may still have generated and billed)
 other 4xx                                       TeacherRejected        False
 a 200 whose body cannot be parsed               TeacherUnavailable     True
+anything else, or unsure                        TeacherUnavailable     True
 ==============================================  =====================  =============
+
+The table holds on both SDK transports (``teacher.transport``, :mod:`.transport`). On the
+aiohttp transport the SDKs' vendored adapter relabels aiohttp errors as httpx2 ones, and
+wrongly: openai's copy turns every ``aiohttp.ClientConnectionError`` (a reset or a
+disconnect *after* the request was written, too) into ``httpx2.ConnectTimeout``, anthropic's
+into ``httpx2.ConnectError`` - both "nothing sent". So the cause chain is walked to the
+aiohttp exception itself and that is classified:
+
+==========================================================  ===============  ============
+aiohttp exception (in the cause chain)                      error            maybe_billed
+==========================================================  ===============  ============
+``ConnectionTimeoutError`` (connect or pool wait)           TeacherTimeout   False
+``SocketTimeoutError`` and other ``ServerTimeoutError``     TeacherTimeout   True
+``ClientConnectorError`` (refused, DNS, TLS handshake),     TeacherUnav.     False
+proxy errors, invalid / non-HTTP URL
+``ServerDisconnectedError``, ``ClientOSError`` (reset),     TeacherUnav.     True
+``ClientPayloadError`` (truncated body), any other
+==========================================================  ===============  ============
 
 Messages quote the provider's error text through :func:`apidistill.errors.redact` (the
 error base class does it), never the request headers, so an API key cannot leak.
@@ -34,6 +53,11 @@ import anthropic
 import httpx2
 import openai
 
+try:  # the SDKs' aiohttp transport (teacher.transport); optional
+    import aiohttp
+except ImportError:  # pragma: no cover - aiohttp is a dependency, but stay importable
+    aiohttp = None  # type: ignore[assignment]
+
 from apidistill.errors import (
     RateLimited,
     TeacherError,
@@ -44,10 +68,25 @@ from apidistill.errors import (
 )
 from apidistill.teachers.ratelimits import parse_retry_after
 
-__all__ = ["malformed_body", "map_failure", "status_error"]
+__all__ = ["TRANSPORT_ERRORS", "malformed_body", "map_failure", "status_error"]
 
 _NOT_SENT_TIMEOUTS = (httpx2.ConnectTimeout, httpx2.PoolTimeout)
 _NOT_SENT_ERRORS = (httpx2.ConnectError, httpx2.UnsupportedProtocol, httpx2.ProxyError)
+_AIOHTTP_ERROR: tuple[type[BaseException], ...] = (
+    (aiohttp.ClientError,) if aiohttp is not None else ()
+)
+_AIOHTTP_NOT_SENT: tuple[type[BaseException], ...] = (
+    (
+        aiohttp.ClientConnectorError,  # refused, DNS, TLS handshake, proxy connect
+        aiohttp.ClientHttpProxyError,
+        aiohttp.InvalidURL,
+        aiohttp.NonHttpUrlClientError,
+    )
+    if aiohttp is not None
+    else ()
+)
+#: What a send through either transport may raise besides the SDK's own errors.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.HTTPError, OSError, *_AIOHTTP_ERROR)
 _GATEWAY_GAVE_UP = frozenset({502, 504, 524})
 _MAX_DETAIL = 300
 
@@ -108,8 +147,39 @@ def malformed_body(provider: str, what: str) -> TeacherUnavailable:
     )
 
 
+def _aiohttp_transport(provider: str, exc: BaseException) -> TeacherError:
+    """An aiohttp error, classified by what aiohttp knows (never by the vendored label)."""
+    assert aiohttp is not None
+    name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return TeacherTimeout(
+            f"{provider}: could not connect in time ({name})",
+            maybe_billed=False,
+            hint="check teacher.base_url and that the server is up",
+        )
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return TeacherTimeout(
+            f"{provider}: no answer in time after sending ({name})",
+            maybe_billed=True,
+            hint="raise harvest.timeout_s or lower max_tokens; the request may have been billed",
+        )
+    if isinstance(exc, _AIOHTTP_NOT_SENT):
+        return TeacherUnavailable(
+            f"{provider}: cannot connect ({name}: {exc})",
+            maybe_billed=False,
+            hint="check teacher.base_url and that the server is up",
+        )
+    return TeacherUnavailable(
+        f"{provider}: connection failed after sending ({name}: {exc})",
+        maybe_billed=True,
+        hint="the outcome is unknown and counted at its worst-case cost",
+    )
+
+
 def _transport(provider: str, exc: BaseException) -> TeacherError:
     name = type(exc).__name__
+    if isinstance(exc, _AIOHTTP_ERROR):
+        return _aiohttp_transport(provider, exc)
     if isinstance(exc, _NOT_SENT_TIMEOUTS):
         return TeacherTimeout(
             f"{provider}: could not connect in time ({name})",
@@ -136,14 +206,19 @@ def _transport(provider: str, exc: BaseException) -> TeacherError:
 
 
 def _root_transport_error(exc: BaseException) -> BaseException | None:
+    """The transport error to classify: an aiohttp error anywhere in the chain wins (the
+    httpx2 error above it is the vendored adapter's label), else the first httpx2 / OS one."""
+    first: BaseException | None = None
     seen: BaseException | None = exc
-    for _ in range(8):
+    for _ in range(12):
         if seen is None:
-            return None
-        if isinstance(seen, httpx2.TransportError | OSError):
+            break
+        if isinstance(seen, _AIOHTTP_ERROR):
             return seen
+        if first is None and isinstance(seen, httpx2.TransportError | OSError):
+            first = seen
         seen = seen.__cause__ or seen.__context__
-    return None
+    return first
 
 
 def _body_of(response: httpx2.Response) -> Any:
@@ -192,8 +267,8 @@ def map_failure(provider: str, exc: BaseException) -> TeacherError:
         return status_error(
             provider, exc.response.status_code, exc.response.headers, _body_of(exc.response)
         )
-    if isinstance(exc, httpx2.TransportError | OSError):
-        return _transport(provider, exc)
+    if isinstance(exc, (httpx2.TransportError, OSError, *_AIOHTTP_ERROR)):
+        return _transport(provider, _root_transport_error(exc) or exc)
     if isinstance(exc, json.JSONDecodeError | UnicodeDecodeError):
         return malformed_body(provider, str(exc))
     return TeacherUnavailable(

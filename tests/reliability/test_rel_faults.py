@@ -43,8 +43,10 @@ def _policy() -> RetryPolicy:
     )
 
 
-async def _harvest(srv: Any, requests: list, journal: Path, budget: Budget) -> tuple[list, Any]:
-    teacher = OpenAITeacher(FAULT_MODEL, base_url=srv.base_url, timeout_s=3.0)
+async def _harvest(
+    srv: Any, requests: list, journal: Path, budget: Budget, transport: str = "auto"
+) -> tuple[list, Any]:
+    teacher = OpenAITeacher(FAULT_MODEL, base_url=srv.base_url, timeout_s=3.0, transport=transport)
     stream = harvest(
         requests,
         teacher=teacher,
@@ -65,7 +67,9 @@ async def _harvest(srv: Any, requests: list, journal: Path, budget: Budget) -> t
     return results, stream.summary
 
 
-async def _check_fault_run(fault: Any, tmp_path: Path, n: int, seed: int) -> dict[str, Any]:
+async def _check_fault_run(
+    fault: Any, tmp_path: Path, n: int, seed: int, transport: str = "auto"
+) -> dict[str, Any]:
     srv = fault(
         latency_ms=2,
         jitter_ms=3,
@@ -80,7 +84,7 @@ async def _check_fault_run(fault: Any, tmp_path: Path, n: int, seed: int) -> dic
     journal = tmp_path / "journal.sqlite"
     budget = Budget(100)
     t0 = time.perf_counter()
-    results, summary = await _harvest(srv, requests, journal, budget)
+    results, summary = await _harvest(srv, requests, journal, budget, transport)
     wall = time.perf_counter() - t0
     stats = srv.stats()
     probe = OpenAITeacher(FAULT_MODEL, base_url=srv.base_url)
@@ -148,7 +152,7 @@ async def _check_fault_run(fault: Any, tmp_path: Path, n: int, seed: int) -> dic
     # -- a re-run on the same journal (faults off) re-sends nothing answered
     srv.configure(fault_rate=0.0)
     srv.reset()
-    again, summary2 = await _harvest(srv, requests, journal, Budget(100))
+    again, summary2 = await _harvest(srv, requests, journal, Budget(100), transport)
     stats2 = srv.stats()
     retryable = [r for r in failed]  # every failure reason above is a retryable one
     assert summary2.cached == len(ok)
@@ -167,8 +171,13 @@ async def _check_fault_run(fault: Any, tmp_path: Path, n: int, seed: int) -> dic
     }
 
 
-async def test_thousand_requests_at_30_percent_faults(fault, tmp_path: Path) -> None:
-    info = await _check_fault_run(fault, tmp_path, 1000, seed=11)
+@pytest.mark.parametrize("transport", ["httpx2", "aiohttp"])
+async def test_thousand_requests_at_30_percent_faults(
+    fault, tmp_path: Path, transport: str
+) -> None:
+    """On both SDK transports (``teacher.transport``): the fault mapping differs per
+    transport underneath, the guarantees must not."""
+    info = await _check_fault_run(fault, tmp_path, 1000, seed=11, transport=transport)
     print(info)
 
 

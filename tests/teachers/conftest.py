@@ -12,3 +12,9 @@ async def provider():
         yield server
     finally:
         await server.stop()
+
+
+@pytest.fixture(params=["httpx2", "aiohttp"])
+def transport(request) -> str:
+    """Each fault-mapping test runs on both SDK transports (``teacher.transport``)."""
+    return request.param

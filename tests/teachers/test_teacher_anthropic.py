@@ -80,8 +80,10 @@ async def test_refused_before_sending(provider, params):
         (401, "authentication_error", {}, TeacherRejected, None),
     ],
 )
-async def test_errors_map(provider, status, kind, headers, cls, retry_after):
-    t = AnthropicTeacher("claude-test", base_url=provider.anthropic_url, api_key=SECRET)
+async def test_errors_map(provider, transport, status, kind, headers, cls, retry_after):
+    t = AnthropicTeacher(
+        "claude-test", base_url=provider.anthropic_url, api_key=SECRET, transport=transport
+    )
     provider.faults.append(
         Fault("status", status=status, headers=headers, body=anthropic_error(kind, f"bad {SECRET}"))
     )
@@ -96,8 +98,10 @@ async def test_errors_map(provider, status, kind, headers, cls, retry_after):
 
 
 @pytest.mark.parametrize("fault", [Fault("reset"), Fault("truncate"), Fault("malformed", body="{")])
-async def test_transport_faults_maybe_billed(provider, fault):
-    t = AnthropicTeacher("claude-test", base_url=provider.anthropic_url, api_key=SECRET)
+async def test_transport_faults_maybe_billed(provider, transport, fault):
+    t = AnthropicTeacher(
+        "claude-test", base_url=provider.anthropic_url, api_key=SECRET, transport=transport
+    )
     provider.faults.append(fault)
     with pytest.raises(TeacherUnavailable) as info:
         await t.complete(chat())

@@ -228,8 +228,8 @@ async def test_top_k_above_profile_limit_refused(provider):
         (408, {}, TeacherTimeout, None, False),
     ],
 )
-async def test_status_errors_map(provider, status, headers, cls, retry_after, billed):
-    teacher = compat(provider)
+async def test_status_errors_map(provider, transport, status, headers, cls, retry_after, billed):
+    teacher = compat(provider, transport=transport)
     provider.faults.append(
         Fault(
             "status", status=status, headers=headers, body=openai_error(f"boom {SECRET}", code="x")
@@ -245,8 +245,8 @@ async def test_status_errors_map(provider, status, headers, cls, retry_after, bi
     await teacher.aclose()
 
 
-async def test_reset_after_send_is_maybe_billed(provider):
-    teacher = compat(provider)
+async def test_reset_after_send_is_maybe_billed(provider, transport):
+    teacher = compat(provider, transport=transport)
     provider.faults.append(Fault("reset"))
     with pytest.raises(TeacherUnavailable) as info:
         await teacher.complete(chat())
@@ -254,8 +254,8 @@ async def test_reset_after_send_is_maybe_billed(provider):
     await teacher.aclose()
 
 
-async def test_truncated_body_is_maybe_billed(provider):
-    teacher = compat(provider)
+async def test_truncated_body_is_maybe_billed(provider, transport):
+    teacher = compat(provider, transport=transport)
     provider.faults.append(Fault("truncate"))
     with pytest.raises(TeacherUnavailable) as info:
         await teacher.complete(chat())
@@ -264,8 +264,8 @@ async def test_truncated_body_is_maybe_billed(provider):
 
 
 @pytest.mark.parametrize("text", ['{"choices": [', "not json at all", '{"choices": []}', "[1, 2]"])
-async def test_malformed_200_is_unavailable_and_maybe_billed(provider, text):
-    teacher = compat(provider)
+async def test_malformed_200_is_unavailable_and_maybe_billed(provider, transport, text):
+    teacher = compat(provider, transport=transport)
     provider.faults.append(Fault("malformed", body=text))
     with pytest.raises(TeacherUnavailable) as info:
         await teacher.complete(chat())
@@ -273,8 +273,8 @@ async def test_malformed_200_is_unavailable_and_maybe_billed(provider, text):
     await teacher.aclose()
 
 
-async def test_read_timeout_is_maybe_billed(provider):
-    teacher = compat(provider, timeout_s=0.3)
+async def test_read_timeout_is_maybe_billed(provider, transport):
+    teacher = compat(provider, timeout_s=0.3, transport=transport)
     provider.faults.append(Fault("delay", delay_s=1.0))
     with pytest.raises(TeacherTimeout) as info:
         await teacher.complete(chat())
@@ -282,12 +282,15 @@ async def test_read_timeout_is_maybe_billed(provider):
     await teacher.aclose()
 
 
-async def test_connection_refused_is_not_billed():
+async def test_connection_refused_is_not_billed(transport):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     teacher = OpenAITeacher(
-        "m", base_url=f"http://127.0.0.1:{port}/v1", profile=server_profile("generic")
+        "m",
+        base_url=f"http://127.0.0.1:{port}/v1",
+        profile=server_profile("generic"),
+        transport=transport,
     )
     with pytest.raises(TeacherUnavailable) as info:
         await teacher.complete(chat())
@@ -295,8 +298,8 @@ async def test_connection_refused_is_not_billed():
     await teacher.aclose()
 
 
-async def test_cancellation_propagates(provider):
-    teacher = compat(provider)
+async def test_cancellation_propagates(provider, transport):
+    teacher = compat(provider, transport=transport)
     provider.faults.append(Fault("delay", delay_s=5.0))
     task = asyncio.create_task(teacher.complete(chat()))
     await asyncio.sleep(0.2)
