@@ -109,15 +109,23 @@ def count_openai_chat_tokens(
     return n
 
 
+BPE_ENCODINGS = frozenset({"o200k_base", "cl100k_base"})
+
+
 def _tokenizer_spec(teacher: TeacherConfig) -> str | None:
+    """The Hugging Face tokenizer to count with; ``None`` for bpe-openai or an estimate."""
     if teacher.tokenizer:
-        return teacher.tokenizer
+        return None if teacher.tokenizer in BPE_ENCODINGS else teacher.tokenizer
     if teacher.serve is not None:
         return teacher.serve.model
     return None
 
 
 def _is_openai(teacher: TeacherConfig) -> bool:
+    """Counted with bpe-openai: OpenAI itself, or a teacher whose tokenizer is named as an
+    OpenAI encoding (``teacher.tokenizer: o200k_base``)."""
+    if teacher.tokenizer in BPE_ENCODINGS:
+        return True
     if teacher.provider != "openai":
         return False
     return not teacher.base_url or "api.openai.com" in teacher.base_url
@@ -147,7 +155,7 @@ class TokenCounter:
         if spec is not None:
             tok = _hf_tokenizer(spec)
             return TokenCount(len(tok(text, add_special_tokens=False)["input_ids"]), True, spec)
-        enc_name = openai_encoding_name(self.teacher.model) if _is_openai(self.teacher) else None
+        enc_name = self._encoding_name() if _is_openai(self.teacher) else None
         if enc_name is not None:
             return TokenCount(len(_encoding(enc_name).encode_ordinary(text)), True, enc_name)
         return TokenCount(math.ceil(len(text) / 4), False, "≈ characters / 4")
@@ -172,7 +180,7 @@ class TokenCounter:
                 return 0
             return len(tok(head, add_special_tokens=False)["input_ids"])
         if _is_openai(self.teacher):
-            enc_name = openai_encoding_name(self.teacher.model) or "o200k_base"
+            enc_name = self._encoding_name() or "o200k_base"
             return sum(
                 TOKENS_PER_MESSAGE
                 + self._memo_len(enc_name, m.role)
@@ -183,9 +191,14 @@ class TokenCounter:
 
     # ------------------------------------------------------------------ OpenAI
 
+    def _encoding_name(self) -> str | None:
+        if self.teacher.tokenizer in BPE_ENCODINGS:
+            return self.teacher.tokenizer
+        return openai_encoding_name(self.teacher.model)
+
     def _count_openai(self, request: TeacherRequest) -> TokenCount:
         model = self.teacher.model
-        enc_name = openai_encoding_name(model)
+        enc_name = self._encoding_name()
         assumed = enc_name is None
         enc_name = enc_name or "o200k_base"
         enc = _encoding(enc_name)

@@ -54,6 +54,9 @@ class TrainResult(BaseModel):
     train_seconds: float = 0.0
     train_examples: int = 0
     supervised_share: float = 0.0  # share of answer tokens with a teacher top-k target
+    # records whose teacher logprobs were aligned to student tokens by UTF-8 bytes (the
+    # teacher's tokenizer differs, e.g. an API teacher's o200k_base); the rest used token ids
+    byte_aligned_records: int = 0
     eval_metrics: dict[str, float] = Field(default_factory=dict)
     log_history: list[dict[str, Any]] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
@@ -114,10 +117,20 @@ def _check_inputs(train: list[Record], training: TrainingConfig, has_val: bool) 
     return notes
 
 
+def _is_api_encoding(name: str) -> bool:
+    """An OpenAI BPE encoding (``o200k_base``, ``cl100k_base``, ...): an API teacher's
+    vocabulary, known to be no Hugging Face student's."""
+    import bpe_openai
+
+    return name in bpe_openai.list_encoding_names()
+
+
 def _same_vocab(student_tok: Any, student: StudentConfig, teacher_tokenizer: str | None) -> bool:
     """Whether teacher token ids may be read as student ids (still checked per record)."""
     if teacher_tokenizer is None or teacher_tokenizer == student.model:
         return True
+    if _is_api_encoding(teacher_tokenizer):  # known and different: bytes, without a warning
+        return False
     from apidistill.errors import ModelLoadError
     from apidistill.models import load_tokenizer
 
@@ -157,9 +170,11 @@ def train_student(
 ) -> TrainResult:
     """Distill ``train`` into ``student`` (LoRA or full fine-tuning) under ``out_dir``.
 
-    ``teacher_tokenizer`` names the teacher's tokenizer when known: a different one switches
-    logprob targets to byte alignment. ``resume`` continues an interrupted run (or returns
-    a finished one) with the same data and settings; ``resume=False`` starts over.
+    ``teacher_tokenizer`` names the teacher's tokenizer when known: a different one (or an
+    OpenAI encoding name such as ``o200k_base``) switches logprob targets to byte alignment;
+    records whose logprobs carry no token ids (API teachers) are aligned by bytes anyway.
+    ``resume`` continues an interrupted run (or returns a finished one) with the same data
+    and settings; ``resume=False`` starts over.
     """
     from apidistill.models import load_tokenizer
     from apidistill.train.align import StudentVocab
@@ -228,6 +243,7 @@ def train_student(
         train_seconds=round(time.perf_counter() - started, 3),
         train_examples=len(built.examples),
         supervised_share=round(built.supervised_share, 6) if use_kd else 0.0,
+        byte_aligned_records=built.cross_tokenizer_records,
         eval_metrics=outcome.eval_metrics,
         log_history=outcome.log_history,
         warnings=notes,

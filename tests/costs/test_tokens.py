@@ -86,6 +86,24 @@ def test_openai_request_count_is_the_cookbook_formula():
     assert c.exact and "o200k_base" in c.method
 
 
+def test_teacher_tokenizer_may_name_an_openai_encoding():
+    """A gateway or self-hosted server using cl100k_base: counted with that encoding, never
+    loaded as a Hugging Face tokenizer (which would stop the run)."""
+    req = _req(("user", "Order #123456 is late, the Alder Electric Kettle."))
+    t = TeacherConfig(
+        provider="openai_compatible",
+        model="my-model",
+        base_url="http://127.0.0.1:9/v1",
+        tokenizer="cl100k_base",
+    )
+    c = count_input_tokens(t, req)
+    plain = [{"role": m.role, "content": m.content} for m in req.messages]
+    assert c.n == count_openai_chat_tokens(plain, "cl100k_base")
+    assert "cl100k_base" in c.method
+    text = TokenCounter(t).count_text("order_id: 123456")
+    assert text.exact and text.method == "cl100k_base"
+
+
 def test_newer_families_are_counted_but_flagged():
     req = _req(("user", "hello"))
     c = count_input_tokens(TeacherConfig(provider="openai", model="gpt-5"), req)

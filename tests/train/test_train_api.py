@@ -187,6 +187,40 @@ def test_resume_continues_the_same_loss_curve(trained, tiny_teacher_records, tmp
     )
 
 
+def test_an_api_encoding_is_a_known_other_vocabulary(tiny_chat_dir, tmp_path):
+    from apidistill.train.api import _same_vocab
+
+    tok = char_tokenizer()
+    student = StudentConfig(model=str(tiny_chat_dir))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*not loadable")  # known: no such warning
+        assert _same_vocab(tok, student, None) is True
+        assert _same_vocab(tok, student, "o200k_base") is False
+        assert _same_vocab(tok, student, "cl100k_base") is False
+    with pytest.warns(UserWarning, match="not loadable"):  # unknown: said so, then bytes
+        assert _same_vocab(tok, student, str(tmp_path / "no_such_tokenizer")) is False
+
+
+def test_teacher_tokenizer_o200k_aligns_every_record_by_bytes(
+    tiny_chat_dir, tiny_teacher_records, tmp_path
+):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train_student(
+            tiny_teacher_records[:4],
+            None,
+            student=StudentConfig(model=str(tiny_chat_dir)),
+            training=_cfg(max_steps=1),
+            out_dir=tmp_path,
+            teacher_tokenizer="o200k_base",
+            progress=False,
+        )
+    assert not [w for w in caught if "not loadable" in str(w.message)]
+    assert res.byte_aligned_records == 4
+    # the teacher's tokens are single characters here, so bytes line up everywhere
+    assert res.supervised_share > 0.9
+
+
 def test_sequence_kd_and_full_finetune(tiny_chat_dir, tiny_teacher_records, tmp_path):
     res = train_student(
         tiny_teacher_records[:8],

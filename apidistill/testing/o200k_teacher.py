@@ -1,0 +1,303 @@
+"""A loopback "OpenAI" teacher whose answers are real ``o200k_base`` tokens with top-20 logprobs.
+
+The fault server (:mod:`apidistill.testing.fault_server`) answers with made-up word tokens;
+a cross-tokenizer test needs what gpt-4o / gpt-4.1 / gpt-5 really send: the answer cut by
+the ``o200k_base`` BPE (``bpe_openai``), every position with ``token``, ``logprob``,
+``bytes`` (a list of ints) and ``top_logprobs`` of k ``{token, logprob, bytes}`` entries,
+the sampled token first (temperature 0), alternatives that are real o200k tokens too, and
+``usage.prompt_tokens`` counted the way OpenAI counts chat prompts. The envelope (``id``,
+``object``, ``created``, ``system_fingerprint``, message fields, ``usage`` details) is
+:func:`apidistill.testing.provider_payloads.openai_chat_completion`'s, so there is one
+definition of the documented shape.
+
+What the teacher answers is a pure function of the request: the text given for the last
+user turn in ``answers`` (e.g. a ticket's gold ``order_id: …\\nproduct: …``), else a few
+deterministic words. ``max_completion_tokens`` cuts the token list (``finish_reason:
+"length"``). Tokens that end inside a multi-byte character carry their exact ``bytes`` and a
+``token`` text with U+FFFD, as OpenAI's do.
+
+Run: ``python -m apidistill.testing.o200k_teacher --port 0 --answers answers.json`` (a JSON
+object: user text → answer). Tests use :class:`O200kTeacherProcess`. ``GET /__stats``
+returns how many chat requests arrived and the bodies' generation settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import random
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from apidistill.testing import provider_payloads as pp
+
+__all__ = [
+    "ENCODING",
+    "O200kTeacherProcess",
+    "answer_text",
+    "build_app",
+    "chat_completion",
+    "o200k_tokens",
+]
+
+ENCODING = "o200k_base"
+MAX_TOP_LOGPROBS = 20  # OpenAI's documented limit for chat models
+# Alternatives are drawn from the o200k tokens of this text: words, digit groups (o200k keeps
+# up to three digits in one token, which no single-digit student vocabulary has) and a few
+# non-ASCII characters (multi-byte tokens).
+_ALTERNATIVES_TEXT = (
+    "order_id: order ID number Order product: Product item name the a of for and to is "
+    "0 1 2 3 4 5 6 7 8 9 10 12 42 100 250 365 512 777 908 2024 - # / Kettle Lamp Bottle "
+    "Cover Chair Mug Jacket Speaker Board café naïve – — € ü"
+)
+
+
+@lru_cache(maxsize=1)
+def _encoding() -> Any:
+    import bpe_openai
+
+    return bpe_openai.get_encoding(ENCODING)
+
+
+@lru_cache(maxsize=1)
+def _alternative_pool() -> tuple[bytes, ...]:
+    enc = _encoding()
+    seen: dict[bytes, None] = {}
+    for tid in enc.encode_ordinary(_ALTERNATIVES_TEXT):
+        seen.setdefault(enc.decode_single_token_bytes(tid), None)
+    return tuple(seen)
+
+
+def o200k_tokens(text: str) -> list[bytes]:
+    """``text`` as ``o200k_base`` token bytes (ordinary text: no special tokens)."""
+    enc = _encoding()
+    return [enc.decode_single_token_bytes(t) for t in enc.encode_ordinary(text)]
+
+
+def _last_user(body: dict[str, Any]) -> str:
+    for m in reversed(body.get("messages") or []):
+        if m.get("role") == "user" and isinstance(m.get("content"), str):
+            return m["content"]
+    return ""
+
+
+def answer_text(body: dict[str, Any], answers: dict[str, str] | None = None) -> str:
+    """The full (uncut) answer: ``answers[last user text]``, else deterministic words."""
+    user = _last_user(body)
+    if answers and user in answers:
+        return answers[user]
+    words, _ = pp.answer_tokens(pp.input_text(body), 1 << 20)
+    return "".join(words)
+
+
+def _entry(tok: bytes, logprob: float) -> dict[str, Any]:
+    return {
+        "token": tok.decode("utf-8", errors="replace"),
+        "logprob": logprob,
+        "bytes": list(tok),
+    }
+
+
+def _position(tok: bytes, k: int, seed: str) -> dict[str, Any]:
+    """One ``logprobs.content`` entry: the sampled token (the most likely one: temperature
+    0) and ``k`` top entries, it first, then distinct o200k alternatives with decreasing
+    logprobs that leave some probability to the tail."""
+    rng = random.Random(seed)
+    p0 = 0.55 + 0.44 * rng.random()
+    lp0 = round(math.log(p0), 6)
+    entry = {**_entry(tok, lp0), "top_logprobs": []}
+    if k:
+        pool = [b for b in _alternative_pool() if b != tok]
+        alts = rng.sample(pool, k - 1)
+        top = [_entry(tok, lp0)]
+        for j, alt in enumerate(alts):  # p_j = (1 - p0) · 0.4 · 0.5^j: Σ < 0.8 (1 - p0)
+            top.append(_entry(alt, round(math.log((1 - p0) * 0.4 * 0.5**j), 6)))
+        entry["top_logprobs"] = top
+    return entry
+
+
+def chat_completion(body: dict[str, Any], answers: dict[str, str] | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object answering ``body`` with o200k tokens (see the module
+    docstring); the envelope is :func:`provider_payloads.openai_chat_completion`'s."""
+    from apidistill.costs.tokens import count_openai_chat_tokens
+
+    out = pp.openai_chat_completion({**body, "logprobs": False})
+    text = answer_text(body, answers)
+    tokens = o200k_tokens(text)
+    limit = pp._max_tokens(body)
+    finish = "stop"
+    if len(tokens) > limit:
+        tokens, finish = tokens[:limit], "length"
+    content = b"".join(tokens).decode("utf-8", errors="replace")
+    logprobs = None
+    if body.get("logprobs"):
+        k = int(body.get("top_logprobs") or 0)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+        logprobs = {
+            "content": [_position(t, k, f"{digest}:{i}") for i, t in enumerate(tokens)],
+            "refusal": None,
+        }
+    n = max(1, int(body.get("n") or 1))
+    template = out["choices"][0]
+    out["choices"] = [
+        {
+            **template,
+            "index": i,
+            "message": {**template["message"], "content": content},
+            "logprobs": logprobs,
+            "finish_reason": finish,
+        }
+        for i in range(n)
+    ]
+    messages = [
+        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
+        for m in body.get("messages") or []
+    ]
+    usage = out["usage"]
+    usage["prompt_tokens"] = count_openai_chat_tokens(messages, ENCODING)
+    usage["completion_tokens"] = len(tokens) * n
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return out
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _check(body: Any) -> str | None:
+    """What OpenAI would refuse with a 400, for the fields this teacher reads."""
+    if not isinstance(body, dict):
+        return "the request body must be a JSON object"
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        return "'messages' must be a non-empty array"
+    if body.get("stream"):
+        return "this test teacher does not stream; send stream: false"
+    k = body.get("top_logprobs")
+    if k is not None:
+        if not body.get("logprobs"):
+            return "top_logprobs requires logprobs to be true"
+        if not isinstance(k, int) or not 0 <= k <= MAX_TOP_LOGPROBS:
+            return f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"
+    return None
+
+
+async def _chat(request: web.Request) -> web.Response:
+    state = request.app["state"]
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        err = pp.openai_error("You didn't provide an API key.", code="invalid_api_key")
+        return web.json_response(err, status=401)
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        return web.json_response(pp.openai_error(f"invalid JSON body: {exc}"), status=400)
+    problem = _check(body)
+    if problem is not None:
+        return web.json_response(pp.openai_error(problem), status=400)
+    state["requests"].append(
+        {k: body.get(k) for k in ("model", "logprobs", "top_logprobs", "max_completion_tokens")}
+    )
+    return web.json_response(chat_completion(body, state["answers"]))
+
+
+async def _stats(request: web.Request) -> web.Response:
+    reqs = request.app["state"]["requests"]
+    return web.json_response({"received": len(reqs), "requests": reqs})
+
+
+def build_app(answers: dict[str, str] | None = None) -> web.Application:
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app["state"] = {"answers": dict(answers or {}), "requests": []}
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/__stats", _stats)
+    return app
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    print(f"o200k teacher listening on http://{host}:{runner.addresses[0][1]}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8091, help="0 picks a free port")
+    ap.add_argument("--answers", type=Path, help="JSON object: last user text → answer text")
+    args = ap.parse_args(argv)
+    answers = json.loads(args.answers.read_text(encoding="utf-8")) if args.answers else None
+    _encoding()  # load the BPE before saying we listen
+    asyncio.run(_serve(build_app(answers), args.host, args.port))
+
+
+class O200kTeacherProcess:
+    """The teacher in its own process, like a real provider:
+    ``with O200kTeacherProcess(answers_file) as t: t.base_url``."""
+
+    def __init__(self, answers: str | Path | None = None) -> None:
+        self.answers = answers
+        self.proc: subprocess.Popen[str] | None = None
+        self.port: int | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout_s: float = 60.0) -> O200kTeacherProcess:
+        cmd = [sys.executable, "-m", "apidistill.testing.o200k_teacher", "--port", "0"]
+        if self.answers is not None:
+            cmd += ["--answers", str(self.answers)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        line = ""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if "listening on" in line or not line:
+                break
+        if "listening on" not in line:
+            self.close()
+            raise RuntimeError(f"o200k teacher did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+        return self
+
+    def stats(self) -> dict[str, Any]:
+        import httpx2
+
+        with httpx2.Client(timeout=30.0) as c:
+            return c.get(f"http://127.0.0.1:{self.port}/__stats").raise_for_status().json()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+
+    def __enter__(self) -> O200kTeacherProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    main()
