@@ -11,10 +11,12 @@ Hub names are real code paths, used only when a user names one; tests never do.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -216,8 +218,20 @@ def load_model(
             raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        with peft_quiet():
+            model = PeftModel.from_pretrained(model, adapter)
     if device:
         model = model.to(device)
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def peft_quiet() -> Iterator[None]:
+    """peft 0.21 reads ``is_gradient_checkpointing``, which transformers 5 deprecates: the
+    FutureWarning is about peft's code, not the user's, so it is not shown to them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield

@@ -188,6 +188,8 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    from apidistill.models import peft_quiet
+
     targets = lora.target_modules
     if targets != "all-linear":
         module_names = [n for n, _ in model.named_modules()]
@@ -209,7 +211,8 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig) -> torch.nn.Module:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, cfg)
+        with peft_quiet():
+            return get_peft_model(model, cfg)
     except ValueError as exc:  # peft's own target check, e.g. a non-linear module named
         raise TrainingError(
             f"LoRA cannot wrap training.lora.target_modules {targets!r}: {exc}",
