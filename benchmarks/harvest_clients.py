@@ -12,7 +12,8 @@ distilabel and plain-``httpx`` arms run under the separate peers venv
 library only when it runs.
 
 Arms: ``apidistill`` (``harvest_sync`` with its SQLite journal, defaults otherwise;
-``apidistill_aiohttp`` the same on the openai SDK's aiohttp transport;
+``apidistill_httpx2`` the same on the openai SDK's httpx2 transport instead of the
+default aiohttp one;
 ``apidistill_no_resend`` with ``resend_unknown=False``),
 ``raw_aiohttp`` and ``raw_httpx2`` (the fastest hand-written loops: a fixed pool of worker
 coroutines on one client, with a minimal retry so the 10%-faults run completes),
@@ -151,11 +152,11 @@ def prepare_apidistill(
     concurrency: int,
     state: Path,
     *,
-    aiohttp: bool = False,
+    transport: str = "auto",
     resend_unknown: bool = True,
 ) -> Run:
     """apidistill as a user runs it: defaults, except no progress bar (no terminal here).
-    ``aiohttp=True`` swaps the SDK transport for ``openai.DefaultAioHttpClient``;
+    ``transport`` picks the SDK transport (``auto`` = aiohttp, or ``httpx2``);
     ``resend_unknown=False`` reports requests a killed run left in flight instead of
     re-sending them."""
     from apidistill.data.schema import GenerationParams, Message, TeacherRequest
@@ -166,12 +167,7 @@ def prepare_apidistill(
     requests = [
         TeacherRequest(messages=[Message(role="user", content=t)], params=params) for t in texts
     ]
-    kwargs: dict[str, Any] = {}
-    if aiohttp:
-        import openai
-
-        kwargs["http_client"] = openai.DefaultAioHttpClient()
-    teacher = OpenAITeacher(MODEL, base_url=base_url, **kwargs)
+    teacher = OpenAITeacher(MODEL, base_url=base_url, transport=transport)
 
     def run() -> dict:
         summary = harvest_sync(
@@ -246,7 +242,7 @@ def prepare_distilabel(base_url: str, texts: list[str], concurrency: int, state:
 
 ARMS: dict[str, Callable[[str, list[str], int, Path], Run]] = {
     "apidistill": prepare_apidistill,
-    "apidistill_aiohttp": lambda *a: prepare_apidistill(*a, aiohttp=True),
+    "apidistill_httpx2": lambda *a: prepare_apidistill(*a, transport="httpx2"),
     "apidistill_no_resend": lambda *a: prepare_apidistill(*a, resend_unknown=False),
     "raw_aiohttp": prepare_raw_aiohttp,
     "raw_httpx2": prepare_raw_httpx2,

@@ -9,7 +9,7 @@ Arms: ``raw_aiohttp`` and ``raw_httpx2`` (hand-written loops, from
 ``benchmarks/harvest_clients.py``), ``openai_sdk`` (an ``AsyncOpenAI`` loop, the SDK's own
 retries), ``apidistill`` (``harvest_sync`` with its durable journal: an fsync per group
 commit), ``apidistill_nofsync`` (``durable=False``: crash-safe, not power-loss-safe) and
-``apidistill_aiohttp`` (the openai SDK on its aiohttp transport). Variants: ``clean`` and
+``apidistill_httpx2`` (the openai SDK on httpx2 instead of the default aiohttp transport). Variants: ``clean`` and
 ``faults10`` (10% of requests answered 429 or 500, retried by each client's own policy).
 
 Per arm: req/s (answers / wall), % of ideal, the ratio to raw httpx2 in the same round, CPU
@@ -41,10 +41,10 @@ LATENCY_MS = 200.0
 CONCURRENCY = 64
 ARMS = (
     "raw_aiohttp", "raw_httpx2", "openai_sdk", "apidistill", "apidistill_nofsync",
-    "apidistill_aiohttp",
+    "apidistill_httpx2",
 )  # fmt: skip
 FAULT_ARMS = ("raw_httpx2", "openai_sdk", "apidistill")
-DELEGATED = frozenset({"raw_aiohttp", "raw_httpx2", "apidistill_aiohttp"})
+DELEGATED = frozenset({"raw_aiohttp", "raw_httpx2", "apidistill_httpx2"})
 BASELINE = "raw_httpx2"
 
 

@@ -38,7 +38,7 @@ from benchmarks.common import ROOT, peer_versions, peers_python, spread, write_r
 LATENCY_MS = 200.0
 CONCURRENCY = 64
 CORE_ARMS = ("apidistill", "raw_aiohttp", "raw_httpx2", "curator", "distilabel")
-EXTRA_ARMS = ("apidistill_aiohttp", "raw_httpx")  # clean variant, first round only
+EXTRA_ARMS = ("apidistill_httpx2", "raw_httpx")  # clean variant, first round only
 PEER_ARMS = frozenset({"curator", "distilabel", "raw_httpx"})
 
 
