@@ -8,6 +8,7 @@ inside the commands, so ``--help`` stays fast.
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import typer
 
@@ -57,7 +58,16 @@ app.command("bench", help="Run the benchmark suite (benchmarks/), writing JSON a
 def main() -> None:
     """Entry point: apidistill errors print as one readable message, not a traceback."""
     try:
-        app()
+        # standalone_mode=False: click would turn Ctrl-C into "Aborted!" and exit 1 itself,
+        # hiding that everything finished so far is saved and how to resume.
+        code = app(standalone_mode=False)
+    except (KeyboardInterrupt, typer.Abort):
+        _interrupted()
+    except typer.TyperException as exc:  # usage errors: click's own message and exit code
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        sys.exit(getattr(exc, "exit_code", 2))
     except ApidistillError as exc:
         from rich.console import Console
 
@@ -72,13 +82,18 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(2)
-    except KeyboardInterrupt:
-        from rich.console import Console
+    if code == 130:  # typer's answer to Ctrl-C when it does not exit by itself
+        _interrupted()
+    sys.exit(code if isinstance(code, int) else 0)
 
-        Console(stderr=True).print(
-            "[yellow]interrupted[/]: everything finished so far is saved; re-run to resume."
-        )
-        sys.exit(130)
+
+def _interrupted() -> NoReturn:
+    from rich.console import Console
+
+    Console(stderr=True).print(
+        "[yellow]interrupted[/]: everything finished so far is saved; re-run to resume."
+    )
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 
 from apidistill import Distiller, load_config
 
-cfg = load_config("examples/demo/migrate.yaml")  # teacher: SmolLM2 + a 1,570-token prompt
+cfg = load_config("examples/demo/migrate.yaml")  # teacher: SmolLM2 + a 1,580-token prompt
 cfg.prompts.limit = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 cfg.training.max_steps = int(sys.argv[2]) if len(sys.argv) > 2 else -1
 cfg.run_dir = "runs/sdk-quickstart"
