@@ -67,8 +67,14 @@ def curate(
     validator: Validator | None = None,
     seed: int | None = None,
 ) -> CurateResult:
-    """Run the configured curation steps; ``seed`` defaults to ``cfg.splits.seed``."""
+    """Run the configured curation steps; ``seed`` defaults to ``cfg.splits.seed``.
+
+    Records are taken in id order: a harvest stores answers as they arrive, so a live run and
+    a re-run from the cache hold the same records in different orders, and the dataset (and
+    the training run resumed on it) must not depend on which one built it.
+    """
     seed = cfg.splits.seed if seed is None else seed
+    records = sorted(records, key=lambda r: r.id)
     filtered = apply_filters(records, cfg.filters, validator)
     deduped = dedupe(filtered.kept, mode=cfg.dedupe, threshold=cfg.near_dup_threshold)
     kept = deduped.kept

@@ -290,3 +290,19 @@ def test_curate_runs_every_step_in_order(tmp_path) -> None:
     assert card["drops_by_reason"] == {"refusal": 1} and card["dedupe"]["exact_removed"] == 1
     assert res.save(tmp_path / "ds") == {"train": 30, "test": 10}
     assert len(load_records(tmp_path / "ds", split="test")) == 10
+
+
+def test_curate_does_not_depend_on_arrival_order() -> None:
+    """A live harvest stores answers as they arrive, a cached re-run in another order: the
+    dataset (and so a resumed training run's fingerprint) must come out the same."""
+    from apidistill.config import DatasetConfig
+    from apidistill.data.curate import curate
+
+    recs = [rec(i, label="ab"[i % 2]) for i in range(60)]
+    recs.append(rec(99, label="a", prompt=recs[3].messages[0].content))  # duplicate of r3
+    cfg = DatasetConfig(splits=SplitConfig(train=0.7, validation=0.0, test=0.3, seed=1))
+    shuffled = recs[:]
+    random.Random(5).shuffle(shuffled)
+    a, b = curate(recs, cfg), curate(shuffled, cfg)
+    assert [(r.id, r.split) for r in a.records] == [(r.id, r.split) for r in b.records]
+    assert "r3" in {r.id for r in a.records} and "r99" not in {r.id for r in a.records}
