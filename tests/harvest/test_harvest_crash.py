@@ -73,7 +73,7 @@ def _output_prompt_ids(journal: Path) -> Counter[str]:
 
 
 async def test_kill_9_mid_run_then_resume_pays_at_most_the_in_flight_again(fault, tmp_path):
-    srv = fault(latency_ms=60)
+    srv = fault(latency_ms=150)  # ~3 s in all: a signal lands mid-run on a fast machine
     journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
     proc = _start(srv, journal, "sync", out)
     _wait_for_done(journal, proc, 80)
@@ -104,7 +104,7 @@ async def test_kill_9_mid_run_then_resume_pays_at_most_the_in_flight_again(fault
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_ctrl_c_drains_in_flight_and_resume_resends_nothing(fault, tmp_path, mode):
-    srv = fault(latency_ms=60)
+    srv = fault(latency_ms=150)  # ~3 s in all: a signal lands mid-run on a fast machine
     journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
     proc = _start(srv, journal, mode, out)
     _wait_for_done(journal, proc, 60)
@@ -126,7 +126,7 @@ async def test_ctrl_c_drains_in_flight_and_resume_resends_nothing(fault, tmp_pat
 
 
 async def test_sigterm_is_a_graceful_stop_too(fault, tmp_path):
-    srv = fault(latency_ms=60)
+    srv = fault(latency_ms=150)  # ~3 s in all: a signal lands mid-run on a fast machine
     journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
     proc = _start(srv, journal, "sync", out)
     _wait_for_done(journal, proc, 40)
