@@ -4,13 +4,14 @@ python examples/sdk_quickstart.py [N_TICKETS] [MAX_STEPS]
 """
 
 import sys
+from pathlib import Path
 
 from apidistill import Distiller, load_config
 
 cfg = load_config("examples/demo/migrate.yaml")  # teacher: SmolLM2 + a 1,580-token prompt
 cfg.prompts.limit = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 cfg.training.max_steps = int(sys.argv[2]) if len(sys.argv) > 2 else -1
-cfg.run_dir = "runs/sdk-quickstart"
+cfg.run_dir = str(Path("runs/sdk-quickstart").resolve())  # under the current folder
 d = Distiller(cfg)
 d.check_policy()  # terms first: raises PolicyDenied with the clause if the use is not allowed
 d.harvest()  # cached in the run's journal: a re-run pays for nothing twice
