@@ -35,7 +35,15 @@ def _start(srv, journal: Path, mode: str, out: Path) -> subprocess.Popen[str]:
         [sys.executable, str(SCRIPT), srv.base_url, str(journal), str(N), str(CONCURRENCY),
          mode, str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_default_sigint,
     )  # fmt: skip
+
+
+def _default_sigint() -> None:
+    """A shell that starts pytest in the background (``cmd &``, no job control) makes it
+    ignore SIGINT, and children inherit that; Python then keeps Ctrl-C ignored, as a
+    ``nohup``-ed harvest should. The child here must behave like a terminal's."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for_done(journal: Path, proc: subprocess.Popen[str], at_least: int) -> int:
