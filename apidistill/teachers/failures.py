@@ -147,52 +147,37 @@ def malformed_body(provider: str, what: str) -> TeacherUnavailable:
     )
 
 
-def _aiohttp_transport(provider: str, exc: BaseException) -> TeacherError:
-    """An aiohttp error, classified by what aiohttp knows (never by the vendored label)."""
-    assert aiohttp is not None
-    name = type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return TeacherTimeout(
-            f"{provider}: could not connect in time ({name})",
-            maybe_billed=False,
-            hint="check teacher.base_url and that the server is up",
-        )
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return TeacherTimeout(
-            f"{provider}: no answer in time after sending ({name})",
-            maybe_billed=True,
-            hint="raise harvest.timeout_s or lower max_tokens; the request may have been billed",
-        )
-    if isinstance(exc, _AIOHTTP_NOT_SENT):
-        return TeacherUnavailable(
-            f"{provider}: cannot connect ({name}: {exc})",
-            maybe_billed=False,
-            hint="check teacher.base_url and that the server is up",
-        )
-    return TeacherUnavailable(
-        f"{provider}: connection failed after sending ({name}: {exc})",
-        maybe_billed=True,
-        hint="the outcome is unknown and counted at its worst-case cost",
-    )
+# Per transport: (timeouts before anything was sent, timeouts after sending, errors before
+# anything was sent). Anything else is a failure after sending: maybe billed.
+_Kinds = tuple[tuple[type[BaseException], ...], ...]
+_HTTPX2_KINDS: _Kinds = (_NOT_SENT_TIMEOUTS, (httpx2.TimeoutException,), _NOT_SENT_ERRORS)
+_AIOHTTP_KINDS: _Kinds = (
+    ((aiohttp.ConnectionTimeoutError,), (aiohttp.ServerTimeoutError,), _AIOHTTP_NOT_SENT)
+    if aiohttp is not None
+    else ((), (), ())
+)
 
 
 def _transport(provider: str, exc: BaseException) -> TeacherError:
+    """Classify by what the transport itself knows: an aiohttp error by aiohttp's classes
+    (never by the httpx2 label the SDKs' vendored adapter puts on top of it)."""
     name = type(exc).__name__
-    if isinstance(exc, _AIOHTTP_ERROR):
-        return _aiohttp_transport(provider, exc)
-    if isinstance(exc, _NOT_SENT_TIMEOUTS):
+    not_sent_timeout, sent_timeout, not_sent = (
+        _AIOHTTP_KINDS if isinstance(exc, _AIOHTTP_ERROR) else _HTTPX2_KINDS
+    )
+    if isinstance(exc, not_sent_timeout):
         return TeacherTimeout(
             f"{provider}: could not connect in time ({name})",
             maybe_billed=False,
             hint="check teacher.base_url and that the server is up",
         )
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, sent_timeout):
         return TeacherTimeout(
             f"{provider}: no answer in time after sending ({name})",
             maybe_billed=True,
             hint="raise harvest.timeout_s or lower max_tokens; the request may have been billed",
         )
-    if isinstance(exc, _NOT_SENT_ERRORS):
+    if isinstance(exc, not_sent):
         return TeacherUnavailable(
             f"{provider}: cannot connect ({name}: {exc})",
             maybe_billed=False,
