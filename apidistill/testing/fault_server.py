@@ -44,8 +44,6 @@ import json
 import random
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, fields
@@ -54,6 +52,7 @@ from typing import Any
 from aiohttp import web
 
 from apidistill.testing import provider_payloads as pp
+from apidistill.testing.loopback import LoopbackServerProcess
 
 __all__ = [
     "ALL_FAULTS",
@@ -468,49 +467,22 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
         await runner.cleanup()
 
 
-class FaultServerProcess:
+class FaultServerProcess(LoopbackServerProcess):
     """Run the fault server in its own process (as in production, the provider is another
     process); ``with FaultServerProcess(latency_ms=20) as srv: srv.base_url``."""
 
+    module = "apidistill.testing.fault_server"
+    label = "fault server"
+
     def __init__(self, **config: Any) -> None:
+        super().__init__()
         self.config = config
-        self.proc: subprocess.Popen[str] | None = None
-        self.port: int | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 30.0) -> FaultServerProcess:
-        cmd = [sys.executable, "-m", "apidistill.testing.fault_server", "--port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line or not line:
-                break
-        if "listening on" not in line:
-            self.close()
-            raise RuntimeError(f"fault server did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
+        super().start(timeout_s)
         if self.config:
             self.configure(**self.config)
         return self
-
-    def _client(self) -> Any:
-        import httpx2
-
-        return httpx2.Client(base_url=self.root, timeout=30.0)
-
-    def stats(self) -> dict[str, Any]:
-        with self._client() as c:
-            return c.get("/__stats").raise_for_status().json()
 
     def reset(self) -> None:
         with self._client() as c:
@@ -522,24 +494,6 @@ class FaultServerProcess:
             if r.status_code != 200:
                 raise ValueError(r.text)
             return r.json()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def __enter__(self) -> FaultServerProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def max_in_window(times: list[float], window_s: float, weights: list[int] | None = None) -> int:

@@ -29,9 +29,6 @@ import hashlib
 import json
 import math
 import random
-import subprocess
-import sys
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from apidistill.testing import provider_payloads as pp
+from apidistill.testing.loopback import LoopbackServerProcess
 
 __all__ = [
     "ENCODING",
@@ -243,60 +241,22 @@ def main(argv: list[str] | None = None) -> None:
     asyncio.run(_serve(build_app(answers), args.host, args.port))
 
 
-class O200kTeacherProcess:
+class O200kTeacherProcess(LoopbackServerProcess):
     """The teacher in its own process, like a real provider:
     ``with O200kTeacherProcess(answers_file) as t: t.base_url``."""
 
-    def __init__(self, answers: str | Path | None = None) -> None:
-        self.answers = answers
-        self.proc: subprocess.Popen[str] | None = None
-        self.port: int | None = None
+    module = "apidistill.testing.o200k_teacher"
+    label = "o200k teacher"
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+    def __init__(self, answers: str | Path | None = None) -> None:
+        super().__init__()
+        self.answers = answers
+
+    def args(self) -> list[str]:
+        return [] if self.answers is None else ["--answers", str(self.answers)]
 
     def start(self, timeout_s: float = 60.0) -> O200kTeacherProcess:
-        cmd = [sys.executable, "-m", "apidistill.testing.o200k_teacher", "--port", "0"]
-        if self.answers is not None:
-            cmd += ["--answers", str(self.answers)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line or not line:
-                break
-        if "listening on" not in line:
-            self.close()
-            raise RuntimeError(f"o200k teacher did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
-        return self
-
-    def stats(self) -> dict[str, Any]:
-        import httpx2
-
-        with httpx2.Client(timeout=30.0) as c:
-            return c.get(f"http://127.0.0.1:{self.port}/__stats").raise_for_status().json()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def __enter__(self) -> O200kTeacherProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return super().start(timeout_s)
 
 
 if __name__ == "__main__":
