@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import string
 import subprocess
 import sys
 from dataclasses import asdict
@@ -18,6 +17,7 @@ from typing import Any
 
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.testing.fault_server import FaultConfig, FaultServerProcess, request_digest
+from apidistill.testing.tiny_tokenizer import char_tokenizer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -152,34 +152,6 @@ def integrity(path: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tiny model
-
-CHATML = (
-    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + "
-    "'<|im_end|>' + '\n' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-
-def char_tokenizer() -> Any:
-    """A character-level fast tokenizer with ChatML specials, built in code (no hub)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<pad>", "<|im_start|>", "<|im_end|>"]
-    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
-    vocab = {t: i for i, t in enumerate(specials + chars)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tk.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = CHATML
-    return tok
 
 
 def save_tiny_llama(folder: Path, *, hidden: int = 32, layers: int = 2) -> Path:
