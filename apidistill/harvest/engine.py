@@ -32,10 +32,19 @@ from apidistill.harvest.writer import Journal
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
     from apidistill.teachers.base import Teacher
 
-__all__ = ["Engine", "StopSignal", "upper_bound_input_tokens"]
+__all__ = ["Engine", "StopSignal", "claim_ahead_for", "upper_bound_input_tokens"]
 
 _END = object()
 _LOOKAHEAD = 256
+
+
+def claim_ahead_for(concurrency: int) -> int:
+    """How many requests may be journaled ``sent`` while they wait for a send slot.
+
+    Enough to cover the commit's latency (a few ms, while slots free every few ms at
+    hundreds of requests per second), small next to ``concurrency``: it is how many more
+    outcome-unknown rows than requests in flight a kill -9 can leave behind."""
+    return max(2, concurrency // 8)
 
 
 def upper_bound_input_tokens(request: TeacherRequest) -> int:
@@ -148,6 +157,8 @@ class Engine:
         self._started = 0
         self._emit: Callable[[HarvestResult], Awaitable[None]] | None = None
         self._slots = asyncio.Semaphore(concurrency)
+        self.claim_ahead = claim_ahead_for(concurrency)
+        self._ahead = asyncio.Semaphore(self.claim_ahead)
         stop.on_stop(limiter.close)
 
     # ------------------------------------------------------------------ run
@@ -365,42 +376,49 @@ class Engine:
         st: _Attempts,
         attempt_number: int,
     ) -> HarvestResult:
-        """One send. The concurrency slot covers rate-limit grant → ``sent`` → answer, so
-        ``concurrency`` is exactly the number of requests the provider holds; journaling
-        the answer happens after the slot is free."""
+        """One send. ``sent`` is committed to the journal *before* the request takes its
+        concurrency slot, so the commit (a writer-thread round trip and an fsync) overlaps
+        the wait for a slot instead of adding to every request's time in it; the slot then
+        covers rate-limit grant → send → answer, and ``concurrency`` is exactly the number
+        of requests the provider holds. At most ``claim_ahead`` requests are journaled
+        ``sent`` while they wait for a slot (a kill -9 reports them as outcome-unknown,
+        though they never left; server-side duplicates stay ≤ ``concurrency``). A request
+        that is stopped before its send is un-claimed. Journaling the answer happens after
+        the slot is free."""
         first = st.sends == 0
         if not st.holding:
             if self.stop.is_set() or not self._reserve(key, worst):
                 raise Stopped(self.stop.message or "budget reached")
             st.holding = True
-        async with self._slots:
+        async with self._ahead:
             if self.stop.is_set():
+                raise _StopBeforeSend() if first else Stopped(self.stop.message or "stopping")
+            claim = await self.journal.call(
+                JournalStore.claim,
+                key,
+                teacher_id=self._teacher_id,
+                model=self._model,
+                request_json=req.model_dump_json(),
+                prompt_id=req.prompt_id,
+                label=_meta_str(req, "label"),
+                split=_meta_str(req, "split"),
+                reserved_usd=worst,
+            )
+            if claim.completion_json is not None:  # answered meanwhile by an identical request
+                completion = Completion.model_validate_json(claim.completion_json)
+                return HarvestResult(key, req, completion, from_cache=True)
+            await self._slots.acquire()  # a cancel here leaves the row 'sent': unknown, safe
+        try:
+            if self.stop.is_set():
+                await self._unclaim(key)
                 raise _StopBeforeSend() if first else Stopped(self.stop.message or "stopping")
             try:
                 permit = await self.limiter.acquire(est_in + req.params.max_tokens)
             except Stopped:
+                await self._unclaim(key)
                 if first:
                     raise _StopBeforeSend() from None
                 raise
-            try:
-                claim = await self.journal.call(
-                    JournalStore.claim,
-                    key,
-                    teacher_id=self._teacher_id,
-                    model=self._model,
-                    request_json=req.model_dump_json(),
-                    prompt_id=req.prompt_id,
-                    label=_meta_str(req, "label"),
-                    split=_meta_str(req, "split"),
-                    reserved_usd=worst,
-                )
-            except BaseException:
-                permit.release(0)
-                raise
-            if claim.completion_json is not None:  # answered meanwhile by an identical request
-                permit.release(0)
-                completion = Completion.model_validate_json(claim.completion_json)
-                return HarvestResult(key, req, completion, from_cache=True)
             st.sends += 1
             self.summary.sends += 1
             if st.prior_unknown or st.unknown_here:
@@ -420,10 +438,16 @@ class Engine:
                 permit.release(usage.input_tokens + usage.output_tokens)
                 self.limiter.observe(response.rate_limits)
                 self.limiter.note_outcome(False)
+        finally:
+            self._slots.release()
         if error is not None:
             await self._attempt_failed(key, worst, st, error, info, attempt_number)
             raise error
         return await self._answered(req, key, st, response)
+
+    async def _unclaim(self, key: str) -> None:
+        """Undo a claim whose request never left (the run stopped while it waited)."""
+        await self.journal.call(JournalStore.unclaim, key, "the run stopped before this send")
 
     async def _answered(
         self, req: TeacherRequest, key: str, st: _Attempts, response: Any

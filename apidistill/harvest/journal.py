@@ -473,6 +473,17 @@ class JournalStore:
         )  # fmt: skip
         self._event(key, "done", cost_usd, None)
 
+    def unclaim(self, key: str, error: str) -> None:
+        """Undo :meth:`claim` for a send that never happened (stopped while it waited)."""
+        cur = self.conn.execute(
+            "UPDATE requests SET state=CASE WHEN unknown_sends > 0 THEN 'unknown' "
+            "ELSE 'failed' END, reason='stopped', error=?, attempts=attempts-1, "
+            "sends=sends-1, updated_at=? WHERE key=? AND state='sent'",
+            (error, time.time(), key),
+        )
+        if cur.rowcount:
+            self._event(key, "unsent", None, error)
+
     def stopped(self, key: str, error: str) -> None:
         """The run stopped before this request could be (re)sent."""
         self.conn.execute(

@@ -20,6 +20,7 @@ from apidistill.errors import (
     TeacherTimeout,
 )
 from apidistill.harvest import JournalStore, harvest, harvest_sync
+from apidistill.harvest.engine import claim_ahead_for
 from apidistill.harvest.retry import RetryPolicy
 
 FAST = RetryPolicy(max_retries=4, timeout_s=5, initial_backoff_s=0.001, max_backoff_s=0.005)
@@ -153,6 +154,42 @@ async def test_stop_request_drains_in_flight_without_new_sends(tmp_path):
     summary = await run(requests(200), t2, j, concurrency=10)
     assert summary.resent == 0 and summary.unknown_found == 0
     assert summary.cached == sent_total and sum(t2.calls.values()) == 200 - sent_total
+
+
+async def test_sent_is_journaled_ahead_of_the_slot_and_unclaimed_on_stop(tmp_path):
+    """'sent' is committed while a request waits for a send slot (bounded by claim_ahead);
+    a stop un-claims what never left, so nothing is left 'sent' and nothing counts as sent."""
+    j = tmp_path / "j.sqlite"
+    t = FakeTeacher(latency_s=0.3)
+    stream = run(requests(40), t, j, concurrency=4)
+    seen: dict[str, int] = {}
+
+    async def watch_then_stop():
+        while t.in_flight < 4:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # the waiting requests' claims commit meanwhile
+        store = JournalStore(j, readonly=True)
+        seen["waiting"] = store.count("sent") - t.in_flight
+        store.close()
+        stream.stop()
+
+    watcher = asyncio.ensure_future(watch_then_stop())
+    with pytest.raises(KeyboardInterrupt):  # HarvestInterrupted: the graceful-stop signal
+        await collect(stream)
+    await watcher
+    assert seen["waiting"] == claim_ahead_for(4) == 2  # exactly the bound: claimed, not sent
+    store = JournalStore(j, readonly=True)
+    try:
+        assert store.count("sent") == 0 and store.count("done") == sum(t.calls.values()) == 4
+        unsent = [r for r in store.rows() if r.state != "done"]
+        assert len(unsent) == 2 and {(r.reason, r.sends, r.attempts) for r in unsent} == {
+            ("stopped", 0, 0)
+        }
+    finally:
+        store.close()
+    t2 = FakeTeacher()
+    summary = await run(requests(40), t2, j, concurrency=4)
+    assert summary.resent == 0 and summary.unknown_found == 0 and sum(t2.calls.values()) == 36
 
 
 async def test_consumer_breaking_out_stops_gracefully(tmp_path):
@@ -321,5 +358,7 @@ async def test_cancelling_the_run_abandons_in_flight_and_the_next_run_reports_th
         await task
     t2 = FakeTeacher()
     summary = await run(requests(20), t2, j)
-    assert summary.crashed_found == 4 and summary.resent == 4
+    # the 4 in flight, plus up to claim_ahead journaled 'sent' while waiting for a slot
+    assert 4 <= summary.crashed_found <= 4 + claim_ahead_for(4)
+    assert summary.resent == summary.crashed_found
     assert summary.done == 20 and sum(t2.calls.values()) == 20
