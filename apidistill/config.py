@@ -89,11 +89,17 @@ class TeacherConfig(_Section):
     # HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2;
     # auto = aiohttp when installed, else httpx2. Errors map the same on both.
     transport: Literal["auto", "httpx2", "aiohttp"] = "auto"
+    # OpenAI stored completions: send ``store: true`` with our cache key in ``metadata``, so a
+    # request whose answer was lost (kill -9, a reset after sending) is looked up and
+    # recovered instead of re-sent and paid twice. OpenAI (or a server with that API) only.
+    store: bool = False
 
     @model_validator(mode="after")
     def _base_url_for_compatible(self) -> TeacherConfig:
         if self.provider == "openai_compatible" and not self.base_url and self.serve is None:
             raise ValueError("provider openai_compatible needs 'base_url' (or a 'serve' block)")
+        if self.store and self.provider == "anthropic":
+            raise ValueError("'store' is OpenAI's stored completions; Anthropic has none")
         return self
 
 

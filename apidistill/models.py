@@ -7,6 +7,12 @@ safetensors copy into the apidistill cache and later loads read that (about 1 s)
 is located with ``find_spec`` and never imported: importing it would pull in the ``llm`` CLI.
 
 Hub names are real code paths, used only when a user names one; tests never do.
+
+Weights load from safetensors only: every ``from_pretrained`` of model weights passes
+``use_safetensors=True`` (GGUF files, which are not pickle, load via ``gguf_file=``), and a
+local folder or LoRA adapter whose weights are pickle files (``pytorch_model.bin``,
+``adapter_model.bin``) is refused by name before anything reads them: unpickling a file from
+elsewhere can run code.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ __all__ = [
     "cache_dir",
     "load_model",
     "load_tokenizer",
+    "require_safetensors_adapter",
     "resolve_model",
 ]
 
@@ -113,6 +120,42 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
+
+
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_CONVERT_HINT = (
+    "load it once where you trust its source and save it again with transformers' "
+    "save_pretrained (it writes model.safetensors), or use the Hugging Face 'Convert to "
+    "Safetensors' tool; apidistill never unpickles weights"
+)
+
+
+def _refuse_pickle_weights(folder: Path, expected: str) -> None:
+    """Raise :class:`ModelLoadError` when ``folder`` lacks ``expected`` (a safetensors name or
+    glob) but holds pickle weight files: they would run code when loaded."""
+    if any(folder.glob(expected)):
+        return
+    pickled = sorted({p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    pickled = [n for n in pickled if n != "training_args.bin"]  # trainer settings, not weights
+    if pickled:
+        shown = ", ".join(pickled[:3]) + (", ..." if len(pickled) > 3 else "")
+        raise ModelLoadError(
+            f"{folder}: weights are pickle files ({shown}), not safetensors; apidistill loads "
+            "safetensors only: convert the folder to safetensors",
+            hint=_CONVERT_HINT,
+        )
+
+
+def require_safetensors_adapter(adapter: str | Path) -> None:
+    """A LoRA adapter folder must hold ``adapter_model.safetensors`` (peft would otherwise
+    unpickle ``adapter_model.bin``); call before ``PeftModel.from_pretrained``."""
+    folder = Path(adapter)
+    _refuse_pickle_weights(folder, "adapter_model.safetensors")
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise ModelLoadError(
+            f"{folder}: LoRA adapter folder without adapter_model.safetensors",
+            hint="give the folder the trainer exported (it holds adapter_model.safetensors)",
+        )
 
 
 def _load_kwargs(src: ModelSource) -> dict[str, Any]:
@@ -208,14 +251,23 @@ def load_model(
         )
         return load_model(base, adapter=src.folder, dtype=dtype, device=device)
     folder, kwargs = _local_folder(src)
-    torch_dtype = getattr(torch, dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(f"{spec}: cannot load model ({type(exc).__name__}: {exc})") from None
+    if not src.is_hub:
+        _refuse_pickle_weights(Path(folder), "*.safetensors")
     if adapter is not None:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
+        require_safetensors_adapter(adapter)
+    torch_dtype = getattr(torch, dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=torch_dtype, use_safetensors=True, **kwargs
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{spec}: cannot load model ({type(exc).__name__}: {exc})",
+            hint=_CONVERT_HINT if src.is_hub and "safetensors" in str(exc) else None,
+        ) from None
+    if adapter is not None:
         from peft import PeftModel
 
         with peft_quiet():

@@ -56,7 +56,7 @@ SUITE: tuple[Bench, ...] = (
     Bench("resume_cost", about="kill -9 at 50% and resume: duplicates and time"),
     Bench(
         "storage",
-        ("--no-results-md",),
+        ("--prompts", "20", "--no-results-md"),
         ("--source", "zipf", "--prompts", "8", "--no-results-md"),
         about="bytes per token of the logprob store vs provider JSON",
     ),
@@ -69,6 +69,7 @@ SUITE: tuple[Bench, ...] = (
     ),
     Bench(
         "serve_batching",
+        ("--requests", "16"),
         in_quick=False,
         about="apidistill serve: batching and prefix cache on the demo prompt",
     ),

@@ -154,11 +154,14 @@ def prepare_apidistill(
     *,
     transport: str = "auto",
     resend_unknown: bool = True,
+    store: bool = False,
 ) -> Run:
     """apidistill as a user runs it: defaults, except no progress bar (no terminal here).
     ``transport`` picks the SDK transport (``auto`` = aiohttp, or ``httpx2``);
     ``resend_unknown=False`` reports requests a killed run left in flight instead of
-    re-sending them."""
+    re-sending them; ``store=True`` sends OpenAI ``store: true`` and recovers lost answers
+    from the server's stored completions (with a 10 s request timeout, so a resume stops
+    looking for a never-sent request's answer 10 s after its claim, not 120 s)."""
     from apidistill.data.schema import GenerationParams, Message, TeacherRequest
     from apidistill.harvest import harvest_sync
     from apidistill.teachers.openai import OpenAITeacher
@@ -167,7 +170,12 @@ def prepare_apidistill(
     requests = [
         TeacherRequest(messages=[Message(role="user", content=t)], params=params) for t in texts
     ]
-    teacher = OpenAITeacher(MODEL, base_url=base_url, transport=transport)
+    teacher = OpenAITeacher(MODEL, base_url=base_url, transport=transport, store=store)
+    extra: dict = {}
+    if store:
+        from apidistill.harvest.retry import RetryPolicy
+
+        extra["retry_policy"] = RetryPolicy(timeout_s=10.0)
 
     def run() -> dict:
         summary = harvest_sync(
@@ -177,8 +185,9 @@ def prepare_apidistill(
             concurrency=concurrency,
             progress=False,
             resend_unknown=resend_unknown,
+            **extra,
         )
-        return {"ok": summary.done + summary.cached, "report": summary.as_dict()}
+        return {"ok": summary.done + summary.cached + summary.recovered, "report": summary.as_dict()}
 
     return run
 
@@ -244,6 +253,7 @@ ARMS: dict[str, Callable[[str, list[str], int, Path], Run]] = {
     "apidistill": prepare_apidistill,
     "apidistill_httpx2": lambda *a: prepare_apidistill(*a, transport="httpx2"),
     "apidistill_no_resend": lambda *a: prepare_apidistill(*a, resend_unknown=False),
+    "apidistill_store": lambda *a: prepare_apidistill(*a, store=True),
     "raw_aiohttp": prepare_raw_aiohttp,
     "raw_httpx2": prepare_raw_httpx2,
     "raw_httpx": prepare_raw_httpx,

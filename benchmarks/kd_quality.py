@@ -12,7 +12,7 @@ samples (the same tickets, the same seed):
 - ``unbiased``: logprob KD with the unbiased sampled-token target, α = 0.5, on answers the
   teacher *sampled at T = 1* (the target is only unbiased for such samples).
 
-Held-out (the last 48 tickets, greedy teacher answers): KL to the teacher (nats/token,
+Held-out (the last 32 tickets, greedy teacher answers): KL to the teacher (nats/token,
 top-20 + tail, :mod:`apidistill.eval.scoring`, bootstrap interval over records), top-1
 token agreement under teacher forcing, and — from the student's own greedy answers —
 answer agreement with the teacher (both fields equal) and exact match with gold.
@@ -21,7 +21,7 @@ Scaled down to fit the 30-minute suite on 2 CPU cores (a step costs ~2.4 s): see
 ``FULL`` / ``QUICK`` and RESULTS.md, which states the reduction. Teacher targets are
 generated once and cached (``benchmarks/kd_targets.py``).
 
-Usage: python -m benchmarks.kd_quality [--quick] [--sizes 48 96 192] [--epochs 1] [--seeds 0 1 2]
+Usage: python -m benchmarks.kd_quality [--quick] [--sizes 24 48 96] [--epochs 1] [--seeds 0 1 2]
 Writes out/kd_quality.json.
 """
 
@@ -43,9 +43,10 @@ from benchmarks.common import spread, write_result
 
 ARMS = ("base", "sequence_kd", "topk_tail", "unbiased")
 # A LoRA step (batch 8, no dropout) costs ~4 s on 2 idle cores, measured in train_student:
-# 1 epoch over 48 + 96 + 192 samples for 3 arms, plus 2 more seeds at 48, is 162 steps
-# (~11 min), 16 evaluations on 48 held-out tickets, and the teacher targets (~5 min, cached).
-FULL = {"sizes": [48, 96, 192], "seeds": [0], "extra_seeds": [1, 2], "epochs": 1.0, "test": 48}
+# 1 epoch over 24 + 48 + 96 samples for 3 arms, plus 2 more seeds at 24, is 81 steps
+# (~5.5 min), 16 evaluations on 32 held-out tickets, and the teacher targets (224 requests,
+# ~3 min, cached). Sizes span 4x as the issue's 250/500/1000 do.
+FULL = {"sizes": [24, 48, 96], "seeds": [0], "extra_seeds": [1, 2], "epochs": 1.0, "test": 32}
 QUICK = {"sizes": [16], "seeds": [0], "extra_seeds": [], "epochs": 1.0, "test": 8}
 
 
@@ -103,11 +104,11 @@ def evaluate(adapter: Path | None, held: list[Any], instruction: str) -> dict[st
     tok = load_tokenizer(kd_targets.MODEL)
     model = load_model(kd_targets.MODEL, adapter=str(adapter) if adapter else None)
     t0 = time.perf_counter()
+    if hasattr(model, "merge_and_unload"):  # the served student is merged: score that
+        model = model.merge_and_unload()
     scores = score_records(model, tok, held, system_prompt=instruction)
     kl = summarize_scores(scores, len(held), samples=1000, seed=0)
     scored_s = time.perf_counter() - t0
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
     answers = asyncio.run(_answers(model, tok, held, instruction))
     agree = [task.score(a, r.completion) for a, r in zip(answers, held, strict=True)]
     exact = [task.score(a, r.gold) for a, r in zip(answers, held, strict=True)]

@@ -10,7 +10,9 @@ Measured: time to finish (the resume process, start to exit, and its harvest alo
 first of a request; the server injects no faults here, so each one was billed). Next to
 it, apidistill's own report on resume: how many requests it found with an unknown outcome
 (sent, never answered in the journal) and how many it re-sent. HARVEST-NOTES explains why
-the floor after kill -9 is the requests in flight, not zero, without provider help.
+the floor after kill -9 is the requests in flight, not zero, without provider help; the
+``apidistill_store`` arm is that help (OpenAI ``store: true``, which the loopback server
+implements: lost answers are listed by their metadata key and recovered, not re-sent).
 
 Usage: python -m benchmarks.resume_cost [--quick] [--n 2000] [--rounds 2]
 Writes out/resume_cost.json.
@@ -38,6 +40,7 @@ CONCURRENCY = 64
 ARMS: dict[str, tuple[str, signal.Signals]] = {
     "apidistill": ("apidistill", signal.SIGKILL),
     "apidistill_no_resend": ("apidistill_no_resend", signal.SIGKILL),
+    "apidistill_store": ("apidistill_store", signal.SIGKILL),
     "apidistill_sigterm": ("apidistill", signal.SIGTERM),
     "curator": ("curator", signal.SIGKILL),
 }
@@ -141,6 +144,7 @@ def one_round(srv: Any, arm: str, n: int, tag: str) -> dict[str, Any]:
             "outcome_unknown_found": report.get("unknown_found"),
             "left_in_flight_by_killed_process": report.get("crashed_found"),
             "resent_that_may_have_been_billed": report.get("resent"),
+            "recovered_from_store": report.get("recovered"),
             "from_cache": report.get("cached"),
             "sent_this_run": report.get("done"),
         }
@@ -167,6 +171,9 @@ def summarize(runs: list[dict[str, Any]], n: int) -> dict[str, Any]:
             if own
             else None,
             "reported_resent": spread([o["resent_that_may_have_been_billed"] or 0 for o in own], 0)
+            if own
+            else None,
+            "reported_recovered": spread([o.get("recovered_from_store") or 0 for o in own], 0)
             if own
             else None,
         }

@@ -234,6 +234,16 @@ class Budget:
                 self._at_risk += worst
             return worst
 
+    def resolve_at_risk(self, amount: Decimal | None) -> None:
+        """An at-risk send's answer was found (and its cost settled): its worst case stops
+        being charged. Takes from this run's at-risk money first, then earlier runs'."""
+        if amount is None or amount <= 0:
+            return
+        with self._lock:
+            here = min(self._at_risk, amount)
+            self._at_risk -= here
+            self._history_at_risk -= min(self._history_at_risk, amount - here)
+
     def __repr__(self) -> str:
         return (
             f"Budget(limit={self.limit}, spent={self.spent}, at_risk={self.at_risk}, "

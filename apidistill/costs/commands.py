@@ -22,14 +22,28 @@ def estimate(
         None, "--latency", help="Seconds per request, to bound time by concurrency."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+    skip_invalid: bool | None = typer.Option(
+        None,
+        "--skip-invalid/--no-skip-invalid",
+        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
+        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
+        show_default=False,
+    ),
 ) -> None:
     from apidistill.config import load_config
     from apidistill.costs.estimate import estimate as make_estimate
     from apidistill.costs.estimate import render_estimate
-    from apidistill.pipeline.requests import build_requests
+    from apidistill.data.prompts import skipped_report
+    from apidistill.pipeline.requests import load_prompts
+    from apidistill.progress import console as err_console
 
     cfg = load_config(config)
-    requests = build_requests(cfg)
+    if skip_invalid is not None:
+        cfg.prompts.skip_invalid = skip_invalid
+    batch = load_prompts(cfg)
+    if batch.skipped:  # on stderr: --json output stays parseable
+        err_console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
+    requests = batch.requests
     est = make_estimate(cfg, requests, expected_output_tokens=output_tokens, latency_s=latency)
     if as_json:
         typer.echo(json.dumps(est.model_dump(mode="json"), indent=2))

@@ -16,7 +16,7 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,7 +26,15 @@ from pydantic import ValidationError
 from apidistill.data.schema import Message
 from apidistill.errors import DataError
 
-__all__ = ["PromptFormat", "PromptLoad", "PromptRow", "detect_format", "load_prompt_rows"]
+__all__ = [
+    "SKIP_INVALID_HINT",
+    "PromptFormat",
+    "PromptLoad",
+    "PromptRow",
+    "detect_format",
+    "load_prompt_rows",
+    "skipped_report",
+]
 
 PromptFormat = Literal["auto", "jsonl", "csv", "parquet"]
 
@@ -39,6 +47,10 @@ _SUFFIXES: dict[str, Literal["jsonl", "csv", "parquet"]] = {
     ".pq": "parquet",
 }
 _MAX_PROBLEMS = 1000  # enough to act on; a million-line bad file must not exhaust memory
+SKIP_INVALID_HINT = (
+    "fix the line, or skip bad lines and report how many: pass --skip-invalid to the command "
+    "(harvest, run, estimate) or set prompts.skip_invalid: true in the run file"
+)
 
 
 @dataclass(frozen=True)
@@ -114,8 +126,7 @@ def load_prompt_rows(
                     str(exc),
                     file=str(p),
                     line=line,
-                    hint="fix the line, or pass --skip-invalid (prompts.skip_invalid: true) "
-                    "to skip bad lines and report how many",
+                    hint=SKIP_INVALID_HINT,
                 ) from None
             load.skipped += 1
             if len(load.problems) < _MAX_PROBLEMS:
@@ -125,6 +136,16 @@ def load_prompt_rows(
     if not load.rows and not load.skipped:
         raise DataError("no prompt rows in the file", file=str(p), hint="is the file empty?")
     return load
+
+
+def skipped_report(skipped: int, problems: Sequence[str], *, show: int = 5) -> str:
+    """What a ``skip_invalid`` load left out: the count, then the first ``show`` problems
+    (``file:line: reason``), so the user can fix them and re-run."""
+    lines = [f"prompts: skipped {skipped} invalid row{'' if skipped == 1 else 's'}"]
+    lines += [f"  {p}" for p in problems[:show]]
+    if skipped > min(show, len(problems)):
+        lines.append(f"  … and {skipped - min(show, len(problems))} more")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- row validation

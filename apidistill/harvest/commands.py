@@ -17,14 +17,24 @@ def harvest(
     ),
     max_requests: int | None = typer.Option(None, help="Stop after sending this many requests."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    skip_invalid: bool | None = typer.Option(
+        None,
+        "--skip-invalid/--no-skip-invalid",
+        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
+        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
+        show_default=False,
+    ),
 ) -> None:
     """Check the teacher's terms, then send every request not already answered in the run's
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
+    from apidistill.data.prompts import skipped_report
     from apidistill.pipeline.requests import load_prompts
     from apidistill.pipeline.run import teacher_server
     from apidistill.pipeline.stages import RunContext, harvest_stage, policy_stage
 
     cfg = load_config(config)
+    if skip_invalid is not None:
+        cfg.prompts.skip_invalid = skip_invalid
     ctx = RunContext.from_config(
         cfg,
         progress=progress,
@@ -32,6 +42,8 @@ def harvest(
         max_requests=max_requests,
     )
     batch = load_prompts(cfg)
+    if batch.skipped:
+        ctx.console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
     decision = policy_stage(ctx)
     with teacher_server(cfg) as url:
         ctx.teacher_base_url = url

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -156,6 +157,9 @@ class Engine:
         self._inflight: dict[str, list[TeacherRequest]] = {}
         self._started = 0
         self._emit: Callable[[HarvestResult], Awaitable[None]] | None = None
+        self._budget_moves = 0  # settles and releases so far (waiters compare it)
+        self._budget_waiters: list[asyncio.Future[None]] = []
+        stop.on_stop(self._budget_moved)  # a stop wakes requests waiting for budget
         self._slots = asyncio.Semaphore(concurrency)
         self.claim_ahead = claim_ahead_for(concurrency)
         self._ahead = asyncio.Semaphore(self.claim_ahead)
@@ -320,9 +324,14 @@ class Engine:
             else None
         )
         st = _Attempts(prior_unknown=row.unknown_sends if row is not None else 0)
-        if not self._reserve(key, worst):
+        if not await self._reserve(key, worst):
             return None
         try:
+            if st.prior_unknown and row is not None:
+                # the provider may still be finishing it: look until its timeout has passed
+                until = row.updated_at + self.policy.timeout_s
+                if (found := await self._recover(req, key, st, until)) is not None:
+                    return found
             # The first attempt runs bare (most succeed; tenacity's setup costs ~60 µs), the
             # retries run under the policy's tenacity controller.
             try:
@@ -339,6 +348,8 @@ class Engine:
             async for attempt in retrying:
                 with attempt:
                     n = attempt.retry_state.attempt_number + 1
+                    if st.unknown_here and (found := await self._recover(req, key, st, 0.0)):
+                        return found
                     return await self._attempt(req, key, worst, est_in, st, n)
         except _StopBeforeSend:
             return None
@@ -355,17 +366,38 @@ class Engine:
         finally:
             if st.holding and self.budget is not None:
                 self.budget.release(key)
+                self._budget_moved()
         raise AssertionError("unreachable: tenacity either returns or raises")
 
-    def _reserve(self, key: str, worst: Decimal | None) -> bool:
+    async def _reserve(self, key: str, worst: Decimal | None) -> bool:
+        """Hold the worst case before sending. When it does not fit but other requests hold
+        reservations, wait for them to settle (an answer usually costs far less than its
+        worst case) and try again; stop the run only when nothing else is reserved, i.e.
+        when the budget is really spent."""
         if self.budget is None:
             return True
-        try:
-            self.budget.reserve(key, worst)
-        except BudgetExceeded as exc:
-            self.stop.request("budget", exc.message)
-            return False
-        return True
+        while True:
+            seen = self._budget_moves
+            try:
+                self.budget.reserve(key, worst)
+            except BudgetExceeded as exc:
+                if self.budget.reserved <= 0 or self.stop.is_set():
+                    self.stop.request("budget", exc.message)
+                    return False
+                if self._budget_moves == seen:
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._budget_waiters.append(waiter)
+                    await waiter
+                continue
+            return True
+
+    def _budget_moved(self) -> None:
+        """A reservation was settled or released: wake the requests waiting for budget."""
+        self._budget_moves += 1
+        waiters, self._budget_waiters = self._budget_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
 
     async def _attempt(
         self,
@@ -387,7 +419,7 @@ class Engine:
         the slot is free."""
         first = st.sends == 0
         if not st.holding:
-            if self.stop.is_set() or not self._reserve(key, worst):
+            if self.stop.is_set() or not await self._reserve(key, worst):
                 raise Stopped(self.stop.message or "budget reached")
             st.holding = True
         async with self._ahead:
@@ -449,8 +481,39 @@ class Engine:
         """Undo a claim whose request never left (the run stopped while it waited)."""
         await self.journal.call(JournalStore.unclaim, key, "the run stopped before this send")
 
+    async def _recover(
+        self, req: TeacherRequest, key: str, st: _Attempts, until: float
+    ) -> HarvestResult | None:
+        """Before re-sending a request whose earlier send may have been billed, ask the
+        provider for its stored answer (teachers with ``can_recover``: OpenAI ``store``),
+        again with backoff until the wall-clock time ``until`` (an answer still being
+        generated is stored only when done). None: not found, or the lookup failed: the
+        request is sent again (counted as a re-send)."""
+        if not getattr(self.teacher, "can_recover", False):
+            return None
+        delay = 0.25
+        while True:
+            try:
+                async with asyncio.timeout(self.policy.timeout_s):
+                    response = await self.teacher.recover(req)  # type: ignore[attr-defined]
+            except Exception:  # a failed lookup must not fail the request: re-send instead
+                return None
+            if response is not None:
+                return await self._answered(req, key, st, response, recovered=True)
+            left = until - time.time()
+            if left <= 0 or self.stop.is_set():
+                return None
+            await self.stop.sleep(min(delay, left))
+            delay = min(delay * 2, 5.0)
+
     async def _answered(
-        self, req: TeacherRequest, key: str, st: _Attempts, response: Any
+        self,
+        req: TeacherRequest,
+        key: str,
+        st: _Attempts,
+        response: Any,
+        *,
+        recovered: bool = False,
     ) -> HarvestResult:
         completion = response.completion
         cost = (
@@ -458,7 +521,7 @@ class Engine:
         )
         completion = completion.model_copy(update={"cost_usd": cost, "request_hash": key})
         usage = completion.usage
-        await self.journal.call(
+        released = await self.journal.call(
             JournalStore.done,
             key,
             completion_json=completion.model_dump_json(),
@@ -466,11 +529,19 @@ class Engine:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
+            recovered=recovered,
         )
         if self.budget is not None:
+            if not st.holding:  # recovered after its send went at risk: nothing reserved now
+                self.budget.adopt(key, Decimal(0))
             self.budget.settle(key, cost)
+            self.budget.resolve_at_risk(released)
+            self._budget_moved()
             st.holding = False
-        self.summary.done += 1
+        if recovered:
+            self.summary.recovered += 1
+        else:
+            self.summary.done += 1
         if cost is not None:
             self.summary.spent_usd += cost
         return HarvestResult(key, req, completion, attempts=st.sends)
@@ -491,6 +562,7 @@ class Engine:
             self.summary.unknown_this_run += 1
             if self.budget is not None and st.holding:
                 self.budget.mark_at_risk(key)
+                self._budget_moved()  # nothing freed, but a waiter may now be the last one
                 st.holding = False
             if worst is not None:
                 self.summary.at_risk_usd += worst

@@ -129,6 +129,9 @@ class CachedRow:
     unknown_sends: int
     at_risk_usd: Decimal
     batch: bool = False  # sent through a Batch API (a journaled chunk owns it)
+    # When a run last changed the row: for an outcome-unknown row, when it was sent (or
+    # its send failed); reopening after a crash leaves it as it was.
+    updated_at: float = 0.0
 
     @property
     def reusable(self) -> bool:
@@ -317,10 +320,12 @@ class JournalStore:
             marks = ",".join("?" * len(part))
             for r in self.conn.execute(
                 "SELECT key, state, reason, error, completion_json, unknown_sends, at_risk_usd, "
-                f"batch FROM requests WHERE key IN ({marks})",
+                f"batch, updated_at FROM requests WHERE key IN ({marks})",
                 part,
             ):
-                out[r[0]] = CachedRow(*r[:6], at_risk_usd=Decimal(r[6]), batch=bool(r[7]))
+                out[r[0]] = CachedRow(
+                    *r[:6], at_risk_usd=Decimal(r[6]), batch=bool(r[7]), updated_at=r[8]
+                )
         return out
 
     def totals(self, day_start_ts: float | None = None) -> JournalTotals:
@@ -462,8 +467,23 @@ class JournalStore:
         input_tokens: int,
         output_tokens: int,
         cached_input_tokens: int,
-    ) -> None:
+        recovered: bool = False,
+    ) -> Decimal:
+        """The answer arrived. ``recovered``: it is the provider's stored answer to an earlier
+        outcome-unknown send, so that send's worst case is no longer at risk; returns the
+        amount released from ``at_risk_usd`` (0 otherwise)."""
         now = time.time()
+        released = _ZERO
+        if recovered:
+            cur = self.conn.execute(
+                "SELECT reserved_usd, at_risk_usd FROM requests WHERE key=?", (key,)
+            ).fetchone()
+            if cur is not None:
+                released = min(_dec(cur[0]) or _ZERO, Decimal(cur[1]))
+                self.conn.execute(
+                    "UPDATE requests SET at_risk_usd=? WHERE key=?",
+                    (str(Decimal(cur[1]) - released), key),
+                )
         self.conn.execute(
             "UPDATE requests SET state='done', completion_json=?, cost_usd=?, input_tokens=?, "
             "output_tokens=?, cached_input_tokens=?, reason=NULL, error=NULL, updated_at=?, "
@@ -472,6 +492,9 @@ class JournalStore:
              cached_input_tokens, now, now, key),
         )  # fmt: skip
         self._event(key, "done", cost_usd, None)
+        if recovered:
+            self._event(key, "from_store", released, "the provider's stored answer, not re-sent")
+        return released
 
     def unclaim(self, key: str, error: str) -> None:
         """Undo :meth:`claim` for a send that never happened (stopped while it waited)."""
@@ -512,8 +535,8 @@ class JournalStore:
             self.conn.execute(
                 "UPDATE requests SET state='unknown', reason='crashed', "
                 "error='the harvest stopped while this request was in flight', "
-                "at_risk_usd=?, unknown_sends=unknown_sends+1, updated_at=? WHERE key=?",
-                (str(Decimal(at_risk) + worst), time.time(), key),
+                "at_risk_usd=?, unknown_sends=unknown_sends+1 WHERE key=?",  # keeps updated_at
+                (str(Decimal(at_risk) + worst), key),
             )
             self._event(key, "recovered", worst, "sent without an answer when the run ended")
         unknown = 0

@@ -46,6 +46,7 @@ class HarvestSummary:
     failed: Counter[str] = field(default_factory=Counter)  # reason -> count
     sends: int = 0  # attempts that went out (retries included)
     resent: int = 0  # sends of requests an earlier send may already have been billed for
+    recovered: int = 0  # outcome-unknown requests answered from the provider's store, unsent
     unknown_found: int = 0  # outcome-unknown requests found on open (crash / fault)
     crashed_found: int = 0  # of which left in flight by a killed process
     at_risk_found_usd: Decimal = Decimal(0)  # their worst-case cost, still charged
@@ -85,6 +86,11 @@ class HarvestSummary:
                 f"found {self.unknown_found} request(s) whose outcome was unknown "
                 f"({self.crashed_found} left in flight by a stopped process); "
                 f"${self.at_risk_found_usd} may have been billed for them"
+            )
+        if self.recovered:
+            out.append(
+                f"recovered {self.recovered} lost answer(s) from the provider's stored "
+                "completions instead of re-sending them"
             )
         if self.resent:
             out.append(f"re-sent {self.resent} request(s) that may already have been billed")

@@ -28,12 +28,21 @@ def run(
         None, help=f"Last stage to run: one of {', '.join(STAGES)}."
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    skip_invalid: bool | None = typer.Option(
+        None,
+        "--skip-invalid/--no-skip-invalid",
+        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
+        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
+        show_default=False,
+    ),
 ) -> None:
     from apidistill.pipeline.run import run_pipeline
 
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     cfg = load_config(config)
+    if skip_invalid is not None:
+        cfg.prompts.skip_invalid = skip_invalid
     summary = run_pipeline(
         cfg,
         progress=progress,

@@ -157,7 +157,7 @@ def run_pipeline(
     adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
     if stop_after == "train":
         return out
-    out.student_dir = export_stage(ctx, tr, decision)
+    out.student_dir = export_stage(ctx, tr)
     result, switch = eval_stage(ctx, adapter_dir)
     out.report_path = str(ctx.layout.report / "report.html")
     out.numbers.update(_headline(result))
@@ -172,22 +172,24 @@ def student_dir_of(tr: Any) -> str:
     return str(getattr(tr, "adapter_dir", None) or tr.model_dir)
 
 
-def export_stage(ctx: RunContext, tr: Any, decision: Any) -> str:
-    from apidistill.policy.obligations import render_obligations_md
+def export_stage(ctx: RunContext, tr: Any) -> str:
+    """Export the student; its card's terms section is read from the dataset's records (the
+    decisions they were harvested under), re-checked for the run's intended use."""
     from apidistill.train.export import export_student
 
     sections = {}
     card = ctx.layout.dataset / "README.md"
     if card.is_file():
         sections["Training data"] = card.read_text(encoding="utf-8")
-    if decision is not None:
-        sections["Terms and obligations"] = render_obligations_md([decision])
     path = export_student(
         tr,
         ctx.layout.student,
         base_model=ctx.cfg.student.model,
         merge=False,
         model_card_sections=sections,
+        dataset=ctx.layout.dataset,
+        intended_use=ctx.cfg.policy.use,
+        policy_cfg=ctx.cfg.policy,
     )
     ctx.console.print(f"[bold]export[/]: student written to {path}")
     return str(path)

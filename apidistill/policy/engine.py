@@ -345,20 +345,26 @@ def check_student_use(
     intended_use: str,
     *,
     policy_cfg: PolicyConfig | None = None,
-) -> None:
+) -> list[Decision]:
     """Re-check a dataset's recorded decisions against the student's intended use.
 
     Training and export call this: data harvested for ``internal`` use does not become
     publishable because someone trains on it. A decision recorded for the same use stands
     (with its override); for another use the terms are decided again and, when ``policy_cfg``
     is given, enforced with its references.
+
+    Returns the decisions that govern the student, one per recorded decision: the recorded
+    one, or the fresh one for ``intended_use`` (whose obligations the student's card must
+    carry as well).
     """
     if intended_use not in USES:
         raise ConfigError(
             f"unknown intended use {intended_use!r}", hint=f"use one of: {', '.join(USES)}"
         )
+    governing: list[Decision] = []
     for dec in decisions:
         if dec.use == intended_use and dec.permits:
+            governing.append(dec)
             continue
         dirs = [Path(dec.policy_file).parent] if dec.user_policy and dec.policy_file else []
         fresh = decide(
@@ -370,9 +376,10 @@ def check_student_use(
             license=dec.matched,  # only used when it is a license id the policy lists
         )
         if fresh.permits:
+            governing.append(fresh)
             continue
         if policy_cfg is not None:
-            enforce(fresh, policy_cfg)
+            governing.append(enforce(fresh, policy_cfg))
             continue
         raise _denial(
             fresh,
@@ -380,3 +387,4 @@ def check_student_use(
             f"to that use, or record an authorization/override for {intended_use!r} in the "
             "run file's policy section",
         )
+    return governing

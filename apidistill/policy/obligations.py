@@ -42,11 +42,35 @@ def obligation_lines(ob: Obligations) -> list[str]:
     return lines
 
 
-def render_obligations_md(decisions: Sequence[Decision]) -> str:
-    """Markdown section listing every teacher's decision, citation and obligations."""
+def _name_check(ob: Obligations, student_name: str | None) -> list[str]:
+    """A line saying the student's current name breaks its required prefix, if it does."""
+    prefix = ob.name_prefix
+    if not prefix or student_name is None or student_name.startswith(prefix):
+        return []
+    return [
+        f'This export is named "{student_name}", which does not begin with "{prefix}": '
+        "rename it before distributing it or making it available."
+    ]
+
+
+def render_obligations_md(
+    decisions: Sequence[Decision],
+    *,
+    student_name: str | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """Markdown section listing every teacher's decision, citation and obligations.
+
+    ``student_name`` (a model card) adds a line where that name lacks a required prefix;
+    ``notes`` are paragraphs put before the not-legal-advice line (e.g. where the decisions
+    were read from).
+    """
     out = ["## Teacher terms and obligations", ""]
     if not decisions:
-        out += ["No teacher policy decision was recorded.", "", f"> {NOT_LEGAL_ADVICE}", ""]
+        out += ["No teacher policy decision was recorded.", ""]
+        for note in notes:
+            out += [note, ""]
+        out += [f"> {NOT_LEGAL_ADVICE}", ""]
         return "\n".join(out)
     out += [
         "| teacher | model | channel | use | decision | document | clause | decision id |",
@@ -79,6 +103,8 @@ def render_obligations_md(decisions: Sequence[Decision]) -> str:
     out.append("")
     for d in decisions:
         lines = obligation_lines(d.obligations)
+        if d.obligations.name_prefix:
+            lines[1:1] = _name_check(d.obligations, student_name)
         if d.overridden_by:
             when = f" on {d.overridden_at:%Y-%m-%d %H:%M UTC}" if d.overridden_at else ""
             lines.insert(
@@ -86,8 +112,11 @@ def render_obligations_md(decisions: Sequence[Decision]) -> str:
             )
         if not lines:
             continue
-        out += [f"### Obligations from {d.document or d.provider} ({d.model})", ""]
+        source = d.citation() if d.document else d.provider
+        out += [f"### Obligations under {source} (teacher {d.model}, use {d.use})", ""]
         out += [f"- {line}" for line in lines]
         out.append("")
+    for note in notes:
+        out += [note, ""]
     out += [f"> {NOT_LEGAL_ADVICE}", ""]
     return "\n".join(out)

@@ -92,6 +92,7 @@ def _openai(cfg: TeacherConfig, key: str | None, base_url: str | None, timeout_s
         timeout_s=timeout_s,
         price=_price(cfg.price),
         transport=cfg.transport,
+        store=cfg.store,
     )
 
 
@@ -123,6 +124,7 @@ def _compatible(
         price=_price(cfg.price),
         transport=cfg.transport,
         identity=identity,
+        store=cfg.store,
     )
 
 

@@ -14,7 +14,8 @@ Rules, applied to every provider (each is harmless where its quirk does not occu
   describe the placeholder string, so they are dropped and refilled from the vocabulary.
 - A value that is NaN, ±inf or ≤ -9999 (OpenAI's and DeepSeek's mask, llama.cpp's lowest
   float for p=0) carries no probability: such entries are **dropped from the top list**; on
-  the sampled token it is **clamped to** :data:`MIN_LOGPROB` so the position is kept.
+  the sampled token it is **clamped to** :data:`MIN_LOGPROB` so the position is kept (as is
+  any sampled value below it: p < e^-100 is zero for every loss).
   A value > 0 is rounding noise around p=1 and is clamped to 0.0.
 - Duplicate tokens in a top list (llama.cpp appends the sampled token) keep their largest
   value; the list is sorted descending and clipped to the requested k.
@@ -243,10 +244,10 @@ def _top_list(entries: Iterable[_Entry], k: int) -> list[TopLogprob]:
 
 def _position(sampled: _Entry, top: list[TopLogprob]) -> tuple[TokenLogprob, bool]:
     value = sampled.logprob
-    clamped = value is None or _masked(value) or value > 0
+    clamped = value is None or _masked(value) or value > 0 or value < MIN_LOGPROB
     if value is None or _masked(value):
         value = MIN_LOGPROB
-    value = min(value, 0.0)
+    value = min(max(value, MIN_LOGPROB), 0.0)
     return (
         TokenLogprob(
             token_id=sampled.token_id,

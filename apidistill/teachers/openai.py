@@ -36,6 +36,7 @@ from apidistill.teachers.urls import teacher_identity
 
 __all__ = [
     "OPENAI_BASE_URL",
+    "STORE_METADATA_KEY",
     "OpenAITeacher",
     "build_openai_body",
     "check_openai_request",
@@ -43,6 +44,9 @@ __all__ = [
 ]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+# The ``metadata`` key that carries a request's cache key when ``store=True`` (OpenAI allows
+# 16 keys of ≤ 64 characters with values of ≤ 512; a cache key is 64 hex characters).
+STORE_METADATA_KEY = "apidistill_key"
 _SDK_FAILURES = (openai.OpenAIError, *TRANSPORT_ERRORS)
 # What ``chat.completions.create`` sends as options: bearer auth only (not an admin key).
 _POST_OPTIONS: openai.RequestOptions = {"security": {"bearer_auth": True}}
@@ -212,6 +216,11 @@ class OpenAITeacher:
     ``transport`` picks the SDK's HTTP transport (``auto``: aiohttp when installed, else
     httpx2; see :mod:`apidistill.teachers.transport`); ``http_client`` replaces it with a
     client of your own (then ``transport`` is ``"custom"``). ``aclose`` closes either.
+
+    ``store=True`` sends ``store: true`` and the request's cache key as ``metadata``
+    (:data:`STORE_METADATA_KEY`), and :meth:`recover` finds a stored answer by that key
+    (``GET /v1/chat/completions?metadata[...]``): the harvest asks it before re-sending a
+    request whose outcome is unknown, so the provider's copy is used instead of paying twice.
     """
 
     def __init__(
@@ -229,8 +238,10 @@ class OpenAITeacher:
         http_client: Any | None = None,
         identity: str | None = None,
         transport: str = "auto",
+        store: bool = False,
     ) -> None:
         self.provider = provider
+        self.store = store
         self.model = model
         if provider == "openai":
             # like the SDK: an explicit URL, else $OPENAI_BASE_URL, else api.openai.com
@@ -286,7 +297,49 @@ class OpenAITeacher:
         check_openai_request(
             request, model=self.model, capabilities=self.capabilities, model_defaults=self._defaults
         )
-        return build_openai_body(request, model=self.model, profile=self._profile)
+        path, body = build_openai_body(request, model=self.model, profile=self._profile)
+        if self.store and request.messages is not None:
+            body["store"] = True
+            body["metadata"] = {STORE_METADATA_KEY: request.cache_key(self.teacher_id, self.model)}
+        return path, body
+
+    @property
+    def can_recover(self) -> bool:
+        """Whether :meth:`recover` can find lost answers (stored chat completions)."""
+        return self.store
+
+    async def recover(self, request: TeacherRequest) -> TeacherResponse | None:
+        """The provider's stored answer to ``request`` (sent earlier with ``store: true``),
+        or None when it has none (never sent, not finished, or not stored)."""
+        if not self.store or request.messages is None:
+            return None
+        key = request.cache_key(self.teacher_id, self.model)
+        started = time.perf_counter()
+        try:
+            page = await self._client.chat.completions.list(
+                model=self.model, metadata={STORE_METADATA_KEY: key}, limit=1
+            )
+        except _SDK_FAILURES as exc:
+            raise map_failure(self.provider, exc) from exc
+        if not page.data:
+            return None
+        data = page.data[0].model_dump(mode="json", exclude_unset=True)
+        completion, lp = parse_openai_body(
+            data,
+            chat=True,
+            logprobs_requested=request.params.logprobs,
+            top_k=request.params.top_logprobs,
+            provider=self.provider,
+            model=self.model,
+            quirks=self.capabilities.quirks,
+            vocab=self._vocab,
+            request_hash=key,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            price=self._price,
+        )
+        if request.params.logprobs and completion.logprobs is None:
+            return None  # stored without the logprobs this request needs: send it again
+        return TeacherResponse(completion=completion, logprobs_missing_reason=lp.missing_reason)
 
     async def complete(self, request: TeacherRequest) -> TeacherResponse:
         path, body = self.build(request)

@@ -27,6 +27,11 @@ answer. Server-side counters per request digest (sha256 of model + input text): 
 answered (a clean 200 delivered), billed, arrival times, tokens; ``GET /__stats`` returns
 them as JSON, ``POST /__reset`` clears them, ``POST /__config`` changes the settings.
 
+Requests with ``store: true`` are kept once generated (billed faults included, as OpenAI
+stores what it generated), with their ``metadata``; ``GET /v1/chat/completions`` lists them
+like OpenAI's stored-completions endpoint (``model``, ``metadata[k]=v``, ``after``,
+``limit``, ``order``).
+
 Optional server-enforced limits (``rpm_limit`` / ``tpm_limit`` per ``limit_window_s``)
 answer 429 with ``x-ratelimit-*`` headers, like OpenAI.
 
@@ -127,6 +132,8 @@ class _State:
         self.reset()
 
     def reset(self) -> None:
+        self.stored: list[dict[str, Any]] = []  # chat completions sent with store: true
+        self.lookups = 0  # GET /v1/chat/completions (stored-completion list) calls
         self.by_digest: dict[str, _Counter] = {}
         self.log: list[dict[str, Any]] = []
         self.window: deque[tuple[float, int]] = deque()  # (arrival, tokens) for limits
@@ -137,6 +144,8 @@ class _State:
             "received": sum(c.received for c in self.by_digest.values()),
             "answered": sum(c.answered for c in self.by_digest.values()),
             "billed": sum(c.billed for c in self.by_digest.values()),
+            "stored": len(self.stored),
+            "lookups": self.lookups,
             "digests": {d: asdict(c) for d, c in self.by_digest.items()},
             "log": self.log,
         }
@@ -258,6 +267,8 @@ async def _completions(request: web.Request) -> web.StreamResponse:
         return web.Response(status=500)  # never delivered: the transport is gone
     rng = random.Random(f"lat:{cfg.seed}:{digest}:{counter.received}")
     await _sleep_ms(cfg.latency_ms + cfg.jitter_ms * rng.random())
+    if chat and body.get("store") is True:  # generated (and billed): kept, as OpenAI does
+        state.stored.append({**answer, "metadata": dict(body.get("metadata") or {})})
     if fault == "timeout":
         await asyncio.sleep(cfg.hang_s)
     if stream:
@@ -372,6 +383,38 @@ async def _stream(
     return resp
 
 
+async def _list_stored(request: web.Request) -> web.Response:
+    """``GET /v1/chat/completions``: OpenAI's list of stored chat completions, filtered by
+    ``model`` and ``metadata[key]=value``, paged by ``after`` / ``limit`` (default 20)."""
+    state: _State = request.app["state"]
+    state.lookups += 1
+    q = request.query
+    want = {k[len("metadata[") : -1]: v for k, v in q.items() if k.startswith("metadata[")}
+    rows = [
+        c
+        for c in state.stored
+        if ("model" not in q or c.get("model") == q["model"])
+        and all(c["metadata"].get(k) == v for k, v in want.items())
+    ]
+    if q.get("order") == "desc":
+        rows.reverse()
+    if "after" in q:
+        ids = [c["id"] for c in rows]
+        rows = rows[ids.index(q["after"]) + 1 :] if q["after"] in ids else []
+    try:
+        limit = int(q.get("limit", "20"))
+    except ValueError:
+        return _json(pp.openai_error("limit must be an integer"), 400)
+    page = rows[:limit]
+    return _json({
+        "object": "list",
+        "data": page,
+        "first_id": page[0]["id"] if page else None,
+        "last_id": page[-1]["id"] if page else None,
+        "has_more": len(rows) > limit,
+    })  # fmt: skip
+
+
 async def _stats(request: web.Request) -> web.Response:
     return _json(request.app["state"].stats())
 
@@ -401,6 +444,7 @@ def build_app(config: FaultConfig | None = None) -> web.Application:
     app["state"] = _State(config or FaultConfig())
     app.router.add_post("/v1/chat/completions", _completions)
     app.router.add_post("/v1/completions", _completions)
+    app.router.add_get("/v1/chat/completions", _list_stored)
     app.router.add_get("/v1/models", _models)
     app.router.add_get("/__stats", _stats)
     app.router.add_post("/__reset", _reset)

@@ -5,10 +5,10 @@ a cross-tokenizer test needs what gpt-4o / gpt-4.1 / gpt-5 really send: the answ
 the ``o200k_base`` BPE (``bpe_openai``), every position with ``token``, ``logprob``,
 ``bytes`` (a list of ints) and ``top_logprobs`` of k ``{token, logprob, bytes}`` entries,
 the sampled token first (temperature 0), alternatives that are real o200k tokens too, and
-``usage.prompt_tokens`` counted the way OpenAI counts chat prompts. The envelope (``id``,
-``object``, ``created``, ``system_fingerprint``, message fields, ``usage`` details) is
-:func:`apidistill.testing.provider_payloads.openai_chat_completion`'s, so there is one
-definition of the documented shape.
+``usage.prompt_tokens`` counted the way OpenAI counts chat prompts (:func:`prompt_tokens`).
+The envelope (``id``, ``object``, ``created``, ``system_fingerprint``, message fields,
+``usage`` details) is :func:`apidistill.testing.provider_payloads.openai_chat_completion`'s,
+so there is one definition of the documented shape.
 
 What the teacher answers is a pure function of the request: the text given for the last
 user turn in ``answers`` (e.g. a ticket's gold ``order_id: …\\nproduct: …``), else a few
@@ -16,9 +16,16 @@ deterministic words. ``max_completion_tokens`` cuts the token list (``finish_rea
 "length"``). Tokens that end inside a multi-byte character carry their exact ``bytes`` and a
 ``token`` text with U+FFFD, as OpenAI's do.
 
+``usage.prompt_tokens`` is counted here, from the request body as it arrived, with
+``bpe_openai`` directly and OpenAI's documented rule (the cookbook's "How to count tokens with
+tiktoken", ``num_tokens_from_messages``), deliberately not with apidistill's own counter
+(:mod:`apidistill.costs.tokens`): tests compare ``apidistill estimate`` with what this
+teacher bills, and a shared counter would make that comparison circular.
+
 Run: ``python -m apidistill.testing.o200k_teacher --port 0 --answers answers.json`` (a JSON
 object: user text → answer). Tests use :class:`O200kTeacherProcess`. ``GET /__stats``
-returns how many chat requests arrived and the bodies' generation settings.
+returns how many chat requests arrived, the bodies' generation settings and the
+``usage.prompt_tokens`` of each answer (``prompt_tokens``, in arrival order).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ __all__ = [
     "build_app",
     "chat_completion",
     "o200k_tokens",
+    "prompt_tokens",
 ]
 
 ENCODING = "o200k_base"
@@ -79,6 +87,43 @@ def o200k_tokens(text: str) -> list[bytes]:
     """``text`` as ``o200k_base`` token bytes (ordinary text: no special tokens)."""
     enc = _encoding()
     return [enc.decode_single_token_bytes(t) for t in enc.encode_ordinary(text)]
+
+
+# OpenAI's chat prompt overhead, from the cookbook's ``num_tokens_from_messages`` (gpt-4o,
+# gpt-4o-mini, gpt-4, gpt-3.5-turbo-0613 and later): every message is framed by 3 tokens
+# (``<|start|>{role}<|message|>…<|end|>``), a ``name`` costs 1 more, and every reply is primed
+# with 3 (``<|start|>assistant<|message|>``).
+_PER_MESSAGE = 3
+_PER_NAME = 1
+_REPLY_PRIMING = 3
+
+
+def _text_of(content: Any) -> str:
+    """A message's text: a string, or the ``text`` of each part of a content array."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(p.get("text") or "")
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """``usage.prompt_tokens`` of a chat request as OpenAI documents it: per message 3 tokens
+    plus the tokens of its role, content (and name, plus 1), then 3 for the reply's priming;
+    every text encoded with ``o200k_base`` as ordinary text (no special tokens)."""
+    enc = _encoding()
+    n = _REPLY_PRIMING
+    for m in messages:
+        n += _PER_MESSAGE
+        n += len(enc.encode_ordinary(str(m.get("role") or "")))
+        n += len(enc.encode_ordinary(_text_of(m.get("content"))))
+        if isinstance(m.get("name"), str):
+            n += len(enc.encode_ordinary(m["name"])) + _PER_NAME
+    return n
 
 
 def _last_user(body: dict[str, Any]) -> str:
@@ -126,8 +171,6 @@ def _position(tok: bytes, k: int, seed: str) -> dict[str, Any]:
 def chat_completion(body: dict[str, Any], answers: dict[str, str] | None = None) -> dict[str, Any]:
     """A ``chat.completion`` object answering ``body`` with o200k tokens (see the module
     docstring); the envelope is :func:`provider_payloads.openai_chat_completion`'s."""
-    from apidistill.costs.tokens import count_openai_chat_tokens
-
     out = pp.openai_chat_completion({**body, "logprobs": False})
     text = answer_text(body, answers)
     tokens = o200k_tokens(text)
@@ -156,12 +199,10 @@ def chat_completion(body: dict[str, Any], answers: dict[str, str] | None = None)
         }
         for i in range(n)
     ]
-    messages = [
-        {"role": str(m.get("role")), "content": str(m.get("content") or "")}
-        for m in body.get("messages") or []
-    ]
     usage = out["usage"]
-    usage["prompt_tokens"] = count_openai_chat_tokens(messages, ENCODING)
+    usage["prompt_tokens"] = prompt_tokens(
+        [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    )
     usage["completion_tokens"] = len(tokens) * n
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return out
@@ -202,17 +243,22 @@ async def _chat(request: web.Request) -> web.Response:
     state["requests"].append(
         {k: body.get(k) for k in ("model", "logprobs", "top_logprobs", "max_completion_tokens")}
     )
-    return web.json_response(chat_completion(body, state["answers"]))
+    answer = chat_completion(body, state["answers"])
+    state["prompt_tokens"].append(answer["usage"]["prompt_tokens"])
+    return web.json_response(answer)
 
 
 async def _stats(request: web.Request) -> web.Response:
-    reqs = request.app["state"]["requests"]
-    return web.json_response({"received": len(reqs), "requests": reqs})
+    state = request.app["state"]
+    reqs = state["requests"]
+    return web.json_response(
+        {"received": len(reqs), "requests": reqs, "prompt_tokens": state["prompt_tokens"]}
+    )
 
 
 def build_app(answers: dict[str, str] | None = None) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app["state"] = {"answers": dict(answers or {}), "requests": []}
+    app["state"] = {"answers": dict(answers or {}), "requests": [], "prompt_tokens": []}
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/__stats", _stats)
     return app

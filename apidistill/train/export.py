@@ -5,7 +5,8 @@ Layout (``merge=True``)::
     out_dir/                 merged model (config.json, model.safetensors) + tokenizer:
                              ``apidistill serve --model out_dir`` and ``vllm serve out_dir``
     out_dir/adapter/         the LoRA adapter + base_model.txt + tokenizer, for multi-LoRA
-    out_dir/README.md        model card (training summary + the caller's sections)
+    out_dir/README.md        model card (training summary, teacher terms and obligations,
+                             the caller's sections)
     out_dir/serve_vllm.sh    ready vLLM command lines (merged and multi-LoRA)
 
 With ``merge=False`` the adapter itself is at the top (``apidistill.models.load_model``
@@ -16,6 +17,18 @@ The student's system prompt (``StudentConfig.system_prompt``) is written into th
 chat template as the default system turn, so a client that sends only the user message
 gets exactly the prompt the student was trained on — from ``apidistill serve`` and vLLM
 alike.
+
+**Terms.** The model card's "Teacher terms and obligations" section is built here, not by the
+caller: export reads the training dataset's records (``dataset=``, or the run layout's
+``<run>/dataset`` next to ``<run>/train``), resolves the terms decision each record was
+harvested under (:func:`apidistill.policy.provenance.dataset_terms`) and lists every
+teacher's decision, citation and obligations — e.g. a Llama 3.1 teacher's required "Llama"
+name prefix and "Built with Llama" attribution. With ``intended_use`` the decisions are
+re-checked for the student's use first (:func:`apidistill.policy.engine.check_student_use`).
+
+**Safetensors only.** Weights in a pickle format (``adapter_model.bin``,
+``pytorch_model.bin``, ``*.pt``/``*.pth``/``*.ckpt``/``*.pkl``) can run code when loaded; export
+refuses a source folder that holds any, instead of loading or copying them.
 """
 
 from __future__ import annotations
@@ -24,14 +37,22 @@ import json
 import shlex
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from apidistill.errors import TrainingError
 from apidistill.train.api import TrainResult
 
-__all__ = ["bake_system_prompt", "export_student"]
+if TYPE_CHECKING:
+    from apidistill.config import PolicyConfig
 
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+__all__ = ["bake_system_prompt", "export_student", "refuse_pickle_weights"]
+
+_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _BASE_FILE = "base_model.txt"
+# Weight files whose format is a Python pickle (loading one can run arbitrary code). The
+# Trainer's own training_args.bin is a pickle too, but export never reads or copies it.
+_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+_PICKLE_BIN_STEMS = ("adapter_model", "pytorch_model", "model")
 
 
 def bake_system_prompt(chat_template: str, system_prompt: str) -> str:
@@ -43,6 +64,26 @@ def bake_system_prompt(chat_template: str, system_prompt: str) -> str:
         "{%- endif %}"
     )
     return prefix + chat_template
+
+
+def _is_pickle_weights(path: Path) -> bool:
+    name = path.name.lower()
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        return True
+    return name.endswith(".bin") and any(
+        name == f"{stem}.bin" or name.startswith(f"{stem}-") for stem in _PICKLE_BIN_STEMS
+    )
+
+
+def refuse_pickle_weights(folder: Path) -> None:
+    """Raise when ``folder`` holds weights in a pickle format: untrusted files are safetensors
+    only."""
+    for f in sorted(Path(folder).iterdir()):
+        if f.is_file() and _is_pickle_weights(f):
+            raise TrainingError(
+                f"{f}: pickle-format weights are refused (untrusted files are safetensors "
+                f"only); convert it to safetensors ({f.stem}.safetensors) and remove {f.name}"
+            )
 
 
 def _resolve_source(result_or_dir: TrainResult | Path | str) -> tuple[Path, TrainResult | None]:
@@ -119,6 +160,7 @@ def _model_card(
     vllm: list[str],
     out_dir: Path,
     sections: dict[str, str] | None,
+    terms: str,
 ) -> str:
     lib = "peft" if result is None or result.adapter_dir else "transformers"
     parts = [
@@ -149,11 +191,70 @@ def _model_card(
                 else "No system prompt of its own: the chat template's default applies."
             )
         )
+    parts.append(terms.strip())
     for title, body in (sections or {}).items():
         parts.append(f"## {title}\n\n{body.strip()}")
     serve = "\n".join([f"apidistill serve --model {shlex.quote(str(out_dir))}", *vllm])
     parts.append(f"## Serving\n\n```bash\n{serve}\n```")
     return "\n\n".join(parts) + "\n"
+
+
+def _find_dataset(src: Path, result: TrainResult | None) -> Path | None:
+    """The run layout's dataset next to the training folder (``<run>/train`` →
+    ``<run>/dataset``), when it is a dataset."""
+    from apidistill.data.shards import MANIFEST
+
+    train_dir = result.out_dir if result is not None else src.parent
+    candidate = Path(train_dir).parent / "dataset"
+    return candidate if (candidate / MANIFEST).is_file() else None
+
+
+def _terms_section(
+    src: Path,
+    result: TrainResult | None,
+    dataset: Path | str | None,
+    student_name: str,
+    intended_use: str | None,
+    policy_cfg: PolicyConfig | None,
+) -> str:
+    """The card's terms section, from the training data's recorded decisions."""
+    from apidistill.policy.engine import check_student_use
+    from apidistill.policy.obligations import render_obligations_md
+    from apidistill.policy.provenance import dataset_terms
+
+    folder = Path(dataset) if dataset is not None else _find_dataset(src, result)
+    if folder is None:
+        if intended_use is not None:
+            raise TrainingError(
+                f"cannot re-check the teachers' terms for use {intended_use!r}: no training "
+                f"dataset found next to {src}",
+                hint="pass dataset= (the folder the student was trained from)",
+            )
+        return render_obligations_md(
+            [],
+            notes=[
+                "No training dataset was found next to this student, so the terms its "
+                "teachers' outputs carry are not known here; export it with the dataset "
+                "(`dataset=`) to list them."
+            ],
+        )
+    terms = dataset_terms(folder)
+    decisions = list(terms.decisions)
+    if intended_use is not None:
+        for dec in check_student_use(terms.decisions, intended_use, policy_cfg=policy_cfg):
+            if all(dec.id != d.id for d in decisions):
+                decisions.append(dec)
+    teachers = ", ".join(f"{t} ({n})" for t, n in sorted(terms.teachers.items())) or "none"
+    notes = [
+        f"Read from the training dataset `{folder.resolve().name}`: {terms.records} records; "
+        f"teachers (records): {teachers}."
+    ]
+    if terms.undecided:
+        notes.append(
+            f"{terms.undecided} of {terms.records} records carry no terms decision (no "
+            "harvest provenance): the terms of their source were not checked by apidistill."
+        )
+    return render_obligations_md(decisions, student_name=student_name, notes=notes)
 
 
 def export_student(
@@ -163,16 +264,29 @@ def export_student(
     base_model: str,
     merge: bool = True,
     model_card_sections: dict[str, str] | None = None,
+    dataset: Path | str | None = None,
+    name: str | None = None,
+    intended_use: str | None = None,
+    policy_cfg: PolicyConfig | None = None,
 ) -> Path:
     """Write a servable student folder to ``out_dir`` and return it.
 
     ``result_or_dir`` is a :class:`TrainResult`, a training ``out_dir`` or an adapter /
-    model folder. ``model_card_sections`` (title → markdown) go into README.md verbatim:
-    the training data card, policy obligations (e.g. a required name prefix or
-    attribution), the evaluation summary.
+    model folder. The model card's terms section lists the decisions and obligations
+    recorded with the training data: ``dataset`` names its folder, by default the run
+    layout's ``<run>/dataset`` beside ``<run>/train``. ``intended_use`` (with the run's
+    ``policy_cfg`` for its references) re-checks those decisions for the student's use
+    first. ``name`` is the student's name in the card and the vLLM commands (default: the
+    folder name); a name lacking a required prefix (e.g. "Llama") is flagged in the card.
+    ``model_card_sections`` (title → markdown) go into README.md verbatim: the training
+    data card, the evaluation summary.
     """
     src, result = _resolve_source(result_or_dir)
+    refuse_pickle_weights(src)
     out_dir = Path(out_dir)
+    name = name or out_dir.resolve().name
+    # Decide the terms before writing anything: a refused use leaves no half-made export.
+    terms = _terms_section(src, result, dataset, name, intended_use, policy_cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     system_prompt = result.system_prompt if result is not None else None
     is_adapter = (src / "adapter_config.json").is_file()
@@ -188,10 +302,11 @@ def export_student(
             if f.is_file() and f.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model"}:
                 shutil.copy2(f, out_dir / f.name)
         _save_tokenizer(src, base_model, system_prompt, out_dir)
-    name = out_dir.resolve().name
     vllm = _vllm_lines(out_dir.resolve(), name, adapter_cfg, merged=merge or not is_adapter)
     script = "#!/bin/sh\n# Serve this student with vLLM (pick one line).\n" + "\n".join(vllm) + "\n"
     (out_dir / "serve_vllm.sh").write_text(script, encoding="utf-8")
-    card = _model_card(name, base_model, result, vllm, out_dir.resolve(), model_card_sections)
+    card = _model_card(
+        name, base_model, result, vllm, out_dir.resolve(), model_card_sections, terms
+    )
     (out_dir / "README.md").write_text(card, encoding="utf-8")
     return out_dir

@@ -247,9 +247,14 @@ def test_planted_near_duplicates_never_cross_splits() -> None:
         prompt = " ".join(rng.choice(words) for _ in range(25)) + f" case {i}"
         recs.append(rec(i, prompt=prompt, label="ab"[i % 2]))
     planted = []
-    for j in range(15):  # near-copies of 15 prompts (one word changed, spacing and case)
+    for j in range(15):  # near-copies of 15 prompts: one word changed, plus spacing and case
         src = recs[j * 7]
-        text = src.messages[0].content.replace("case", "Case", 1).upper() + " ."
+        tokens = src.messages[0].content.split(" ")
+        at = rng.randrange(25)
+        tokens[at] = rng.choice([w for w in words if w != tokens[at]])
+        text = "  ".join(tokens).upper()
+        before, after = src.messages[0].content.split(), text.lower().split()
+        assert sum(a != b for a, b in zip(before, after, strict=True)) == 1  # one word apart
         recs.append(rec(1000 + j, prompt=text, label=src.label))
         planted.append((src.id, f"r{1000 + j}"))
 

@@ -38,8 +38,10 @@ def quick_retry() -> RetryPolicy:
     return RetryPolicy(max_retries=8, timeout_s=10.0, initial_backoff_s=0.01, max_backoff_s=0.1)
 
 
-def openai_teacher(base_url: str, model: str = "fault-model", timeout_s: float = 10.0) -> Any:
+def openai_teacher(
+    base_url: str, model: str = "fault-model", timeout_s: float = 10.0, store: bool = False
+) -> Any:
     return make_teacher(
-        TeacherConfig(provider="openai_compatible", base_url=base_url, model=model),
+        TeacherConfig(provider="openai_compatible", base_url=base_url, model=model, store=store),
         timeout_s=timeout_s,
     )

@@ -1,6 +1,6 @@
 """A small harvest program for the crash and signal tests (run as a subprocess).
 
-usage: python harvest_script.py BASE_URL JOURNAL N CONCURRENCY sync|async SUMMARY_JSON
+usage: python harvest_script.py BASE_URL JOURNAL N CONCURRENCY sync|async SUMMARY_JSON [store]
 Exit codes: 0 finished, 130 interrupted (after a graceful drain).
 """
 
@@ -33,8 +33,11 @@ def prompts(n: int) -> list[TeacherRequest]:
 
 def main() -> int:
     base_url, journal, n, conc, mode, out = sys.argv[1:7]
+    store = sys.argv[7:8] == ["store"]  # OpenAI stored completions (teacher.store)
     teacher = make_teacher(
-        TeacherConfig(provider="openai_compatible", base_url=base_url, model="fault-model")
+        TeacherConfig(
+            provider="openai_compatible", base_url=base_url, model="fault-model", store=store
+        )
     )
     kw = {
         "teacher": teacher,

@@ -18,6 +18,7 @@ from harvest_script import PRICE, prompts
 
 from apidistill.harvest import JournalStore, check_integrity, harvest
 from apidistill.harvest.engine import claim_ahead_for
+from apidistill.harvest.retry import RetryPolicy
 from apidistill.testing.fault_server import request_digest
 
 SCRIPT = Path(__file__).with_name("harvest_script.py")
@@ -30,11 +31,11 @@ def _digest(req) -> str:
     )
 
 
-def _start(srv, journal: Path, mode: str, out: Path) -> subprocess.Popen[str]:
+def _start(srv, journal: Path, mode: str, out: Path, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen(
         [sys.executable, str(SCRIPT), srv.base_url, str(journal), str(N), str(CONCURRENCY),
-         mode, str(out)],
+         mode, str(out), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=_default_sigint,
     )  # fmt: skip
@@ -64,11 +65,13 @@ def _wait_for_done(journal: Path, proc: subprocess.Popen[str], at_least: int) ->
     raise AssertionError("the harvest made no progress")
 
 
-async def _resume(srv, journal: Path):
-    teacher = openai_teacher(srv.base_url)
+async def _resume(srv, journal: Path, *, store: bool = False):
+    teacher = openai_teacher(srv.base_url, store=store)
+    # store: a lost answer is looked up until its send's timeout has passed (3 s here)
+    extra = {"retry_policy": RetryPolicy(timeout_s=3.0)} if store else {}
     try:
         return await harvest(prompts(N), teacher=teacher, journal=journal, concurrency=CONCURRENCY,
-                             progress=False, price=PRICE)  # fmt: skip
+                             progress=False, price=PRICE, **extra)  # fmt: skip
     finally:
         await teacher.aclose()
 
@@ -111,6 +114,44 @@ async def test_kill_9_mid_run_then_resume_pays_at_most_the_in_flight_again(fault
     assert max(billed.values()) <= 2 and min(billed.values()) == 1
     assert paid_twice <= in_flight  # duplicates only among what was journaled 'sent' ...
     assert len(paid_twice) <= CONCURRENCY  # ... and never more than the slots in flight
+
+
+async def test_kill_9_with_stored_completions_recovers_instead_of_paying_twice(fault, tmp_path):
+    """HARVEST-NOTES, "never pay twice": with OpenAI ``store: true`` the resume looks up each
+    outcome-unknown request by its metadata key and takes the stored answer: 0 re-sent of
+    what reached the provider; only requests that never left (journaled 'sent' while they
+    waited for a slot) are sent, once."""
+    srv = fault(latency_ms=150)
+    journal, out = tmp_path / "j.sqlite", tmp_path / "summary.json"
+    proc = _start(srv, journal, "sync", out, "store")
+    _wait_for_done(journal, proc, 80)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    received = set(srv.stats()["digests"])  # what reached the provider before the kill
+
+    summary = await _resume(srv, journal, store=True)
+    by_id = {r.prompt_id: r for r in prompts(N)}
+    store = JournalStore(journal, readonly=True)
+    try:
+        rows = list(store.rows())
+    finally:
+        store.close()
+    crashed = {r.prompt_id for r in rows if r.unknown_sends}  # left 'sent' by the kill
+    reached = {p for p in crashed if _digest(by_id[p]) in received}
+    assert summary.crashed_found == len(crashed) > 0 and reached
+    assert len(reached) <= CONCURRENCY
+    assert summary.recovered == len(reached)  # every request the provider got: recovered
+    assert summary.resent == len(crashed) - len(reached)  # the rest never left: sent once
+    assert any("stored completions" in line for line in summary.lines())
+    stats = srv.stats()
+    assert stats["lookups"] >= len(crashed)
+    billed = {p: stats["digests"][_digest(r)]["billed"] for p, r in by_id.items()}
+    assert set(billed.values()) == {1}  # zero duplicates: nothing paid twice
+    ids = _output_prompt_ids(journal)
+    assert set(ids) == set(by_id) and set(ids.values()) == {1}
+    # the recovered answers' worst cases are no longer at risk; their real cost is spent
+    assert {r.prompt_id for r in rows if r.at_risk_usd > 0} == crashed - reached
+    assert all(r.cost_usd is not None and r.cost_usd > 0 for r in rows)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

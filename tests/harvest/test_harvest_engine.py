@@ -10,7 +10,7 @@ import pytest
 from harvest_fakes import FakeTeacher, fail_times, requests
 
 from apidistill.costs.budget import Budget
-from apidistill.costs.prices import ModelPrice
+from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.errors import (
     BudgetExceeded,
     ConfigError,
@@ -20,7 +20,7 @@ from apidistill.errors import (
     TeacherTimeout,
 )
 from apidistill.harvest import JournalStore, harvest, harvest_sync
-from apidistill.harvest.engine import claim_ahead_for
+from apidistill.harvest.engine import claim_ahead_for, upper_bound_input_tokens
 from apidistill.harvest.retry import RetryPolicy
 
 FAST = RetryPolicy(max_retries=4, timeout_s=5, initial_backoff_s=0.001, max_backoff_s=0.005)
@@ -114,22 +114,28 @@ async def test_timeouts_are_maybe_billed_and_money_stays_at_risk(tmp_path):
 
 async def test_budget_stop_is_graceful_and_resume_pays_nothing_twice(tmp_path):
     j = tmp_path / "j.sqlite"
-    reqs = requests(40)
+    reqs = requests(80)
     t = FakeTeacher(latency_s=0.005)
-    # worst case per request ~ (bytes bound 40 in + 16 out) tokens; room for ~10
+    # worst case per request ~ $0.0002 (bytes bound in + 16 out), actual ~ $0.00005: room for
+    # ~12 worst cases at once but ~45 answers; requests wait for in-flight ones to settle
     small = Budget(Decimal("0.0025"))
+    worst = max(worst_case_cost(PRICE, upper_bound_input_tokens(r), r.params.max_tokens)
+                for r in reqs)  # fmt: skip
     stream = run(reqs, t, j, budget=small, price=PRICE, concurrency=4)
     with pytest.raises(BudgetExceeded, match="budget"):
         await collect(stream)
     first = stream.summary
-    assert first.stopped_by == "budget" and 0 < first.done < 40
+    assert first.stopped_by == "budget" and 0 < first.done < 80
     assert small.spent + small.at_risk <= small.limit and small.reserved == 0
+    # stopped only once the budget was really used: the next worst case no longer fit
+    assert small.limit - small.spent - small.at_risk < worst
+    assert first.done > 12  # more than the worst cases that fit at once
     store = JournalStore(j, readonly=True)
     assert store.count("sent") == 0 and store.count("unknown") == 0  # drained, journaled
 
     big = Budget(Decimal("1"))
     summary = await run(reqs, t, j, budget=big, price=PRICE, concurrency=4)
-    assert summary.done + summary.cached == 40 and summary.cached == first.done
+    assert summary.done + summary.cached == 80 and summary.cached == first.done
     assert max(t.calls.values()) == 1  # nobody was paid twice
     assert summary.resent == 0
     assert big.spent == summary.total_spent_usd

@@ -13,24 +13,39 @@ what the client knows. The guarantees, checked from both sides:
 - no request gets more attempts than the retry policy allows, and a 429's Retry-After is
   waited out before that request arrives again;
 - a re-run of the same journal re-sends nothing that was answered.
+
+Stream faults (slow SSE, duplicated and reordered chunks) are a separate test: the harvest
+never asks for a stream (SSE chunks carry no sequence numbers, so a duplicated or reordered
+chunk could not be detected; a whole JSON body is validated instead), so with every stream
+fault at rate 1.0 each request is answered once, cleanly, and billed once.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from rel_helpers import FAULT_MODEL, digest_of, make_requests
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
+from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import JournalStore, RetryPolicy, harvest
 from apidistill.teachers.openai import OpenAITeacher
-from apidistill.testing.fault_server import BILLED_FAULTS, BODY_FAULTS, HTTP_FAULTS
+from apidistill.testing import provider_payloads as pp
+from apidistill.testing.fault_server import (
+    BILLED_FAULTS,
+    BODY_FAULTS,
+    HTTP_FAULTS,
+    STREAM_FAULTS,
+    request_digest,
+)
 
 MAX_RETRIES = 3
 RETRY_AFTER_MS = 30
@@ -185,3 +200,94 @@ async def test_thousand_requests_at_30_percent_faults(
 async def test_five_thousand_requests_at_30_percent_faults(fault, tmp_path: Path) -> None:
     info = await _check_fault_run(fault, tmp_path, 5000, seed=23)
     print(info)
+
+
+# --------------------------------------------------------------------------- stream faults
+
+STREAM_N = 200
+TOP_K = 5
+
+
+async def _streamed_text(srv: Any, body: dict[str, Any]) -> str:
+    """What a client that asked for a stream would assemble from the SSE chunks."""
+    out = []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{srv.base_url}/chat/completions", json={**body, "stream": True}) as resp,
+    ):
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:]).get("choices", []):
+                    out.append(choice["delta"].get("content") or "")
+    return "".join(out)
+
+
+@pytest.mark.parametrize("transport", ["httpx2", "aiohttp"])
+async def test_stream_faults_cannot_reach_the_harvest(
+    fault, tmp_path: Path, transport: str
+) -> None:
+    """Every request drawn faulty, every fault a stream fault: the harvest is untouched."""
+    srv = fault(
+        latency_ms=1,
+        fault_rate=1.0,
+        seed=17,
+        stream_delay_ms=20,
+        faults=dict.fromkeys(STREAM_FAULTS, 1.0),
+    )
+    params = GenerationParams(max_tokens=16, logprobs=True, top_logprobs=TOP_K)
+    requests = [
+        TeacherRequest(
+            messages=[Message(role="user", content=f"stream {transport} ticket {i}: refund?")],
+            params=params,
+            prompt_id=f"q{i}",
+        )
+        for i in range(STREAM_N)
+    ]
+    results, summary = await _harvest(
+        srv, requests, tmp_path / "journal.sqlite", Budget(100), transport
+    )
+    stats = srv.stats()
+
+    probe = OpenAITeacher(FAULT_MODEL, base_url=srv.base_url)
+    bodies = {r.cache_key(probe.teacher_id, probe.model): probe.build(r)[1] for r in requests}
+    await probe.aclose()
+    assert not any(b.get("stream") for b in bodies.values())  # what the harvest sends
+
+    # every request done, from this run, with exactly the server's clean answer
+    assert len(results) == STREAM_N and {r.key for r in results} == set(bodies)
+    assert summary.done == STREAM_N and summary.failed_total == 0
+    assert summary.sends == STREAM_N and summary.resent == 0
+    for r in results:
+        assert r.ok and not r.from_cache, (r.reason, r.error)
+        clean = pp.openai_chat_completion(bodies[r.key])["choices"][0]
+        c = r.completion
+        assert c.text == clean["message"]["content"], (c.text, clean["message"]["content"])
+        assert c.finish_reason == clean["finish_reason"]
+        entries = clean["logprobs"]["content"]
+        assert [t.token for t in c.logprobs] == [e["token"] for e in entries]
+        assert [t.logprob for t in c.logprobs] == [e["logprob"] for e in entries]
+        for got, want in zip(c.logprobs, entries, strict=True):
+            assert [t.token for t in got.top] == [a["token"] for a in want["top_logprobs"]]
+    # server side: one arrival per request, delivered clean, billed once
+    assert stats["received"] == stats["answered"] == stats["billed"] == STREAM_N
+    for body in bodies.values():
+        counter = stats["digests"][request_digest(body)]
+        assert counter["outcomes"] == ["ok"], counter["outcomes"]
+        assert counter["received"] == counter["answered"] == counter["billed"] == 1
+
+    # control: the same server, same settings, does corrupt a client that asks for a stream
+    srv.reset()
+    garbled = 0
+    for i in range(12):
+        body = {
+            "model": FAULT_MODEL,
+            "messages": [{"role": "user", "content": f"control {i}: where is it?"}],
+            "max_tokens": 8,
+        }
+        clean = pp.openai_chat_completion(body)["choices"][0]["message"]["content"]
+        garbled += await _streamed_text(srv, body) != clean
+    outcomes = Counter(o for c in srv.stats()["digests"].values() for o in c["outcomes"])
+    assert set(outcomes) <= set(STREAM_FAULTS) and sum(outcomes.values()) == 12, outcomes
+    assert len(outcomes) >= 2 and garbled > 0, (outcomes, garbled)

@@ -5,12 +5,17 @@ file, here one whose name does not say KEY, so name-based redaction cannot help)
 policy → estimate → harvest (through 20% faults) → dataset; a second run meets a server that
 answers 401 and echoes the key it was sent, as some providers do. Then every byte of both run
 folders, the captured stdout/stderr and the full traceback of a raised error are searched.
+A third run goes through every stage (harvest → dataset → train → export → eval → report)
+against a real ``apidistill serve`` teacher that demands the key, scaled down like the demo
+test (``tests/examples/test_demo_rerun.py``), and every file it wrote is searched too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import shutil
 import threading
 import traceback
 from collections.abc import Iterator
@@ -18,9 +23,9 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from rel_helpers import cli_env, run_cli, write_run
+from rel_helpers import REPO, cli_env, run_cli, write_run
 
-from apidistill.data.schema import Message, TeacherRequest
+from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import TeacherRejected
 from apidistill.teachers.openai import OpenAITeacher
 
@@ -141,4 +146,120 @@ async def test_401_exception_and_its_traceback_hold_no_key(echo_401, key: str) -
     assert exc.status == 401 and "Incorrect API key" in str(exc)
     shown = [str(exc), repr(exc), "".join(traceback.format_exception(exc)), repr(teacher)]
     for text in shown:  # the traceback prints the SDK error kept as __cause__ too
+        assert not any(n.decode() in text for n in _needles(key)), text[-1500:]
+
+
+# --------------------------------------------------------------------------- every stage
+
+DEMO = REPO / "examples" / "demo"
+TICKETS = 4
+TEACHER = "smollm2-135m-instruct"
+
+# The demo's run file (examples/demo/migrate.yaml), scaled down like
+# tests/examples/test_demo_rerun.py, with the teacher reached by URL and key instead of the
+# pipeline starting it: the key travels only in the env var the run file names.
+_FULL_RUN = """\
+name: full
+run_dir: runs/{{name}}
+teacher:
+  provider: openai_compatible
+  profile: apidistill
+  model: {teacher}
+  tokenizer: {teacher}
+  base_url: {base_url}
+  api_key_env: {key_env}
+  price: {{input_per_mtok: 0, output_per_mtok: 0}}
+prompts:
+  path: tickets.jsonl
+  input_field: text
+  id_field: id
+  label_field: label
+  gold_field: gold
+  template: prototype_prompt.yaml
+policy: {{use: internal}}
+budget: {{usd: 1.00}}
+harvest: {{concurrency: 4, max_tokens: 24, temperature: 0.0, logprobs: true, top_logprobs: 20}}
+dataset:
+  dedupe: exact
+  splits: {{train: 0.5, validation: 0.0, test: 0.5, seed: 0, stratify_by: null}}
+student:
+  model: {teacher}
+  system_prompt: "Extract the order number and product from the support ticket."
+training:
+  method: logprob_kd
+  lora: {{r: 4, alpha: 8, dropout: 0.0, target_modules: all-linear}}
+  kd: {{loss: forward_kl, temperature: 1.0, alpha: 0.5, top_k: 20}}
+  max_steps: 2
+  save_steps: 1
+  batch_size: 2
+eval:
+  split: test
+  scorer: fields
+  fields: [order_id, product]
+  max_tokens: 24
+  bootstrap_samples: 100
+"""
+
+
+def _write_full_run(folder: Path, base_url: str) -> Path:
+    folder.mkdir(parents=True)
+    lines = (DEMO / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
+    (folder / "tickets.jsonl").write_text("\n".join(lines[:TICKETS]) + "\n", encoding="utf-8")
+    shutil.copy(DEMO / "prototype_prompt.yaml", folder / "prototype_prompt.yaml")
+    text = _FULL_RUN.format(teacher=TEACHER, base_url=base_url, key_env=KEY_ENV)
+    (folder / "run.yaml").write_text(text, encoding="utf-8")
+    return folder / "run.yaml"
+
+
+@pytest.mark.slow
+async def test_every_artifact_of_a_full_run_is_free_of_the_key(tmp_path: Path, key: str) -> None:
+    """policy → estimate → harvest → dataset → train (checkpoints) → export (model card) →
+    eval → report, through the CLI, the teacher a real ``apidistill serve`` that refuses any
+    other key; then every file under the folder, the CLI's output, the teacher's log and the
+    error of a request the teacher refuses (400) are searched for the key."""
+    from apidistill.serve.launcher import launch_server
+
+    with launch_server(TEACHER, api_key=key, served_model_name=TEACHER) as teacher:
+        run = _write_full_run(tmp_path / "full", teacher.base_url)
+        done = await asyncio.to_thread(
+            run_cli, "run", str(run), "--no-progress", env=cli_env(**{KEY_ENV: key}), timeout=600
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        # a request the teacher refuses: its exception (and cause) must not carry the key
+        client = OpenAITeacher(TEACHER, base_url=teacher.base_url, api_key=key)
+        huge = TeacherRequest(
+            messages=[Message(role="user", content="hi")],
+            params=GenerationParams(max_tokens=10**6),
+        )
+        try:
+            with pytest.raises(TeacherRejected) as err:
+                await client.complete(huge)
+        finally:
+            await client.aclose()
+        server_log = teacher.stderr_tail()
+
+    root = tmp_path / "full" / "runs" / "full"
+    summary = json.loads((root / "harvest_summary.json").read_text())
+    assert summary["done"] == TICKETS and summary["failed"] == {}, summary  # the key was used
+    # every stage really wrote its part
+    assert (root / "journal.sqlite").is_file() and any((root / "dataset").rglob("*.parquet"))
+    checkpoints = sorted((root / "train").rglob("checkpoint-*"))
+    assert checkpoints and any(p.suffix == ".json" for c in checkpoints for p in c.iterdir())
+    assert (root / "student" / "README.md").is_file()  # the model card
+    assert (root / "report" / "report.html").is_file()
+    assert any((root / "report").glob("*.json")) and any((root / "eval").rglob("*"))
+    assert (root / "summary.json").is_file()
+
+    assert _scan(tmp_path / "full", key) == []
+    exc = err.value
+    assert exc.status == 400, exc
+    shown = [
+        done.stdout,
+        done.stderr,
+        server_log,
+        str(exc),
+        repr(exc),
+        "".join(traceback.format_exception(exc)),
+    ]
+    for text in shown:
         assert not any(n.decode() in text for n in _needles(key)), text[-1500:]

@@ -7,20 +7,24 @@
   run writes is inside its run folder.
 - A dataset folder from elsewhere (a crafted ``manifest.json``) cannot make apidistill read,
   write or delete a file outside that folder.
+- Model weights load from safetensors only: every ``from_pretrained`` of weights in the
+  package says ``use_safetensors=True`` (or loads a GGUF file, which is not pickle), and a
+  model or adapter folder whose weights are pickle files is refused by name, unread.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
-from rel_helpers import REPO
+from rel_helpers import REPO, run_cli, save_tiny_llama
 
 from apidistill.config import parse_config
 from apidistill.data.store import DatasetWriter, load_records, save_records
-from apidistill.errors import ConfigError, DataError
+from apidistill.errors import ConfigError, DataError, ModelLoadError
 from apidistill.pipeline.layout import RunLayout
 
 PACKAGE = REPO / "apidistill"
@@ -202,3 +206,129 @@ def test_crafted_manifest_cannot_reach_outside(tmp_path: Path, changes: dict) ->
     with pytest.raises(DataError):
         save_records([], folder, overwrite=True)
     assert victim.read_text() == "must survive"
+
+
+# --------------------------------------------------------------------------- model weights
+
+# Classes whose from_pretrained reads no weights (tokenizer files, JSON configs).
+_NO_WEIGHTS = ("Tokenizer", "Config", "Processor", "FeatureExtractor")
+_ADAPTER_GUARD = "require_safetensors_adapter"
+
+
+def _enclosing_function(tree: ast.Module, node: ast.AST) -> ast.AST | None:
+    around = [
+        fn
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef)
+        and fn.lineno <= node.lineno <= (fn.end_lineno or fn.lineno)
+    ]
+    return max(around, key=lambda fn: fn.lineno, default=None)  # the innermost
+
+
+def _weight_load_verdict(path: Path, node: ast.Call, func: str) -> str | None:
+    """Why a ``*.from_pretrained(...)`` call is safe, or None when it is not shown to be."""
+    owner = func.rsplit(".", 1)[0]
+    if any(word in owner for word in _NO_WEIGHTS):
+        return "no weights"
+    gguf = _kw(node, "gguf_file")
+    if gguf is not None and not (isinstance(gguf, ast.Constant) and gguf.value is None):
+        return "gguf"
+    flag = _kw(node, "use_safetensors")
+    if isinstance(flag, ast.Constant) and flag.value is True:
+        return "safetensors"
+    if owner.endswith("PeftModel"):  # peft has no use_safetensors: the caller checks first
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        fn = _enclosing_function(tree, node)
+        guarded = fn is not None and any(
+            isinstance(c, ast.Call)
+            and ast.unparse(c.func).split(".")[-1] == _ADAPTER_GUARD
+            and c.lineno < node.lineno
+            for c in ast.walk(fn)
+        )
+        return "adapter checked" if guarded else None
+    return None
+
+
+def test_every_weight_load_is_safetensors_only() -> None:
+    loads = [(p, n, f) for p, n, f in CALLS if f.split(".")[-1] == "from_pretrained"]
+    verdicts = {_where(p, n): _weight_load_verdict(p, n, f) for p, n, f in loads}
+    assert [w for w, v in verdicts.items() if v is None] == []
+    # the scan really sees the model loads of apidistill.models (not a vacuous pass)
+    seen = {v for w, v in verdicts.items() if w.startswith("apidistill/models.py")}
+    assert {"safetensors", "gguf", "no weights", "adapter checked"} <= seen, verdicts
+    # `load = AutoModel.from_pretrained; load(...)` would dodge the call check
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "from_pretrained":
+                line = f"{path.relative_to(REPO)}:{node.lineno}"
+                assert line in verdicts, f"{line}: from_pretrained used but not called"
+
+
+def _pickle_only_model(folder: Path) -> Path:
+    """A tiny random-init Llama whose weights are ``pytorch_model.bin`` only: what
+    ``save_pretrained(safe_serialization=False)`` wrote before transformers 5 dropped it."""
+    import torch
+    from safetensors.torch import load_file
+
+    save_tiny_llama(folder, hidden=16, layers=1)
+    safe = folder / "model.safetensors"
+    torch.save(load_file(safe), folder / "pytorch_model.bin")
+    safe.unlink()
+    return folder
+
+
+def test_pickle_only_model_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
+    import torch
+
+    from apidistill.models import load_model
+
+    good = save_tiny_llama(tmp_path / "safe", hidden=16, layers=1)
+    assert load_model(str(good)) is not None  # the same model as safetensors loads
+    folder = _pickle_only_model(tmp_path / "bin_only")
+
+    def unpickled(*args, **kwargs):
+        raise AssertionError(f"torch.load called on an untrusted file: {args[:1]}")
+
+    monkeypatch.setattr(torch, "load", unpickled)
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(folder))
+    msg = err.value.message
+    assert "\n" not in msg, msg
+    assert str(folder) in msg and "pytorch_model.bin" in msg, msg
+    assert "convert" in msg and "safetensors" in msg, msg
+    monkeypatch.undo()
+
+    # through the CLI: exit 2, the message, no traceback, nothing served
+    try:
+        done = run_cli("serve", "--model", str(folder), "--port", "0", timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("apidistill serve started on a folder of pickle weights")
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr + done.stdout, done.stderr[-2000:]
+    first = done.stderr.strip().splitlines()[0]
+    assert first.startswith("error:") and str(folder) in first and "safetensors" in first
+    assert "ready on" not in done.stdout
+
+
+def test_pickle_only_adapter_is_refused(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from apidistill.models import load_model, peft_quiet
+
+    base = save_tiny_llama(tmp_path / "base", hidden=16, layers=1)
+    good, bad = tmp_path / "adapter_safe", tmp_path / "adapter_bin"
+    with peft_quiet():
+        lora = get_peft_model(
+            AutoModelForCausalLM.from_pretrained(base, use_safetensors=True),
+            LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
+        )
+        lora.save_pretrained(good)
+        lora.save_pretrained(bad, safe_serialization=False)
+    assert (bad / "adapter_model.bin").is_file()
+    assert not (bad / "adapter_model.safetensors").exists()
+    assert load_model(str(base), adapter=str(good)) is not None
+    with pytest.raises(ModelLoadError) as err:
+        load_model(str(base), adapter=str(bad))
+    msg = err.value.message
+    assert str(bad) in msg and "adapter_model.bin" in msg and "safetensors" in msg, msg

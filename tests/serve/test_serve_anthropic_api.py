@@ -96,6 +96,36 @@ async def test_async_stream_matches_and_emits_every_event_type(smol_server):
     assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
 
 
+def test_sync_stream_matches_the_greedy_message_and_reports_usage(client):
+    kw = dict(model=MODEL, max_tokens=10, messages=ASK, extra_body=GREEDY)
+    full = client.messages.create(**kw)
+    assert full.content[0].text and full.usage.output_tokens == 10
+    # The SDK's stream helper (sync client).
+    with client.messages.stream(**kw) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert len(pieces) > 1  # really streamed, not one block at the end
+    assert "".join(pieces) == full.content[0].text == final.content[0].text
+    assert final.usage is not None
+    assert final.usage.input_tokens == full.usage.input_tokens > 0
+    assert final.usage.output_tokens == full.usage.output_tokens
+    assert final.stop_reason == full.stop_reason == "max_tokens"
+    # create(stream=True): the raw event iterator of the sync client.
+    events = list(client.messages.create(**kw, stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
+    text = "".join(
+        e.delta.text
+        for e in events
+        if e.type == "content_block_delta" and e.delta.type == "text_delta"
+    )
+    assert text == full.content[0].text
+    assert events[0].message.usage.input_tokens == full.usage.input_tokens
+    (delta,) = [e for e in events if e.type == "message_delta"]
+    assert delta.usage.output_tokens == full.usage.output_tokens
+    assert delta.delta.stop_reason == "max_tokens"
+
+
 def test_models_list_in_anthropic_shape(client):
     page = client.models.list()
     assert [m.id for m in page.data] == [MODEL] and page.data[0].type == "model"
