@@ -187,7 +187,10 @@ def prepare_apidistill(
             resend_unknown=resend_unknown,
             **extra,
         )
-        return {"ok": summary.done + summary.cached + summary.recovered, "report": summary.as_dict()}
+        return {
+            "ok": summary.done + summary.cached + summary.recovered,
+            "report": summary.as_dict(),
+        }
 
     return run
 
