@@ -9,6 +9,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from apidistill.cli_options import skip_invalid_option
+
 
 def estimate(
     config: Path = typer.Argument(..., help="YAML run file."),
@@ -22,13 +24,7 @@ def estimate(
         None, "--latency", help="Seconds per request, to bound time by concurrency."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
-    skip_invalid: bool | None = typer.Option(
-        None,
-        "--skip-invalid/--no-skip-invalid",
-        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
-        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
-        show_default=False,
-    ),
+    skip_invalid: bool | None = skip_invalid_option(),
 ) -> None:
     from apidistill.config import load_config
     from apidistill.costs.estimate import estimate as make_estimate

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from apidistill.cli_options import skip_invalid_option
 from apidistill.config import load_config
 
 
@@ -17,13 +18,7 @@ def harvest(
     ),
     max_requests: int | None = typer.Option(None, help="Stop after sending this many requests."),
     progress: bool = typer.Option(True, help="Show progress bars."),
-    skip_invalid: bool | None = typer.Option(
-        None,
-        "--skip-invalid/--no-skip-invalid",
-        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
-        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
-        show_default=False,
-    ),
+    skip_invalid: bool | None = skip_invalid_option(),
 ) -> None:
     """Check the teacher's terms, then send every request not already answered in the run's
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""

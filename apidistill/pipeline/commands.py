@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from apidistill.cli_options import skip_invalid_option
 from apidistill.config import load_config
 from apidistill.errors import ConfigError
 
@@ -28,13 +29,7 @@ def run(
         None, help=f"Last stage to run: one of {', '.join(STAGES)}."
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
-    skip_invalid: bool | None = typer.Option(
-        None,
-        "--skip-invalid/--no-skip-invalid",
-        help="Skip invalid prompt rows and report how many; --no-skip-invalid stops at the "
-        "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
-        show_default=False,
-    ),
+    skip_invalid: bool | None = skip_invalid_option(),
 ) -> None:
     from apidistill.pipeline.run import run_pipeline
 

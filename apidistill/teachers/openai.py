@@ -324,22 +324,28 @@ class OpenAITeacher:
         if not page.data:
             return None
         data = page.data[0].model_dump(mode="json", exclude_unset=True)
-        completion, lp = parse_openai_body(
+        completion, lp = self._parse(data, request, (time.perf_counter() - started) * 1000.0)
+        if request.params.logprobs and completion.logprobs is None:
+            return None  # stored without the logprobs this request needs: send it again
+        return TeacherResponse(completion=completion, logprobs_missing_reason=lp.missing_reason)
+
+    def _parse(
+        self, data: Any, request: TeacherRequest, latency_ms: float
+    ) -> tuple[Completion, NormalizedLogprobs]:
+        """A chat/text completion object (sent now, or stored earlier) for ``request``."""
+        return parse_openai_body(
             data,
-            chat=True,
+            chat=request.messages is not None,
             logprobs_requested=request.params.logprobs,
             top_k=request.params.top_logprobs,
             provider=self.provider,
             model=self.model,
             quirks=self.capabilities.quirks,
             vocab=self._vocab,
-            request_hash=key,
-            latency_ms=(time.perf_counter() - started) * 1000.0,
+            request_hash=request.cache_key(self.teacher_id, self.model),
+            latency_ms=latency_ms,
             price=self._price,
         )
-        if request.params.logprobs and completion.logprobs is None:
-            return None  # stored without the logprobs this request needs: send it again
-        return TeacherResponse(completion=completion, logprobs_missing_reason=lp.missing_reason)
 
     async def complete(self, request: TeacherRequest) -> TeacherResponse:
         path, body = self.build(request)
@@ -362,19 +368,7 @@ class OpenAITeacher:
             data = json.loads(content)
         except (ValueError, UnicodeDecodeError) as exc:
             raise malformed_body(self.provider, f"not JSON ({exc})") from exc
-        completion, lp = parse_openai_body(
-            data,
-            chat=request.messages is not None,
-            logprobs_requested=request.params.logprobs,
-            top_k=request.params.top_logprobs,
-            provider=self.provider,
-            model=self.model,
-            quirks=self.capabilities.quirks,
-            vocab=self._vocab,
-            request_hash=request.cache_key(self.teacher_id, self.model),
-            latency_ms=latency_ms,
-            price=self._price,
-        )
+        completion, lp = self._parse(data, request, latency_ms)
         return TeacherResponse(
             completion=completion,
             rate_limits=openai_rate_limits(raw.headers),
