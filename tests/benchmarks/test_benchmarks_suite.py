@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from apidistill.harvest.engine import claim_ahead_for
+
 ROOT = Path(__file__).resolve().parents[2]
 ENVELOPE = {"benchmark", "mode", "date", "machine", "versions", "seeds"}
 
@@ -78,16 +80,24 @@ def test_peers_harvest_runs_own_arms_and_reports_missing_peers(tmp_path: Path) -
 def test_resume_cost_counts_duplicates_from_the_server(tmp_path: Path) -> None:
     _run(
         ["benchmarks.resume_cost", "--quick", "--n", "160", "--arms", "apidistill",
-         "apidistill_sigterm", "curator"],
+         "apidistill_sigterm", "apidistill_store", "curator"],
         tmp_path,
     )  # fmt: skip
     doc = _load(tmp_path, "resume_cost")
-    kill9 = doc["runs"][0] if doc["runs"][0]["arm"] == "apidistill" else doc["runs"][1]
+    runs = {r["arm"]: r for r in doc["runs"]}
+    kill9 = runs["apidistill"]
     own = kill9["own_report"]
-    # kill -9: apidistill re-sends each outcome-unknown request at most once, and knows it.
-    assert kill9["duplicate_requests"] <= own["resent_that_may_have_been_billed"] <= 64
+    # kill -9: apidistill re-sends each outcome-unknown request at most once, and knows it;
+    # the unknown ones are the 64 in flight plus at most claim_ahead that never left
+    assert kill9["duplicate_requests"] <= 64
+    assert kill9["duplicate_requests"] <= own["resent_that_may_have_been_billed"]
+    assert own["resent_that_may_have_been_billed"] <= 64 + claim_ahead_for(64)
     assert own["outcome_unknown_found"] == own["resent_that_may_have_been_billed"]
     assert kill9["results_after_resume"] == 160 and kill9["never_sent"] == 0
+    # with stored completions: what reached the server is recovered, nothing is paid twice
+    stored = runs["apidistill_store"]
+    assert stored["duplicate_requests"] == 0 and stored["results_after_resume"] == 160
+    assert stored["own_report"]["recovered_from_store"] > 0
     graceful = doc["arms"]["apidistill_sigterm"]
     assert graceful["duplicate_requests"]["max"] == 0  # a drained stop re-sends nothing
     assert "peers venv missing" in doc["arms"]["curator"]["not_run"]
