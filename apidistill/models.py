@@ -38,6 +38,7 @@ __all__ = [
     "cache_dir",
     "load_model",
     "load_tokenizer",
+    "pickle_weight_files",
     "require_safetensors_adapter",
     "resolve_model",
 ]
@@ -122,7 +123,10 @@ def _quiet_transformers() -> None:
     warnings.filterwarnings("ignore", message=".*gguf.*", category=UserWarning)
 
 
-_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+# Weight formats that are Python pickles (loading one can run arbitrary code). The Trainer's
+# own training_args.bin is a pickle of its settings, not weights, and nothing here loads it.
+_PICKLE_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
+_NOT_WEIGHTS = frozenset({"training_args.bin"})
 _CONVERT_HINT = (
     "load it once where you trust its source and save it again with transformers' "
     "save_pretrained (it writes model.safetensors), or use the Hugging Face 'Convert to "
@@ -130,13 +134,21 @@ _CONVERT_HINT = (
 )
 
 
+def pickle_weight_files(folder: str | Path) -> list[str]:
+    """Names of the files in ``folder`` that hold weights in a pickle format, sorted."""
+    return sorted(
+        p.name
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.suffix.lower() in _PICKLE_SUFFIXES and p.name not in _NOT_WEIGHTS
+    )
+
+
 def _refuse_pickle_weights(folder: Path, expected: str) -> None:
     """Raise :class:`ModelLoadError` when ``folder`` lacks ``expected`` (a safetensors name or
     glob) but holds pickle weight files: they would run code when loaded."""
     if any(folder.glob(expected)):
         return
-    pickled = sorted({p.name for pattern in _PICKLE_WEIGHTS for p in folder.glob(pattern)})
-    pickled = [n for n in pickled if n != "training_args.bin"]  # trainer settings, not weights
+    pickled = pickle_weight_files(folder)
     if pickled:
         shown = ", ".join(pickled[:3]) + (", ..." if len(pickled) > 3 else "")
         raise ModelLoadError(

@@ -234,15 +234,20 @@ class Budget:
                 self._at_risk += worst
             return worst
 
-    def resolve_at_risk(self, amount: Decimal | None) -> None:
-        """An at-risk send's answer was found (and its cost settled): its worst case stops
-        being charged. Takes from this run's at-risk money first, then earlier runs'."""
-        if amount is None or amount <= 0:
-            return
+    def settle_at_risk(self, actual: Decimal | None, released: Decimal) -> None:
+        """An at-risk send's answer was found after all (e.g. the provider's stored copy):
+        charge ``actual`` instead of the ``released`` worst case it was held at. The worst
+        case comes off this run's at-risk money first, then earlier runs'."""
         with self._lock:
-            here = min(self._at_risk, amount)
+            self.requests_settled += 1
+            here = min(self._at_risk, released)
             self._at_risk -= here
-            self._history_at_risk -= min(self._history_at_risk, amount - here)
+            self._history_at_risk -= min(self._history_at_risk, released - here)
+            if actual is None:
+                return
+            self._spent += actual
+            self._roll_day()
+            self._day_committed += actual
 
     def __repr__(self) -> str:
         return (

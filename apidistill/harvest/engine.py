@@ -157,7 +157,6 @@ class Engine:
         self._inflight: dict[str, list[TeacherRequest]] = {}
         self._started = 0
         self._emit: Callable[[HarvestResult], Awaitable[None]] | None = None
-        self._budget_moves = 0  # settles and releases so far (waiters compare it)
         self._budget_waiters: list[asyncio.Future[None]] = []
         stop.on_stop(self._budget_moved)  # a stop wakes requests waiting for budget
         self._slots = asyncio.Semaphore(concurrency)
@@ -377,23 +376,21 @@ class Engine:
         if self.budget is None:
             return True
         while True:
-            seen = self._budget_moves
             try:
                 self.budget.reserve(key, worst)
+                return True
             except BudgetExceeded as exc:
                 if self.budget.reserved <= 0 or self.stop.is_set():
                     self.stop.request("budget", exc.message)
                     return False
-                if self._budget_moves == seen:
-                    waiter = asyncio.get_running_loop().create_future()
-                    self._budget_waiters.append(waiter)
-                    await waiter
-                continue
-            return True
+            # Budget only moves on this loop's thread, so nothing can change between the
+            # failed reserve and registering the waiter: no wake-up is lost.
+            waiter = asyncio.get_running_loop().create_future()
+            self._budget_waiters.append(waiter)
+            await waiter
 
     def _budget_moved(self) -> None:
         """A reservation was settled or released: wake the requests waiting for budget."""
-        self._budget_moves += 1
         waiters, self._budget_waiters = self._budget_waiters, []
         for w in waiters:
             if not w.done():
@@ -532,10 +529,12 @@ class Engine:
             recovered=recovered,
         )
         if self.budget is not None:
-            if not st.holding:  # recovered after its send went at risk: nothing reserved now
-                self.budget.adopt(key, Decimal(0))
-            self.budget.settle(key, cost)
-            self.budget.resolve_at_risk(released)
+            if not recovered:
+                self.budget.settle(key, cost)
+            else:  # the earlier, at-risk send is what was billed: no re-send is needed
+                if st.holding:
+                    self.budget.release(key)
+                self.budget.settle_at_risk(cost, released)
             self._budget_moved()
             st.holding = False
         if recovered:

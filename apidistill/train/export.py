@@ -49,10 +49,6 @@ __all__ = ["bake_system_prompt", "export_student", "refuse_pickle_weights"]
 
 _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _BASE_FILE = "base_model.txt"
-# Weight files whose format is a Python pickle (loading one can run arbitrary code). The
-# Trainer's own training_args.bin is a pickle too, but export never reads or copies it.
-_PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".ckpt", ".pkl", ".pickle"})
-_PICKLE_BIN_STEMS = ("adapter_model", "pytorch_model", "model")
 
 
 def bake_system_prompt(chat_template: str, system_prompt: str) -> str:
@@ -66,24 +62,18 @@ def bake_system_prompt(chat_template: str, system_prompt: str) -> str:
     return prefix + chat_template
 
 
-def _is_pickle_weights(path: Path) -> bool:
-    name = path.name.lower()
-    if path.suffix.lower() in _PICKLE_SUFFIXES:
-        return True
-    return name.endswith(".bin") and any(
-        name == f"{stem}.bin" or name.startswith(f"{stem}-") for stem in _PICKLE_BIN_STEMS
-    )
-
-
 def refuse_pickle_weights(folder: Path) -> None:
     """Raise when ``folder`` holds weights in a pickle format: untrusted files are safetensors
-    only."""
-    for f in sorted(Path(folder).iterdir()):
-        if f.is_file() and _is_pickle_weights(f):
-            raise TrainingError(
-                f"{f}: pickle-format weights are refused (untrusted files are safetensors "
-                f"only); convert it to safetensors ({f.stem}.safetensors) and remove {f.name}"
-            )
+    only (the formats are :func:`apidistill.models.pickle_weight_files`')."""
+    from apidistill.models import pickle_weight_files
+
+    pickled = pickle_weight_files(folder)
+    if pickled:
+        f = Path(folder) / pickled[0]
+        raise TrainingError(
+            f"{f}: pickle-format weights are refused (untrusted files are safetensors "
+            f"only); convert it to safetensors ({f.stem}.safetensors) and remove {f.name}"
+        )
 
 
 def _resolve_source(result_or_dir: TrainResult | Path | str) -> tuple[Path, TrainResult | None]:

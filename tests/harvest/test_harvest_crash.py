@@ -16,6 +16,7 @@ import pytest
 from conftest import openai_teacher
 from harvest_script import PRICE, prompts
 
+from apidistill.costs.budget import Budget
 from apidistill.harvest import JournalStore, check_integrity, harvest
 from apidistill.harvest.engine import claim_ahead_for
 from apidistill.harvest.retry import RetryPolicy
@@ -65,10 +66,12 @@ def _wait_for_done(journal: Path, proc: subprocess.Popen[str], at_least: int) ->
     raise AssertionError("the harvest made no progress")
 
 
-async def _resume(srv, journal: Path, *, store: bool = False):
+async def _resume(srv, journal: Path, *, store: bool = False, budget: Budget | None = None):
     teacher = openai_teacher(srv.base_url, store=store)
     # store: a lost answer is looked up until its send's timeout has passed (3 s here)
-    extra = {"retry_policy": RetryPolicy(timeout_s=3.0)} if store else {}
+    extra: dict = {"retry_policy": RetryPolicy(timeout_s=3.0)} if store else {}
+    if budget is not None:
+        extra["budget"] = budget
     try:
         return await harvest(prompts(N), teacher=teacher, journal=journal, concurrency=CONCURRENCY,
                              progress=False, price=PRICE, **extra)  # fmt: skip
@@ -129,7 +132,8 @@ async def test_kill_9_with_stored_completions_recovers_instead_of_paying_twice(f
     proc.wait(30)
     received = set(srv.stats()["digests"])  # what reached the provider before the kill
 
-    summary = await _resume(srv, journal, store=True)
+    budget = Budget(Decimal("10"))
+    summary = await _resume(srv, journal, store=True, budget=budget)
     by_id = {r.prompt_id: r for r in prompts(N)}
     store = JournalStore(journal, readonly=True)
     try:
@@ -151,6 +155,10 @@ async def test_kill_9_with_stored_completions_recovers_instead_of_paying_twice(f
     assert set(ids) == set(by_id) and set(ids.values()) == {1}
     # the recovered answers' worst cases are no longer at risk; their real cost is spent
     assert {r.prompt_id for r in rows if r.at_risk_usd > 0} == crashed - reached
+    # the budget agrees with the journal: recovered worst cases left the at-risk money
+    assert budget.reserved == 0
+    assert budget.at_risk == sum((r.at_risk_usd for r in rows), Decimal(0)) > 0
+    assert budget.spent == sum((r.cost_usd for r in rows), Decimal(0))
     assert all(r.cost_usd is not None and r.cost_usd > 0 for r in rows)
 
 

@@ -9,16 +9,20 @@ and uses the provider's copy. The kill -9 case is in ``test_harvest_crash.py``.
 from __future__ import annotations
 
 from collections import Counter
+from decimal import Decimal
 
 from conftest import openai_teacher
 from harvest_fakes import requests
 
+from apidistill.costs.budget import Budget
+from apidistill.costs.prices import ModelPrice
 from apidistill.harvest import JournalStore, harvest
 from apidistill.teachers.openai import STORE_METADATA_KEY
 from apidistill.testing.fault_server import request_digest
 
 # half_body: the provider generated (and billed, and stored) the answer, the client got half
 BILLED_FAULT = {"half_body": 1.0}
+PRICE = ModelPrice(input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"))
 
 
 def _digest(req) -> str:
@@ -55,14 +59,19 @@ async def test_a_billed_fault_after_sending_is_recovered_not_paid_twice(
     srv = fault(fault_rate=0.3, faults=BILLED_FAULT)
     reqs = requests(120)
     teacher = openai_teacher(srv.base_url, store=True)
+    budget = Budget(Decimal("10"))
     try:
         stream = harvest(reqs, teacher=teacher, journal=tmp_path / "j.sqlite", concurrency=16,
-                         progress=False, retry_policy=quick_retry)  # fmt: skip
+                         progress=False, retry_policy=quick_retry, budget=budget,
+                         price=PRICE)  # fmt: skip
         results = [r async for r in stream]
     finally:
         await teacher.aclose()
     s = stream.summary
     assert len(results) == 120 and all(r.ok for r in results)
+    # every lost answer was found: nothing stays at risk, the spend is the answers' cost
+    assert budget.reserved == 0 and budget.at_risk == 0
+    assert budget.spent == sum((r.completion.cost_usd for r in results), Decimal(0)) > 0
     stats = srv.stats()
     faulted = {d for d, c in stats["digests"].items() if "half_body" in c["outcomes"]}
     assert faulted  # ~30% of the requests lost their answer after the provider billed it
