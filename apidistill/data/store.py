@@ -38,7 +38,7 @@ from apidistill.data.compact import (
     encode_logprobs,
     from_arrays,
 )
-from apidistill.data.schema import Record, TokenLogprob
+from apidistill.data.schema import Provenance, Record, TokenLogprob
 from apidistill.data.shards import (
     MANIFEST,
     Manifest,
@@ -59,6 +59,7 @@ __all__ = [
     "DatasetWriter",
     "StoreWarning",
     "dataset_status",
+    "iter_provenance",
     "iter_records",
     "iter_token_arrays",
     "load_records",
@@ -438,6 +439,37 @@ def record_ids(folder: str | Path) -> set[str]:
         out.update(p.get("row", {}).get("id", "") for p in scan_wal(path).payloads)
     out.discard("")
     return out
+
+
+def iter_provenance(folder: str | Path) -> Iterator[Provenance | None]:
+    """Each stored record's provenance, reading only that column of each shard: what a
+    terms check needs, without decoding millions of logprob rows. A row whose provenance
+    does not parse raises a :class:`DataError` naming its shard (or write-ahead file)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    manifest = _require_dataset(folder)
+    for info in manifest.shards:
+        column = pq.read_table(folder / info.file, columns=["provenance"]).column("provenance")
+        for n, raw in enumerate(column.to_pylist(), start=1):
+            yield _parse_provenance(raw, f"{folder / info.file} row {n}")
+    for path in _pending_wal(folder, manifest, set()):
+        for n, payload in enumerate(scan_wal(path).payloads, start=1):
+            yield _parse_provenance(
+                (payload.get("row") or {}).get("provenance"), f"{path} frame {n}"
+            )
+
+
+def _parse_provenance(raw: str | None, where: str) -> Provenance | None:
+    if not raw:
+        return None
+    try:
+        return Provenance.model_validate_json(raw)
+    except ValueError as exc:
+        raise DataError(
+            f"{where}: stored provenance is malformed ({exc.__class__.__name__})",
+            hint="rebuild the dataset from its harvest cache",
+        ) from None
 
 
 @dataclass

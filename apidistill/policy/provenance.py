@@ -78,16 +78,16 @@ def _known_decisions(dataset: Path) -> dict[str, Decision]:
 
 
 def dataset_terms(dataset: str | Path) -> DatasetTerms:
-    """Read every record's provenance in ``dataset`` and resolve the decisions it cites."""
-    from apidistill.data.store import iter_records
+    """Read every record's provenance in ``dataset`` (that column only) and resolve the
+    decisions it cites."""
+    from apidistill.data.store import iter_provenance
 
     dataset = Path(dataset)
     cited: dict[str, Counter[str]] = {}
     teachers: Counter[str] = Counter()
     records = undecided = 0
-    for rec in iter_records(dataset):
+    for prov in iter_provenance(dataset):
         records += 1
-        prov = rec.provenance
         if prov is None or not prov.policy_decision_id:
             undecided += 1
             if prov is not None:

@@ -16,6 +16,7 @@ from apidistill.data.store import (
     DatasetWriter,
     StoreWarning,
     dataset_status,
+    iter_provenance,
     iter_token_arrays,
     load_records,
     record_ids,
@@ -224,6 +225,36 @@ def test_splits_token_arrays_ids_and_top_k(tmp_path: Path) -> None:
     with DatasetWriter(tmp_path / "k", top_k=3) as w:
         w.write(recs[0])
     assert all(len(p.top) == 3 for p in load_records(tmp_path / "k")[0].logprobs)
+
+
+def test_provenance_column_only_matches_full_records(tmp_path: Path) -> None:
+    """The terms check reads provenance alone: shards and unflushed write-ahead records,
+    each once, equal to what the full read gives; a damaged value names its shard row."""
+    from apidistill.data.schema import Provenance
+
+    folder = tmp_path / "ds"
+    recs = [make_record(i, t=4, k=5) for i in range(5)]
+    recs[1].provenance = None
+    recs[3].provenance = Provenance(provider="anthropic", model="claude-x", policy_decision_id="d1")
+    with DatasetWriter(folder) as w:
+        for r in recs[:3]:
+            w.write(r)
+    with DatasetWriter(folder) as w:
+        for r in recs[3:]:
+            w.write(r)
+        w._wal._fh.flush()
+        assert list(iter_provenance(folder)) == [r.provenance for r in load_records(folder)]
+        assert len(list(iter_provenance(folder))) == 5
+    assert list(iter_provenance(folder)) == [r.provenance for r in load_records(folder)]
+    assert [p.model if p else None for p in iter_provenance(folder)].count(None) == 1
+
+    shard = next(folder.glob("shard-*.parquet"))
+    table = pq.read_table(shard)
+    col = table.column_names.index("provenance")
+    bad = ["{not json"] + table.column("provenance").to_pylist()[1:]
+    pq.write_table(table.set_column(col, "provenance", [bad]), shard)
+    with pytest.raises(DataError, match=rf"{shard.name} row 1: stored provenance is malformed"):
+        list(iter_provenance(folder))
 
 
 def test_q8_codec_keeps_distribution(tmp_path: Path) -> None:
