@@ -157,21 +157,77 @@ def test_report_only_rewrites_results_md_from_whatever_json_exists(tmp_path: Pat
     assert text.rstrip().endswith("|---|---|---|---|---|")  # standalone appends land in a table
 
 
-def test_kd_quality_verdict_needs_a_win_at_every_size() -> None:
+def test_kd_quality_verdict_needs_a_win_in_every_cell_and_a_tie_is_no_win() -> None:
     from benchmarks.kd_quality import subset, summarize
 
-    def row(size: int, arm: str, kl: float, seed: int = 0) -> dict:
-        return {"size": size, "seed": seed, "arm": arm, "kl": kl, "top1_agreement": 0.9,
-                "answer_agreement": 0.8, "exact_vs_gold": 0.7}  # fmt: skip
+    def row(
+        size: int,
+        arm: str,
+        kl: float,
+        agree: float = 0.8,
+        seed: int = 0,
+        budget: str = "1 epoch",
+    ) -> dict:
+        return {"size": size, "seed": seed, "arm": arm, "budget": budget, "kl": kl,
+                "top1_agreement": 0.9, "answer_agreement": agree, "exact_vs_gold": 0.7}  # fmt: skip
 
-    rows = [row(64, "sequence_kd", 0.30), row(64, "topk_tail", 0.20),
+    rows = [row(64, "sequence_kd", 0.30, 0.5), row(64, "topk_tail", 0.20, 0.6),
             row(128, "sequence_kd", 0.10), row(128, "topk_tail", 0.12)]  # fmt: skip
-    out = summarize(rows, [64, 128])
-    assert out["logprob_vs_sequence_kl"]["64"]["beats"] is True
-    assert out["logprob_vs_sequence_kl"]["128"]["beats"] is False
-    assert out["logprob_beats_sequence_at_every_size"] is False
+    out = summarize(rows)
+    assert out["logprob_vs_sequence"]["64/1 epoch"]["kl"]["beats"] is True
+    assert out["logprob_vs_sequence"]["128/1 epoch"]["kl"]["beats"] is False
+    assert out["logprob_vs_sequence"]["64/1 epoch"]["answer_agreement"]["beats"] is True
+    tie = out["logprob_vs_sequence"]["128/1 epoch"]["answer_agreement"]
+    assert tie["beats"] is False and tie["tie"] is True
+    assert out["logprob_beats_sequence_in_every_cell"] == {
+        "kl": False, "top1_agreement": False, "answer_agreement": False}  # fmt: skip
     # seeds: the median over seeds decides, and every arm of a cell trains on the same tickets
-    rows += [row(128, "topk_tail", 0.05, seed=1), row(128, "topk_tail", 0.06, seed=2)]
-    assert summarize(rows, [64, 128])["logprob_beats_sequence_at_every_size"] is True
+    rows += [row(128, "topk_tail", 0.05, 0.9, seed=1), row(128, "topk_tail", 0.06, 0.9, seed=2)]
+    every = summarize(rows)["logprob_beats_sequence_in_every_cell"]
+    assert every["kl"] is True and every["answer_agreement"] is True
+    # a cell with another training budget is its own comparison, and can lose on its own
+    rows += [row(64, "sequence_kd", 0.1, 0.9, budget="12 steps"),
+             row(64, "topk_tail", 0.09, 0.9, budget="12 steps")]  # fmt: skip
+    out = summarize(rows)
+    assert set(out["logprob_vs_sequence"]) == {"64/1 epoch", "128/1 epoch", "64/12 steps"}
+    assert out["logprob_beats_sequence_in_every_cell"]["kl"] is True
+    assert out["logprob_beats_sequence_in_every_cell"]["answer_agreement"] is False
     assert subset(250, 64, 1) == subset(250, 64, 1) != subset(250, 64, 2)
     assert len(set(subset(250, 64, 0))) == 64
+
+
+def test_kd_quality_report_explains_a_tie_from_the_tickets() -> None:
+    """The missed-target note counts, from the per-ticket answers, how many disagreements
+    are on tickets the teacher itself gets wrong (the cap), and names the unlearned cells."""
+    from benchmarks import report
+    from benchmarks.kd_quality import summarize
+
+    def row(
+        size: int,
+        arm: str,
+        kl: float,
+        agree: float,
+        disagree: list[int],
+        miss: list[int],
+        budget: str = "1 epoch",
+    ) -> dict:
+        return {"size": size, "seed": 0, "arm": arm, "budget": budget, "kl": kl,
+                "top1_agreement": 0.9, "answer_agreement": agree, "exact_vs_gold": 0.7,
+                "disagree": disagree, "miss_gold": miss}  # fmt: skip
+
+    rows = [row(8, "sequence_kd", 0.5, 0.0, list(range(10)), list(range(10))),
+            row(8, "topk_tail", 0.4, 0.0, list(range(10)), list(range(10))),
+            row(32, "sequence_kd", 0.2, 0.8, [1, 2], [2]),
+            row(32, "topk_tail", 0.1, 0.8, [1, 5], [])]  # fmt: skip
+    doc = {"setting": {"teacher_wrong": [1, 2, 3], "held_out_tickets": 10}, "rows": rows,
+           **summarize(rows)}  # fmt: skip
+    target = next(t for t in report.TARGETS if "answer agreement" in t.text)
+    _, ratio, met, note = target.measure(doc)
+    assert met is False and ratio == 1.0 and "(tie)" in note
+    text = report.missed_notes({"kd_quality": doc})
+    assert "In 8/1 epoch neither arm has learned the answer format" in text
+    # disagreements on teacher-wrong tickets: {1, 2} and {1}; gold-correct there: 1 and 1
+    assert "3 of the students' 4 disagreements" in text
+    assert "on 2 of them the student gives the gold answer" in text
+    kl = next(t for t in report.TARGETS if "held-out KL" in t.text)
+    assert kl.measure(doc)[2] is True
