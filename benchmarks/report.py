@@ -299,29 +299,14 @@ def _kd_note(doc: Doc, text: str) -> str:
             f"In {'; '.join(unlearned)} neither arm has learned the answer format yet (answer "
             "agreement < 0.5 for both: one epoch at that size is too few steps)."
         )
-    setting = doc.get("setting", {})
-    wrong, n = set(setting.get("teacher_wrong") or []), setting.get("held_out_tickets")
-    rows = [
-        r
-        for r in doc.get("rows", [])
-        if r.get("arm") in ("sequence_kd", "topk_tail")
-        and f"{r['size']}/{r.get('budget', '')}" in capped
-        and "disagree" in r
-    ]
-    if capped and rows and n:
-        total = sum(len(r["disagree"]) for r in rows)
-        on_wrong = sum(len(set(r["disagree"]) & wrong) for r in rows)
-        fixed = sum(len(set(r["disagree"]) & wrong - set(r.get("miss_gold", []))) for r in rows)
+    if capped and metric == "top1_agreement":
         parts.append(
-            f"In {'; '.join(capped)} both arms have learned the format and sit at the same "
-            f"place: the teacher itself misses gold on {len(wrong)} of the {n} held-out "
-            f"tickets (exact {1 - len(wrong) / n:.3f}), and {on_wrong} of the students' "
-            f"{total} disagreements with the teacher (summed over arms and seeds) are on those "
-            f"tickets; on {fixed} of them the student gives the gold answer instead of copying "
-            "the teacher's mistake. Agreement is capped near the teacher's own accuracy, and "
-            "top-20 KD does not make a student copy the teacher's errors on new tickets any "
-            "more than sequence KD does."
+            f"{'; '.join(capped)}: the cells where answer agreement sits at the teacher's "
+            "accuracy for both arms (previous note); the teacher-forced top-1 tokens tie there "
+            "too."
         )
+    elif capped:
+        parts.append(_cap_note(doc, capped))
     if won:
         parts.append(f"Top-20 KD leads where neither limit holds: {'; '.join(won)}.")
     if capped:
@@ -332,6 +317,42 @@ def _kd_note(doc: Doc, text: str) -> str:
             "samples, with greedy and T = 1 teacher answers, and with α = 1."
         )
     return " ".join(parts)
+
+
+def _cap_note(doc: Doc, capped: list[str]) -> str:
+    """Where both arms have learned the task and tie: which tickets they miss, and why."""
+    setting = doc.get("setting", {})
+    wrong, n = set(setting.get("teacher_wrong") or []), setting.get("held_out_tickets") or 0
+    rows = [
+        r
+        for r in doc.get("rows", [])
+        if r.get("arm") in ("sequence_kd", "topk_tail")
+        and f"{r['size']}/{r.get('budget', '')}" in capped
+        and "disagree" in r
+    ]
+    if not (rows and n):
+        return f"In {'; '.join(capped)} both arms have learned the format and tie."
+    total = sum(len(r["disagree"]) for r in rows)
+    on_wrong = sum(len(set(r["disagree"]) & wrong) for r in rows)
+    fixed = sum(len(set(r["disagree"]) & wrong - set(r.get("miss_gold", []))) for r in rows)
+    by_cell: dict[tuple, dict[str, set[int]]] = {}
+    for r in rows:
+        by_cell.setdefault((r["size"], r.get("budget"), r["seed"]), {})[r["arm"]] = set(
+            r["disagree"]
+        )
+    pairs = [c for c in by_cell.values() if len(c) == 2]
+    same = sum(1 for c in pairs if c["sequence_kd"] == c["topk_tail"])
+    return (
+        f"In {'; '.join(capped)} both arms have learned the format and sit at the same place: "
+        f"the teacher itself misses gold on {len(wrong)} of the {n} held-out tickets (exact "
+        f"{1 - len(wrong) / n:.3f}); {on_wrong} of the students' {total} disagreements with "
+        f"the teacher (summed over arms and seeds) are on those tickets, and on {fixed} of "
+        "them the student gives the gold answer instead of copying the teacher's mistake. In "
+        f"{same} of {len(pairs)} (cell, seed) pairs the two arms disagree with the teacher on "
+        "exactly the same tickets. Agreement is capped near the teacher's own accuracy, and "
+        "top-20 KD does not make a student copy the teacher's errors on new tickets any more "
+        "than sequence KD does."
+    )
 
 
 def _harvest_note(peers: Doc | None, own: Doc | None) -> str:

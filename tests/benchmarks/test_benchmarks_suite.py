@@ -229,5 +229,6 @@ def test_kd_quality_report_explains_a_tie_from_the_tickets() -> None:
     # disagreements on teacher-wrong tickets: {1, 2} and {1}; gold-correct there: 1 and 1
     assert "3 of the students' 4 disagreements" in text
     assert "on 2 of them the student gives the gold answer" in text
+    assert "In 0 of 1 (cell, seed) pairs the two arms disagree" in text  # {1, 2} vs {1, 5}
     kl = next(t for t in report.TARGETS if "held-out KL" in t.text)
     assert kl.measure(doc)[2] is True
