@@ -251,7 +251,7 @@ def test_provenance_column_only_matches_full_records(tmp_path: Path) -> None:
     shard = next(folder.glob("shard-*.parquet"))
     table = pq.read_table(shard)
     col = table.column_names.index("provenance")
-    bad = ["{not json"] + table.column("provenance").to_pylist()[1:]
+    bad = ["{not json", *table.column("provenance").to_pylist()[1:]]
     pq.write_table(table.set_column(col, "provenance", [bad]), shard)
     with pytest.raises(DataError, match=rf"{shard.name} row 1: stored provenance is malformed"):
         list(iter_provenance(folder))
