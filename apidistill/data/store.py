@@ -424,40 +424,35 @@ def iter_token_arrays(
                 yield item.record.id, _token_arrays(item.arrays, item.table.token_ids())
 
 
-def record_ids(folder: str | Path) -> set[str]:
-    """Ids of every stored record, reading only the id column of each shard."""
+def _stored_column(folder: Path, manifest: Manifest, column: str) -> Iterator[tuple[str, Any]]:
+    """``(where, value)`` of one row field for every stored record, reading only that column
+    of each shard, then the records still in write-ahead files; ``where`` names the place."""
     import pyarrow.parquet as pq
 
+    for info in manifest.shards:
+        values = pq.read_table(folder / info.file, columns=[column]).column(column).to_pylist()
+        for n, value in enumerate(values, start=1):
+            yield f"{folder / info.file} row {n}", value
+    for path in _pending_wal(folder, manifest, set()):
+        for n, payload in enumerate(scan_wal(path).payloads, start=1):
+            yield f"{path} frame {n}", (payload.get("row") or {}).get(column)
+
+
+def record_ids(folder: str | Path) -> set[str]:
+    """Ids of every stored record, reading only the id column of each shard."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file() and not (folder / WAL_DIR).is_dir():
         return set()
-    manifest = read_manifest(folder)
-    out: set[str] = set()
-    for info in manifest.shards:
-        out.update(pq.read_table(folder / info.file, columns=["id"]).column("id").to_pylist())
-    for path in _pending_wal(folder, manifest, set()):
-        out.update(p.get("row", {}).get("id", "") for p in scan_wal(path).payloads)
-    out.discard("")
-    return out
+    return {rid for _, rid in _stored_column(folder, read_manifest(folder), "id") if rid}
 
 
 def iter_provenance(folder: str | Path) -> Iterator[Provenance | None]:
     """Each stored record's provenance, reading only that column of each shard: what a
     terms check needs, without decoding millions of logprob rows. A row whose provenance
     does not parse raises a :class:`DataError` naming its shard (or write-ahead file)."""
-    import pyarrow.parquet as pq
-
     folder = Path(folder)
-    manifest = _require_dataset(folder)
-    for info in manifest.shards:
-        column = pq.read_table(folder / info.file, columns=["provenance"]).column("provenance")
-        for n, raw in enumerate(column.to_pylist(), start=1):
-            yield _parse_provenance(raw, f"{folder / info.file} row {n}")
-    for path in _pending_wal(folder, manifest, set()):
-        for n, payload in enumerate(scan_wal(path).payloads, start=1):
-            yield _parse_provenance(
-                (payload.get("row") or {}).get("provenance"), f"{path} frame {n}"
-            )
+    for where, raw in _stored_column(folder, _require_dataset(folder), "provenance"):
+        yield _parse_provenance(raw, where)
 
 
 def _parse_provenance(raw: str | None, where: str) -> Provenance | None:

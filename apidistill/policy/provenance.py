@@ -88,14 +88,15 @@ def dataset_terms(dataset: str | Path) -> DatasetTerms:
     records = undecided = 0
     for prov in iter_provenance(dataset):
         records += 1
-        if prov is None or not prov.policy_decision_id:
+        if prov is None:
             undecided += 1
-            if prov is not None:
-                teachers[f"{prov.provider}:{prov.model}"] += 1
             continue
         teacher = f"{prov.provider}:{prov.model}"
         teachers[teacher] += 1
-        cited.setdefault(prov.policy_decision_id, Counter())[teacher] += 1
+        if prov.policy_decision_id:
+            cited.setdefault(prov.policy_decision_id, Counter())[teacher] += 1
+        else:
+            undecided += 1
     known = _known_decisions(dataset) if cited else {}
     missing = [i for i in cited if i not in known]
     if missing:
