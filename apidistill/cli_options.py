@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-__all__ = ["skip_invalid_option"]
+if TYPE_CHECKING:
+    from apidistill.config import RunConfig
+
+__all__ = ["apply_skip_invalid", "skip_invalid_option"]
 
 
 def skip_invalid_option() -> Any:
@@ -18,3 +21,9 @@ def skip_invalid_option() -> Any:
         "first one, naming its file and line. Overrides prompts.skip_invalid of the run file.",
         show_default=False,
     )
+
+
+def apply_skip_invalid(cfg: RunConfig, skip_invalid: bool | None) -> None:
+    """The flag, when given, overrides ``prompts.skip_invalid`` of the run file."""
+    if skip_invalid is not None:
+        cfg.prompts.skip_invalid = skip_invalid

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from apidistill.cli_options import skip_invalid_option
+from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
 
 
 def estimate(
@@ -34,8 +34,7 @@ def estimate(
     from apidistill.progress import console as err_console
 
     cfg = load_config(config)
-    if skip_invalid is not None:
-        cfg.prompts.skip_invalid = skip_invalid
+    apply_skip_invalid(cfg, skip_invalid)
     batch = load_prompts(cfg)
     if batch.skipped:  # on stderr: --json output stays parseable
         err_console.print(skipped_report(batch.skipped, batch.problems), highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from apidistill.cli_options import skip_invalid_option
+from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
 from apidistill.config import load_config
 
 
@@ -28,8 +28,7 @@ def harvest(
     from apidistill.pipeline.stages import RunContext, harvest_stage, policy_stage
 
     cfg = load_config(config)
-    if skip_invalid is not None:
-        cfg.prompts.skip_invalid = skip_invalid
+    apply_skip_invalid(cfg, skip_invalid)
     ctx = RunContext.from_config(
         cfg,
         progress=progress,

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from apidistill.cli_options import skip_invalid_option
+from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
 from apidistill.config import load_config
 from apidistill.errors import ConfigError
 
@@ -36,8 +36,7 @@ def run(
     if stop_after is not None and stop_after not in STAGES:
         raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     cfg = load_config(config)
-    if skip_invalid is not None:
-        cfg.prompts.skip_invalid = skip_invalid
+    apply_skip_invalid(cfg, skip_invalid)
     summary = run_pipeline(
         cfg,
         progress=progress,
