@@ -64,6 +64,7 @@ FULL = {
     "test": 32,
     "steps": -1,
     "kd_alpha": 0.5,
+    "harvest": "greedy",  # training targets of the non-unbiased arms
     "converged": {"size": 24, "steps": 12},
 }
 QUICK = {
@@ -74,6 +75,7 @@ QUICK = {
     "test": 8,
     "steps": -1,
     "kd_alpha": 0.5,
+    "harvest": "greedy",
     "converged": None,
 }
 
@@ -87,19 +89,18 @@ def budget_label(recipe: dict[str, Any]) -> str:
     return f"{epochs:g} epoch" + ("" if epochs == 1 else "s")
 
 
-def training_config(
-    arm: str, epochs: float, seed: int, steps: int = -1, kd_alpha: float = 0.5
-) -> Any:
+def training_config(arm: str, recipe: dict[str, Any], seed: int) -> Any:
+    """The arm's training settings under ``recipe`` (epochs or steps, KD α) and ``seed``."""
     from apidistill.config import KDConfig, LoraConfig, TrainingConfig
 
     method = "sequence_kd" if arm == "sequence_kd" else "logprob_kd"
     loss = "unbiased" if arm == "unbiased" else "forward_kl"
     return TrainingConfig(
         method=method,
-        kd=KDConfig(loss=loss, alpha=kd_alpha, top_k=20),
+        kd=KDConfig(loss=loss, alpha=recipe["kd_alpha"], top_k=20),
         lora=LoraConfig(r=16, alpha=32, dropout=0.0),  # as the demo: dropout is 17% of a step
-        epochs=epochs,
-        max_steps=steps,
+        epochs=recipe["epochs"],
+        max_steps=recipe["steps"],
         learning_rate=5e-4,
         batch_size=8,
         warmup_ratio=0.1,
@@ -180,10 +181,9 @@ def train_arm(
             train,
             None,
             student=student,
-            training=training_config(
-                arm, recipe["epochs"], seed, recipe["steps"], recipe["kd_alpha"]
-            ),
-            out_dir=tmp / f"{arm}-{len(train)}-{seed}",
+            training=training_config(arm, recipe, seed),
+            # one folder per cell: the 12-step cell must not reuse the 1-epoch one's
+            out_dir=tmp / f"{arm}-{len(train)}-{seed}-{budget_label(recipe).replace(' ', '')}",
             resume=False,
             progress=False,
         )
@@ -213,7 +213,7 @@ def run_cell(
         if arm == "base":
             row.update(base_row or evaluate(None, held, instruction))
         else:
-            kind = "sampled" if arm == "unbiased" else recipe.get("harvest", "greedy")
+            kind = "sampled" if arm == "unbiased" else recipe["harvest"]
             trained = train_arm(arm, [data[kind][i] for i in idx], recipe, seed, tmp)
             row.update(steps=trained["steps"], train_s=trained["train_s"])
             row.update(evaluate(trained["adapter"], held, instruction))
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
     data: dict[str, list[Any]] = {}
     target_info: dict[str, Any] = {}
     data["greedy"], target_info["greedy"] = kd_targets.targets(pool, "greedy")
-    if "unbiased" in args.arms or plan.get("harvest") == "sampled":
+    if "unbiased" in args.arms or plan["harvest"] == "sampled":
         data["sampled"], target_info["sampled"] = kd_targets.targets(pool, "sampled")
     held, target_info["held_out"] = kd_targets.targets(held_tickets, "greedy")
     targets_s = round(time.perf_counter() - started, 1)
@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
             "steps": plan["steps"],
             "budget": budget_label(plan),
             "converged": conv if conv and conv_arms else None,
-            "train_targets": plan.get("harvest", "greedy"),
+            "train_targets": plan["harvest"],
             "held_out_tickets": len(held),
             "teacher_wrong": teacher_wrong,  # held-out indices where the teacher misses gold
             "demo_fingerprint": kd_targets.fingerprint(),

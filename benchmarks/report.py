@@ -52,6 +52,7 @@ class Target:
     source: str  # benchmark (JSON) name
     measure: Callable[[Doc], tuple[str, float | None, bool | None, str]]
     # -> (measured text, ratio or value, met?, note)
+    metric: str | None = None  # the JSON metric a kd_quality target judges
 
 
 def _peers(
@@ -189,16 +190,19 @@ TARGETS: list[Target] = [
         "logprob KD beats sequence KD on held-out KL at every sample size and training budget",
         "kd_quality",
         _kd_quality("kl", "KL", 3),
+        metric="kl",
     ),
     Target(
         "logprob KD beats sequence KD on answer agreement at every sample size and training budget",
         "kd_quality",
         _kd_quality("answer_agreement", "answer agreement", 3),
+        metric="answer_agreement",
     ),
     Target(
         "logprob KD beats sequence KD on top-1 token agreement at every sample size and training budget",
         "kd_quality",
         _kd_quality("top1_agreement", "top-1 agreement", 4),
+        metric="top1_agreement",
     ),
 ]
 
@@ -262,7 +266,7 @@ def missed_notes(docs: dict[str, Doc | None]) -> str:
                 "journaled before submission (tests/harvest/test_harvest_batch.py)."
             )
         elif t.source == "kd_quality":
-            notes.append(_kd_note(doc, t.text))
+            notes.append(_kd_note(doc, t.text, t.metric or "kl"))
         elif t.source == "kd_overhead":
             notes.append(
                 f"**{t.text}.** Step times are medians of interleaved steps on a shared "
@@ -273,13 +277,10 @@ def missed_notes(docs: dict[str, Doc | None]) -> str:
     return "\n\n".join(["### Why targets were missed, and what would close them", *notes])
 
 
-_KD_METRICS = {"answer agreement": "answer_agreement", "top-1 token agreement": "top1_agreement"}
-
-
-def _kd_note(doc: Doc, text: str) -> str:
+def _kd_note(doc: Doc, text: str, metric: str) -> str:
     """Why top-20 KD did not beat sequence KD in some cell, from the per-ticket answers."""
-    metric = next((m for k, m in _KD_METRICS.items() if k in text), "kl")
-    per = {k: v[metric] for k, v in (doc.get("logprob_vs_sequence") or {}).items()}
+    versus = doc.get("logprob_vs_sequence") or {}
+    per = {k: v[metric] for k, v in versus.items()}
     lost = [k for k, v in per.items() if not v["beats"]]
     won = [k for k, v in per.items() if v["beats"]]
     ties = all(per[k]["tie"] for k in lost)
@@ -291,7 +292,7 @@ def _kd_note(doc: Doc, text: str) -> str:
             "whether the gap is larger than the noise."
         )
         return " ".join(parts)
-    answers = {k: v["answer_agreement"] for k, v in (doc.get("logprob_vs_sequence") or {}).items()}
+    answers = {k: v["answer_agreement"] for k, v in versus.items()}
     unlearned = [k for k in lost if max(answers[k]["topk_tail"], answers[k]["sequence_kd"]) < 0.5]
     capped = [k for k in lost if k not in unlearned]
     if unlearned:
