@@ -9,7 +9,7 @@ import pytest
 from apidistill.config import TeacherConfig
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.teachers import make_teacher
-from apidistill.testing.fault_server import FaultConfig, FaultServerProcess
+from apidistill.testing.fault_server import FaultConfig, FaultServerProcess, request_digest
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +45,8 @@ def openai_teacher(
         TeacherConfig(provider="openai_compatible", base_url=base_url, model=model, store=store),
         timeout_s=timeout_s,
     )
+
+
+def fault_digest(req: Any, model: str = "fault-model") -> str:
+    """The fault server's counter key for a chat request (its ``/__stats`` digests)."""
+    return request_digest({"model": model, "messages": [m.model_dump() for m in req.messages]})

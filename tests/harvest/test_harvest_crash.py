@@ -13,23 +13,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import openai_teacher
+from conftest import fault_digest, openai_teacher
 from harvest_script import PRICE, prompts
 
 from apidistill.costs.budget import Budget
 from apidistill.harvest import JournalStore, check_integrity, harvest
 from apidistill.harvest.engine import claim_ahead_for
 from apidistill.harvest.retry import RetryPolicy
-from apidistill.testing.fault_server import request_digest
 
 SCRIPT = Path(__file__).with_name("harvest_script.py")
 N, CONCURRENCY = 300, 16
-
-
-def _digest(req) -> str:
-    return request_digest(
-        {"model": "fault-model", "messages": [m.model_dump() for m in req.messages]}
-    )
 
 
 def _start(srv, journal: Path, mode: str, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -112,7 +105,7 @@ async def test_kill_9_mid_run_then_resume_pays_at_most_the_in_flight_again(fault
     ids = _output_prompt_ids(journal)
     assert set(ids) == {f"p{i}" for i in range(N)} and set(ids.values()) == {1}
     stats = srv.stats()["digests"]
-    billed = {r.prompt_id: stats[_digest(r)]["billed"] for r in prompts(N)}
+    billed = {r.prompt_id: stats[fault_digest(r)]["billed"] for r in prompts(N)}
     paid_twice = {p for p, n in billed.items() if n > 1}
     assert max(billed.values()) <= 2 and min(billed.values()) == 1
     assert paid_twice <= in_flight  # duplicates only among what was journaled 'sent' ...
@@ -141,7 +134,7 @@ async def test_kill_9_with_stored_completions_recovers_instead_of_paying_twice(f
     finally:
         store.close()
     crashed = {r.prompt_id for r in rows if r.unknown_sends}  # left 'sent' by the kill
-    reached = {p for p in crashed if _digest(by_id[p]) in received}
+    reached = {p for p in crashed if fault_digest(by_id[p]) in received}
     assert summary.crashed_found == len(crashed) > 0 and reached
     assert len(reached) <= CONCURRENCY
     assert summary.recovered == len(reached)  # every request the provider got: recovered
@@ -149,7 +142,7 @@ async def test_kill_9_with_stored_completions_recovers_instead_of_paying_twice(f
     assert any("stored completions" in line for line in summary.lines())
     stats = srv.stats()
     assert stats["lookups"] >= len(crashed)
-    billed = {p: stats["digests"][_digest(r)]["billed"] for p, r in by_id.items()}
+    billed = {p: stats["digests"][fault_digest(r)]["billed"] for p, r in by_id.items()}
     assert set(billed.values()) == {1}  # zero duplicates: nothing paid twice
     ids = _output_prompt_ids(journal)
     assert set(ids) == set(by_id) and set(ids.values()) == {1}
@@ -182,7 +175,7 @@ async def test_ctrl_c_drains_in_flight_and_resume_resends_nothing(fault, tmp_pat
     assert summary.resent == 0 and summary.unknown_found == 0
     assert summary.cached == first["done"] and summary.done == N - first["done"]
     stats = srv.stats()["digests"]
-    assert all(stats[_digest(r)]["billed"] == 1 for r in prompts(N))
+    assert all(stats[fault_digest(r)]["billed"] == 1 for r in prompts(N))
 
 
 async def test_sigterm_is_a_graceful_stop_too(fault, tmp_path):

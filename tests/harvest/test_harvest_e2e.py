@@ -6,7 +6,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from conftest import openai_teacher
+from conftest import fault_digest, openai_teacher
 from harvest_fakes import requests
 
 from apidistill.costs.budget import Budget
@@ -15,15 +15,10 @@ from apidistill.costs.prices import ModelPrice
 from apidistill.errors import BudgetExceeded
 from apidistill.harvest import JournalStore, harvest
 from apidistill.harvest.retry import RetryPolicy
-from apidistill.testing.fault_server import max_in_window, request_digest
+from apidistill.testing.fault_server import max_in_window
 
 MODEL = "fault-model"
 PRICE = ModelPrice(input_per_mtok=Decimal("1.10"), output_per_mtok=Decimal("4.40"))
-
-
-def digest(req) -> str:
-    msgs = [{"role": m.role, "content": m.content} for m in req.messages]
-    return request_digest({"model": MODEL, "messages": msgs})
 
 
 async def _run(reqs, srv, journal, policy, **kw):
@@ -59,7 +54,7 @@ async def test_1000_requests_under_20pct_faults_none_lost_none_paid_twice(
     stats = srv.stats()["digests"]
     extra_billed = 0
     for req in reqs:
-        server, row = stats[digest(req)], rows[req.prompt_id]
+        server, row = stats[fault_digest(req, MODEL)], rows[req.prompt_id]
         # an answer that reached us is never bought again; a second clean answer can only
         # follow a send whose answer was lost on our side (counted as outcome unknown)
         assert server["answered"] <= 1 + row.unknown_sends
@@ -153,7 +148,7 @@ async def test_budget_hit_mid_run_then_raised_resumes_without_paying_twice(
     assert summary.cached == first.done and summary.done == 120 - first.done
     assert summary.resent == 0
     stats = srv.stats()["digests"]
-    assert all(stats[digest(r)]["billed"] == 1 for r in reqs)  # nothing paid twice
+    assert all(stats[fault_digest(r, MODEL)]["billed"] == 1 for r in reqs)  # nothing paid twice
     assert big.spent == Ledger(j).totals().cost_usd <= big.limit
 
 

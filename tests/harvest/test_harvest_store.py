@@ -11,24 +11,17 @@ from __future__ import annotations
 from collections import Counter
 from decimal import Decimal
 
-from conftest import openai_teacher
+from conftest import fault_digest, openai_teacher
 from harvest_fakes import requests
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
 from apidistill.harvest import JournalStore, harvest
 from apidistill.teachers.openai import STORE_METADATA_KEY
-from apidistill.testing.fault_server import request_digest
 
 # half_body: the provider generated (and billed, and stored) the answer, the client got half
 BILLED_FAULT = {"half_body": 1.0}
 PRICE = ModelPrice(input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"))
-
-
-def _digest(req) -> str:
-    return request_digest(
-        {"model": "fault-model", "messages": [m.model_dump() for m in req.messages]}
-    )
 
 
 async def test_store_flag_sends_the_cache_key_as_metadata_and_nothing_else_changes(fault):
@@ -78,7 +71,7 @@ async def test_a_billed_fault_after_sending_is_recovered_not_paid_twice(
     assert s.recovered == len(faulted) and s.resent == 0 and s.unknown_this_run == len(faulted)
     assert {c["billed"] for c in stats["digests"].values()} == {1}  # nobody paid twice
     assert {c["received"] for c in stats["digests"].values()} == {1}
-    by_digest = {_digest(r.request): r for r in results}
+    by_digest = {fault_digest(r.request): r for r in results}
     assert all(by_digest[d].completion.text for d in faulted)  # the stored answer, whole
     store = JournalStore(tmp_path / "j.sqlite", readonly=True)
     try:
