@@ -16,6 +16,16 @@ Budgets reserve and estimates charge by these counts, so each count carries ``ex
   tokenized: exactly the ``prompt_tokens`` the server reports.
 - Anything else: characters / 4, stated as an approximation.
 
+The budget cannot reserve an approximation: it reserves :meth:`TokenCounter.bound`, a count
+the teacher's ``usage.prompt_tokens`` can never exceed. It is the exact count where the
+tokenizer and the chat format are known (a self-hosted tokenizer, an OpenAI model on
+api.openai.com whose overhead OpenAI verified), the BPE count plus a small slack where only
+the format is assumed (newer OpenAI families), and otherwise the **byte bound**
+(:func:`byte_bound_tokens`): every token of a byte-level tokenizer (BPE, or SentencePiece
+with byte fallback) covers at least one UTF-8 byte, so a message costs at most its content
+and role bytes plus the template's special tokens. Usage above the bound is not something
+the request could have produced: the harvest flags it and stops (docs/costs.md).
+
 Many requests share a long prefix (the prototype prompt's system turn and few-shot pairs);
 :class:`TokenCounter` memoizes per-message counts for OpenAI models and batch-tokenizes
 rendered templates for self-hosted ones, so counting thousands of requests stays fast.
@@ -34,8 +44,11 @@ from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError, ModelLoadError
 
 __all__ = [
+    "TEMPLATE_TOKENS_PER_MESSAGE",
+    "TEMPLATE_TOKENS_PER_REQUEST",
     "TokenCount",
     "TokenCounter",
+    "byte_bound_tokens",
     "count_input_tokens",
     "count_openai_chat_tokens",
     "openai_encoding_name",
@@ -50,6 +63,17 @@ _O200K_PREFIXES = ("gpt-4o", "chatgpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", 
 _CL100K_PREFIXES = ("gpt-4", "gpt-3.5", "gpt-35")
 # Families whose overhead OpenAI's cookbook checked against the API's prompt_tokens.
 _VERIFIED_O200K = ("gpt-4o",)
+
+# Special tokens a chat template may put around one message besides its role and content
+# (ChatML: <|im_start|> role \n ... <|im_end|> \n; Llama 3: 4 header/eot tokens; Gemma: 4),
+# and around the whole request: BOS, the generation prompt, and the default system turn some
+# templates add when there is none (Qwen2.5's ≈ 20 tokens, Llama 3.1's date header ≈ 25).
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS_PER_REQUEST = 64
+# Newer OpenAI families are assumed to use the gpt-4o chat format; their bound adds this
+# much per message (a ``name``, a changed separator) and per request.
+_ASSUMED_FORMAT_SLACK_PER_MESSAGE = 2
+_ASSUMED_FORMAT_SLACK = 8
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,22 @@ def count_openai_chat_tokens(
 BPE_ENCODINGS = frozenset({"o200k_base", "cl100k_base"})
 
 
+def byte_bound_tokens(request: TeacherRequest) -> int:
+    """Input tokens no byte-level tokenizer exceeds for ``request``, whatever its script.
+
+    Each token covers at least one UTF-8 byte of the text (a CJK character is 3 bytes, an
+    emoji 4, a combining mark 2), so the content and the role cost at most their bytes; the
+    template adds at most :data:`TEMPLATE_TOKENS_PER_MESSAGE` per message and
+    :data:`TEMPLATE_TOKENS_PER_REQUEST` per request.
+    """
+    if request.messages is None:
+        return len((request.prompt or "").encode("utf-8")) + TEMPLATE_TOKENS_PER_REQUEST
+    return TEMPLATE_TOKENS_PER_REQUEST + sum(
+        len(m.content.encode("utf-8")) + len(m.role.encode("utf-8")) + TEMPLATE_TOKENS_PER_MESSAGE
+        for m in request.messages
+    )
+
+
 def _tokenizer_spec(teacher: TeacherConfig) -> str | None:
     """The Hugging Face tokenizer to count with; ``None`` for bpe-openai or an estimate."""
     if teacher.tokenizer:
@@ -121,14 +161,22 @@ def _tokenizer_spec(teacher: TeacherConfig) -> str | None:
     return None
 
 
+def _is_official_openai(teacher: TeacherConfig) -> bool:
+    """OpenAI's own API (no base URL, or api.openai.com), not a gateway or a lookalike."""
+    if teacher.provider != "openai":
+        return False
+    if not teacher.base_url:
+        return True
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(teacher.base_url).hostname or "").lower().rstrip(".")
+    return host == "api.openai.com"
+
+
 def _is_openai(teacher: TeacherConfig) -> bool:
     """Counted with bpe-openai: OpenAI itself, or a teacher whose tokenizer is named as an
     OpenAI encoding (``teacher.tokenizer: o200k_base``)."""
-    if teacher.tokenizer in BPE_ENCODINGS:
-        return True
-    if teacher.provider != "openai":
-        return False
-    return not teacher.base_url or "api.openai.com" in teacher.base_url
+    return teacher.tokenizer in BPE_ENCODINGS or _is_official_openai(teacher)
 
 
 @dataclass
@@ -148,6 +196,35 @@ class TokenCounter:
         if _is_openai(self.teacher):
             return [self._count_openai(r) for r in requests]
         return [self._approximate(r) for r in requests]
+
+    def bound(self, request: TeacherRequest) -> TokenCount:
+        return self.bound_many([request])[0]
+
+    def bound_many(self, requests: Sequence[TeacherRequest]) -> list[TokenCount]:
+        """Upper bounds of the input tokens the teacher will report (module docstring).
+
+        ``exact`` says the bound is the count itself; the budget reserves these."""
+        spec = _tokenizer_spec(self.teacher)
+        if spec is not None:
+            return self._count_hf(spec, requests)
+        if _is_openai(self.teacher) and self._encoding_name() is not None:
+            return [self._openai_bound(r) for r in requests]
+        return [
+            TokenCount(byte_bound_tokens(r), False, "bound: UTF-8 bytes + template tokens")
+            for r in requests
+        ]
+
+    def _openai_bound(self, request: TeacherRequest) -> TokenCount:
+        count = self._count_openai(request)
+        n_msgs = len(request.messages or [])
+        if not _is_official_openai(self.teacher):
+            # an encoding named for another server: its template is not OpenAI's chat format
+            n = count.n + TEMPLATE_TOKENS_PER_MESSAGE * n_msgs + TEMPLATE_TOKENS_PER_REQUEST
+            return TokenCount(n, False, f"bound: {count.method} + template tokens")
+        if count.exact:
+            return count
+        slack = _ASSUMED_FORMAT_SLACK_PER_MESSAGE * n_msgs + _ASSUMED_FORMAT_SLACK
+        return TokenCount(count.n + slack, False, f"bound: {count.method} + {slack} slack")
 
     def count_text(self, text: str) -> TokenCount:
         """Tokens of a bare text (e.g. a gold answer, to predict output lengths)."""

@@ -26,7 +26,8 @@ from decimal import Decimal
 from typing import Any
 
 from apidistill.costs.budget import Budget
-from apidistill.costs.prices import ModelPrice, cost_of, worst_case_cost
+from apidistill.costs.prices import ModelPrice, worst_case_cost
+from apidistill.costs.usage_check import judge_usage, usage_flag_message
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, TeacherError, redact
 from apidistill.harvest.engine import StopSignal, _check_item, _meta_str, upper_bound_input_tokens
@@ -331,13 +332,23 @@ class BatchEngine:
         self, key: str, req: TeacherRequest, result: Completion | TeacherError
     ) -> None:
         if isinstance(result, Completion):
-            cost = cost_of(self.price, result.usage, batch=True) if self.price else result.cost_usd
+            verdict = judge_usage(
+                result.usage, price=self.price, input_bound=self.count_input_tokens(req),
+                max_tokens=req.params.max_tokens, reserved=self._worst(req), batch=True,
+                reported_cost=result.cost_usd,
+            )  # fmt: skip
+            cost = verdict.cost
             completion = result.model_copy(update={"cost_usd": cost, "request_hash": key})
             u = completion.usage
             await self.journal.call(JournalStore.done, key, completion_json=completion.model_dump_json(),
                                     cost_usd=cost, input_tokens=u.input_tokens,
                                     output_tokens=u.output_tokens,
-                                    cached_input_tokens=u.cached_input_tokens)  # fmt: skip
+                                    cached_input_tokens=u.cached_input_tokens,
+                                    usage_flag=verdict.flag, usage_detail=verdict.detail)  # fmt: skip
+            if verdict.flag is not None:
+                self.summary.usage_flags[verdict.flag] += 1
+            if verdict.stop:  # submit nothing more; what is submitted is collected
+                self.stop.request("budget", usage_flag_message(verdict))
             if self.budget is not None and self.budget.holds(key):
                 self.budget.settle(key, cost)
             self.summary.done += 1

@@ -21,7 +21,9 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from apidistill.costs.budget import Budget
-from apidistill.costs.prices import ModelPrice, cost_of, worst_case_cost
+from apidistill.costs.prices import ModelPrice, worst_case_cost
+from apidistill.costs.tokens import byte_bound_tokens
+from apidistill.costs.usage_check import judge_usage, usage_flag_message
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError, DataError, TeacherTimeout, redact
 from apidistill.harvest.journal import CachedRow, JournalStore, JournalWriteError
@@ -49,16 +51,11 @@ def claim_ahead_for(concurrency: int) -> int:
 
 
 def upper_bound_input_tokens(request: TeacherRequest) -> int:
-    """A count no tokenizer exceeds: one token per UTF-8 byte, plus chat-template overhead.
-
-    Budget reservations must be worst cases; pass ``count_input_tokens`` (the teacher's own
-    tokenizer) to reserve less and get closer to the limit.
-    """
-    if request.messages is not None:
-        n = sum(len(m.content.encode("utf-8")) + 8 for m in request.messages)
-    else:
-        n = len((request.prompt or "").encode("utf-8"))
-    return n + 16
+    """The engine's default reservation count: :func:`~apidistill.costs.tokens.byte_bound_tokens`
+    (no byte-level tokenizer exceeds it). Pass ``count_input_tokens`` (e.g. a
+    :class:`~apidistill.costs.tokens.TokenCounter` bound) to reserve closer to the count; a
+    reported usage above what was reserved is flagged and stops the run."""
+    return byte_bound_tokens(request)
 
 
 class StopSignal:
@@ -108,6 +105,8 @@ class StopSignal:
 @dataclass
 class _Attempts:
     prior_unknown: int  # maybe-billed sends of earlier runs
+    input_bound: int = 0  # the input tokens the reservation covers
+    worst: Decimal | None = None  # the reservation
     holding: bool = True  # holds a budget reservation
     sends: int = 0
     unknown_here: int = 0
@@ -322,7 +321,9 @@ class Engine:
             if self.price is not None
             else None
         )
-        st = _Attempts(prior_unknown=row.unknown_sends if row is not None else 0)
+        st = _Attempts(
+            prior_unknown=row.unknown_sends if row is not None else 0, input_bound=est_in, worst=worst
+        )
         if not await self._reserve(key, worst):
             return None
         try:
@@ -513,9 +514,15 @@ class Engine:
         recovered: bool = False,
     ) -> HarvestResult:
         completion = response.completion
-        cost = (
-            cost_of(self.price, completion.usage) if self.price is not None else completion.cost_usd
+        verdict = judge_usage(
+            completion.usage,
+            price=self.price,
+            input_bound=st.input_bound,
+            max_tokens=req.params.max_tokens,
+            reserved=st.worst,
+            reported_cost=completion.cost_usd,
         )
+        cost = verdict.cost
         completion = completion.model_copy(update={"cost_usd": cost, "request_hash": key})
         usage = completion.usage
         released = await self.journal.call(
@@ -527,7 +534,13 @@ class Engine:
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             recovered=recovered,
+            usage_flag=verdict.flag,
+            usage_detail=verdict.detail,
         )
+        if verdict.flag is not None:
+            self.summary.usage_flags[verdict.flag] += 1
+        if verdict.stop:  # the cap is no longer guaranteed: no further send
+            self.stop.request("budget", usage_flag_message(verdict))
         if self.budget is not None:
             if not recovered:
                 self.budget.settle(key, cost)

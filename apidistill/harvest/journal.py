@@ -373,6 +373,14 @@ class JournalStore:
             args = (key,)
         return list(self.conn.execute(sql + " ORDER BY seq", args))
 
+    def usage_flags(self) -> list[dict[str, Any]]:
+        """Every answer whose usage was flagged (missing, or outside the request's bound),
+        oldest first: ``{"key", "flag", "input_tokens", "output_tokens", "input_bound", ...}``."""
+        rows = self.conn.execute(
+            "SELECT key, detail FROM events WHERE event='usage_flag' ORDER BY seq"
+        )
+        return [{"key": key, **json.loads(detail)} for key, detail in rows]
+
     def count(self, state: str) -> int:
         return self.conn.execute(
             "SELECT COUNT(*) FROM requests WHERE state=?", (state,)
@@ -468,10 +476,14 @@ class JournalStore:
         output_tokens: int,
         cached_input_tokens: int,
         recovered: bool = False,
+        usage_flag: str | None = None,
+        usage_detail: dict[str, Any] | None = None,
     ) -> Decimal:
         """The answer arrived. ``recovered``: it is the provider's stored answer to an earlier
         outcome-unknown send, so that send's worst case is no longer at risk; returns the
-        amount released from ``at_risk_usd`` (0 otherwise)."""
+        amount released from ``at_risk_usd`` (0 otherwise). ``usage_flag`` (see
+        :mod:`apidistill.costs.usage_check`) adds a ``usage_flag`` event in the same
+        transaction."""
         now = time.time()
         released = _ZERO
         if recovered:
@@ -492,6 +504,9 @@ class JournalStore:
              cached_input_tokens, now, now, key),
         )  # fmt: skip
         self._event(key, "done", cost_usd, None)
+        if usage_flag is not None:
+            detail = json.dumps({"flag": usage_flag, **(usage_detail or {})})
+            self._event(key, "usage_flag", None, detail)
         if recovered:
             self._event(key, "from_store", released, "the provider's stored answer, not re-sent")
         return released

@@ -57,6 +57,9 @@ class HarvestSummary:
     total_at_risk_usd: Decimal = Decimal(0)
     unpriced: bool = False  # costs unknown: the budget counted requests only
     rate_limit_pauses: int = 0
+    # answers whose usage was missing (charged at the reservation) or outside what the
+    # request could produce (apidistill.costs.usage_check); flag -> count
+    usage_flags: Counter[str] = field(default_factory=Counter)
     stopped_by: StopReason | None = None
     stop_message: str | None = None
     elapsed_s: float = 0.0
@@ -98,6 +101,16 @@ class HarvestSummary:
             out.append(
                 f"{self.unknown_this_run} send(s) lost their answer after sending "
                 f"(${self.at_risk_usd} at risk, kept charged in the budget)"
+            )
+        if self.usage_flags.get("usage_missing"):
+            out.append(
+                f"{self.usage_flags['usage_missing']} answer(s) came without usage: charged at "
+                "their reservation, not at $0 (flagged in the journal)"
+            )
+        if self.usage_flags.get("usage_out_of_bounds"):
+            out.append(
+                f"{self.usage_flags['usage_out_of_bounds']} answer(s) reported more tokens than "
+                "the request could produce (flagged in the journal; booked as reported)"
             )
         if self.stopped_by:
             out.append(f"stopped early ({self.stopped_by}): {self.stop_message or ''}".rstrip())

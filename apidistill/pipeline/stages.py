@@ -184,6 +184,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
 
     from apidistill.costs.budget import Budget
     from apidistill.costs.prices import price_for_teacher
+    from apidistill.costs.tokens import TokenCounter
     from apidistill.data.store import DatasetWriter
     from apidistill.harvest import harvest
     from apidistill.teachers import make_teacher
@@ -195,13 +196,15 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
         for r in batch.requests:
             r.params.logprobs, r.params.top_logprobs = False, 0
     price = price_for_teacher(cfg.teacher)
-    budget = Budget(ctx.budget_override if ctx.budget_override is not None else cfg.budget.usd)
-    count = None
-    if cfg.teacher.tokenizer or cfg.teacher.provider == "openai":
-        from apidistill.costs.tokens import count_input_tokens
+    budget = Budget(
+        ctx.budget_override if ctx.budget_override is not None else cfg.budget.usd,
+        per_day=cfg.budget.per_day_usd,
+    )
+    counter = TokenCounter(cfg.teacher)
 
-        def count(req, _t=cfg.teacher):
-            return count_input_tokens(_t, req).n
+    def count(req: Any) -> int:
+        """What the budget reserves for: a bound the teacher's usage cannot exceed."""
+        return counter.bound(req).n
 
     batch_client = None
     if cfg.harvest.use_batch_api:

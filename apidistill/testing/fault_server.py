@@ -32,6 +32,14 @@ stores what it generated), with their ``metadata``; ``GET /v1/chat/completions``
 like OpenAI's stored-completions endpoint (``model``, ``metadata[k]=v``, ``after``,
 ``limit``, ``order``).
 
+``usage`` chooses how ``usage.prompt_tokens`` is counted, to play teachers whose tokenizers
+differ from the client's: ``words`` (default, whitespace words), ``chars`` (one token per
+character, as a tokenizer without CJK merges reports Chinese text), ``bytes`` (one per UTF-8
+byte of the input text, the most a byte-level BPE can produce) or ``none`` (the answer carries
+no ``usage`` object; the server still bills its words count). ``extra_prompt_tokens`` /
+``extra_completion_tokens`` inflate the reported (and billed) usage beyond what the request
+could produce, as a faulty or hostile gateway might.
+
 Optional server-enforced limits (``rpm_limit`` / ``tpm_limit`` per ``limit_window_s``)
 answer 429 with ``x-ratelimit-*`` headers, like OpenAI.
 
@@ -73,6 +81,7 @@ HTTP_FAULTS = ("429", "500", "502", "503", "529")
 BODY_FAULTS = ("timeout", "reset", "half_body", "invalid_json", "wrong_content_type")
 STREAM_FAULTS = ("slow_stream", "dup_chunks", "ooo_chunks")
 ALL_FAULTS = HTTP_FAULTS + BODY_FAULTS + STREAM_FAULTS
+USAGE_MODES = ("words", "chars", "bytes", "none")
 BILLED_FAULTS = frozenset(
     {"timeout", "half_body", "invalid_json", "wrong_content_type", *STREAM_FAULTS}
 )
@@ -98,12 +107,17 @@ class FaultConfig:
     rpm_limit: int | None = None
     tpm_limit: int | None = None
     limit_window_s: float = 60.0
+    usage: str = "words"  # how prompt_tokens is counted: words, chars, bytes, none (omitted)
+    extra_prompt_tokens: int = 0  # added to the reported usage (adversarial gateways)
+    extra_completion_tokens: int = 0
 
     def update(self, values: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
         for k, v in values.items():
             if k not in names:
                 raise ValueError(f"unknown setting {k!r}; known: {sorted(names)}")
+            if k == "usage" and v not in USAGE_MODES:
+                raise ValueError(f"unknown usage mode {v!r}; known: {USAGE_MODES}")
             if k == "faults":
                 unknown = set(v) - set(ALL_FAULTS)
                 if unknown:
@@ -149,6 +163,26 @@ class _State:
             "digests": {d: asdict(c) for d, c in self.by_digest.items()},
             "log": self.log,
         }
+
+
+def _reported_usage(answer: dict[str, Any], body: dict[str, Any], cfg: FaultConfig) -> Any:
+    """Recount ``answer``'s usage as ``cfg.usage`` says (in place); returns what is billed.
+
+    ``none`` removes the usage object from the answer but still bills the words count."""
+    usage = dict(answer["usage"])
+    text = pp.input_text(body)
+    if cfg.usage == "chars":
+        usage["prompt_tokens"] = len(text)
+    elif cfg.usage == "bytes":
+        usage["prompt_tokens"] = len(text.encode("utf-8"))
+    usage["prompt_tokens"] += cfg.extra_prompt_tokens
+    usage["completion_tokens"] += cfg.extra_completion_tokens
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    if cfg.usage == "none":
+        del answer["usage"]
+    else:
+        answer["usage"] = usage
+    return usage
 
 
 def _draw_fault(cfg: FaultConfig, digest: str, n: int, stream: bool) -> str | None:
@@ -239,7 +273,7 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     stream = bool(body.get("stream"))
     fault = _draw_fault(cfg, digest, counter.received, stream)
     answer = pp.openai_chat_completion(body) if chat else pp.openai_text_completion(body)
-    usage = answer["usage"]
+    usage = _reported_usage(answer, body, cfg)
     tokens = usage["prompt_tokens"] + usage["completion_tokens"]
     if fault is None and _over_limit(state, arrived, tokens):
         fault = "limit_429"
@@ -336,7 +370,7 @@ def _chunks(answer: dict[str, Any], body: dict[str, Any]) -> list[dict[str, Any]
         lp = {"content": [entries[i]], "refusal": None} if entries else None
         out.append(chunk({"content": tok}, lp))
     out.append(chunk({}, None, choice["finish_reason"]))
-    if (body.get("stream_options") or {}).get("include_usage"):
+    if (body.get("stream_options") or {}).get("include_usage") and "usage" in answer:
         out.append({**base, "choices": [], "usage": answer["usage"]})
     return out
 
@@ -491,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rpm-limit", dest="rpm_limit", type=int)
     ap.add_argument("--tpm-limit", dest="tpm_limit", type=int)
     ap.add_argument("--limit-window-s", dest="limit_window_s", type=float)
+    ap.add_argument("--usage", choices=USAGE_MODES, help="how prompt_tokens is counted")
+    ap.add_argument("--extra-prompt-tokens", dest="extra_prompt_tokens", type=int)
+    ap.add_argument("--extra-completion-tokens", dest="extra_completion_tokens", type=int)
     args = ap.parse_args(argv)
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         ap.error("--fault-rate must be between 0 and 1")
