@@ -25,7 +25,7 @@ from decimal import Decimal
 
 from apidistill.errors import BudgetExceeded, ConfigError
 
-__all__ = ["Budget", "to_usd"]
+__all__ = ["Budget", "format_usd", "to_usd"]
 
 _ZERO = Decimal(0)
 
@@ -45,8 +45,21 @@ def _utc_today() -> date:
     return datetime.now(UTC).date()
 
 
-def _fmt(x: Decimal) -> str:
-    return f"${x:.4f}" if abs(x) < 1 else f"${x:,.2f}"
+def format_usd(x: Decimal) -> str:
+    """Dollars for people, never rounded to nothing: ``$1,234.57``, ``$0.0040``,
+    ``$0.000133``. Below $1 at least 4 decimals and always 3 significant digits, so a
+    fraction of a cent reads as what it is (a $0.0001 daily cap's spend is not "$0.0000")."""
+    if abs(x) >= 1:
+        return f"${x:,.2f}"
+    if x == 0:
+        return "$0.00"
+    places = max(4, 2 - x.adjusted())
+    text = f"{x:.{places}f}"
+    keep = len(text) - (places - 4)  # trailing zeros go, down to 4 decimals
+    return "$" + text[:keep] + text[keep:].rstrip("0")
+
+
+_fmt = format_usd
 
 
 class Budget:

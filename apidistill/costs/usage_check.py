@@ -60,9 +60,7 @@ def judge_usage(
     }
     priced = cost_of(price, usage, batch=batch) if price is not None else reported_cost
     if usage.output_tokens > max_tokens or usage.input_tokens > input_bound:
-        costs_money = price is not None and (
-            price.input_per_mtok > 0 or price.output_per_mtok > 0
-        )
+        costs_money = price is not None and (price.input_per_mtok > 0 or price.output_per_mtok > 0)
         detail["cost_usd"] = None if priced is None else str(priced)
         return UsageVerdict(priced, "usage_out_of_bounds", costs_money, detail)
     if usage.input_tokens <= 0:

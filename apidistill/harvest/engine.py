@@ -322,7 +322,9 @@ class Engine:
             else None
         )
         st = _Attempts(
-            prior_unknown=row.unknown_sends if row is not None else 0, input_bound=est_in, worst=worst
+            prior_unknown=row.unknown_sends if row is not None else 0,
+            input_bound=est_in,
+            worst=worst,
         )
         if not await self._reserve(key, worst):
             return None

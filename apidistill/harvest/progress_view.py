@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from apidistill.costs.budget import Budget
+from apidistill.costs.budget import Budget, format_usd
 from apidistill.harvest.results import HarvestResult, HarvestSummary
 
 if TYPE_CHECKING:
@@ -19,9 +19,9 @@ def spend_text(budget: Budget | None, summary: HarvestSummary, unpriced: bool) -
     if unpriced:
         return "spend unknown"
     if budget is not None:
-        risk = f" (+${budget.at_risk:.4f} at risk)" if budget.at_risk else ""
-        return f"${budget.spent:.4f} of ${budget.limit}{risk}"
-    return f"${summary.spent_usd:.4f}"
+        risk = f" (+{format_usd(budget.at_risk)} at risk)" if budget.at_risk else ""
+        return f"{format_usd(budget.spent)} of {format_usd(budget.limit)}{risk}"
+    return format_usd(summary.spent_usd)
 
 
 class HarvestProgress:

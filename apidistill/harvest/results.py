@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Literal
 
+from apidistill.costs.budget import format_usd
 from apidistill.data.schema import Completion, TeacherRequest
 
 __all__ = ["HarvestInterrupted", "HarvestResult", "HarvestSummary", "StopReason"]
@@ -80,7 +81,8 @@ class HarvestSummary:
             f"done {self.done}, from cache {self.cached}, failed {self.failed_total}"
             + (f" ({', '.join(f'{k} {v}' for k, v in self.failed.most_common())})"
                if self.failed else ""),
-            f"spent ${self.spent_usd} this run, ${self.total_spent_usd} in all"
+            f"spent {format_usd(self.spent_usd)} this run, {format_usd(self.total_spent_usd)} "
+            "in all"
             if not self.unpriced
             else "spend unknown: the model has no price (allow_unpriced)",
         ]  # fmt: skip
@@ -88,7 +90,7 @@ class HarvestSummary:
             out.append(
                 f"found {self.unknown_found} request(s) whose outcome was unknown "
                 f"({self.crashed_found} left in flight by a stopped process); "
-                f"${self.at_risk_found_usd} may have been billed for them"
+                f"{format_usd(self.at_risk_found_usd)} may have been billed for them"
             )
         if self.recovered:
             out.append(
@@ -100,7 +102,7 @@ class HarvestSummary:
         if self.unknown_this_run:
             out.append(
                 f"{self.unknown_this_run} send(s) lost their answer after sending "
-                f"(${self.at_risk_usd} at risk, kept charged in the budget)"
+                f"({format_usd(self.at_risk_usd)} at risk, kept charged in the budget)"
             )
         if self.usage_flags.get("usage_missing"):
             out.append(

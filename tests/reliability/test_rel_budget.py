@@ -70,7 +70,10 @@ def server_billed_usd(log: list[dict]) -> Decimal:
     """What the server billed, from its own log, at gpt-4.1-mini's prices."""
     return sum(
         (
-            (Decimal(e["prompt_tokens"]) * IN_PER_MTOK + Decimal(e["completion_tokens"]) * OUT_PER_MTOK)
+            (
+                Decimal(e["prompt_tokens"]) * IN_PER_MTOK
+                + Decimal(e["completion_tokens"]) * OUT_PER_MTOK
+            )
             / Decimal(1_000_000)
             for e in log
             if e["billed"]
