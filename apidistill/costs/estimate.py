@@ -2,7 +2,9 @@
 
 Three dollar figures bracket the bill, each with a definition a user can check:
 
-- ``max``: every request uncached and answered with ``max_tokens``; this is exactly what the
+- ``max``: every request uncached, its input at the bound the budget reserves (the count
+  itself where the tokenizer is known, else UTF-8 bytes + template tokens, see
+  :mod:`apidistill.costs.tokens`) and answered with ``max_tokens``; this is exactly what the
   budget reserves, so a run whose max fits the budget cannot be stopped by it.
 - ``expected``: every request uncached, answers of the expected length (a given mean, the
   gold answers' mean length, or ``max_tokens / 2``, in that order; the method is stated).
@@ -42,6 +44,8 @@ class Estimate(BaseModel):
     input_tokens: int
     input_exact: bool
     input_method: str
+    input_tokens_bound: int = 0  # what the budget reserves for input (>= input_tokens)
+    input_bound_method: str = ""
     shared_prefix_tokens: int = 0  # per request: tokens of the messages every request shares
     output_tokens_expected: int
     output_tokens_max: int
@@ -141,6 +145,8 @@ def estimate(
     counter = TokenCounter(teacher)
     counts = counter.count_many(list(requests)) if requests else []
     input_tokens = sum(c.n for c in counts)
+    bounds = counter.bound_many(list(requests)) if requests else []
+    input_bound = max(sum(b.n for b in bounds), input_tokens)
     exact = all(c.exact for c in counts) if counts else True
     methods = sorted({c.method for c in counts}) or ["no requests"]
     prefix = _shared_prefix(requests)
@@ -166,6 +172,8 @@ def estimate(
         input_tokens=input_tokens,
         input_exact=exact,
         input_method="; ".join(methods),
+        input_tokens_bound=input_bound,
+        input_bound_method="; ".join(sorted({b.method for b in bounds})),
         shared_prefix_tokens=prefix_tok,
         output_tokens_expected=out_expected,
         output_tokens_max=out_max,
@@ -183,7 +191,7 @@ def estimate(
         est.price_source = price.source
         est.usd_min = _usd(price, input_tokens, cached_floor, 0)
         est.usd_expected = _usd(price, input_tokens, 0, out_expected)
-        est.usd_max = _usd(price, input_tokens, 0, out_max)
+        est.usd_max = _usd(price, input_bound, 0, out_max)
         if price.batch_discount > 0 and _has_batch_api(cfg):
             keep = Decimal(1) - price.batch_discount
             est.batch_discount = price.batch_discount
@@ -245,6 +253,11 @@ def render_estimate(est: Estimate) -> Table:
         "input tokens",
         f"{est.input_tokens:,} ({'exact' if est.input_exact else 'approximate'}: {est.input_method})",
     )
+    if est.input_tokens_bound > est.input_tokens:
+        t.add_row(
+            "input worst case",
+            f"{est.input_tokens_bound:,} (what the budget reserves: {est.input_bound_method})",
+        )
     if est.shared_prefix_tokens:
         t.add_row("shared prefix", f"{est.shared_prefix_tokens:,} tokens per request")
     t.add_row("output tokens", f"{est.output_tokens_expected:,} expected ({est.output_method})")

@@ -186,3 +186,29 @@ def test_estimate_command_sends_nothing(tmp_path, monkeypatch):
         app, ["estimate", str(tmp_path / "run.yaml")], env={"COLUMNS": "160"}
     )
     assert table.exit_code == 0 and "cost Batch API" in table.output
+
+
+def test_max_is_what_the_budget_reserves_for_a_gateway(run_config, make_requests):
+    """provider openai behind another host: the tokenizer is unknown, so the expected input is
+    an approximation but the max (and the budget's reservation) uses the byte bound."""
+    from apidistill.costs.prices import ModelPrice, worst_case_cost
+    from apidistill.costs.tokens import TokenCounter
+
+    teacher = {
+        "provider": "openai",
+        "model": "gpt-4.1-mini",
+        "base_url": "https://gateway.example.com/v1",
+        "price": {"input_per_mtok": 1, "output_per_mtok": 2},
+    }
+    reqs = make_requests(["订单 778812 没有收到瑜伽垫。" * 40, "Où est ma tasse ? 😀" * 30])
+    est = estimate(run_config(teacher, budget="5"), reqs)
+    counter = TokenCounter(run_config(teacher).teacher)
+    price = ModelPrice(Decimal(1), Decimal(2))
+    reserved = sum(
+        (worst_case_cost(price, counter.bound(r).n, r.params.max_tokens) for r in reqs),
+        Decimal(0),
+    )
+    assert est.usd_max == reserved
+    assert est.input_tokens_bound > est.input_tokens and not est.input_exact
+    assert "UTF-8 bytes" in est.input_bound_method
+    assert "input worst case" in _render(est)
