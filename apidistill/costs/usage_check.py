@@ -23,7 +23,13 @@ from typing import Literal
 from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.data.schema import Usage
 
-__all__ = ["UsageFlag", "UsageVerdict", "judge_usage", "usage_flag_message"]
+__all__ = ["USAGE_STOP_HINT", "UsageFlag", "UsageVerdict", "judge_usage", "usage_flag_message"]
+
+USAGE_STOP_HINT = (
+    "raising the budget does not fix this: find out why the teacher reports more than the "
+    "request can produce (the journal's usage_flag events hold each case), then run again "
+    "with the same journal; the answers already paid for are kept"
+)
 
 UsageFlag = Literal["usage_missing", "usage_out_of_bounds"]
 
@@ -78,6 +84,6 @@ def usage_flag_message(verdict: UsageVerdict) -> str:
         f"tokens for a request that can produce at most {d['input_bound']} and "
         f"{d['max_tokens']} (reserved ${d['reserved_usd']}, booked ${d['cost_usd']}): its "
         "usage is not what the budget was reserved for, so the run stopped; check the "
-        "teacher's base_url (a gateway that counts differently) or name its tokenizer "
-        "(teacher.tokenizer)"
+        "teacher's base_url (a gateway that counts differently, or misreports) and its "
+        "tokenizer (teacher.tokenizer)"
     )

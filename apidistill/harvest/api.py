@@ -192,7 +192,8 @@ class HarvestStream:
         if engine.summary.stopped_by == "budget" and raise_on_budget:
             raise BudgetExceeded(
                 engine.summary.stop_message or "budget reached",
-                hint="raise the budget and run again with the same journal: answered "
+                hint=stop.hint
+                or "raise the budget and run again with the same journal: answered "
                 "requests are never sent again",
             )
 

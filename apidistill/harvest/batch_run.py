@@ -27,7 +27,7 @@ from typing import Any
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, worst_case_cost
-from apidistill.costs.usage_check import judge_usage, usage_flag_message
+from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_flag_message
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, TeacherError, redact
 from apidistill.harvest.engine import StopSignal, _check_item, _meta_str, upper_bound_input_tokens
@@ -254,7 +254,7 @@ class BatchEngine:
             try:
                 self.budget.reserve(key, self._worst(req))
             except BudgetExceeded as exc:
-                self.stop.request("budget", exc.message)
+                self.stop.request("budget", exc.message, exc.hint)
                 break
             fitted.append((key, req))
         return fitted
@@ -348,7 +348,7 @@ class BatchEngine:
             if verdict.flag is not None:
                 self.summary.usage_flags[verdict.flag] += 1
             if verdict.stop:  # submit nothing more; what is submitted is collected
-                self.stop.request("budget", usage_flag_message(verdict))
+                self.stop.request("budget", usage_flag_message(verdict), USAGE_STOP_HINT)
             if self.budget is not None and self.budget.holds(key):
                 self.budget.settle(key, cost)
             self.summary.done += 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.costs.tokens import byte_bound_tokens
-from apidistill.costs.usage_check import judge_usage, usage_flag_message
+from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_flag_message
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError, DataError, TeacherTimeout, redact
 from apidistill.harvest.journal import CachedRow, JournalStore, JournalWriteError
@@ -65,6 +65,7 @@ class StopSignal:
     def __init__(self) -> None:
         self.reason: StopReason | None = None
         self.message: str | None = None
+        self.hint: str | None = None  # what the user can do about it, when the cause knows
         self._event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_stop: list[Callable[[], None]] = []
@@ -77,10 +78,12 @@ class StopSignal:
         if self.reason is not None:
             fn()
 
-    def request(self, reason: StopReason, message: str | None = None) -> None:
+    def request(
+        self, reason: StopReason, message: str | None = None, hint: str | None = None
+    ) -> None:
         if self.reason is not None:
             return
-        self.reason, self.message = reason, message
+        self.reason, self.message, self.hint = reason, message, hint
         self._event.set()
         for fn in self._on_stop:
             fn()
@@ -384,7 +387,7 @@ class Engine:
                 return True
             except BudgetExceeded as exc:
                 if self.budget.reserved <= 0 or self.stop.is_set():
-                    self.stop.request("budget", exc.message)
+                    self.stop.request("budget", exc.message, exc.hint)
                     return False
             # Budget only moves on this loop's thread, so nothing can change between the
             # failed reserve and registering the waiter: no wake-up is lost.
@@ -542,7 +545,7 @@ class Engine:
         if verdict.flag is not None:
             self.summary.usage_flags[verdict.flag] += 1
         if verdict.stop:  # the cap is no longer guaranteed: no further send
-            self.stop.request("budget", usage_flag_message(verdict))
+            self.stop.request("budget", usage_flag_message(verdict), USAGE_STOP_HINT)
         if self.budget is not None:
             if not recovered:
                 self.budget.settle(key, cost)

@@ -143,6 +143,7 @@ def test_per_day_cap_holds_across_runs_and_the_stop_prints_real_amounts(fault, t
     assert run_end_summaries(journal)[-1]["stopped_by"] == "budget"
     out = first.stdout + first.stderr
     assert "per-day budget of $0.0001" in out
+    assert "run again tomorrow (UTC)" in out  # the per-day hint, not "raise the budget"
     assert "$0.0000 " not in out and "$0.0000)" not in out  # amounts are not rounded away
 
     second = run_cli("harvest", str(run), "--no-progress")
@@ -284,3 +285,12 @@ def test_property_end_to_end_spend_stays_within_the_cap(
     assert "usage_out_of_bounds" not in flags
     if summary.stopped_by != "budget":
         assert summary.done + summary.cached + summary.failed_total == len(texts)
+
+
+def test_cli_stop_on_out_of_bounds_usage_says_why_and_not_to_raise_the_budget(fault, tmp_path):
+    srv = fault(latency_ms=5, extra_prompt_tokens=50_000_000)
+    run = write_openai_run(tmp_path, srv.base_url, [f"q {i}" for i in range(20)], budget="{usd: 1}")
+    proc = run_cli("harvest", str(run), "--no-progress", env=cli_env(OPENAI_API_KEY=KEY))
+    out = proc.stdout + proc.stderr
+    assert "the teacher reported 50000" in out and "raising the budget does not fix this" in out
+    assert usage_flags(tmp_path / "run" / "journal.sqlite")
