@@ -156,3 +156,26 @@ def test_max_in_window_counts_half_open_windows():
     assert max_in_window([0.0, 0.5, 1.0, 1.2], 1.0) == 3
     assert max_in_window([0.0, 1.0, 2.0], 1.0) == 1
     assert max_in_window([0.0, 0.1], 1.0, [5, 7]) == 12
+
+
+def test_usage_modes_recount_what_is_reported_and_billed(fault):
+    """``usage`` plays teachers with other tokenizers; the extras play a misreporting gateway.
+    The answers still parse as OpenAI objects (usage is optional in the SDK's type)."""
+    text = "订单 778812 😀 é"
+    body = {"model": "fault-model", "messages": [{"role": "user", "content": text}]}
+    seen = f"user:{text}"  # the input text the server counts (role:content)
+    expected = {"words": len(seen.split()), "chars": len(seen), "bytes": len(seen.encode())}
+    for mode, n in expected.items():
+        srv = fault(usage=mode)
+        usage = ChatCompletion.model_validate(_post(srv, body).json()).usage
+        assert usage.prompt_tokens == n and srv.stats()["log"][-1]["prompt_tokens"] == n
+    srv = fault(usage="none")
+    r = _post(srv, body).json()
+    assert "usage" not in r and ChatCompletion.model_validate(r).usage is None
+    assert srv.stats()["log"][-1]["prompt_tokens"] == expected["words"]  # still billed
+    srv = fault(extra_prompt_tokens=1000, extra_completion_tokens=7)
+    usage = _post(srv, {**body, "max_tokens": 2}).json()["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (expected["words"] + 1000, 9)
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    with pytest.raises(ValueError, match="unknown usage mode"):
+        srv.configure(usage="tokens")
