@@ -3,7 +3,10 @@
 A request is sent only after its worst-case cost (every input token uncached, ``max_tokens``
 out) is reserved, and the reservation fails with :class:`BudgetExceeded` — nothing sent —
 when ``spent + at risk + reserved + worst case`` would pass the limit. So no interleaving of
-concurrent requests can spend more than the limit as long as the worst case holds.
+concurrent requests can spend more than the limit as long as the worst case holds. The
+harvest makes it hold: it reserves for an input bound the teacher's usage cannot exceed
+(:meth:`apidistill.costs.tokens.TokenCounter.bound`), and an answer whose usage is outside
+that bound is flagged and stops the run (:mod:`apidistill.costs.usage_check`).
 
 "At risk" is money that may have been billed without an answer reaching us (a transport
 fault after sending, or a crash): it stays charged at its worst case, for the rest of the
@@ -57,9 +60,6 @@ def format_usd(x: Decimal) -> str:
     text = f"{x:.{places}f}"
     keep = len(text) - (places - 4)  # trailing zeros go, down to 4 decimals
     return "$" + text[:keep] + text[keep:].rstrip("0")
-
-
-_fmt = format_usd
 
 
 class Budget:
@@ -172,17 +172,17 @@ class Budget:
                 raise ValueError(f"worst case must be >= 0, got {worst_case}")
             if self.committed + worst_case > self.limit:
                 raise BudgetExceeded(
-                    f"the next request may cost up to {_fmt(worst_case)}, but only "
-                    f"{_fmt(max(self.remaining, _ZERO))} of the {_fmt(self.limit)} budget is "
-                    f"left (spent {_fmt(self.spent)}, at risk {_fmt(self.at_risk)}, "
-                    f"in flight {_fmt(self._reserved)}); nothing was sent for it",
+                    f"the next request may cost up to {format_usd(worst_case)}, but only "
+                    f"{format_usd(max(self.remaining, _ZERO))} of the {format_usd(self.limit)} budget is "
+                    f"left (spent {format_usd(self.spent)}, at risk {format_usd(self.at_risk)}, "
+                    f"in flight {format_usd(self._reserved)}); nothing was sent for it",
                     hint="raise the budget (budget.usd or --budget) and run again with the "
                     "same journal: answered requests are never sent again",
                 )
             if self.per_day is not None and self._day_committed + worst_case > self.per_day:
                 raise BudgetExceeded(
-                    f"the per-day budget of {_fmt(self.per_day)} is used up for "
-                    f"{self._day.isoformat()} (UTC; {_fmt(self._day_committed)} committed)",
+                    f"the per-day budget of {format_usd(self.per_day)} is used up for "
+                    f"{self._day.isoformat()} (UTC; {format_usd(self._day_committed)} committed)",
                     hint="run again tomorrow (UTC) with the same journal, or raise "
                     "budget.per_day_usd",
                 )
