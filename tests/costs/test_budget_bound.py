@@ -81,6 +81,21 @@ def test_byte_bound_is_never_below_a_chat_template_count(smol, req):
     assert len(ids) <= byte_bound_tokens(req)
 
 
+def test_a_named_tokenizer_is_reserved_at_its_exact_count(smol):
+    teacher = TeacherConfig(
+        provider="openai_compatible",
+        model="smollm2-135m-instruct",
+        tokenizer="smollm2-135m-instruct",
+        base_url="http://127.0.0.1:9/v1",
+    )
+    req = TeacherRequest(messages=[Message(role="user", content="订单 778812 没有收到 😀")])
+    ids = smol.apply_chat_template(
+        [m.model_dump() for m in req.messages], add_generation_prompt=True
+    )
+    bound = TokenCounter(teacher).bound(req)
+    assert bound.exact and bound.n == len(ids["input_ids"]) < byte_bound_tokens(req)
+
+
 @settings(max_examples=200, deadline=None)
 @given(req=chat_requests())
 def test_the_reservation_bound_for_an_openai_gateway_is_the_byte_bound(req):
