@@ -38,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from apidistill.config import TeacherConfig
 from apidistill.data.schema import Message, TeacherRequest
@@ -167,8 +168,6 @@ def _is_official_openai(teacher: TeacherConfig) -> bool:
         return False
     if not teacher.base_url:
         return True
-    from urllib.parse import urlsplit
-
     host = (urlsplit(teacher.base_url).hostname or "").lower().rstrip(".")
     return host == "api.openai.com"
 
