@@ -378,9 +378,7 @@ def test_top_k_store_keeps_the_most_likely_alternatives(keep, tmp_path) -> None:
     from apidistill.data.store import load_records
 
     recs = [_with_top(i, 20) for i in range(10)]
-    cfg = DatasetConfig(
-        top_k_store=keep, splits=SplitConfig(train=0.5, test=0.5, stratify_by=None)
-    )
+    cfg = DatasetConfig(top_k_store=keep, splits=SplitConfig(train=0.5, test=0.5, stratify_by=None))
     res = curate(recs, cfg)
     res.save(tmp_path / "ds")
     stored = load_records(tmp_path / "ds", split="train") + load_records(tmp_path / "ds", "test")
@@ -388,5 +386,7 @@ def test_top_k_store_keeps_the_most_likely_alternatives(keep, tmp_path) -> None:
     for r in stored:
         for pos in r.logprobs:
             assert {a.token for a in pos.top} == {f"t{j}" for j in range(keep)}  # most likely
-            assert pos.logprob == pytest.approx(-0.1, abs=1e-3)  # fp16 store; the sampled token stays
+            assert pos.logprob == pytest.approx(
+                -0.1, abs=1e-3
+            )  # fp16 store; the sampled token stays
     assert all(len(p.top) == 20 for r in recs for p in r.logprobs)  # inputs untouched
