@@ -12,8 +12,9 @@ folder are not executed, so the editable install's finder (``__editable__*.pth``
 and ``import apidistill`` can only find the installed wheel; the test checks that. Every
 command runs from a folder outside the repository with ``PYTHONPATH`` removed.
 
-The scaled-down demo from the installed wheel (minutes of model loading and training) is a
-step of ``.ci/run`` built the same way, so CI does not pay for it twice.
+``serve`` answers a chat call on the embedded model; the scaled-down demo from the installed
+wheel (minutes of model loading and training) is a step of ``.ci/run`` built the same way,
+so CI does not pay for it twice.
 """
 
 from __future__ import annotations
@@ -197,3 +198,31 @@ def test_help_of_serve_and_demo(installed) -> None:
         done = installed.cli(cmd, "--help")
         assert done.returncode == 0, done.stderr
     assert "--config" in installed.cli("serve", "--help").stdout
+
+
+def test_serve_answers_from_the_wheel(installed) -> None:
+    """``apidistill serve`` of the installed package on the embedded model: one chat call."""
+    import httpx2
+
+    proc = subprocess.Popen(
+        [str(installed.venv / "bin" / "apidistill"), "serve", "--port", "0", "--max-batch-size",
+         "1", "--threads", "1"],
+        cwd=installed.work, env=installed.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the ready line, printed once the port accepts
+        assert line.startswith("apidistill serve: ready on "), line + proc.stderr.read()
+        base = line.split("ready on ", 1)[1].strip()
+        resp = httpx2.post(
+            base + "/chat/completions",
+            json={"model": "smollm2-135m-instruct", "max_tokens": 4,
+                  "messages": [{"role": "user", "content": "Say hi."}]},
+            timeout=120,
+        )  # fmt: skip
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["choices"][0]["message"]["content"]
+    finally:
+        proc.terminate()
+        proc.wait(30)
