@@ -200,6 +200,8 @@ class DatasetConfig(_Section):
     near_dup_threshold: float = Field(0.85, gt=0, lt=1)
     balance: BalanceConfig | None = None
     splits: SplitConfig = Field(default_factory=SplitConfig)
+    # Alternatives kept per position in the stored dataset (the rest are dropped at the
+    # dataset stage); logprob KD needs at least training.kd.top_k of them.
     top_k_store: int = Field(20, ge=0, le=20)
 
 
@@ -320,6 +322,15 @@ class RunConfig(_Section):
                 "training.method logprob_kd needs harvest.logprobs: true "
                 "(or use training.method: sequence_kd)"
             )
+        if (
+            self.training.method == "logprob_kd"
+            and self.training.kd.top_k > self.dataset.top_k_store
+        ):
+            raise ValueError(
+                f"training.kd.top_k ({self.training.kd.top_k}) is more than the dataset keeps "
+                f"(dataset.top_k_store: {self.dataset.top_k_store}); raise top_k_store or "
+                "lower kd.top_k"
+            )
         return self
 
     def resolve_path(self, p: str) -> Path:
@@ -406,7 +417,7 @@ def parse_config(text: str, file: str = "<string>") -> RunConfig:
         raise ConfigError(
             f"the run file must be a mapping of sections, got {type(data).__name__}",
             file=file,
-            hint="start from examples/demo/migrate.yaml",
+            hint="start from the demo's run file, apidistill/demo_data/migrate.yaml",
         )
     try:
         cfg = RunConfig.model_validate(data)

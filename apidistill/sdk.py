@@ -4,7 +4,7 @@
 script can run the stages one at a time, look at what each produced, and change course —
 with exactly the same files, cache and guarantees as ``apidistill run``::
 
-    d = Distiller.from_yaml("examples/demo/migrate.yaml")
+    d = Distiller.from_yaml("my_run.yaml")   # e.g. apidistill/demo_data/migrate.yaml
     d.check_policy()
     d.harvest()                      # cached: a re-run sends nothing already answered
     d.build_dataset()

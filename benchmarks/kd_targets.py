@@ -1,8 +1,8 @@
 """Teacher targets for the KD-quality benchmark: generated once with apidistill itself, cached.
 
 The teacher is the demo's: SmolLM2-135M-Instruct with the prototype prompt (system
-instruction + 16 few-shot turns, examples/demo/prototype_prompt.yaml) in front of each
-ticket of examples/demo/tickets.jsonl. It runs behind ``apidistill serve`` (started with
+instruction + 16 few-shot turns, apidistill/demo_data/prototype_prompt.yaml) in front of each
+ticket of apidistill/demo_data/tickets.jsonl. It runs behind ``apidistill serve`` (started with
 :func:`apidistill.serve.launcher.launch_server`) and is harvested over HTTP by apidistill's
 own ``harvest`` with top-20 logprobs, exactly as the demo pipeline does; records are built
 by the pipeline's ``record_from_result``, so the student sees only the ticket.
@@ -49,13 +49,20 @@ def _demo_task() -> Any:
 
 
 DEMO_FILES = ("prototype_prompt.yaml", "tickets.jsonl", "student_prompt.txt")
+# The generated inputs ship inside the package (apidistill/demo_data); the rest is examples/demo.
+_PACKAGED = ("prototype_prompt.yaml", "tickets.jsonl")
 
 
 @functools.cache
 def _snapshot() -> dict[str, bytes]:
     """The demo's files, read once per process: if they are edited while a run is going,
     every target, prompt and fingerprint of this run still comes from one version."""
-    return {name: (DEMO / name).read_bytes() for name in DEMO_FILES}
+    from apidistill.resources import demo_data_dir
+
+    return {
+        name: ((demo_data_dir() if name in _PACKAGED else DEMO) / name).read_bytes()
+        for name in DEMO_FILES
+    }
 
 
 def load_tickets() -> list[dict[str, Any]]:

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from apidistill import Distiller, load_config
+from apidistill.resources import demo_run_file
 
-cfg = load_config("examples/demo/migrate.yaml")  # teacher: SmolLM2 + a 1,580-token prompt
+cfg = load_config(demo_run_file())  # the demo's run file: SmolLM2 + a 1,580-token prompt
 cfg.prompts.limit = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 cfg.training.max_steps = int(sys.argv[2]) if len(sys.argv) > 2 else -1
 cfg.run_dir = str(Path("runs/sdk-quickstart").resolve())  # under the current folder

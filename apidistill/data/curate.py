@@ -23,7 +23,7 @@ from apidistill.data.schema import Record
 from apidistill.data.splits import SplitResult, make_splits
 from apidistill.data.store import save_splits
 
-__all__ = ["CurateResult", "curate"]
+__all__ = ["CurateResult", "curate", "keep_top_k"]
 
 
 @dataclass
@@ -90,4 +90,18 @@ def curate(
         dedupe=cfg.dedupe,
         threshold=cfg.near_dup_threshold,
     )
+    split.records = [keep_top_k(r, cfg.top_k_store) for r in split.records]
     return CurateResult(split.records, filtered, deduped, balanced, split)
+
+
+def keep_top_k(rec: Record, k: int) -> Record:
+    """``rec`` with at most the ``k`` most likely alternatives per position
+    (``dataset.top_k_store``): the dataset stores what training will read and no more.
+    The sampled token's own log-probability stays whatever ``k`` is."""
+    if not rec.logprobs or all(len(t.top) <= k for t in rec.logprobs):
+        return rec
+    kept = [
+        t.model_copy(update={"top": sorted(t.top, key=lambda a: -a.logprob)[:k]})
+        for t in rec.logprobs
+    ]
+    return rec.model_copy(update={"logprobs": kept})

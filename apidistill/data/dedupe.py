@@ -31,6 +31,7 @@ __all__ = [
     "duplicate_groups",
     "normalize",
     "record_text",
+    "sample_family",
 ]
 
 DedupeMode = Literal["none", "exact", "near"]
@@ -164,14 +165,29 @@ class DedupeResult:
         }
 
 
+def sample_family(rec: Record) -> str:
+    """The prompt a record answers: ``harvest.n > 1`` pays for several samples of one prompt
+    (``metadata["sample_of"]`` names it on samples 1..n-1); they are answers, not duplicates."""
+    return str(rec.metadata.get("sample_of") or rec.id)
+
+
 def dedupe(
     records: Sequence[Record],
     mode: DedupeMode = "near",
     threshold: float = 0.85,
     on: DedupeOn = "prompt",
 ) -> DedupeResult:
-    """Keep the first record of each duplicate group (input order), report the groups."""
-    texts = [record_text(r, on) for r in records]
+    """Keep the first record of each duplicate group (input order), report the groups.
+
+    The samples of one prompt (:func:`sample_family`) count as one: they are kept or dropped
+    together, so every paid sample of a kept prompt reaches the dataset. With ``on`` other
+    than ``"prompt"`` each record stands alone (two samples may well be the same answer).
+    """
+    families: dict[str, list[int]] = {}  # family → its records' indices, in input order
+    for i, r in enumerate(records):
+        families.setdefault(sample_family(r) if on == "prompt" else r.id, []).append(i)
+    family = list(families.values())
+    texts = [record_text(records[f[0]], on) for f in family]  # one text per family
     groups = duplicate_groups(texts, mode, threshold)
     exact = [_exact_key(t) for t in texts] if mode != "none" else []
     result = DedupeResult(kept=[])
@@ -179,15 +195,16 @@ def dedupe(
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     for g, idx in members.items():
-        result.kept.append(records[g])
-        keep_id = records[g].id
-        for i in idx:
-            result.group_of[records[i].id] = keep_id
-        if len(idx) > 1:
-            result.groups.append([records[i].id for i in idx])
-            for i in idx[1:]:
-                if exact[i] == exact[g]:
-                    result.exact_removed += 1
-                else:
-                    result.near_removed += 1
+        result.kept.extend(records[r] for r in family[g])
+        keep_id = records[family[g][0]].id
+        ids = [records[r].id for i in idx for r in family[i]]
+        for rid in ids:
+            result.group_of[rid] = keep_id
+        if len(idx) > 1:  # duplicates across prompts (a prompt's own samples are no group)
+            result.groups.append(ids)
+        for i in idx[1:]:
+            if exact[i] == exact[g]:
+                result.exact_removed += len(family[i])
+            else:
+                result.near_removed += len(family[i])
     return result

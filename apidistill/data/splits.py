@@ -19,7 +19,13 @@ from typing import Literal
 
 from apidistill.config import SplitConfig
 from apidistill.data.balance import class_of
-from apidistill.data.dedupe import DedupeMode, NearDupIndex, duplicate_groups, record_text
+from apidistill.data.dedupe import (
+    DedupeMode,
+    NearDupIndex,
+    duplicate_groups,
+    record_text,
+    sample_family,
+)
 from apidistill.data.schema import Record
 
 __all__ = ["SplitResult", "cross_split_duplicates", "make_splits", "split_targets"]
@@ -91,6 +97,9 @@ def make_splits(
     duplicate grouping computed from prompts with ``dedupe``/``threshold``."""
     if groups is None:
         groups = duplicate_groups([record_text(r) for r in records], dedupe, threshold)
+        # The samples of one prompt (harvest.n > 1) share a split even with dedupe: none.
+        first_of: dict[str, int] = {}
+        groups = [groups[first_of.setdefault(sample_family(r), i)] for i, r in enumerate(records)]
     by = cfg.stratify_by
     units = _units(records, groups, by, cfg.seed)
     class_sizes: dict[str, int] = {}

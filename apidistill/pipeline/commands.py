@@ -17,10 +17,6 @@ from apidistill.errors import ConfigError
 STAGES = ("policy", "estimate", "harvest", "dataset", "train")
 
 
-def _examples_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "examples"
-
-
 def run(
     config: Path = typer.Argument(..., help="YAML run file."),
     budget: float | None = typer.Option(None, help="Override budget.usd (USD) for this run."),
@@ -56,15 +52,9 @@ def demo(
     """Offline: serve SmolLM2 with a long prototype prompt as the teacher, harvest it over HTTP
     with logprobs, build the dataset, LoRA-distill the prompt away, evaluate, serve the student."""
     from apidistill.pipeline.run import run_pipeline
+    from apidistill.resources import demo_run_file
 
-    cfg_path = _examples_dir() / "demo" / "migrate.yaml"
-    if not cfg_path.is_file():
-        raise ConfigError(
-            "demo config not found",
-            file=str(cfg_path),
-            hint="run the demo from a source checkout (pip install -e .)",
-        )
-    cfg = load_config(cfg_path)
+    cfg = load_config(demo_run_file())
     if run_dir is not None:
         cfg.run_dir = str(run_dir.resolve())
     else:
@@ -148,7 +138,7 @@ def bench(
     quick: bool = typer.Option(False, help="CI-sized run."),
 ) -> None:
     """Run the benchmark suite: ``python -m benchmarks`` from the source checkout."""
-    root = _examples_dir().parent
+    root = Path(__file__).resolve().parents[2]  # benchmarks/ exist only in a source checkout
     if not (root / "benchmarks" / "__main__.py").is_file():
         raise ConfigError("benchmarks/ not found", hint="run from a source checkout")
     args = [sys.executable, "-m", "benchmarks"] + (["--quick"] if quick else [])

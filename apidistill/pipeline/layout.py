@@ -6,6 +6,8 @@
       policy.json          the terms decision the harvest ran under
       estimate.json        pre-flight estimate
       journal.sqlite       harvest cache + journal (never pay twice)
+      logprob_fallback.json  written when the teacher gave no usable logprobs and the run falls
+                           back to sequence KD (harvest.on_missing_logprobs): train reads it
       harvest/             every harvested record (crash-safe store)
       dataset/             filtered, deduplicated, balanced, split records + card.md/card.json
       train/               checkpoints and the trained adapter
@@ -40,6 +42,10 @@ class RunLayout:
     @property
     def journal(self) -> Path:
         return self.root / "journal.sqlite"
+
+    @property
+    def logprob_fallback(self) -> Path:
+        return self.root / "logprob_fallback.json"
 
     @property
     def harvest(self) -> Path:

@@ -18,7 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
-from apidistill.config import RunConfig
+from apidistill.config import RunConfig, TrainingConfig
 from apidistill.data.schema import Message, Provenance, Record
 from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError
 from apidistill.pipeline.layout import RunLayout
@@ -29,6 +29,7 @@ __all__ = [
     "HarvestOutcome",
     "RunContext",
     "dataset_stage",
+    "effective_training",
     "estimate_stage",
     "harvest_stage",
     "policy_stage",
@@ -123,7 +124,8 @@ def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
     meta = dict(req.metadata)
     student = [Message.model_validate(m) for m in meta.pop("student_messages")]
     rid = meta.pop("prompt_id") or result.key[:16]
-    if req.sample_index:
+    if req.sample_index:  # harvest.n > 1: one record per paid sample, tied to its prompt
+        meta["sample_of"] = rid
         rid = f"{rid}-s{req.sample_index}"
     return Record(
         id=rid,
@@ -149,12 +151,19 @@ def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
 
 
 def _check_logprob_capability(ctx: RunContext, teacher: Any) -> bool:
-    """Whether logprobs will be harvested; fail before spending when KD needs them."""
+    """Whether logprobs will be harvested; fail before spending when KD needs them.
+
+    A fallback to sequence KD is a decision the train stage needs, so it is written into the
+    run folder (:func:`effective_training` reads it), not kept in this process's config: a
+    later ``apidistill train`` in a new process trains the same way. A harvest that gets its
+    logprobs removes a fallback file an earlier harvest of this run wrote.
+    """
     h, cfg = ctx.cfg.harvest, ctx.cfg
     if not h.logprobs:
         return False
     caps = teacher.capabilities
     if caps.output_logprobs and caps.max_top_logprobs >= h.top_logprobs:
+        ctx.layout.logprob_fallback.unlink(missing_ok=True)
         return True
     why = (
         f"teacher {cfg.teacher.provider}:{cfg.teacher.model} gives no output logprobs"
@@ -167,15 +176,39 @@ def _check_logprob_capability(ctx: RunContext, teacher: Any) -> bool:
             f"[yellow]warning[/]: {why}; harvesting text only and training with sequence KD "
             "(harvest.on_missing_logprobs: sequence_kd)"
         )
-        cfg.training.method = "sequence_kd"
-        cfg.harvest.logprobs = False
-        cfg.harvest.top_logprobs = 0
+        if cfg.training.method != "sequence_kd":
+            _write_json(
+                ctx.layout.logprob_fallback,
+                {"configured": cfg.training.method, "method": "sequence_kd", "reason": why},
+            )
         return False
     raise CapabilityError(
         why,
         hint="use a teacher with logprobs, or set harvest.on_missing_logprobs: sequence_kd "
         "(or training.method: sequence_kd)",
     )
+
+
+def effective_training(ctx: RunContext) -> TrainingConfig:
+    """The training settings this run trains with: the run file's, except that a sequence-KD
+    fallback the harvest wrote (``logprob_fallback.json``) replaces logprob KD."""
+    path = ctx.layout.logprob_fallback
+    training = ctx.cfg.training
+    if training.method == "sequence_kd" or not path.is_file():
+        return training
+    try:
+        fallback = json.loads(path.read_text(encoding="utf-8"))
+        reason = str(fallback["reason"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot read the sequence-KD fallback decision: {exc}",
+            file=str(path),
+            hint="re-run the harvest (apidistill harvest config.yaml): it writes the file again",
+        ) from None
+    ctx.console.print(
+        f"[yellow]training with sequence KD[/]: {reason} (decided at harvest, {path.name})"
+    )
+    return training.model_copy(update={"method": "sequence_kd"})
 
 
 def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> HarvestOutcome:
@@ -361,7 +394,7 @@ def train_stage(ctx: RunContext, *, resume: bool = True):
         train,
         val,
         student=ctx.cfg.student,
-        training=ctx.cfg.training,
+        training=effective_training(ctx),
         out_dir=ctx.layout.train,
         teacher_tokenizer=ctx.cfg.teacher.tokenizer,
         resume=resume,

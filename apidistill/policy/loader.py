@@ -1,4 +1,5 @@
-"""Read ``policies/*.yaml`` (and a user's own policy folders) into :class:`Policy` objects.
+"""Read the built-in ``apidistill/policies/*.yaml`` (and a user's own policy folders) into
+:class:`Policy` objects.
 
 Policy files are legal citations, so a mistake in one must never be skipped silently: every
 problem (bad YAML, an unknown key or use, a bad date, two equally specific rules claiming the
@@ -22,6 +23,7 @@ from pydantic import ValidationError
 
 from apidistill.errors import ConfigError
 from apidistill.policy.schema import Policy
+from apidistill.resources import builtin_policy_dir
 
 __all__ = [
     "builtin_policy_dir",
@@ -34,11 +36,6 @@ __all__ = [
 
 _WILDCARDS = frozenset("*?[")
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def builtin_policy_dir() -> Path:
-    """The ``policies/`` folder shipped next to the package (repository root)."""
-    return Path(__file__).resolve().parents[2] / "policies"
 
 
 def pattern_specificity(pattern: str) -> tuple[int, int]:
@@ -211,7 +208,8 @@ def _yaml_files(folder: Path) -> list[Path]:
         raise ConfigError(
             "policy folder not found",
             file=str(folder),
-            hint="check policy.policy_dirs in the run file (paths resolve from the run file)",
+            hint="check --policy-dir, or policy.policy_dirs in the run file (paths resolve from the "
+            "run file)",
         )
     return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
 

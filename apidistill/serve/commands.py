@@ -15,54 +15,92 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
+from apidistill.config import DEFAULT_MODEL, ServeConfig
 from apidistill.errors import ConfigError, ModelLoadError
 
 READY_PREFIX = "apidistill serve: ready on "
 
 
 def serve(
-    model: str = typer.Option(
-        "smollm2-135m-instruct",
+    model: str | None = typer.Option(
+        None,
         "--model",
-        help="Embedded model name, model folder, .gguf file, or an exported student folder.",
+        help="Embedded model name, model folder, .gguf file, or an exported student folder "
+        "(default: the run's exported student with --config, else smollm2-135m-instruct).",
+    ),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Run file: serve its exported student with its 'serve:' settings (host, port, "
+        "API key, caps); options given here win over the file.",
     ),
     adapter: str | None = typer.Option(None, "--adapter", help="LoRA adapter folder to apply."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
-    port: int = typer.Option(8000, "--port", help="Port; 0 picks a free one and prints it."),
+    host: str | None = typer.Option(None, "--host", help="Address to bind (loopback default)."),
+    port: int | None = typer.Option(
+        None, "--port", help="Port (default 8000); 0 picks a free one and prints it."
+    ),
     served_model_name: str | None = typer.Option(
-        None, "--served-model-name", help="Model name clients send (default: --model)."
+        None,
+        "--served-model-name",
+        help="Model name clients send (default: --model, or 'student' with --config).",
     ),
     api_key_env: str | None = typer.Option(
         None,
         "--api-key-env",
         help="Require this environment variable's value as API key (Bearer or x-api-key).",
     ),
-    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Sequences per batch."),
-    max_queue: int = typer.Option(
-        256, "--max-queue", help="Requests that may wait; more are answered 429/529."
+    max_batch_size: int | None = typer.Option(
+        None, "--max-batch-size", help="Sequences per batch (default 16)."
     ),
-    max_tokens_cap: int = typer.Option(2048, "--max-tokens-cap", help="Largest max_tokens."),
-    max_n: int = typer.Option(8, "--max-n", help="Largest n (choices per request)."),
-    max_body_bytes: int = typer.Option(
-        4 * 1024 * 1024, "--max-body-bytes", help="Largest request body; bigger gets 413."
+    max_queue: int | None = typer.Option(
+        None, "--max-queue", help="Requests that may wait (default 256); more get 429/529."
+    ),
+    max_tokens_cap: int | None = typer.Option(
+        None, "--max-tokens-cap", help="Largest max_tokens (default 2048)."
+    ),
+    max_n: int | None = typer.Option(
+        None, "--max-n", help="Largest n, choices per request (default 8)."
+    ),
+    max_body_bytes: int | None = typer.Option(
+        None, "--max-body-bytes", help="Largest request body (default 4 MiB); bigger gets 413."
     ),
     prefix_cache: bool = typer.Option(
         True, "--prefix-cache/--no-prefix-cache", help="Reuse the KV cache of shared prefixes."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: cores)."),
 ) -> None:
-    _check_options(port, max_batch_size, max_queue, max_tokens_cap, max_n, max_body_bytes)
+    given = {
+        "host": host,
+        "port": port,
+        "api_key_env": api_key_env,
+        "max_batch_size": max_batch_size,
+        "max_queue": max_queue,
+        "max_tokens_cap": max_tokens_cap,
+        "max_n": max_n,
+        "max_body_bytes": max_body_bytes,
+    }
+    opts, model, name = resolve_serve_options(config, model, served_model_name, given)
+    _check_options(
+        opts.port,
+        opts.max_batch_size,
+        opts.max_queue,
+        opts.max_tokens_cap,
+        opts.max_n,
+        opts.max_body_bytes,
+    )
     api_key = None
-    if api_key_env:
-        api_key = os.environ.get(api_key_env)
+    if opts.api_key_env:
+        api_key = os.environ.get(opts.api_key_env)
         if not api_key:
             raise ConfigError(
-                f"environment variable {api_key_env} is not set or empty",
-                key="--api-key-env",
-                hint=f"export {api_key_env}=<key>, or drop --api-key-env to serve without a key",
+                f"environment variable {opts.api_key_env} is not set or empty",
+                key="--api-key-env" if api_key_env else "serve.api_key_env",
+                file=str(config) if config and not api_key_env else None,
+                hint=f"export {opts.api_key_env}=<key>, or serve without a key",
             )
     from apidistill.models import resolve_model
 
@@ -76,11 +114,12 @@ def serve(
     from apidistill.serve.engine import Engine
     from apidistill.serve.http_common import ServeSettings
 
+    host = opts.host
     try:
-        sock = bind_socket(host, port)
+        sock = bind_socket(host, opts.port)
     except OSError as exc:
         raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            f"cannot listen on {host}:{opts.port}: {exc.strerror or exc}",
             key="--port",
             hint="pick another --port, or --port 0 for a free one",
         ) from None
@@ -88,19 +127,18 @@ def serve(
     engine = Engine.from_spec(
         model,
         adapter=adapter,
-        max_batch_size=max_batch_size,
+        max_batch_size=opts.max_batch_size,
         num_threads=threads,
         prefix_cache=prefix_cache,
     )
-    name = served_model_name or model
     settings = ServeSettings(
         served_model_name=name,
         aliases=tuple(a for a in (model,) if a != name),
         api_key=api_key,
-        max_queue=max_queue,
-        max_tokens_cap=max_tokens_cap,
-        max_n=max_n,
-        max_body_bytes=max_body_bytes,
+        max_queue=opts.max_queue,
+        max_tokens_cap=opts.max_tokens_cap,
+        max_n=opts.max_n,
+        max_body_bytes=opts.max_body_bytes,
     )
     shown = f"[{host}]" if ":" in host else host
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
@@ -114,6 +152,40 @@ def serve(
         print(f"{READY_PREFIX}http://{shown}:{bound}/v1", flush=True)
 
     run_server(create_app(engine, settings), sock, on_ready=ready)
+
+
+def resolve_serve_options(
+    config: Path | None,
+    model: str | None,
+    served_model_name: str | None,
+    given: dict[str, Any],
+) -> tuple[ServeConfig, str, str]:
+    """Settings, model and served name: the options given on the command line, else the run
+    file's ``serve:`` section (with ``--config``), else :class:`ServeConfig`'s defaults.
+
+    With ``--config`` and no ``--model`` the model is the run's exported student, served as
+    ``student`` (the name the pipeline's drop-in check and the README use).
+    """
+    base = ServeConfig()
+    if config is not None:
+        from apidistill.config import load_config
+        from apidistill.pipeline.layout import RunLayout
+
+        cfg = load_config(config)
+        base = cfg.serve
+        if model is None:
+            student = RunLayout(cfg.run_path).student
+            if not student.is_dir():
+                raise ConfigError(
+                    f"the run has no exported student yet ({student})",
+                    file=str(config),
+                    hint=f"finish the run first (apidistill run {config}), or pass --model",
+                )
+            model = str(student)
+            served_model_name = served_model_name or "student"
+    opts = base.model_copy(update={k: v for k, v in given.items() if v is not None})
+    model = model or DEFAULT_MODEL
+    return opts, model, served_model_name or model
 
 
 def _check_options(port: int, *limits: int) -> None:

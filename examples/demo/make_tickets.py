@@ -18,7 +18,7 @@ The prompt's shots come from a separate pool: their own random stream, their own
 catalogue, and no text or order number shared with ``tickets.jsonl``.
 
 Run: ``python examples/demo/make_tickets.py`` (writes tickets.jsonl and prototype_prompt.yaml
-next to this file).
+into ``apidistill/demo_data/``, where the package ships them for ``apidistill demo``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
+from apidistill.resources import demo_data_dir
+
 SEED = 12
 N_TICKETS = 420
 N_SHOTS = 16
@@ -651,7 +652,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--n", type=int, default=N_TICKETS)
-    ap.add_argument("--out-dir", type=Path, default=HERE)
+    ap.add_argument("--out-dir", type=Path, default=demo_data_dir())
     args = ap.parse_args(argv)
     tickets, shots = build(args.seed, args.n)
     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -154,8 +154,8 @@ def check_unbatched(model: Any, tok: Any, render: Any, tickets: list[str], answe
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tickets", type=Path, default=task.HERE / "tickets.jsonl")
-    ap.add_argument("--prompt", type=Path, default=task.HERE / "prototype_prompt.yaml")
+    ap.add_argument("--tickets", type=Path, default=task.DATA / "tickets.jsonl")
+    ap.add_argument("--prompt", type=Path, default=task.DATA / "prototype_prompt.yaml")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--offset", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=16)

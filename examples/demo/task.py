@@ -20,7 +20,12 @@ from typing import Any
 
 import yaml
 
+from apidistill.resources import demo_data_dir
+
 HERE = Path(__file__).resolve().parent
+# tickets.jsonl and prototype_prompt.yaml ship inside the package (``apidistill demo`` reads
+# them from there); this is their one copy.
+DATA = demo_data_dir()
 FIELDS = ("order_id", "product")
 
 _LINE = re.compile(r"^\s*[\"'`*-]*\s*(order[ _-]?id|product)\s*[\"'`*]*\s*[:=]\s*(.*)$", re.I)
@@ -52,7 +57,7 @@ def score(pred: str, gold: str) -> bool:
     return all(p[f] is not None and p[f] == g[f] for f in FIELDS)
 
 
-def load_prompt(path: str | Path = HERE / "prototype_prompt.yaml") -> dict[str, Any]:
+def load_prompt(path: str | Path = DATA / "prototype_prompt.yaml") -> dict[str, Any]:
     """The prototype prompt file as a dict with ``system``, ``shots`` and ``template``."""
     return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
 

@@ -6,7 +6,7 @@ the estimate's input tokens against what the teacher billed (issue 5's acceptanc
   ``usage.prompt_tokens`` itself from the body it received, with ``bpe_openai`` and OpenAI's
   documented chat rule, not with apidistill's counter (else the comparison would be
   circular). Within 1%.
-- Self-hosted with a known tokenizer: examples/demo/migrate.yaml, whose ``serve`` block starts
+- Self-hosted with a known tokenizer: the demo's migrate.yaml (apidistill/demo_data), whose ``serve`` block starts
   ``apidistill serve`` on the embedded SmolLM2; the server reports the length of the prompt
   ids it actually fed the model. Exactly.
 
@@ -31,11 +31,12 @@ import yaml
 
 from apidistill.costs.ledger import Ledger
 from apidistill.harvest.journal import JournalStore
+from apidistill.resources import demo_run_file
 from apidistill.testing.o200k_teacher import O200kTeacherProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CROSS = ROOT / "examples" / "cross_tokenizer.yaml"
-DEMO = ROOT / "examples" / "demo" / "migrate.yaml"
+DEMO = demo_run_file()
 OPENAI_KEY = "sk-test-estimate-vs-run-0123456789"
 
 

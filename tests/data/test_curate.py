@@ -311,3 +311,82 @@ def test_curate_does_not_depend_on_arrival_order() -> None:
     a, b = curate(recs, cfg), curate(shuffled, cfg)
     assert [(r.id, r.split) for r in a.records] == [(r.id, r.split) for r in b.records]
     assert "r3" in {r.id for r in a.records} and "r99" not in {r.id for r in a.records}
+
+
+# --------------------------------------------------------------------------- harvest.n > 1
+
+
+def _samples(i: int, n: int, *, label: str | None = None, prompt: str | None = None):
+    """The ``n`` records a harvest with ``harvest.n: n`` writes for prompt ``r{i}``: ids and
+    ``sample_of`` as :func:`apidistill.pipeline.stages.record_from_result` sets them."""
+    out = [rec(i, f"answer {i}.0", label=label, prompt=prompt)]
+    for s in range(1, n):
+        r = rec(i, f"answer {i}.{s}", label=label, prompt=prompt, sample_of=f"r{i}")
+        out.append(r.model_copy(update={"id": f"r{i}-s{s}"}))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["exact", "near"])
+def test_every_paid_sample_of_a_prompt_survives_dedupe(mode) -> None:
+    """harvest.n: 3 over 10 prompts is 30 paid answers: all 30 reach the dataset (the
+    default prompt dedupe kept one per prompt, 30 became 10), while a real duplicate prompt
+    (another row with the same text) is still dropped with all its samples."""
+    recs = [r for i in range(10) for r in _samples(i, 3)]
+    dup = _samples(10, 3, prompt=recs[0].messages[0].content)  # same text as r0, other row
+    res = dedupe(recs + dup, mode=mode)
+    assert len(res.kept) == 30
+    assert {r.id for r in res.kept} == {r.id for r in recs}
+    assert res.removed == 3 and res.group_of["r10-s2"] == "r0"
+    assert res.groups == [["r0", "r0-s1", "r0-s2", "r10", "r10-s1", "r10-s2"]]
+
+
+@pytest.mark.parametrize("dedupe_mode", ["none", "exact", "near"])
+def test_samples_of_one_prompt_share_a_split(dedupe_mode) -> None:
+    """The n answers to one prompt on both sides of a split would leak the test prompt."""
+    recs = [r for i in range(20) for r in _samples(i, 3, label="ab"[i % 2])]
+    cfg = SplitConfig(train=0.7, validation=0.0, test=0.3, seed=0)
+    res = make_splits(recs, cfg, dedupe=dedupe_mode)
+    by_prompt: dict[str, set[str]] = {}
+    for r in res.records:
+        by_prompt.setdefault(r.metadata.get("sample_of") or r.id, set()).add(r.split)
+    assert len(by_prompt) == 20 and all(len(s) == 1 for s in by_prompt.values())
+    assert sum(1 for r in res.records if r.split == "test") == 18  # 6 of 20 prompts x 3
+
+
+# --------------------------------------------------------------------------- top_k_store
+
+
+def _with_top(i: int, k: int) -> Record:
+    from apidistill.data.schema import TokenLogprob, TopLogprob
+
+    lps = [
+        TokenLogprob(
+            token="a",
+            logprob=-0.1,
+            # least likely first: keeping the first k would keep the wrong ones
+            top=[TopLogprob(token=f"t{j}", logprob=-0.1 - j) for j in reversed(range(k))],
+        )
+        for _ in range(4)
+    ]
+    return rec(i).model_copy(update={"logprobs": lps})
+
+
+@pytest.mark.parametrize("keep", [0, 5, 20])
+def test_top_k_store_keeps_the_most_likely_alternatives(keep, tmp_path) -> None:
+    from apidistill.config import DatasetConfig
+    from apidistill.data.curate import curate
+    from apidistill.data.store import load_records
+
+    recs = [_with_top(i, 20) for i in range(10)]
+    cfg = DatasetConfig(top_k_store=keep, splits=SplitConfig(train=0.5, test=0.5, stratify_by=None))
+    res = curate(recs, cfg)
+    res.save(tmp_path / "ds")
+    stored = load_records(tmp_path / "ds", split="train") + load_records(tmp_path / "ds", "test")
+    assert len(stored) == 10
+    for r in stored:
+        for pos in r.logprobs:
+            assert {a.token for a in pos.top} == {f"t{j}" for j in range(keep)}  # most likely
+            assert pos.logprob == pytest.approx(
+                -0.1, abs=1e-3
+            )  # fp16 store; the sampled token stays
+    assert all(len(p.top) == 20 for r in recs for p in r.logprobs)  # inputs untouched

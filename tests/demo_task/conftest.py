@@ -10,6 +10,8 @@ from types import ModuleType
 
 import pytest
 
+from apidistill.resources import demo_data_dir
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 
 
@@ -44,6 +46,6 @@ def measure_teacher() -> ModuleType:
 
 @pytest.fixture(scope="session")
 def rows() -> list[dict[str, str]]:
-    """The shipped tickets.jsonl."""
-    lines = (DEMO / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
+    """The shipped tickets.jsonl (apidistill/demo_data)."""
+    lines = (demo_data_dir() / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
     return [json.loads(line) for line in lines]

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from apidistill.resources import demo_data_dir
+
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
+DATA = demo_data_dir()  # the generated files ship inside the package
 
 FIELDS = ["id", "text", "gold", "order_id", "product", "label", "tone", "order_format"]
 
@@ -31,11 +34,11 @@ def test_another_seed_writes_other_tickets(make_tickets) -> None:
 def test_shipped_files_are_what_the_generator_writes(make_tickets) -> None:
     """Catches hand edits and a generator changed without re-running it."""
     tickets, shots = make_tickets.build()
-    assert (DEMO / "tickets.jsonl").read_text(encoding="utf-8") == make_tickets.tickets_jsonl(
+    assert (DATA / "tickets.jsonl").read_text(encoding="utf-8") == make_tickets.tickets_jsonl(
         tickets
     )
     expected = make_tickets.prompt_yaml(shots, make_tickets.SEED)
-    assert (DEMO / "prototype_prompt.yaml").read_text(encoding="utf-8") == expected
+    assert (DATA / "prototype_prompt.yaml").read_text(encoding="utf-8") == expected
 
 
 def test_rows_have_the_documented_fields(rows) -> None:
@@ -133,7 +136,7 @@ def test_shots_show_every_label_format_and_trap(make_tickets) -> None:
 
 
 def test_prompt_file_has_the_template_keys_and_follows_the_gold_convention() -> None:
-    data = yaml.safe_load((DEMO / "prototype_prompt.yaml").read_text(encoding="utf-8"))
+    data = yaml.safe_load((DATA / "prototype_prompt.yaml").read_text(encoding="utf-8"))
     assert list(data) == ["system", "shots", "template"]
     assert data["template"] == "{input}"
     assert len(data["shots"]) == 16
@@ -146,7 +149,7 @@ def test_prompt_file_has_the_template_keys_and_follows_the_gold_convention() -> 
 
 def test_prompt_file_loads_with_the_pipeline_loader() -> None:
     template = pytest.importorskip("apidistill.pipeline.template")
-    prompt = template.load_template(DEMO / "prototype_prompt.yaml")
+    prompt = template.load_template(DATA / "prototype_prompt.yaml")
     assert len(prompt.render("a ticket")) == 1 + 2 * 16 + 1
 
 

@@ -14,13 +14,13 @@ import pytest
 
 from apidistill.config import SplitConfig, load_config
 from apidistill.pipeline.run import run_pipeline
+from apidistill.resources import demo_run_file
 
-ROOT = Path(__file__).resolve().parents[2]
 TICKETS = 4
 
 
 def test_second_demo_run_reuses_the_harvest_and_starts_no_teacher(tmp_path, monkeypatch):
-    cfg = load_config(ROOT / "examples" / "demo" / "migrate.yaml")
+    cfg = load_config(demo_run_file())
     cfg.run_dir = str(tmp_path / "run")
     cfg.prompts.limit = TICKETS
     cfg.dataset.splits = SplitConfig(train=0.5, test=0.5, stratify_by=None)

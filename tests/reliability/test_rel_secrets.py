@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from rel_helpers import REPO, cli_env, run_cli, write_run
+from rel_helpers import cli_env, run_cli, write_run
 
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import TeacherRejected
+from apidistill.resources import demo_data_dir
 from apidistill.teachers.openai import OpenAITeacher
 
 KEY_ENV = "REL_TEACHER_CREDENTIAL"
@@ -151,11 +152,11 @@ async def test_401_exception_and_its_traceback_hold_no_key(echo_401, key: str) -
 
 # --------------------------------------------------------------------------- every stage
 
-DEMO = REPO / "examples" / "demo"
+DEMO = demo_data_dir()
 TICKETS = 4
 TEACHER = "smollm2-135m-instruct"
 
-# The demo's run file (examples/demo/migrate.yaml), scaled down like
+# The demo's run file (apidistill/demo_data/migrate.yaml), scaled down like
 # tests/examples/test_demo_rerun.py, with the teacher reached by URL and key instead of the
 # pipeline starting it: the key travels only in the env var the run file names.
 _FULL_RUN = """\

@@ -27,7 +27,7 @@ from apidistill.train.api import TrainResult
 from apidistill.train.export import export_student
 
 TEACHER = "meta-llama/Llama-3.1-8B-Instruct"
-# What policies/meta.yaml (meta-llama31-weights, rule 'redistribute') makes of it, rendered.
+# What apidistill/policies/meta.yaml (meta-llama31-weights, rule 'redistribute') makes of it, rendered.
 HEADING = (
     "### Obligations under Llama 3.1 Community License Agreement, effective 2024-07-23, "
     f"§1.b.i (teacher {TEACHER}, use redistribute)"
