@@ -241,6 +241,43 @@ class TrainingConfig(_Section):
     save_steps: int | None = Field(None, gt=0)
     eval_steps: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, ge=1)
+    # The student's weights are loaded in this dtype (not only autocast over float32 weights).
+    # float32 keeps the old behaviour: fp32 weights, bf16 autocast on a GPU that has it.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # transformers' attention kernel; None = the model's default (sdpa where supported).
+    attn_implementation: (
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
+    ) = None
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
+    # QLoRA: load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes, CUDA only).
+    quantization: Literal["4bit", "8bit"] | None = None
+    # Any other transformers.TrainingArguments field, passed through as given (e.g.
+    # lr_scheduler_type, weight_decay, optim, deepspeed, fsdp). Fields this section already
+    # sets are refused with the key to use instead.
+    trainer_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
+            from apidistill.train.trainer_args import check_trainer_args
+
+            check_trainer_args(v)
+        return v
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> TrainingConfig:
+        if self.quantization and self.full_finetune:
+            raise ValueError(
+                "quantization (QLoRA) trains a LoRA adapter over frozen quantized weights; "
+                "it cannot be combined with full_finetune: true"
+            )
+        if self.dtype == "float16" and self.full_finetune:
+            raise ValueError(
+                "full fine-tuning in float16 weights has no float32 master copy for the "
+                "gradient scaler; use dtype: bfloat16 (or float32, or LoRA)"
+            )
+        return self
 
 
 class EvalThresholds(_Section):

@@ -3,7 +3,7 @@
 Every check that can fail is done before the model is loaded, so a bad setting costs
 seconds, not a training run: empty data, logprob KD without logprobs, a student tokenizer
 without a chat template, LoRA targets that match nothing, early stopping without a
-validation split.
+validation split, QLoRA or an attention kernel this machine cannot run.
 
 Layout of ``out_dir``::
 
@@ -179,9 +179,11 @@ def train_student(
     from apidistill.models import load_tokenizer
     from apidistill.train.align import StudentVocab
     from apidistill.train.collate import build_examples, record_messages, render_student_prompt
+    from apidistill.train.student_model import check_student_settings
 
     out_dir = Path(out_dir)
     notes = _check_inputs(train, training, bool(validation))
+    check_student_settings(training)  # QLoRA/kernels this machine lacks: before any load
     tok = load_tokenizer(student.model)
     render_student_prompt(tok, record_messages(train[0]), student.system_prompt)  # template?
     use_kd = training.method == "logprob_kd"
