@@ -51,6 +51,7 @@ class TrainResult(BaseModel):
     method: str
     system_prompt: str | None = None
     steps: int = 0
+    processes: int = 1  # training processes (one DDP/FSDP/DeepSpeed group under a launcher)
     train_seconds: float = 0.0
     train_examples: int = 0
     supervised_share: float = 0.0  # share of answer tokens with a teacher top-k target
@@ -242,6 +243,7 @@ def train_student(
         method=training.method,
         system_prompt=student.system_prompt,
         steps=outcome.steps,
+        processes=outcome.processes,
         train_seconds=round(time.perf_counter() - started, 3),
         train_examples=len(built.examples),
         supervised_share=round(built.supervised_share, 6) if use_kd else 0.0,

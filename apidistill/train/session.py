@@ -32,6 +32,7 @@ class Outcome:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     is_main_process: bool = True
+    processes: int = 1
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -183,6 +184,7 @@ def run_training(
         log_history=list(trainer.state.log_history),
         eval_metrics=eval_metrics,
         is_main_process=main,
+        processes=int(trainer.args.world_size),
     )
 
 
