@@ -207,6 +207,25 @@ class StudentConfig(_Section):
     model: str = DEFAULT_MODEL
     # The student's short instruction replacing the prototype prompt (None = no system turn).
     system_prompt: str | None = None
+    # Several sizes against a latency budget: each model spec is trained, evaluated and
+    # timed on the same split, and the smallest that meets eval.thresholds (including
+    # max_latency_ms_p95) is exported. ``model`` defaults to the first candidate.
+    candidates: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_candidates(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("candidates") and "model" not in data:
+            data = {**data, "model": data["candidates"][0]}
+        return data
+
+    @field_validator("candidates")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"candidates are listed twice: {', '.join(dup)}")
+        return v
 
 
 class LoraConfig(_Section):
@@ -329,6 +348,12 @@ class RunConfig(_Section):
 
     # Where the file was loaded from; relative paths in the file resolve against its folder.
     source: str | None = Field(None, exclude=True)
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _student_list(cls, v: Any) -> Any:
+        """``student: [small, large]`` is shorthand for ``student: {candidates: [...]}``."""
+        return {"candidates": v} if isinstance(v, list) else v
 
     @field_validator("name")
     @classmethod

@@ -36,6 +36,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "ModelSource",
     "cache_dir",
+    "count_params",
     "load_model",
     "load_tokenizer",
     "pickle_weight_files",
@@ -310,6 +311,31 @@ def load_model(
         model = model.to(device)
     model.eval()
     return model
+
+
+def count_params(spec: str) -> int:
+    """Parameter count of a model spec, read from its safetensors headers (no weights load).
+
+    Ranks student candidates by size; a hub name is not counted here (it would download).
+    """
+    from safetensors import safe_open
+
+    src = resolve_model(spec)
+    if src.is_hub:
+        raise ModelLoadError(f"{spec}: parameter count needs a local model folder")
+    folder, _ = _local_folder(src)
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no safetensors weights to count")
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= int(d)
+                total += n
+    return total
 
 
 @contextlib.contextmanager

@@ -148,6 +148,8 @@ def run_pipeline(
         go_on = gate.release()  # wait for rank 0's dataset
     if not go_on:
         return out
+    if len(cfg.student.candidates) > 1:
+        return _run_candidates(ctx, out, stop_after, is_main=gate.is_main, t0=t0)
     tr = train_stage(ctx)
     out.numbers["train_s"] = round(getattr(tr, "train_seconds", 0.0), 1)
     adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
@@ -158,6 +160,32 @@ def run_pipeline(
     out.report_path = str(ctx.layout.report / "report.html")
     out.numbers.update(_headline(result))
     out.numbers["drop_in_answer"] = switch
+    out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
+    return out
+
+
+def _run_candidates(
+    ctx: RunContext, out: RunSummary, stop_after: str | None, *, is_main: bool, t0: float
+) -> RunSummary:
+    """Train every ``student.candidates`` entry, evaluate all on the same split, export the
+    smallest that meets the thresholds (:mod:`apidistill.pipeline.candidates`)."""
+    from apidistill.pipeline.candidates import evaluate_candidates, train_candidates
+
+    trained = train_candidates(ctx)
+    out.numbers["train_s"] = round(sum(c.result.train_seconds for c in trained), 1)
+    if stop_after == "train" or not is_main:
+        return out
+    result, chosen = evaluate_candidates(ctx, trained)
+    out.report_path = str(ctx.layout.report / "report.html")
+    shown = {k: v for k, v in result.students.items() if chosen and k == chosen.name}
+    out.numbers.update(_headline(result.model_copy(update={"students": shown})))
+    out.numbers["chosen_student"] = chosen.model if chosen else None
+    if chosen is not None:
+        ctx.cfg.student = ctx.cfg.student.model_copy(update={"model": chosen.model})
+        out.student_dir = export_stage(ctx, chosen.result)
+    else:
+        ctx.console.print("[yellow]no candidate meets eval.thresholds[/]: nothing exported")
     out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
     _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
     return out
