@@ -35,14 +35,15 @@ def _slug(i: int, spec: str) -> str:
     return f"{i + 1}-" + re.sub(r"[^A-Za-z0-9._-]+", "-", stem)[:60]
 
 
-def train_candidates(ctx: RunContext) -> list[Candidate]:
+def train_candidates(ctx: RunContext, *, resume: bool = True) -> list[Candidate]:
     """Train every candidate into ``<run>/train/candidates/<n>-<name>/`` (resumable each)."""
     out = []
     for i, spec in enumerate(ctx.cfg.student.candidates):
         student = ctx.cfg.student.model_copy(update={"model": spec, "candidates": []})
         slug = _slug(i, spec)
         ctx.console.print(f"[bold]train[/]: candidate {slug} ({spec})")
-        tr = train_stage(ctx, student=student, out_dir=ctx.layout.train / "candidates" / slug)
+        folder = ctx.layout.train / "candidates" / slug
+        tr = train_stage(ctx, resume=resume, student=student, out_dir=folder)
         out.append(Candidate(name=f"student {slug}", model=spec, result=tr))
     return out
 

@@ -135,6 +135,25 @@ def test_no_candidate_within_the_budget_exports_nothing(sizes_run):
     assert impossible.numbers["chosen_student"] is None and impossible.student_dir is None
 
 
+@pytest.mark.slow
+def test_train_command_trains_every_candidate(sizes_run, tiny_chat_dir, big_chat_dir):
+    from typer.testing import CliRunner
+
+    from apidistill.cli import app
+
+    run = sizes_run[0]
+    cfg = _cfg(run.parent, "http://127.0.0.1:9/v1", [str(big_chat_dir), str(tiny_chat_dir)], 1.0)
+    path = run.parent / "sizes.yaml"
+    path.write_text(json.dumps(cfg.model_dump(mode="json")), encoding="utf-8")  # JSON is YAML
+    out = CliRunner().invoke(app, ["train", str(path)])
+    assert out.exit_code == 0, out.output
+    trained = [line for line in out.output.splitlines() if line.startswith("trained: ")]
+    assert [Path(t.split(": ", 1)[1]).parent.name for t in trained] == [
+        f"1-{big_chat_dir.name}",
+        f"2-{tiny_chat_dir.name}",
+    ]
+
+
 def test_student_list_is_shorthand_for_candidates():
     head = (
         "teacher: {provider: openai_compatible, model: m, base_url: 'http://127.0.0.1:1/v1'}\n"
