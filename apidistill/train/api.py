@@ -147,6 +147,28 @@ def _same_vocab(student_tok: Any, student: StudentConfig, teacher_tokenizer: str
     return teacher.get_vocab() == student_tok.get_vocab()
 
 
+# Settings added after runs were already trained, with the value that keeps the old
+# behaviour: left at that value they stay out of the fingerprint, so a run folder trained
+# before they existed still resumes (or is returned finished) instead of being refused.
+_LATER_DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "attn_implementation": None,
+    "gradient_checkpointing": False,
+    "quantization": None,
+    "trainer_args": {},
+    "candidates": [],
+}
+
+
+def _settings(section: Any) -> dict[str, Any]:
+    """``section.model_dump()`` without the later settings left at their old behaviour."""
+    return {
+        k: v
+        for k, v in section.model_dump().items()
+        if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
+
+
 def _fingerprint(train: list[Record], validation: list[Record] | None, **parts: Any) -> str:
     h = hashlib.sha256()
     for rec in [*train, None, *(validation or [])]:
@@ -213,8 +235,8 @@ def train_student(
     fp = _fingerprint(
         train,
         validation,
-        student=student.model_dump(),
-        training=training.model_dump(),
+        student=_settings(student),
+        training=_settings(training),
         teacher_tokenizer=teacher_tokenizer,
     )
     done = _finished(out_dir, fp) if resume else None

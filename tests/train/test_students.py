@@ -243,3 +243,27 @@ def test_bad_trainer_arg_value_fails_before_the_model_loads(
             tmp_path,
             trainer_args={"lr_scheduler_type": "bogus"},
         )
+
+
+def test_runs_trained_before_the_new_settings_keep_their_fingerprint(tiny_teacher_records):
+    """A run folder from before dtype/attention/QLoRA/trainer_args/candidates existed resumes:
+    left at their old behaviour, the new keys do not enter the fingerprint."""
+    from apidistill.train.api import _fingerprint, _settings
+
+    new = {"dtype", "attn_implementation", "gradient_checkpointing", "quantization"}
+    student, training = StudentConfig(model="x"), _cfg()
+    recs = tiny_teacher_records[:4]
+    before = _fingerprint(
+        recs,
+        None,
+        student=student.model_dump(exclude={"candidates"}),
+        training=training.model_dump(exclude=new | {"trainer_args"}),
+        teacher_tokenizer=None,
+    )
+    now = _fingerprint(
+        recs, None, student=_settings(student), training=_settings(training), teacher_tokenizer=None
+    )
+    assert now == before
+    changed = _settings(_cfg(dtype="bfloat16"))
+    parts = dict(student=_settings(student), training=changed, teacher_tokenizer=None)
+    assert _fingerprint(recs, None, **parts) != now
