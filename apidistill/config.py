@@ -209,6 +209,25 @@ class StudentConfig(_Section):
     model: str = DEFAULT_MODEL
     # The student's short instruction replacing the prototype prompt (None = no system turn).
     system_prompt: str | None = None
+    # Several sizes against a latency budget: each model spec is trained, evaluated and
+    # timed on the same split, and the smallest that meets eval.thresholds (including
+    # max_latency_ms_p95) is exported. ``model`` defaults to the first candidate.
+    candidates: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_from_candidates(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("candidates") and "model" not in data:
+            data = {**data, "model": data["candidates"][0]}
+        return data
+
+    @field_validator("candidates")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        dup = sorted({c for c in v if v.count(c) > 1})
+        if dup:
+            raise ValueError(f"candidates are listed twice: {', '.join(dup)}")
+        return v
 
 
 class LoraConfig(_Section):
@@ -243,6 +262,43 @@ class TrainingConfig(_Section):
     save_steps: int | None = Field(None, gt=0)
     eval_steps: int | None = Field(None, gt=0)
     early_stopping_patience: int | None = Field(None, ge=1)
+    # The student's weights are loaded in this dtype (not only autocast over float32 weights).
+    # float32 keeps the old behaviour: fp32 weights, bf16 autocast on a GPU that has it.
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # transformers' attention kernel; None = the model's default (sdpa where supported).
+    attn_implementation: (
+        Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
+    ) = None
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
+    # QLoRA: load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes, CUDA only).
+    quantization: Literal["4bit", "8bit"] | None = None
+    # Any other transformers.TrainingArguments field, passed through as given (e.g.
+    # lr_scheduler_type, weight_decay, optim, deepspeed, fsdp). Fields this section already
+    # sets are refused with the key to use instead.
+    trainer_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("trainer_args")
+    @classmethod
+    def _known_trainer_args(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if v:
+            from apidistill.train.trainer_args import check_trainer_args
+
+            check_trainer_args(v)
+        return v
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> TrainingConfig:
+        if self.quantization and self.full_finetune:
+            raise ValueError(
+                "quantization (QLoRA) trains a LoRA adapter over frozen quantized weights; "
+                "it cannot be combined with full_finetune: true"
+            )
+        if self.dtype == "float16" and self.full_finetune:
+            raise ValueError(
+                "full fine-tuning in float16 weights has no float32 master copy for the "
+                "gradient scaler; use dtype: bfloat16 (or float32, or LoRA)"
+            )
+        return self
 
 
 class EvalThresholds(_Section):
@@ -294,6 +350,12 @@ class RunConfig(_Section):
 
     # Where the file was loaded from; relative paths in the file resolve against its folder.
     source: str | None = Field(None, exclude=True)
+
+    @field_validator("student", mode="before")
+    @classmethod
+    def _student_list(cls, v: Any) -> Any:
+        """``student: [small, large]`` is shorthand for ``student: {candidates: [...]}``."""
+        return {"candidates": v} if isinstance(v, list) else v
 
     @field_validator("name")
     @classmethod

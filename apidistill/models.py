@@ -36,6 +36,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "ModelSource",
     "cache_dir",
+    "count_params",
     "load_model",
     "load_tokenizer",
     "pickle_weight_files",
@@ -240,11 +241,16 @@ def load_model(
     adapter: str | None = None,
     dtype: str = "float32",
     device: str | None = None,
+    attn_implementation: str | None = None,
+    quantization_config: Any = None,
+    device_map: Any = None,
 ) -> PreTrainedModel:
     """Causal LM for a model spec, optionally with a LoRA adapter folder applied.
 
     ``spec`` may also be an exported adapter folder (has ``adapter_config.json``): its base
     model is read from the adapter's config and loaded through :func:`resolve_model`.
+    ``attn_implementation``, ``quantization_config`` and ``device_map`` go to
+    ``from_pretrained`` as they are (the trainer's student settings; None = its default).
     """
     _quiet_transformers()
     import torch
@@ -261,7 +267,15 @@ def load_model(
             if (Path(src.folder) / "base_model.txt").is_file()
             else base
         )
-        return load_model(base, adapter=src.folder, dtype=dtype, device=device)
+        return load_model(
+            base,
+            adapter=src.folder,
+            dtype=dtype,
+            device=device,
+            attn_implementation=attn_implementation,
+            quantization_config=quantization_config,
+            device_map=device_map,
+        )
     folder, kwargs = _local_folder(src)
     if not src.is_hub:
         _refuse_pickle_weights(Path(folder), "*.safetensors")
@@ -270,9 +284,18 @@ def load_model(
             raise ModelLoadError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
         require_safetensors_adapter(adapter)
     torch_dtype = getattr(torch, dtype)
+    extra = {
+        k: v
+        for k, v in (
+            ("attn_implementation", attn_implementation),
+            ("quantization_config", quantization_config),
+            ("device_map", device_map),
+        )
+        if v is not None
+    }
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch_dtype, use_safetensors=True, **kwargs
+            folder, dtype=torch_dtype, use_safetensors=True, **kwargs, **extra
         )
     except Exception as exc:
         raise ModelLoadError(
@@ -288,6 +311,31 @@ def load_model(
         model = model.to(device)
     model.eval()
     return model
+
+
+def count_params(spec: str) -> int:
+    """Parameter count of a model spec, read from its safetensors headers (no weights load).
+
+    Ranks student candidates by size; a hub name is not counted here (it would download).
+    """
+    from safetensors import safe_open
+
+    src = resolve_model(spec)
+    if src.is_hub:
+        raise ModelLoadError(f"{spec}: parameter count needs a local model folder")
+    folder, _ = _local_folder(src)
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ModelLoadError(f"{folder}: no safetensors weights to count")
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= int(d)
+                total += n
+    return total
 
 
 @contextlib.contextmanager

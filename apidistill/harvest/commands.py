@@ -26,8 +26,13 @@ def harvest(
     from apidistill.pipeline.requests import load_prompts
     from apidistill.pipeline.run import teacher_server
     from apidistill.pipeline.stages import RunContext, harvest_stage, policy_stage
+    from apidistill.train.distributed import launcher_rank
 
     cfg = load_config(config)
+    rank, world = launcher_rank()
+    if rank != 0:  # under a launcher: one harvest (rank 0's), not one paid per process
+        typer.echo(f"rank {rank} of {world}: the harvest runs on rank 0 only")
+        return
     apply_skip_invalid(cfg, skip_invalid)
     ctx = RunContext.from_config(
         cfg,

@@ -40,7 +40,8 @@ def run(
         max_requests=max_requests,
         stop_after=stop_after,
     )
-    print_summary(summary.numbers, summary.report_path, summary.student_dir)
+    if summary.is_main:
+        print_summary(summary.numbers, summary.report_path, summary.student_dir)
 
 
 def demo(

@@ -40,6 +40,7 @@ class RunSummary:
     numbers: dict[str, Any] = field(default_factory=dict)
     report_path: str | None = None
     student_dir: str | None = None
+    is_main: bool = True  # False on the other ranks under a launcher (they print nothing)
 
 
 # Never contacted: stands in for the teacher server when every request is already answered.
@@ -124,39 +125,36 @@ def run_pipeline(
     max_requests: int | None = None,
     stop_after: str | None = None,
 ) -> RunSummary:
-    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run."""
+    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run.
+
+    Under a launcher (``torchrun``/``accelerate launch -m apidistill run``) rank 0 alone
+    runs policy → dataset (the teacher is asked and paid once), every rank trains (one
+    DDP/FSDP/DeepSpeed group), and rank 0 alone exports, evaluates and reports.
+    """
+    from apidistill.train.distributed import StageGate
+
+    gate = StageGate.join()
     ctx = RunContext.from_config(
         cfg, progress=progress, budget_override=budget, max_requests=max_requests
     )
-    out = RunSummary(run_dir=str(ctx.layout.root))
+    out = RunSummary(run_dir=str(ctx.layout.root), is_main=gate.is_main)
     t0 = time.perf_counter()
-    batch = load_prompts(cfg)
-    if batch.skipped:
-        ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
-    decision = policy_stage(ctx)
-    if stop_after == "policy":
+    if gate.is_main:
+        done = True
+        try:
+            done = _teacher_stages(ctx, out, stop_after)
+        finally:  # on an error too: the other ranks must not wait for a harvest that stopped
+            go_on = gate.release(not done)
+    else:
+        go_on = gate.release()  # wait for rank 0's dataset
+    if not go_on:
         return out
-    cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
-    if cached:
-        ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
-    with teacher_server(cfg, needed=not cached) as url:
-        ctx.teacher_base_url = url
-        estimate_stage(ctx, batch)
-        if stop_after == "estimate":
-            return out
-        h = harvest_stage(ctx, batch, decision)
-        out.numbers.update(_teacher_timing(ctx, h))
-    if stop_after == "harvest":
-        return out
-    out.numbers["dataset"] = dataset_stage(ctx, decision)
-    if stop_after == "dataset":
-        return out
-    if out.numbers.get("teacher_s_per_request") is None:
-        out.numbers.pop("teacher_s_per_request", None)
+    if len(cfg.student.candidates) > 1:
+        return _run_candidates(ctx, out, stop_after, is_main=gate.is_main, t0=t0)
     tr = train_stage(ctx)
     out.numbers["train_s"] = round(getattr(tr, "train_seconds", 0.0), 1)
     adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
-    if stop_after == "train":
+    if stop_after == "train" or not gate.is_main:
         return out
     out.student_dir = export_stage(ctx, tr)
     result, switch = eval_stage(ctx, adapter_dir)
@@ -166,6 +164,62 @@ def run_pipeline(
     out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
     _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
     return out
+
+
+def _run_candidates(
+    ctx: RunContext, out: RunSummary, stop_after: str | None, *, is_main: bool, t0: float
+) -> RunSummary:
+    """Train every ``student.candidates`` entry, evaluate all on the same split, export the
+    smallest that meets the thresholds (:mod:`apidistill.pipeline.candidates`)."""
+    from apidistill.pipeline.candidates import evaluate_candidates, train_candidates
+
+    trained = train_candidates(ctx)
+    out.numbers["train_s"] = round(sum(c.result.train_seconds for c in trained), 1)
+    if stop_after == "train" or not is_main:
+        return out
+    result, chosen = evaluate_candidates(ctx, trained)
+    out.report_path = str(ctx.layout.report / "report.html")
+    shown = {k: v for k, v in result.students.items() if chosen and k == chosen.name}
+    out.numbers.update(_headline(result.model_copy(update={"students": shown})))
+    out.numbers["chosen_student"] = chosen.model if chosen else None
+    if chosen is not None:
+        ctx.cfg.student = ctx.cfg.student.model_copy(update={"model": chosen.model})
+        out.student_dir = export_stage(ctx, chosen.result)
+    else:
+        ctx.console.print("[yellow]no candidate meets eval.thresholds[/]: nothing exported")
+    out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
+    _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
+    return out
+
+
+def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) -> bool:
+    """Policy → estimate → harvest → dataset (rank 0 only); True when ``stop_after`` ends
+    the run here."""
+    cfg = ctx.cfg
+    batch = load_prompts(cfg)
+    if batch.skipped:
+        ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
+    decision = policy_stage(ctx)
+    if stop_after == "policy":
+        return True
+    cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
+    if cached:
+        ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
+    with teacher_server(cfg, needed=not cached) as url:
+        ctx.teacher_base_url = url
+        estimate_stage(ctx, batch)
+        if stop_after == "estimate":
+            return True
+        h = harvest_stage(ctx, batch, decision)
+        out.numbers.update(_teacher_timing(ctx, h))
+    if stop_after == "harvest":
+        return True
+    out.numbers["dataset"] = dataset_stage(ctx, decision)
+    if stop_after == "dataset":
+        return True
+    if out.numbers.get("teacher_s_per_request") is None:
+        out.numbers.pop("teacher_s_per_request", None)
+    return False
 
 
 def student_dir_of(tr: Any) -> str:

@@ -384,7 +384,10 @@ def _obligations_md(decision: Any) -> str | None:
 # --------------------------------------------------------------------------- train
 
 
-def train_stage(ctx: RunContext, *, resume: bool = True):
+def train_stage(
+    ctx: RunContext, *, resume: bool = True, student: Any = None, out_dir: Path | None = None
+):
+    """Train ``student`` (default: the run file's) into ``out_dir`` (default: <run>/train)."""
     from apidistill.data.store import load_records
     from apidistill.train.api import train_student
 
@@ -393,9 +396,9 @@ def train_stage(ctx: RunContext, *, resume: bool = True):
     return train_student(
         train,
         val,
-        student=ctx.cfg.student,
+        student=student or ctx.cfg.student,
         training=effective_training(ctx),
-        out_dir=ctx.layout.train,
+        out_dir=out_dir or ctx.layout.train,
         teacher_tokenizer=ctx.cfg.teacher.tokenizer,
         resume=resume,
         progress=ctx.progress,

@@ -535,6 +535,13 @@ def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         ids.update(int(e) for e in eos)
     if tokenizer.eos_token_id is not None:
         ids.add(int(tokenizer.eos_token_id))
+    # where the chat template ends a turn (Gemma's <end_of_turn>, Llama 3's <|eot_id|>): the
+    # token training taught the student to stop at, whatever eos_token says
+    from apidistill.train.collate import template_end_of_turn
+
+    eot = template_end_of_turn(tokenizer)
+    if eot is not None:
+        ids.add(eot)
     return frozenset(ids)
 
 

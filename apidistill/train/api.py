@@ -3,7 +3,7 @@
 Every check that can fail is done before the model is loaded, so a bad setting costs
 seconds, not a training run: empty data, logprob KD without logprobs, a student tokenizer
 without a chat template, LoRA targets that match nothing, early stopping without a
-validation split.
+validation split, QLoRA or an attention kernel this machine cannot run.
 
 Layout of ``out_dir``::
 
@@ -51,6 +51,7 @@ class TrainResult(BaseModel):
     method: str
     system_prompt: str | None = None
     steps: int = 0
+    processes: int = 1  # training processes (one DDP/FSDP/DeepSpeed group under a launcher)
     train_seconds: float = 0.0
     train_examples: int = 0
     supervised_share: float = 0.0  # share of answer tokens with a teacher top-k target
@@ -146,6 +147,28 @@ def _same_vocab(student_tok: Any, student: StudentConfig, teacher_tokenizer: str
     return teacher.get_vocab() == student_tok.get_vocab()
 
 
+# Settings added after runs were already trained, with the value that keeps the old
+# behaviour: left at that value they stay out of the fingerprint, so a run folder trained
+# before they existed still resumes (or is returned finished) instead of being refused.
+_LATER_DEFAULTS: dict[str, Any] = {
+    "dtype": "float32",
+    "attn_implementation": None,
+    "gradient_checkpointing": False,
+    "quantization": None,
+    "trainer_args": {},
+    "candidates": [],
+}
+
+
+def _settings(section: Any) -> dict[str, Any]:
+    """``section.model_dump()`` without the later settings left at their old behaviour."""
+    return {
+        k: v
+        for k, v in section.model_dump().items()
+        if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+    }
+
+
 def _fingerprint(train: list[Record], validation: list[Record] | None, **parts: Any) -> str:
     h = hashlib.sha256()
     for rec in [*train, None, *(validation or [])]:
@@ -179,9 +202,11 @@ def train_student(
     from apidistill.models import load_tokenizer
     from apidistill.train.align import StudentVocab
     from apidistill.train.collate import build_examples, record_messages, render_student_prompt
+    from apidistill.train.student_model import check_student_settings
 
     out_dir = Path(out_dir)
     notes = _check_inputs(train, training, bool(validation))
+    check_student_settings(training)  # QLoRA/kernels this machine lacks: before any load
     tok = load_tokenizer(student.model)
     render_student_prompt(tok, record_messages(train[0]), student.system_prompt)  # template?
     use_kd = training.method == "logprob_kd"
@@ -210,8 +235,8 @@ def train_student(
     fp = _fingerprint(
         train,
         validation,
-        student=student.model_dump(),
-        training=training.model_dump(),
+        student=_settings(student),
+        training=_settings(training),
         teacher_tokenizer=teacher_tokenizer,
     )
     done = _finished(out_dir, fp) if resume else None
@@ -240,6 +265,7 @@ def train_student(
         method=training.method,
         system_prompt=student.system_prompt,
         steps=outcome.steps,
+        processes=outcome.processes,
         train_seconds=round(time.perf_counter() - started, 3),
         train_examples=len(built.examples),
         supervised_share=round(built.supervised_share, 6) if use_kd else 0.0,

@@ -47,6 +47,7 @@ __all__ = [
     "pack_examples",
     "record_messages",
     "render_student_prompt",
+    "template_end_of_turn",
 ]
 
 IGNORE_INDEX = -100
@@ -86,15 +87,49 @@ def record_messages(record: Record) -> list[Message]:
     return [Message(role="user", content=record.prompt or "")]
 
 
+_TURN_PROBE = "APIDISTILLTURNPROBE"  # no whitespace: templates that trim content keep it
+
+
 def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The token that ends an assistant turn (the tokenizer's EOS; serving stops on it)."""
+    """The token the chat template puts right after an assistant turn's content.
+
+    That is where a chat model must stop, and it is often not ``eos_token``: Qwen2.5 base
+    ends text with ``<|endoftext|>`` but turns with ``<|im_end|>``, Llama 3 with
+    ``<|eot_id|>`` (not ``<|end_of_text|>``), Gemma with ``<end_of_turn>`` (not ``<eos>``),
+    Phi-3 with ``<|end|>`` (not ``<|endoftext|>``). It is found by rendering a probe
+    conversation and reading the first token after the assistant's text; a template that
+    puts no special token there (or cannot render the probe) falls back to ``eos_token``.
+    """
+    probed = template_end_of_turn(tokenizer)
+    if probed is not None:
+        return probed
     eos = tokenizer.eos_token_id
     if eos is None:
         raise TrainingError(
-            "the student tokenizer has no eos_token, so the student could never learn to stop",
+            "the student tokenizer has no eos_token and its chat template ends an assistant "
+            "turn with no special token, so the student could never learn to stop",
             hint="set eos_token in the tokenizer config (e.g. '<|im_end|>' for ChatML models)",
         )
     return int(eos)
+
+
+def template_end_of_turn(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes after an assistant turn, or None."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _TURN_PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # a template with its own rules (roles, alternation): eos decides
+        return None
+    if not isinstance(text, str) or _TURN_PROBE not in text:
+        return None
+    after = text[text.rindex(_TURN_PROBE) + len(_TURN_PROBE) :]
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"] if after else []
+    special = set(tokenizer.all_special_ids) | {
+        int(i) for i, t in tokenizer.added_tokens_decoder.items() if t.special
+    }
+    return int(ids[0]) if ids and int(ids[0]) in special else None
 
 
 # --------------------------------------------------------------------------- examples

@@ -50,7 +50,17 @@ def train(
     except ImportError:
         result = _train_direct(cfg, resume)
     else:
+        if len(cfg.student.candidates) > 1:  # several sizes: train each, as `run` does
+            from apidistill.pipeline.candidates import train_candidates
+
+            for cand in train_candidates(RunContext.from_config(cfg), resume=resume):
+                _report(cand.result)
+            return
         result = train_stage(RunContext.from_config(cfg), resume=resume)
+    _report(result)
+
+
+def _report(result) -> None:  # type: ignore[no-untyped-def]
     typer.echo(f"trained: {result.final_dir}")
     typer.echo(
         f"steps {result.steps}, {result.train_seconds:.0f} s, {result.train_examples} examples"

@@ -1,8 +1,9 @@
 """One training session: model + LoRA, ``TrainingArguments`` from our config, run, save.
 
-Kept apart from :mod:`.api` (checks, resume bookkeeping) and :mod:`.trainer` (the loss) so
-each reads at once. Defaults are CPU-friendly: fp32 on CPU, bf16 only on a GPU that has it,
-no dataloader workers, no fused kernels that need a GPU.
+Kept apart from :mod:`.api` (checks, resume bookkeeping), :mod:`.trainer` (the loss) and
+:mod:`.student_model` (dtype, attention, QLoRA) so each reads at once. Defaults are
+CPU-friendly: fp32 on CPU, bf16 autocast only on a GPU that has it, no dataloader workers,
+no fused kernels that need a GPU.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class Outcome:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)
     is_main_process: bool = True
+    processes: int = 1
 
 
 class _Rows(torch.utils.data.Dataset):
@@ -54,18 +56,28 @@ def no_accelerator() -> bool:
 def build_training_arguments(
     training: TrainingConfig, out_dir: Path, *, has_eval: bool
 ) -> TrainingArguments:
-    """Our :class:`TrainingConfig` as ``transformers.TrainingArguments``."""
+    """Our :class:`TrainingConfig` as ``transformers.TrainingArguments``.
+
+    Mixed precision follows ``training.dtype`` on a GPU: float16 weights train under fp16
+    autocast (LoRA weights stay float32 for the gradient scaler), bfloat16 or float32
+    weights under bf16 autocast where the GPU has it. ``training.trainer_args`` is applied
+    last; a value ``TrainingArguments`` rejects is a :class:`ConfigError` naming the key.
+    """
     from transformers import TrainingArguments
 
+    from apidistill.errors import ConfigError
+    from apidistill.train.trainer_args import apply_trainer_args
+
     on_gpu = torch.cuda.is_available()
-    bf16 = on_gpu and torch.cuda.is_bf16_supported()
+    fp16 = on_gpu and training.dtype == "float16"
+    bf16 = on_gpu and not fp16 and torch.cuda.is_bf16_supported()
     early = bool(training.early_stopping_patience) and has_eval
     eval_strategy = ("steps" if training.eval_steps else "epoch") if has_eval else "no"
     save_steps = training.save_steps or (training.eval_steps if early else None)
     save_strategy = "steps" if save_steps else "epoch"
     if early and save_strategy != eval_strategy:  # load_best_model_at_end needs them equal
         save_strategy, save_steps = eval_strategy, training.eval_steps
-    return TrainingArguments(
+    kwargs: dict[str, Any] = dict(
         output_dir=str(out_dir / "checkpoints"),
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.batch_size,
@@ -97,9 +109,23 @@ def build_training_arguments(
         seed=training.seed,
         data_seed=training.seed,
         bf16=bf16,
-        fp16=False,
+        fp16=fp16,
+        activation_checkpointing=training.gradient_checkpointing,
+        # non-reentrant checkpointing works with frozen inputs (LoRA) and with DDP
+        activation_checkpointing_kwargs={"use_reentrant": False},
         use_cpu=no_accelerator(),
     )
+    kwargs = apply_trainer_args(kwargs, training.trainer_args)
+    try:
+        return TrainingArguments(**kwargs)
+    except (ValueError, TypeError) as exc:
+        if not training.trainer_args:
+            raise
+        raise ConfigError(
+            f"TrainingArguments rejected the settings: {exc}",
+            key="training.trainer_args",
+            hint="check the values against transformers' TrainingArguments documentation",
+        ) from None
 
 
 def run_training(
@@ -115,19 +141,19 @@ def run_training(
 ) -> Outcome:
     from transformers import EarlyStoppingCallback, set_seed
 
-    from apidistill.models import load_model
+    from apidistill.train.student_model import load_student_model
     from apidistill.train.trainer import DistillTrainer, RichProgressCallback, apply_lora
 
-    set_seed(training.seed)  # LoRA's random init must not depend on what ran before
-    model = load_model(student.model)
-    model.config.use_cache = False
-    if not training.full_finetune:
-        model = apply_lora(model, training.lora)
     rows = built.examples
     val_rows = val_built.examples if val_built and val_built.examples else None
     if training.packing:
         rows = pack_examples(rows, training.max_length)
+    # the arguments first: a bad trainer_args value must fail before the model loads
     args = build_training_arguments(training, out_dir, has_eval=val_rows is not None)
+    set_seed(training.seed)  # LoRA's random init must not depend on what ran before
+    model = load_student_model(student, training)
+    if not training.full_finetune:
+        model = apply_lora(model, training.lora)
     callbacks: list[Any] = [RichProgressCallback()] if progress else []
     if training.early_stopping_patience and val_rows is not None:
         callbacks.append(EarlyStoppingCallback(training.early_stopping_patience))
@@ -158,6 +184,7 @@ def run_training(
         log_history=list(trainer.state.log_history),
         eval_metrics=eval_metrics,
         is_main_process=main,
+        processes=int(trainer.args.world_size),
     )
 
 

@@ -29,6 +29,7 @@ from transformers.trainer_callback import PrinterCallback
 from apidistill.config import KDConfig, LoraConfig
 from apidistill.errors import TrainingError
 from apidistill.progress import make_progress
+from apidistill.train.distributed import reduce_sums
 from apidistill.train.losses import (
     IGNORE_INDEX,
     bucket_divergence,
@@ -153,6 +154,7 @@ class DistillTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         is_eval = any(k.startswith("eval_") for k in logs)
         s = self._sums["eval" if is_eval else "train"]
+        reduce_sums(s, self.args.device)  # under a launcher: totals over every rank
         prefix = "eval_" if is_eval else ""
         if s["n"]:
             logs[f"{prefix}ce"] = round(s["ce"] / s["n"], 6)
