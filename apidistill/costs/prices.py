@@ -143,7 +143,7 @@ def _bundled_snapshot():
 
 def _genai_price(provider: str, model: str, base_url: str | None) -> ModelPrice | None:
     provider_id = _GENAI_PROVIDER.get(provider)
-    host = (urlsplit(base_url).hostname or "") if base_url else ""
+    host = (urlsplit(base_url).hostname or "").rstrip(".") if base_url else ""
     api_url = None
     gateway = provider in ("openai", "anthropic") and _is_private_url(base_url)
     if host and host != _OFFICIAL_HOSTS.get(provider) and not gateway:

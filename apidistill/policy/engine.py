@@ -143,6 +143,17 @@ def _select(
     return None
 
 
+# How binding a verdict is, least to most: a name served on two channels without --channel
+# gets the more binding one (its terms are the ones that could apply to the user).
+_STRICTNESS = {
+    "allow": 0,
+    "allow_with_obligations": 1,
+    "requires_authorization": 2,
+    "unknown": 3,
+    "deny": 4,
+}
+
+
 def decide(
     provider: str,
     model: str,
@@ -157,7 +168,10 @@ def decide(
 
     ``extra_dirs`` are the user's own policy folders (they win over the built-in library);
     ``license`` is a self-hosted teacher's declared weights license, used only when no policy
-    names the model itself.
+    names the model itself. Without ``channel``, a name that the provider's policies cover on
+    more than one channel (``command-r-plus``: Cohere's API and its CC-BY-NC weights) gets
+    the stricter of those channels' decisions, and its reason says to pass the channel: the
+    weights' license does not make an API's outputs usable, nor the reverse.
     """
     if use not in USES:
         raise ConfigError(
@@ -170,6 +184,45 @@ def decide(
     policies = [*load_policies(extra_dirs, user=True)]
     if include_builtin:
         policies += load_policies([builtin_policy_dir()])
+    if channel is None:
+        channels = sorted(  # a catch-all "*" covers whatever is served, it names nothing
+            {
+                p.channel
+                for p in policies
+                if _provider_matches(p, provider) and _best_glob(p, model) not in (None, "*")
+            }
+        )
+        if len(channels) > 1:
+            return _stricter(
+                [_decide_on(policies, provider, model, use, c, license) for c in channels]
+            )
+    return _decide_on(policies, provider, model, use, channel, license)
+
+
+def _stricter(decisions: list[Decision]) -> Decision:
+    """The most binding of one name's decisions on several channels, saying so."""
+    worst = max(decisions, key=lambda d: _STRICTNESS[d.decision])
+    others = "; ".join(
+        f"{d.channel}: {d.decision}" for d in decisions if d.channel != worst.channel
+    )
+    note = (
+        f" [{worst.model!r} is covered on channels "
+        f"{', '.join(str(d.channel) for d in decisions)}; without --channel the stricter "
+        f"decision ({worst.channel}) applies (others: {others}); pass --channel to decide one]"
+    )
+    data = worst.model_dump()
+    data.update(reason=worst.reason + note, id="")
+    return Decision.model_validate(data)
+
+
+def _decide_on(
+    policies: Sequence[Policy],
+    provider: str,
+    model: str,
+    use: str,
+    channel: str | None,
+    license: str | None,
+) -> Decision:
     picked = _select(policies, provider, model, use, channel, license)
     if picked is None:
         return Decision(
@@ -235,6 +288,7 @@ def teacher_route(teacher: TeacherConfig) -> tuple[str, str, str | None]:
     if teacher.serve is not None and not teacher.base_url:
         return SELF_HOSTED, "weights", "started by apidistill serve"
     host = (urlsplit(teacher.base_url).hostname or "").lower() if teacher.base_url else ""
+    host = host.rstrip(".")  # a fully qualified name (``api.x.ai.``) is the same host
     if not host:
         default = {"openai": "openai", "anthropic": "anthropic"}.get(teacher.provider)
         if default:

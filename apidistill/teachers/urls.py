@@ -16,7 +16,8 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalize_base_url(url: str) -> str:
-    """Lower-case scheme and host, no default port, no credentials, query or trailing slash."""
+    """Lower-case scheme and host, no default port, no credentials, query or trailing slash
+    (of the path, or the root dot of a fully qualified host name)."""
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -29,7 +30,7 @@ def normalize_base_url(url: str) -> str:
             key="teacher.base_url",
             hint="e.g. http://127.0.0.1:8000/v1",
         )
-    host = parts.hostname.lower()
+    host = parts.hostname.lower().rstrip(".")  # ``api.x.ai.`` (fully qualified) is ``api.x.ai``
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"

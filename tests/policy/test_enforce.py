@@ -104,11 +104,51 @@ def test_channel_must_match(write_policy, make_policy):
 def test_equally_specific_disagreeing_matches_are_an_error(write_policy, make_policy):
     write_policy("a.yaml", make_policy(pid="a", channel="api", models='["x-1"]'))
     folder = write_policy(
-        "b.yaml", make_policy(pid="b", channel="weights", models='["x-1"]', decision="deny")
+        "b.yaml", make_policy(pid="b", channel="api", models='["x-1"]', decision="deny")
     )
     with pytest.raises(ConfigError, match="disagree"):
         decide("openai", "x-1", "commercial", extra_dirs=[folder])
+
+
+def test_a_name_on_two_channels_gets_the_stricter_decision(write_policy, make_policy):
+    write_policy("a.yaml", make_policy(pid="a", channel="api", models='["x-1"]'))
+    folder = write_policy(
+        "b.yaml", make_policy(pid="b", channel="weights", models='["x-*"]', decision="deny")
+    )
+    d = decide("openai", "x-1", "commercial", extra_dirs=[folder])
+    # the api's exact name is more specific, yet the weights' deny is what could bind
+    assert (d.decision, d.channel, d.policy_id) == ("deny", "weights", "b")
+    assert "pass --channel" in d.reason and "api: allow" in d.reason
     assert decide("openai", "x-1", "commercial", channel="api", extra_dirs=[folder]).permits
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "use", "expected", "channel_given"),
+    [
+        # Cohere's API serves command-r-plus; its CC-BY-NC weights allow research, the API's
+        # terms were not reviewed: without --channel, unknown (it used to be allowed).
+        ("cohere", "command-r-plus", "research_noncommercial", "unknown", "allow_with_obligations"),
+        # The Llama API forbids competing models; the Llama 4 weights license does not.
+        (
+            "meta",
+            "Llama-4-Maverick-17B-128E-Instruct-FP8",
+            "competing",
+            "deny",
+            "allow_with_obligations",
+        ),
+    ],
+)
+def test_hosted_and_open_weights_names_need_a_channel(
+    provider, model, use, expected, channel_given
+):
+    d = decide(provider, model, use)
+    assert d.decision == expected and d.channel == "api" and "weights:" in d.reason
+    assert decide(provider, model, use, channel="weights").decision == channel_given
+
+
+def test_gpt_oss_is_weights_only_without_a_channel():
+    assert decide("openai", "gpt-oss-120b", "competing").channel == "weights"
+    assert decide("openai", "gpt-4.1-mini", "competing").channel == "api"
 
 
 # --------------------------------------------------------------------------- teacher routing
@@ -124,6 +164,8 @@ def test_equally_specific_disagreeing_matches_are_an_error(write_policy, make_po
         ("openai", "https://api.deepseek.com", ("deepseek", "api")),
         ("openai_compatible", "https://api.mistral.ai/v1", ("mistral", "api")),
         ("openai_compatible", "https://api.x.ai/v1", ("xai", "api")),
+        ("openai_compatible", "https://api.x.ai./v1", ("xai", "api")),  # fully qualified name
+        ("openai", "https://API.OpenAI.com./v1", ("openai", "api")),
         (
             "openai_compatible",
             "https://generativelanguage.googleapis.com/v1beta/openai/",
@@ -140,6 +182,15 @@ def test_equally_specific_disagreeing_matches_are_an_error(write_policy, make_po
 def test_teacher_route(provider, base_url, expected):
     t = TeacherConfig(provider=provider, model="m", base_url=base_url)
     assert teacher_route(t)[:2] == expected
+
+
+def test_a_fully_qualified_host_is_the_same_teacher():
+    """``api.x.ai.`` and ``api.x.ai`` are one server: one cache identity, one terms route."""
+    from apidistill.teachers.urls import teacher_identity
+
+    assert teacher_identity("openai", "https://API.x.ai./v1/") == teacher_identity(
+        "openai", "https://api.x.ai/v1"
+    )
 
 
 def test_demo_teacher_is_allowed_as_apache_weights():
@@ -195,7 +246,7 @@ def test_student_use_recheck():
     research = decide("cohere", "CohereForAI/aya-expanse-8b", "research_noncommercial")
     with pytest.raises(PolicyDenied, match="NonCommercial"):
         check_student_use([research], "commercial")
-    llama = decide("meta", "meta-llama/Llama-3.1-8B-Instruct", "internal")
+    llama = decide("meta", "meta-llama/Llama-3.1-8B-Instruct", "internal", channel="weights")
     check_student_use([llama], "redistribute")
 
 
@@ -217,7 +268,7 @@ def test_overridden_decision_counts_only_for_its_own_use():
 
 
 def test_llama31_obligations_in_rendered_card():
-    d = decide("meta", "meta-llama/Llama-3.1-8B-Instruct", "redistribute")
+    d = decide("meta", "meta-llama/Llama-3.1-8B-Instruct", "redistribute", channel="weights")
     md = render_obligations_md([d])
     assert 'The student\'s name must begin with "Llama".' in md
     assert '"Built with Llama"' in md
