@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from apidistill.errors import ConfigError
+from apidistill.yamlfile import load_yaml
 
 __all__ = [
     "BalanceConfig",
@@ -152,7 +153,8 @@ class HarvestConfig(_Section):
     use_batch_api: bool = False
     # What to do when logprob KD is asked of a teacher without logprobs.
     on_missing_logprobs: Literal["error", "sequence_kd"] = "error"
-    max_requests: int | None = Field(None, gt=0)
+    # New requests this run may send; 0 sends none (answers come from the journal only).
+    max_requests: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> HarvestConfig:
@@ -468,13 +470,7 @@ def _format_errors(exc: ValidationError, text: str, file: str) -> ConfigError:
 
 def parse_config(text: str, file: str = "<string>") -> RunConfig:
     """Validate YAML text as a :class:`RunConfig`; errors name ``file``, line and key."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"not valid YAML: {problem}", file=file, line=line) from None
+    data = load_yaml(text, file)  # a key given twice is an error, never "the last one wins"
     if not isinstance(data, dict):
         raise ConfigError(
             f"the run file must be a mapping of sections, got {type(data).__name__}",

@@ -36,6 +36,7 @@ __all__ = [
     "EMBEDDED_MODELS",
     "ModelSource",
     "cache_dir",
+    "check_model_offline",
     "count_params",
     "load_model",
     "load_tokenizer",
@@ -107,6 +108,48 @@ def resolve_model(spec: str) -> ModelSource:
         f"{spec!r} is not an embedded model, a local path or a hub name (org/name)",
         hint=f"embedded models: {', '.join(EMBEDDED_MODELS)}",
     )
+
+
+def check_model_offline(spec: str) -> None:
+    """Raise :class:`ModelLoadError` when ``spec`` cannot be a loadable model, without loading
+    weights or touching the network: the run checks its student before paying for a harvest.
+
+    An embedded name needs its package and file; a path needs a GGUF file or a folder whose
+    ``config.json`` (or ``adapter_config.json``) parses and names a model type (or a base
+    model). A hub name is checked in the local hub cache when it is there; when it is not,
+    only an offline session (``HF_HUB_OFFLINE=1``) can tell it will fail, and then it does.
+    """
+    import json
+
+    src = resolve_model(spec)
+    if src.gguf_file is not None:
+        return  # resolve_model found the file
+    if src.is_hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(src.folder, "config.json")
+        if isinstance(cached, str):
+            folder = Path(cached).parent
+        elif os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise ModelLoadError(
+                f"{spec!r} is not in the local hub cache and HF_HUB_OFFLINE is set",
+                hint="download it first, or name a local folder",
+            )
+        else:
+            return  # downloaded when training starts; nothing here can check it offline
+    else:
+        folder = Path(src.folder)
+    for name, needed in (("config.json", "model_type"), ("adapter_config.json", None)):
+        f = folder / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelLoadError(f"{f}: not a readable model config ({exc})") from None
+        if not isinstance(data, dict) or (needed and needed not in data):
+            raise ModelLoadError(f"{f}: not a model config (no {needed or 'fields'!r})")
+        return
 
 
 def _converted_dir(src: ModelSource) -> Path:

@@ -17,6 +17,7 @@ known, ``requests × latency / concurrency``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from decimal import Decimal
 
@@ -133,6 +134,20 @@ def _time(
     return bounds[which], which
 
 
+def _check_assumptions(output_tokens: float | None, latency_s: float | None) -> None:
+    """A negative (or NaN/infinite) assumption would print a negative or meaningless cost."""
+    if output_tokens is not None and not (math.isfinite(output_tokens) and output_tokens >= 0):
+        raise ConfigError(
+            f"expected output tokens must be a number >= 0, got {output_tokens!r}",
+            key="--output-tokens",
+            hint="give the mean answer length in tokens, or leave it out to measure it",
+        )
+    if latency_s is not None and not (math.isfinite(latency_s) and latency_s > 0):
+        raise ConfigError(
+            f"latency must be a number of seconds > 0, got {latency_s!r}", key="--latency"
+        )
+
+
 def estimate(
     cfg: RunConfig,
     requests: Sequence[TeacherRequest],
@@ -141,6 +156,7 @@ def estimate(
     latency_s: float | None = None,
 ) -> Estimate:
     """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing."""
+    _check_assumptions(expected_output_tokens, latency_s)
     teacher, harvest = cfg.teacher, cfg.harvest
     counter = TokenCounter(teacher)
     counts = counter.count_many(list(requests)) if requests else []

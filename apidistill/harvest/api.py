@@ -258,9 +258,11 @@ def harvest(
     polling every ``poll_interval_s``.
     """
     _check_positive("concurrency", concurrency)
-    for name, value in (("rpm", rpm), ("tpm", tpm), ("max_requests", max_requests)):
+    for name, value in (("rpm", rpm), ("tpm", tpm)):
         if value is not None:
             _check_positive(name, value)
+    if max_requests is not None:  # 0 is a limit too: answer from the journal, send nothing
+        _check_positive("max_requests", max_requests, least=0)
     if timeout_s <= 0:
         raise ConfigError(f"must be > 0, got {timeout_s!r}", key="harvest.timeout_s")
     if max_retries < 0:
@@ -300,9 +302,11 @@ def harvest(
     )
 
 
-def _check_positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise ConfigError(f"must be a whole number >= 1, got {value!r}", key=f"harvest.{name}")
+def _check_positive(name: str, value: int, *, least: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ConfigError(
+            f"must be a whole number >= {least}, got {value!r}", key=f"harvest.{name}"
+        )
 
 
 def harvest_sync(

@@ -16,7 +16,11 @@ def harvest(
     budget: float | None = typer.Option(
         None, help="Override budget.usd (USD), e.g. to raise it and resume after a budget stop."
     ),
-    max_requests: int | None = typer.Option(None, help="Stop after sending this many requests."),
+    max_requests: int | None = typer.Option(
+        None,
+        min=0,
+        help="Stop after sending this many new requests (0: send none, answer from the journal).",
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
     skip_invalid: bool | None = skip_invalid_option(),
 ) -> None:
@@ -34,6 +38,10 @@ def harvest(
         typer.echo(f"rank {rank} of {world}: the harvest runs on rank 0 only")
         return
     apply_skip_invalid(cfg, skip_invalid)
+    if "model" in cfg.student.model_fields_set:  # named in the run file: it must exist
+        from apidistill.pipeline.preflight import check_student_model
+
+        check_student_model(cfg)
     ctx = RunContext.from_config(
         cfg,
         progress=progress,

@@ -20,7 +20,11 @@ STAGES = ("policy", "estimate", "harvest", "dataset", "train")
 def run(
     config: Path = typer.Argument(..., help="YAML run file."),
     budget: float | None = typer.Option(None, help="Override budget.usd (USD) for this run."),
-    max_requests: int | None = typer.Option(None, help="Stop after sending this many requests."),
+    max_requests: int | None = typer.Option(
+        None,
+        min=0,
+        help="Stop after sending this many new requests (0: send none, answer from the journal).",
+    ),
     stop_after: str | None = typer.Option(
         None, help=f"Last stage to run: one of {', '.join(STAGES)}."
     ),

@@ -18,6 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from apidistill.config import RunConfig
+from apidistill.pipeline.preflight import check_student_model
 from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
     RunContext,
@@ -142,6 +143,8 @@ def run_pipeline(
     if gate.is_main:
         done = True
         try:
+            if stop_after in (None, "train"):  # a student that cannot load: before paying
+                check_student_model(cfg)
             done = _teacher_stages(ctx, out, stop_after)
         finally:  # on an error too: the other ranks must not wait for a harvest that stopped
             go_on = gate.release(not done)

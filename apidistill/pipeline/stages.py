@@ -276,7 +276,10 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             tpm=cfg.harvest.tpm,
             max_retries=cfg.harvest.max_retries,
             timeout_s=cfg.harvest.timeout_s,
-            max_requests=ctx.max_requests or cfg.harvest.max_requests,
+            # 0 means send nothing (answer from the journal only), not "no limit"
+            max_requests=(
+                ctx.max_requests if ctx.max_requests is not None else cfg.harvest.max_requests
+            ),
             count_input_tokens=count,
             progress=ctx.progress,
         )
@@ -389,8 +392,11 @@ def train_stage(
 ):
     """Train ``student`` (default: the run file's) into ``out_dir`` (default: <run>/train)."""
     from apidistill.data.store import load_records
+    from apidistill.pipeline.preflight import recheck_training_terms
     from apidistill.train.api import train_student
 
+    # The terms the data was bought under, for this run's use, before any training starts.
+    recheck_training_terms(ctx.cfg, ctx.layout.dataset)
     train = load_records(ctx.layout.dataset, split="train")
     val = load_records(ctx.layout.dataset, split="validation") or None
     return train_student(
