@@ -8,6 +8,7 @@ ignored setting.
 
 from __future__ import annotations
 
+import os
 import string
 from decimal import Decimal
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from apidistill.errors import ConfigError
+from apidistill.errors import ConfigError, register_secret
 from apidistill.yamlfile import load_yaml
 
 __all__ = [
@@ -482,7 +483,16 @@ def parse_config(text: str, file: str = "<string>") -> RunConfig:
     except ValidationError as exc:
         raise _format_errors(exc, text, file) from None
     cfg.source = file
+    _register_key_envs(cfg)
     return cfg
+
+
+def _register_key_envs(cfg: RunConfig) -> None:
+    """The keys the run file points at are secrets from the moment it is read: anything
+    that prints, logs or stores a message from then on redacts them by value."""
+    for env in (cfg.teacher.api_key_env, cfg.serve.api_key_env):
+        if env:
+            register_secret(os.environ.get(env))
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -20,13 +20,14 @@ Provider SDK exceptions are mapped into this tree in one place (``teachers/``) w
      └── EvalError              evaluation cannot run (names the missing piece)
 
 Messages never contain API keys: :func:`redact` is applied to every message built from
-provider text.
+provider text, and removes every secret registered with :func:`register_secret` by value.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from urllib.parse import quote
 
 __all__ = [
     "ApidistillError",
@@ -44,21 +45,51 @@ __all__ = [
     "TeacherUnavailable",
     "TrainingError",
     "redact",
+    "register_secret",
+    "registered_secrets",
 ]
 
 _KEY_PATTERNS = re.compile(
     r"(sk-[A-Za-z0-9_\-]{8,}|sk-ant-[A-Za-z0-9_\-]{8,}|Bearer\s+[A-Za-z0-9_\-\.]{8,})"
 )
 _SECRET_ENV_HINTS = ("KEY", "TOKEN", "SECRET")
+# Values shorter than this are not redacted by value: replacing every "abc" in a message
+# would garble it, and no provider issues keys that short.
+MIN_SECRET_CHARS = 6
+# Every secret this process was configured with (an API key from a run file's env var, an
+# explicit ``api_key=``, a served endpoint's key), whatever its shape or where it came from.
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Remember ``value`` as a secret: :func:`redact` removes it from every message from now
+    on. Called wherever a key enters the process (``resolve_api_key``, the teacher clients,
+    ``serve --api-key-env``, eval endpoints), so a key that matches no known pattern and sits
+    in an env var of any name is still redacted when a server echoes it back."""
+    if value and len(value) >= MIN_SECRET_CHARS:
+        _SECRETS.add(value)
+        quoted = quote(value, safe="")
+        if quoted != value:  # as it would appear in a URL or a form body
+            _SECRETS.add(quoted)
+
+
+def registered_secrets() -> frozenset[str]:
+    """The secrets :func:`register_secret` has seen (for tests and artifact scans)."""
+    return frozenset(_SECRETS)
 
 
 def redact(text: str) -> str:
-    """Remove anything that looks like an API key, and the value of every secret env var."""
-    out = _KEY_PATTERNS.sub("[REDACTED]", text)
+    """Remove every configured secret (by value), anything that looks like an API key, and
+    the value of every env var whose name says KEY, TOKEN or SECRET."""
+    values = set(_SECRETS)
     for name, value in os.environ.items():
         if value and len(value) >= 8 and any(h in name.upper() for h in _SECRET_ENV_HINTS):
+            values.add(value)
+    out = text
+    for value in sorted(values, key=len, reverse=True):  # longest first: no partial leftovers
+        if value in out:
             out = out.replace(value, "[REDACTED]")
-    return out
+    return _KEY_PATTERNS.sub("[REDACTED]", out)
 
 
 class ApidistillError(Exception):

@@ -29,7 +29,7 @@ import numpy as np
 
 from apidistill.config import EvalConfig
 from apidistill.data.schema import Message, Record
-from apidistill.errors import ConfigError, EvalError
+from apidistill.errors import ConfigError, EvalError, register_secret
 from apidistill.eval.aggregate import confusion_matrix, output_metrics
 from apidistill.eval.metrics import sequence_confidence
 from apidistill.eval.types import EvalResult, MetricValue, ModelEval, StudentEndpoint, Timing
@@ -292,6 +292,7 @@ async def _query_student(
     queue: asyncio.Queue[Record] = asyncio.Queue()
     for r in todo:
         queue.put_nowait(r)
+    register_secret(ep.api_key)  # redacted by value in every message
     client = AsyncOpenAI(
         base_url=ep.base_url, api_key=ep.api_key or "unused", max_retries=0, timeout=ep.timeout_s
     )

@@ -20,7 +20,7 @@ from typing import Any
 import typer
 
 from apidistill.config import DEFAULT_MODEL, ServeConfig
-from apidistill.errors import ConfigError, ModelLoadError
+from apidistill.errors import ConfigError, ModelLoadError, register_secret
 
 READY_PREFIX = "apidistill serve: ready on "
 
@@ -102,6 +102,7 @@ def serve(
                 file=str(config) if config and not api_key_env else None,
                 hint=f"export {opts.api_key_env}=<key>, or serve without a key",
             )
+        register_secret(api_key)  # never in the server's messages, whatever the key's shape
     from apidistill.models import resolve_model
 
     resolve_model(model)  # a bad path fails here, before the slow imports

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from apidistill.config import PriceConfig, TeacherConfig
 from apidistill.costs.prices import ModelPrice
-from apidistill.errors import ConfigError, ModelLoadError
+from apidistill.errors import ConfigError, ModelLoadError, register_secret
 from apidistill.teachers.base import Capabilities, RateLimitSnapshot, Teacher, TeacherResponse
 from apidistill.teachers.logprobs import TokenVocab
 from apidistill.teachers.profiles import server_profile
@@ -38,6 +38,7 @@ def resolve_api_key(cfg: TeacherConfig, api_key: str | None) -> str | None:
     OpenAI key to an arbitrary host would leak it.
     """
     if api_key:
+        register_secret(api_key)
         return api_key
     env = cfg.api_key_env or _DEFAULT_KEY_ENV.get(cfg.provider)
     if env is None:
@@ -49,6 +50,7 @@ def resolve_api_key(cfg: TeacherConfig, api_key: str | None) -> str | None:
             key="teacher.api_key_env",
             hint=f"export {env}=... (the key is read from the environment and never stored)",
         )
+    register_secret(value)  # redacted by value wherever it shows, whatever its shape
     return value
 
 

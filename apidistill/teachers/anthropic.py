@@ -22,7 +22,7 @@ import httpx2
 
 from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.data.schema import Completion, TeacherRequest, Usage
-from apidistill.errors import CapabilityError
+from apidistill.errors import CapabilityError, register_secret
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.failures import TRANSPORT_ERRORS, malformed_body, map_failure
 from apidistill.teachers.profiles import anthropic_capabilities
@@ -172,6 +172,7 @@ class AnthropicTeacher:
         self._teacher_id = teacher_identity(self.provider, self.base_url)
         self._price = price
         self.transport = resolve_transport(transport)
+        register_secret(api_key)  # redacted by value in every message
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "EMPTY",
             base_url=self.base_url,

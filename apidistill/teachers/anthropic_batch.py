@@ -25,7 +25,7 @@ import httpx2
 
 from apidistill.costs.prices import ModelPrice
 from apidistill.data.schema import Completion, TeacherRequest
-from apidistill.errors import DataError, TeacherError
+from apidistill.errors import DataError, TeacherError, register_secret
 from apidistill.teachers.anthropic import (
     ANTHROPIC_BASE_URL,
     build_anthropic_body,
@@ -125,6 +125,7 @@ class AnthropicBatch:
         self._max_list_pages = max_list_pages
         self._page_size = list_page_size
         self.unreadable_lines: dict[str, int] = {}
+        register_secret(api_key)  # redacted by value in every message
         self._client = anthropic.AsyncAnthropic(
             api_key=api_key or "EMPTY",
             base_url=self.base_url,

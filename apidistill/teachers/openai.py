@@ -20,7 +20,7 @@ import openai
 
 from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.data.schema import Completion, TeacherRequest, Usage
-from apidistill.errors import CapabilityError, ConfigError
+from apidistill.errors import CapabilityError, ConfigError, register_secret
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.failures import TRANSPORT_ERRORS, malformed_body, map_failure
 from apidistill.teachers.logprobs import NormalizedLogprobs, TokenVocab, extract_choice_logprobs
@@ -264,6 +264,7 @@ class OpenAITeacher:
         self._vocab = vocab
         self._price = price
         self.transport = "custom" if http_client is not None else resolve_transport(transport)
+        register_secret(api_key)  # redacted by value in every message
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "EMPTY",
             base_url=self.base_url,

@@ -18,7 +18,7 @@ import openai
 
 from apidistill.costs.prices import ModelPrice
 from apidistill.data.schema import Completion, TeacherRequest
-from apidistill.errors import DataError, TeacherError, TeacherUnavailable
+from apidistill.errors import DataError, TeacherError, TeacherUnavailable, register_secret
 from apidistill.teachers.batch import (
     BatchCounts,
     BatchLimits,
@@ -81,6 +81,7 @@ class OpenAIBatch:
         self._max_list_pages = max_list_pages
         self._page_size = list_page_size
         self.unreadable_lines: dict[str, int] = {}
+        register_secret(api_key)  # redacted by value in every message
         self._client = openai.AsyncOpenAI(
             api_key=api_key or "EMPTY",
             base_url=self.base_url,

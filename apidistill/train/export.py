@@ -127,18 +127,36 @@ def _merge(src: Path, base_model: str, dest: Path) -> None:
     merged.save_pretrained(str(dest))
 
 
-def _vllm_lines(out_dir: Path, name: str, adapter_cfg: dict | None, merged: bool) -> list[str]:
+def shown_path(path: str, root: Path | None = None) -> str:
+    """``path`` as a card shows it: relative to ``root`` when inside it, else a hub name as
+    is, else only the folder's name. A model card travels (a hub upload, a colleague's
+    machine): an absolute path would publish this machine's layout and user name, and
+    would not work anywhere else."""
+    p = Path(path).expanduser()
+    if not (p.is_absolute() or p.exists()):
+        return path  # a hub id or an embedded model's name
+    p = p.resolve()
+    if root is not None and p.is_relative_to(root.resolve()):
+        return p.relative_to(root.resolve()).as_posix() or "."
+    return p.name
+
+
+def _vllm_lines(
+    out_ref: str, name: str, adapter_cfg: dict | None, merged: bool, base_ref: str | None = None
+) -> list[str]:
+    """vLLM command lines for the export at ``out_ref`` (a shell word, already quoted);
+    ``base_ref`` replaces the adapter's base model path (quoted here)."""
     q = shlex.quote
     lines = []
     if merged:
-        lines.append(f"vllm serve {q(str(out_dir))} --served-model-name {q(name)}")
+        lines.append(f"vllm serve {out_ref} --served-model-name {q(name)}")
     if adapter_cfg is not None:
-        base = adapter_cfg.get("base_model_name_or_path") or ""
-        adapter_dir = out_dir / "adapter" if merged else out_dir
+        base = base_ref or adapter_cfg.get("base_model_name_or_path") or ""
+        adapter_ref = f"{out_ref}/adapter" if merged else out_ref
         lines.append(
             f"vllm serve {q(base)} --enable-lora "
-            f"--lora-modules {q(name + '=' + str(adapter_dir))} "
-            f"--max-lora-rank {int(adapter_cfg.get('r', 16))} --tokenizer {q(str(adapter_dir))}"
+            f"--lora-modules {q(name)}={adapter_ref} "
+            f"--max-lora-rank {int(adapter_cfg.get('r', 16))} --tokenizer {adapter_ref}"
         )
     return lines
 
@@ -148,7 +166,7 @@ def _model_card(
     base_model: str,
     result: TrainResult | None,
     vllm: list[str],
-    out_dir: Path,
+    out_ref: str,
     sections: dict[str, str] | None,
     terms: str,
 ) -> str:
@@ -184,8 +202,11 @@ def _model_card(
     parts.append(terms.strip())
     for title, body in (sections or {}).items():
         parts.append(f"## {title}\n\n{body.strip()}")
-    serve = "\n".join([f"apidistill serve --model {shlex.quote(str(out_dir))}", *vllm])
-    parts.append(f"## Serving\n\n```bash\n{serve}\n```")
+    serve = "\n".join([f"apidistill serve --model {out_ref}", *vllm])
+    parts.append(
+        f"## Serving\n\nFrom the folder that holds `{out_ref}` (a run's folder, for a run's "
+        f"student):\n\n```bash\n{serve}\n```"
+    )
     return "\n\n".join(parts) + "\n"
 
 
@@ -292,11 +313,23 @@ def export_student(
             if f.is_file() and f.suffix in {".json", ".safetensors", ".jinja", ".txt", ".model"}:
                 shutil.copy2(f, out_dir / f.name)
         _save_tokenizer(src, base_model, system_prompt, out_dir)
-    vllm = _vllm_lines(out_dir.resolve(), name, adapter_cfg, merged=merge or not is_adapter)
-    script = "#!/bin/sh\n# Serve this student with vLLM (pick one line).\n" + "\n".join(vllm) + "\n"
-    (out_dir / "serve_vllm.sh").write_text(script, encoding="utf-8")
-    card = _model_card(
-        name, base_model, result, vllm, out_dir.resolve(), model_card_sections, terms
+    merged = merge or not is_adapter
+    # The script finds its own folder, so it works wherever the student is copied to.
+    vllm = _vllm_lines('"$HERE"', name, adapter_cfg, merged)
+    script = (
+        "#!/bin/sh\n# Serve this student with vLLM (pick one line).\n"
+        'HERE="$(cd "$(dirname "$0")" && pwd)"\n' + "\n".join(vllm) + "\n"
     )
+    (out_dir / "serve_vllm.sh").write_text(script, encoding="utf-8")
+    # The card names paths relative to the folder that holds the export (the run folder,
+    # for a run's student), never this machine's absolute paths.
+    home = out_dir.resolve().parent
+    here = shlex.quote(out_dir.resolve().name)
+    base_shown = shown_path(base_model, home)
+    adapter_base = (adapter_cfg or {}).get("base_model_name_or_path")
+    card_vllm = _vllm_lines(
+        here, name, adapter_cfg, merged, shown_path(adapter_base, home) if adapter_base else None
+    )
+    card = _model_card(name, base_shown, result, card_vllm, here, model_card_sections, terms)
     (out_dir / "README.md").write_text(card, encoding="utf-8")
     return out_dir

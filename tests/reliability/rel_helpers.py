@@ -136,6 +136,11 @@ def _read(path: Path, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
+def journal_errors(path: Path) -> list[str]:
+    """Every error message the journal holds for a request."""
+    return [r[0] for r in _read(path, "SELECT error FROM requests WHERE error IS NOT NULL")]
+
+
 def journal_counts(path: Path) -> dict[str, int]:
     """Rows per state (safe while nothing writes)."""
     return dict(_read(path, "SELECT state, COUNT(*) FROM requests GROUP BY state"))

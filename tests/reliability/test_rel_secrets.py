@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from rel_helpers import cli_env, run_cli, write_run
+from rel_helpers import cli_env, journal_errors, run_cli, write_run
 
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import TeacherRejected
@@ -133,6 +133,43 @@ def test_401_echoing_the_key_leaks_nowhere(echo_401, tmp_path: Path, key: str) -
     root = tmp_path / "denied" / "runs" / "rel"
     assert (root / "journal.sqlite").is_file()
     assert _scan(tmp_path / "denied", key) == []
+
+
+# A key that looks like no known key format, in an env var whose name says neither KEY, TOKEN
+# nor SECRET: only redaction by the configured value can keep it out of the artifacts.
+PLAIN_ENV = "MY_PROVIDER_CRED"
+
+
+@pytest.fixture
+def plain_key() -> str:
+    return f"abc123{secrets.token_hex(12)}"
+
+
+def test_401_echoing_a_key_of_any_shape_leaks_nowhere(echo_401, tmp_path, plain_key) -> None:
+    run = write_run(tmp_path / "plain", base_url=echo_401.base_url, n_prompts=4, key_env=PLAIN_ENV)
+    done = run_cli("harvest", str(run), "--no-progress", env=cli_env(**{PLAIN_ENV: plain_key}))
+    output = done.stdout + done.stderr
+    root = tmp_path / "plain" / "runs" / "rel"
+    errors = journal_errors(root / "journal.sqlite")
+    # the server's message is kept (it says what is wrong), with the key taken out
+    assert errors and all("Incorrect API key provided: [REDACTED]" in e for e in errors), errors
+    assert plain_key not in output, output[-2000:]
+    hits = [p for p in (tmp_path / "plain").rglob("*") if p.is_file() and plain_key.encode()
+            in p.read_bytes()]  # fmt: skip
+    assert hits == []
+
+
+async def test_an_explicit_key_of_any_shape_is_redacted_too(echo_401, plain_key) -> None:
+    """The SDK path: a key handed to the teacher directly, in no env var at all."""
+    teacher = OpenAITeacher("m", base_url=echo_401.base_url, api_key=plain_key)
+    req = TeacherRequest(messages=[Message(role="user", content="hi")])
+    try:
+        with pytest.raises(TeacherRejected) as err:
+            await teacher.complete(req)
+    finally:
+        await teacher.aclose()
+    text = "".join(traceback.format_exception(err.value))
+    assert "Incorrect API key provided" in text and plain_key not in text
 
 
 async def test_401_exception_and_its_traceback_hold_no_key(echo_401, key: str) -> None:
@@ -264,3 +301,14 @@ async def test_every_artifact_of_a_full_run_is_free_of_the_key(tmp_path: Path, k
     ]
     for text in shown:
         assert not any(n.decode() in text for n in _needles(key)), text[-1500:]
+
+
+def test_redact_removes_registered_values_of_any_shape() -> None:
+    from apidistill.errors import MIN_SECRET_CHARS, redact, register_secret
+
+    key = f"Zq9/{secrets.token_hex(8)}+="  # no known prefix, URL-unsafe characters
+    register_secret(key)
+    register_secret("abc")  # too short to redact by value: it would garble every message
+    text = f"bad key {key}; in a URL: ?k=Zq9%2F{key[4:-2]}%2B%3D; abc stays"
+    assert redact(text) == "bad key [REDACTED]; in a URL: ?k=[REDACTED]; abc stays"
+    assert len("abc") < MIN_SECRET_CHARS

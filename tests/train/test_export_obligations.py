@@ -57,7 +57,15 @@ def teacher_server():
         yield srv
 
 
-def _run(root: Path, base_url: str, student: Path, policy_dirs: list[str]) -> RunConfig:
+def _run(
+    root: Path,
+    base_url: str,
+    student: Path,
+    policy_dirs: list[str],
+    *,
+    use: str = "redistribute",
+    stop_after: str = "train",
+) -> RunConfig:
     root.mkdir(parents=True)
     prompts = root / "prompts.jsonl"
     rows = [{"id": f"t{n}", "text": f"order {n} for item {chr(97 + n)}"} for n in range(8)]
@@ -73,7 +81,7 @@ def _run(root: Path, base_url: str, student: Path, policy_dirs: list[str]) -> Ru
                 "price": {"input_per_mtok": 0, "output_per_mtok": 0},
             },
             "prompts": {"path": str(prompts), "id_field": "id"},
-            "policy": {"use": "redistribute", "policy_dirs": policy_dirs},
+            "policy": {"use": use, "policy_dirs": policy_dirs},
             "budget": {"usd": 1},
             "harvest": {"concurrency": 4, "max_tokens": 16, "max_retries": 0},
             "dataset": {
@@ -86,7 +94,7 @@ def _run(root: Path, base_url: str, student: Path, policy_dirs: list[str]) -> Ru
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run_pipeline(cfg, progress=False, stop_after="train")
+        run_pipeline(cfg, progress=False, stop_after=stop_after)
     return cfg
 
 
@@ -217,3 +225,87 @@ def test_export_rechecks_the_students_intended_use(agreement_run, tiny_chat_dir,
     section = _terms((out / "README.md").read_text(encoding="utf-8"))
     assert "ACME-Meta Model Agreement" in section
     assert "Llama 3.1 Community License Agreement" in section and NAME_PREFIX in section
+
+
+# --------------------------------------------------------------------------- issue 19 item 5
+
+
+def test_the_model_card_holds_no_absolute_local_path(llama_run, tiny_chat_dir):
+    """The card travels with the student (a hub upload, a colleague's machine): it names the
+    run's folders relative to the run, never this machine's layout."""
+    ctx = RunContext.from_config(llama_run, progress=False)
+    out = Path(export_stage(ctx, TrainResult.load(ctx.layout.train)))
+    card = (out / "README.md").read_text(encoding="utf-8")
+    root = Path(llama_run.run_dir).resolve()
+    for local in (str(root), str(root.parent), str(Path(tiny_chat_dir).resolve()), "/tmp/"):
+        assert local not in card, (local, card)
+    assert "apidistill serve --model student" in card  # from the run folder
+    assert "base_model:" in card and f'"{Path(tiny_chat_dir).name}"' in card
+    # the vLLM script still works from anywhere: it finds its own folder
+    script = (out / "serve_vllm.sh").read_text(encoding="utf-8")
+    assert str(root) not in script and '$(dirname "$0")' in script
+
+
+# --------------------------------------------------------------------------- issue 19 item 7
+
+# Internal use only: a (fictional) signed agreement that forbids competing students.
+INTERNAL_ONLY_POLICY = """\
+policies:
+  - id: acme-internal-only
+    provider: meta
+    channel: weights
+    models: ["llama-3.1-*"]
+    document: ACME-Meta Internal Evaluation Agreement
+    effective_date: 2026-01-01
+    checked_on: 2026-11-24
+    rules:
+      internal: {decision: allow, clause: "§2", reason: "internal evaluation"}
+      competing: {decision: deny, clause: "§5", reason: "no competing products"}
+"""
+
+
+def test_train_rechecks_the_terms_for_the_runs_use(teacher_server, tiny_chat_dir, tmp_path):
+    """docs/policies.md: training re-checks the dataset's terms for the run's intended use.
+    Data harvested for ``internal`` use does not train a ``competing`` student because the
+    run file's ``policy.use`` was changed afterwards: ``apidistill train`` refuses before
+    training, and trains once the use is the one the data was bought for."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "acme.yaml").write_text(INTERNAL_ONLY_POLICY, encoding="utf-8")
+    cfg = _run(
+        tmp_path / "x",
+        teacher_server.base_url,
+        tiny_chat_dir,
+        [str(folder)],
+        use="internal",
+        stop_after="dataset",
+    )
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["policy"]["use"] = "competing"
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    train_dir = Path(cfg.run_dir) / "train"
+
+    def train() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "apidistill", "train", str(run_file)],
+            capture_output=True, text=True, timeout=600,
+            env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+        )  # fmt: skip
+
+    denied = train()
+    out = " ".join((denied.stdout + denied.stderr).split())
+    assert denied.returncode == 2, out
+    assert "for use 'competing': deny under ACME-Meta Internal Evaluation Agreement" in out, out
+    assert "choose a teacher whose terms allow this use" in out  # what to do about it
+    assert not train_dir.exists()  # refused before a single step
+    data["policy"]["use"] = "internal"
+    run_file.write_text(yaml.safe_dump(data), encoding="utf-8")
+    ok = train()
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "trained:" in ok.stdout and train_dir.is_dir()
