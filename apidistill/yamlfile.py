@@ -75,8 +75,10 @@ def load_yaml(text: str, file: str) -> Any:
 
     Syntax errors and repeated keys raise :class:`ConfigError` with the file and line.
     """
+    loader: _UniqueKeyLoader | None = None
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        loader = _UniqueKeyLoader(text)  # yaml.safe_load's steps, with the SafeLoader subclass
+        return loader.get_single_data()
     except DuplicateKeyError as exc:
         path = _key_path(text, exc.second) or exc.key
         raise ConfigError(
@@ -92,3 +94,6 @@ def load_yaml(text: str, file: str) -> Any:
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"not valid YAML: {problem}", file=file, line=line) from None
+    finally:
+        if loader is not None:
+            loader.dispose()

@@ -125,6 +125,10 @@ class Completion(BaseModel):
     model: str
     model_version: str | None = None  # e.g. system_fingerprint or the dated model id
     request_hash: str = ""
+    # Logprob values with no probability in them (NaN, ±inf, the provider's mask), counted
+    # rather than hidden: sampled tokens stored as -100, top-list alternatives left out.
+    logprobs_invalid: int = Field(0, ge=0)
+    logprobs_dropped: int = Field(0, ge=0)
 
 
 class Provenance(BaseModel):

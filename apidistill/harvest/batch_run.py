@@ -380,6 +380,7 @@ class BatchEngine:
             self.budget.release(key)
 
     async def _out(self, result: HarvestResult) -> None:
+        self.summary.count_answer(result)
         if not result.ok:
             self.summary.failed[result.reason or "error"] += 1
         elif result.from_cache:

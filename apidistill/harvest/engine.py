@@ -288,6 +288,7 @@ class Engine:
         return True
 
     async def _send_out(self, result: HarvestResult) -> None:
+        self.summary.count_answer(result)
         if not result.ok:
             self.summary.failed[result.reason or "error"] += 1
         elif result.from_cache:

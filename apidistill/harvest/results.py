@@ -64,6 +64,16 @@ class HarvestSummary:
     stopped_by: StopReason | None = None
     stop_message: str | None = None
     elapsed_s: float = 0.0
+    # over the answers delivered (sent or from the journal): logprobs NaN/±inf/masked
+    logprobs_invalid: int = 0  # sampled-token values stored as -100
+    logprobs_dropped: int = 0  # top-list alternatives left out
+
+    def count_answer(self, result: HarvestResult) -> None:
+        """Note what one delivered answer carries that the numbers above do not show."""
+        comp = result.completion
+        if comp is not None:
+            self.logprobs_invalid += comp.logprobs_invalid
+            self.logprobs_dropped += comp.logprobs_dropped
 
     @property
     def failed_total(self) -> int:
@@ -113,6 +123,12 @@ class HarvestSummary:
             out.append(
                 f"{self.usage_flags['usage_out_of_bounds']} answer(s) reported more tokens than "
                 "the request could produce (flagged in the journal; booked as reported)"
+            )
+        if self.logprobs_invalid or self.logprobs_dropped:
+            out.append(
+                f"logprobs without a usable value (NaN, ±inf or masked): "
+                f"{self.logprobs_invalid} sampled token(s) stored as -100, "
+                f"{self.logprobs_dropped} top alternative(s) left out"
             )
         if self.stopped_by:
             out.append(f"stopped early ({self.stopped_by}): {self.stop_message or ''}".rstrip())

@@ -118,6 +118,12 @@ class HarvestOutcome:
     logprobs: bool
 
 
+def _logprob_counts(comp: Any) -> dict[str, int]:
+    """The answer's NaN/±inf/masked logprob counts, in the record when there are any."""
+    counts = {"logprobs_invalid": comp.logprobs_invalid, "logprobs_dropped": comp.logprobs_dropped}
+    return {k: v for k, v in counts.items() if v}
+
+
 def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
     """A dataset record from one answered teacher request (student-side input, provenance)."""
     req, comp = result.request, result.completion
@@ -135,7 +141,12 @@ def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
         logprobs=comp.logprobs,
         label=meta.pop("label", None),
         gold=meta.pop("gold", None),
-        metadata={"request_key": result.key, "latency_ms": comp.latency_ms, **meta},
+        metadata={
+            "request_key": result.key,
+            "latency_ms": comp.latency_ms,
+            **_logprob_counts(comp),
+            **meta,
+        },
         provenance=Provenance(
             provider=comp.provider,
             model=comp.model,

@@ -24,7 +24,9 @@ Rules, applied to every provider (each is harmless where its quirk does not occu
 - A known vocabulary (self-hosted teacher) fills ``token_id`` from bytes when unambiguous.
 
 A sampled token without a usable value is clamped like a masked one (``clamped`` counts
-them). Anything structurally wrong (a list where an object belongs, a position without a
+them). Values with no probability in them are counted, not hidden: ``invalid`` (sampled
+tokens stored as -100) and ``dropped`` (alternatives left out) reach the completion, the
+dataset record's metadata and the harvest summary. Anything structurally wrong (a list where an object belongs, a position without a
 token) raises :class:`~apidistill.errors.TeacherUnavailable` with ``maybe_billed``
 set: the provider answered 200 and the body cannot be used.
 """
@@ -63,6 +65,9 @@ class NormalizedLogprobs:
     tokens: list[TokenLogprob] | None
     missing_reason: str | None = None
     clamped: int = 0  # sampled-token values that were masked/NaN/positive and were clamped
+    # Counted, not hidden (they reach the record and the harvest summary):
+    invalid: int = 0  # sampled values NaN/±inf/masked/missing, stored as MIN_LOGPROB
+    dropped: int = 0  # top-list alternatives dropped for a NaN/±inf/masked/missing value
 
 
 # ----------------------------------------------------------------------------- vocabulary
@@ -154,6 +159,11 @@ def _masked(v: float) -> bool:
     return not math.isfinite(v) or v <= MASK_THRESHOLD
 
 
+def _unusable(v: float | None) -> bool:
+    """No probability in it: missing, NaN, ±inf or the provider's mask."""
+    return v is None or _masked(v)
+
+
 def _valid_bytes(raw: object) -> bytes | None:
     if not isinstance(raw, list) or len(raw) > 1024:
         return None
@@ -221,17 +231,20 @@ def _identity(e: _Entry) -> object:
     return ("t", e.token)
 
 
-def _top_list(entries: Iterable[_Entry], k: int) -> list[TopLogprob]:
+def _top_list(entries: Iterable[_Entry], k: int) -> tuple[list[TopLogprob], int]:
+    """The ranked top-``k`` list, and how many entries were dropped for an unusable value."""
     best: dict[object, _Entry] = {}
+    dropped = 0
     for e in entries:
         if e.logprob is None or _masked(e.logprob):
+            dropped += 1
             continue
         e.logprob = min(e.logprob, 0.0)
         key = _identity(e)
         if key not in best or e.logprob > (best[key].logprob or -math.inf):
             best[key] = e
     ranked = sorted(best.values(), key=lambda e: -(e.logprob or 0.0))[:k]
-    return [
+    top = [
         TopLogprob(
             token_id=e.token_id,
             token=e.token,
@@ -240,6 +253,7 @@ def _top_list(entries: Iterable[_Entry], k: int) -> list[TopLogprob]:
         )
         for e in ranked
     ]
+    return top, dropped
 
 
 def _position(sampled: _Entry, top: list[TopLogprob]) -> tuple[TokenLogprob, bool]:
@@ -278,7 +292,7 @@ def normalize_chat_logprobs(
     if not isinstance(content, list):
         raise _bad(f"'content' must be a list, got {type(content).__name__}")
     out: list[TokenLogprob] = []
-    clamped = 0
+    clamped = invalid = dropped = 0
     for i, raw in enumerate(content):
         if not isinstance(raw, Mapping):
             raise _bad(f"position {i} must be an object, got {type(raw).__name__}")
@@ -291,10 +305,13 @@ def normalize_chat_logprobs(
         if not isinstance(alts_raw, list):
             raise _bad(f"position {i}: 'top_logprobs' must be a list")
         alts = [a for a in (_read_entry(x, quirks, vocab) for x in alts_raw) if a is not None]
-        pos, was_clamped = _position(sampled, _top_list(alts, top_k))
+        top, n_dropped = _top_list(alts, top_k)
+        pos, was_clamped = _position(sampled, top)
         clamped += was_clamped
+        invalid += _unusable(sampled.logprob)
+        dropped += n_dropped
         out.append(pos)
-    return NormalizedLogprobs(out, clamped=clamped)
+    return NormalizedLogprobs(out, clamped=clamped, invalid=invalid, dropped=dropped)
 
 
 def normalize_completion_logprobs(
@@ -319,7 +336,7 @@ def normalize_completion_logprobs(
     if tops is not None and (not isinstance(tops, list) or len(tops) != len(tokens)):
         raise _bad("'top_logprobs' must be a list as long as 'tokens'")
     out: list[TokenLogprob] = []
-    clamped = 0
+    clamped = invalid = dropped = 0
     for i, (tok, val) in enumerate(zip(tokens, values, strict=True)):
         sampled = _read_entry(val, quirks, vocab, token=tok)
         if sampled is None or not isinstance(tok, str):
@@ -335,10 +352,13 @@ def normalize_completion_logprobs(
                     alts.append(e)
         elif alt_map is not None:
             raise _bad(f"position {i}: top_logprobs entry must be an object or null")
-        pos, was_clamped = _position(sampled, _top_list(alts, top_k))
+        top, n_dropped = _top_list(alts, top_k)
+        pos, was_clamped = _position(sampled, top)
         clamped += was_clamped
+        invalid += _unusable(sampled.logprob)
+        dropped += n_dropped
         out.append(pos)
-    return NormalizedLogprobs(out, clamped=clamped)
+    return NormalizedLogprobs(out, clamped=clamped, invalid=invalid, dropped=dropped)
 
 
 def extract_choice_logprobs(

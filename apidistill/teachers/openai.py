@@ -197,6 +197,8 @@ def parse_openai_body(
         text=text or "",
         finish_reason=finish if isinstance(finish, str) else None,
         logprobs=lp.tokens,
+        logprobs_invalid=lp.invalid,
+        logprobs_dropped=lp.dropped,
         usage=usage,
         cost_usd=cost_of(price, usage, batch=batch),
         latency_ms=latency_ms,

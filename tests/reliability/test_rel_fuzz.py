@@ -530,3 +530,45 @@ def test_garbage_answers_become_recorded_failures(payload_server, tmp_path: Path
     assert any(r.ok for r in results)
     for r in results:
         assert r.ok or (r.reason and r.error), r
+
+
+def test_unusable_logprobs_are_counted_in_records_and_summary(payload_server, tmp_path) -> None:
+    """NaN / ±inf values are clamped (sampled token: -100) or left out (alternatives), and
+    counted: in each harvested record, the CLI's summary and harvest_summary.json — also
+    for answers a re-run takes from the journal."""
+    from rel_helpers import run_cli, write_run
+
+    from apidistill.data.store import load_records
+
+    data = _base_answer(top=5)
+    content = data["choices"][0]["logprobs"]["content"]
+    assert len(content) >= 2 and all(len(p["top_logprobs"]) >= 3 for p in content[:2])
+    content[0]["logprob"] = math.nan
+    content[1]["logprob"] = math.inf
+    content[0]["top_logprobs"][1]["logprob"] = -math.inf
+    content[1]["top_logprobs"][1]["logprob"] = math.nan
+    content[1]["top_logprobs"][2]["logprob"] = math.inf
+    payload_server.chooser = None
+    payload_server.next = (200, "application/json", json.dumps(data, allow_nan=True).encode())
+    run = write_run(tmp_path, base_url=payload_server.base_url, n_prompts=3)
+    run.write_text(
+        run.read_text(encoding="utf-8").replace(
+            "max_retries: 3}", "max_retries: 0, logprobs: true, top_logprobs: 5}"
+        ),
+        encoding="utf-8",
+    )
+    root = tmp_path / "runs" / "rel"
+    for _ in range(2):  # the second run answers every request from the journal
+        done = run_cli("harvest", str(run), "--no-progress")
+        assert done.returncode == 0, done.stdout + done.stderr
+        summary = json.loads((root / "harvest_summary.json").read_text(encoding="utf-8"))
+        assert (summary["logprobs_invalid"], summary["logprobs_dropped"]) == (6, 9), summary
+        out = " ".join((done.stdout + done.stderr).split())
+        assert "6 sampled token(s) stored as -100, 9 top alternative(s) left out" in out, out
+    records = load_records(root / "harvest")
+    assert len(records) == 3
+    for rec in records:
+        assert (rec.metadata["logprobs_invalid"], rec.metadata["logprobs_dropped"]) == (2, 3)
+        assert rec.logprobs is not None and rec.logprobs[0].logprob == -100.0
+        assert rec.logprobs[1].logprob == -100.0  # +inf is no probability either
+        assert all(math.isfinite(t.logprob) for p in rec.logprobs for t in p.top)

@@ -60,11 +60,13 @@ def test_masked_values_dropped_from_top_and_clamped_on_sampled():
     ]
     pos, out = chat1(entry("x", -9999.0, top), k=10)
     assert pos.logprob == MIN_LOGPROB and out.clamped == 1
+    assert (out.invalid, out.dropped) == (1, 4)  # counted, not hidden (issue 19 item 8)
     assert [(t.token, t.logprob) for t in pos.top] == [("pos", 0.0), ("ok", -0.2)]
     nan_pos, out2 = chat1(entry("y", math.nan), k=0)
-    assert nan_pos.logprob == MIN_LOGPROB and out2.clamped == 1
+    assert nan_pos.logprob == MIN_LOGPROB and out2.clamped == 1 and out2.invalid == 1
     positive, out3 = chat1(entry("z", 0.25), k=0)
     assert positive.logprob == 0.0 and out3.clamped == 1
+    assert (out3.invalid, out3.dropped) == (0, 0)  # rounding noise, not a missing value
     zero, out4 = chat1(entry("w", 0.0), k=0)  # DeepSeek's 0: p = 1, valid
     assert zero.logprob == 0.0 and out4.clamped == 0
 
