@@ -45,6 +45,7 @@ error base class does it), never the request headers, so an API key cannot leak.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -226,6 +227,13 @@ def _scrub(exc: BaseException) -> None:
         seen.args = tuple(redact(a) if isinstance(a, str) else a for a in seen.args)
         if isinstance(getattr(seen, "message", None), str):
             seen.message = redact(seen.message)  # type: ignore[attr-defined]
+        body = getattr(seen, "body", None)  # the SDK's parsed error body
+        if isinstance(body, str | dict | list):
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                text = json.dumps(body) if not isinstance(body, str) else body
+                clean = redact(text)
+                if clean != text:
+                    seen.body = clean if isinstance(body, str) else json.loads(clean)  # type: ignore[attr-defined]
         seen = seen.__cause__ or seen.__context__
 
 

@@ -170,6 +170,9 @@ async def test_an_explicit_key_of_any_shape_is_redacted_too(echo_401, plain_key)
         await teacher.aclose()
     text = "".join(traceback.format_exception(err.value))
     assert "Incorrect API key provided" in text and plain_key not in text
+    body = getattr(err.value.__cause__, "body", None)  # the SDK's parsed error, kept as cause
+    assert body is not None and plain_key not in json.dumps(body)
+    assert "Incorrect API key provided: [REDACTED]" in json.dumps(body)
 
 
 async def test_401_exception_and_its_traceback_hold_no_key(echo_401, key: str) -> None:
