@@ -21,6 +21,7 @@ from typing import Any
 
 from apidistill.data.schema import SCHEMA_VERSION, Record
 from apidistill.data.shards import STORE_VERSION, atomic_write
+from apidistill.errors import redact
 
 __all__ = ["DatasetCard", "build_card", "token_stats"]
 
@@ -168,9 +169,9 @@ class DatasetCard:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         js, md = folder / "card.json", folder / "README.md"
-        text = json.dumps(self.to_json(), indent=2, default=str)
+        text = redact(json.dumps(self.to_json(), indent=2, default=str))
         atomic_write(js, lambda p: p.write_text(text, encoding="utf-8"))
-        markdown = self.to_markdown()
+        markdown = redact(self.to_markdown())  # no configured key in a card
         atomic_write(md, lambda p: p.write_text(markdown, encoding="utf-8"))
         return md, js
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.config import EvalThresholds
-from apidistill.errors import EvalError
+from apidistill.errors import EvalError, redact
 from apidistill.eval import plots
 from apidistill.eval.html import Cell, esc, img, page, section, table
 from apidistill.eval.types import EvalResult, MetricValue, ModelEval
@@ -270,5 +270,5 @@ def write_report(
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(redact(text), encoding="utf-8")  # no configured key in a report
     tmp.replace(path)

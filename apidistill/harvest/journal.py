@@ -37,7 +37,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from apidistill.errors import ConfigError, DataError
+from apidistill.errors import ConfigError, DataError, redact
 
 __all__ = [
     "RETRYABLE_REASONS",
@@ -389,6 +389,7 @@ class JournalStore:
     # ------------------------------------------------------------------ writes
 
     def _event(self, key: str | None, event: str, usd: Decimal | None, detail: str | None) -> None:
+        detail = redact(detail) if detail else detail
         self.conn.execute(
             "INSERT INTO events(ts, key, event, usd, detail) VALUES (?, ?, ?, ?, ?)",
             (time.time(), key, event, _txt(usd), detail),
@@ -441,6 +442,7 @@ class JournalStore:
         self, key: str, *, reason: str, error: str, maybe_billed: bool, final: bool
     ) -> None:
         """One send failed. Maybe billed: its worst case moves to ``at_risk_usd``."""
+        error = redact(error)  # provider text may echo a key: never into the journal
         cur = self.conn.execute(
             "SELECT reserved_usd, at_risk_usd, unknown_sends FROM requests WHERE key=?", (key,)
         ).fetchone()

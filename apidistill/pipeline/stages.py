@@ -20,7 +20,7 @@ from rich.console import Console
 
 from apidistill.config import RunConfig, TrainingConfig
 from apidistill.data.schema import Message, Provenance, Record
-from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError
+from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError, redact
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
@@ -57,7 +57,8 @@ class RunContext:
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False), "utf-8")
+        text = redact(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+        tmp.write_text(text, "utf-8")
         tmp.replace(path)
     except OSError as exc:  # disk full, read-only run folder: name it; the old file stays
         tmp.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from apidistill.errors import TrainingError
+from apidistill.errors import TrainingError, redact
 from apidistill.train.api import TrainResult
 
 if TYPE_CHECKING:
@@ -331,5 +331,5 @@ def export_student(
         here, name, adapter_cfg, merged, shown_path(adapter_base, home) if adapter_base else None
     )
     card = _model_card(name, base_shown, result, card_vllm, here, model_card_sections, terms)
-    (out_dir / "README.md").write_text(card, encoding="utf-8")
+    (out_dir / "README.md").write_text(redact(card), encoding="utf-8")  # no configured key
     return out_dir

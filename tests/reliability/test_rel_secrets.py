@@ -315,3 +315,26 @@ def test_redact_removes_registered_values_of_any_shape() -> None:
     text = f"bad key {key}; in a URL: ?k=Zq9%2F{key[4:-2]}%2B%3D; abc stays"
     assert redact(text) == "bad key [REDACTED]; in a URL: ?k=[REDACTED]; abc stays"
     assert len("abc") < MIN_SECRET_CHARS
+
+
+def test_the_writers_of_journal_summaries_and_reports_redact_configured_keys(tmp_path) -> None:
+    """Redaction where the artifacts are written, not only where errors are built: a journal
+    error or event, a run folder's JSON file and an eval report never hold a configured key,
+    whoever composed the text."""
+    from apidistill.errors import register_secret
+    from apidistill.eval.report import _atomic_write
+    from apidistill.harvest.journal import JournalStore
+    from apidistill.pipeline.stages import _write_json
+
+    key = f"q7{secrets.token_hex(10)}"
+    register_secret(key)
+    store = JournalStore(tmp_path / "journal.sqlite")
+    try:
+        store.note("run_end", {"first_error": f"401: bad key {key}"})
+    finally:
+        store.close()
+    _write_json(tmp_path / "summary.json", {"message": f"echoed {key}"})
+    _atomic_write(tmp_path / "report.json", json.dumps({"note": key}))
+    for p in tmp_path.iterdir():
+        assert key.encode() not in p.read_bytes(), p
+    assert "[REDACTED]" in (tmp_path / "summary.json").read_text(encoding="utf-8")
