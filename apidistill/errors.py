@@ -59,6 +59,11 @@ MIN_SECRET_CHARS = 6
 # Every secret this process was configured with (an API key from a run file's env var, an
 # explicit ``api_key=``, a served endpoint's key), whatever its shape or where it came from.
 _SECRETS: set[str] = set()
+# What docs and examples pass where a server needs no key (vLLM's "EMPTY", llama.cpp's
+# "sk-no-key-required"): not secrets, and redacting them would garble ordinary words.
+_PLACEHOLDER_KEYS = frozenset(
+    {"empty", "unused", "dummy", "none", "no-key", "not-needed", "sk-no-key-required"}
+)
 
 
 def register_secret(value: str | None) -> None:
@@ -66,7 +71,7 @@ def register_secret(value: str | None) -> None:
     on. Called wherever a key enters the process (``resolve_api_key``, the teacher clients,
     ``serve --api-key-env``, eval endpoints), so a key that matches no known pattern and sits
     in an env var of any name is still redacted when a server echoes it back."""
-    if value and len(value) >= MIN_SECRET_CHARS:
+    if value and len(value) >= MIN_SECRET_CHARS and value.lower() not in _PLACEHOLDER_KEYS:
         _SECRETS.add(value)
         quoted = quote(value, safe="")
         if quoted != value:  # as it would appear in a URL or a form body

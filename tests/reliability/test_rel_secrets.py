@@ -312,8 +312,9 @@ def test_redact_removes_registered_values_of_any_shape() -> None:
     key = f"Zq9/{secrets.token_hex(8)}+="  # no known prefix, URL-unsafe characters
     register_secret(key)
     register_secret("abc")  # too short to redact by value: it would garble every message
-    text = f"bad key {key}; in a URL: ?k=Zq9%2F{key[4:-2]}%2B%3D; abc stays"
-    assert redact(text) == "bad key [REDACTED]; in a URL: ?k=[REDACTED]; abc stays"
+    register_secret("unused")  # a no-key placeholder, not a secret
+    text = f"bad key {key}; in a URL: ?k=Zq9%2F{key[4:-2]}%2B%3D; abc stays unused"
+    assert redact(text) == "bad key [REDACTED]; in a URL: ?k=[REDACTED]; abc stays unused"
     assert len("abc") < MIN_SECRET_CHARS
 
 
