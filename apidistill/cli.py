@@ -14,6 +14,7 @@ import typer
 
 from apidistill.costs.commands import estimate
 from apidistill.data.commands import data_app
+from apidistill.data.synth_commands import synth
 from apidistill.errors import ApidistillError, redact
 from apidistill.eval.commands import eval_cmd, report
 from apidistill.harvest.commands import harvest
@@ -41,6 +42,7 @@ app.command(
     "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
 )(estimate)
 app.add_typer(policy_app, name="policy", help="Check a teacher's terms for an intended use.")
+app.command("synth", help="Write new task inputs with a teacher (the run file's synth:).")(synth)
 app.add_typer(data_app, name="data", help="Inspect, filter, balance and split harvested datasets.")
 app.command("train", help="Distill the dataset of a run file into the student (LoRA or full).")(
     train

@@ -36,6 +36,7 @@ __all__ = [
     "ServeConfig",
     "SplitConfig",
     "StudentConfig",
+    "SynthConfig",
     "TeacherConfig",
     "TrainingConfig",
     "load_config",
@@ -335,6 +336,44 @@ class ServeConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
 
 
+class SynthConfig(_Section):
+    """``apidistill synth``: a teacher writes new task inputs into ``output`` (a prompt file).
+
+    Requests go through the harvest engine with the run's budget, journal, retries and rate
+    limits; ``teacher`` overrides the run's teacher for writing prompts only."""
+
+    n: int = Field(..., ge=1)  # prompts wanted
+    output: str  # the prompt file written (JSONL, rows marked synthetic)
+    task: str = "the task the examples show"
+    topics: list[str] | dict[str, Any] | None = None  # a list or a nested taxonomy
+    seeds: list[str] = Field(default_factory=list)  # example inputs shown to the teacher
+    # Also use the rows of prompts.path (when that file exists) as examples and as inputs
+    # the new ones must differ from.
+    seeds_from_prompts: bool = True
+    teacher: TeacherConfig | None = None
+    per_request: int = Field(5, ge=1, le=100)
+    examples_per_request: int = Field(3, ge=0, le=50)
+    temperatures: list[float] = Field(default_factory=lambda: [0.7, 0.9, 1.1], min_length=1)
+    novelty_threshold: float = Field(0.8, gt=0, lt=1)
+    min_chars: int = Field(8, ge=1)
+    max_chars: int = Field(4000, ge=1)
+    max_requests: int | None = Field(None, gt=0)
+    max_tokens: int = Field(1024, gt=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _has_material(self) -> SynthConfig:
+        if not self.seeds and not self.topics and not self.seeds_from_prompts:
+            raise ValueError(
+                "synth needs something to vary: 'seeds', 'topics' or seeds_from_prompts: true"
+            )
+        if self.min_chars > self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) is above max_chars ({self.max_chars})")
+        if any(not 0 <= t <= 2 for t in self.temperatures):
+            raise ValueError(f"temperatures must each be in [0, 2], got {self.temperatures}")
+        return self
+
+
 class RunConfig(_Section):
     """One migration run: teacher → policy → budget → harvest → dataset → train → eval → serve."""
 
@@ -350,6 +389,7 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    synth: SynthConfig | None = None
 
     # Where the file was loaded from; relative paths in the file resolve against its folder.
     source: str | None = Field(None, exclude=True)

@@ -5,7 +5,8 @@ teacher can write new ones. Left alone, a model writes the same few inputs over 
 each request rotates the topic (from a taxonomy), shows a different random subset of the seed
 examples, and cycles the temperature; every candidate is then checked against the existing
 prompts and those already accepted with a MinHash near-duplicate index and dropped if it is
-not new. Teachers do no retrying (harvest/retry.py owns that): a teacher error propagates.
+not new. Requests go through the harvest engine, so budget, journal, retries and rate
+limits apply exactly as they do to a harvest, and a re-run never pays twice.
 """
 
 from __future__ import annotations
@@ -15,17 +16,21 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apidistill.data.dedupe import NearDupIndex
 from apidistill.data.prompts import PromptRow, input_hash
 from apidistill.data.schema import Completion, GenerationParams, Message, TeacherRequest
-from apidistill.errors import ConfigError
+from apidistill.errors import BudgetExceeded, ConfigError
 from apidistill.teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from apidistill.harvest.results import HarvestResult, HarvestSummary
 
 __all__ = [
     "SynthOptions",
@@ -81,6 +86,8 @@ class SynthResult:
     duplicates: int = 0  # candidates dropped as (near-)copies of known prompts
     invalid: int = 0  # candidates too short/long, or answers that held no list
     cost_usd: Decimal | None = Decimal(0)  # None once any response had an unknown cost
+    failed: int = 0  # requests the harvest gave up on (after its retries)
+    summary: HarvestSummary | None = None  # the harvest run's: spend, cache hits, stop reason
 
     def rows(self) -> list[PromptRow]:
         """As prompt rows (ids hash the text; metadata marks them synthetic)."""
@@ -154,12 +161,21 @@ async def generate_prompts(
     existing: Sequence[str] = (),
     label_hint: str | None = None,
     on_completion: Callable[[Completion], None] | None = None,
+    journal: str | Path | None = None,
+    **harvest_options: Any,
 ) -> SynthResult:
     """Ask ``teacher`` for ``opts.n`` new prompts, rotating topics, examples and temperature.
 
-    ``existing`` (e.g. the user's prompt file) and every accepted prompt feed the novelty
-    filter. ``on_completion`` sees each teacher answer (feed it to the cost ledger).
-    Stops at ``opts.n`` prompts or ``opts.request_limit()`` requests, whichever comes first.
+    Every request goes through the harvest engine (:func:`apidistill.harvest.harvest`):
+    ``harvest_options`` (``budget``, ``price``, ``rpm``, ``tpm``, ``retry_policy``,
+    ``max_retries``, ``count_input_tokens``, ``progress``...) apply as they do to a harvest,
+    and ``journal`` makes a re-run or a resumed crash answer every request already paid for
+    from the journal (the requests are a pure function of ``opts``, seeds and topics, so a
+    re-run asks the same questions in the same order). Without ``journal`` a throwaway one is
+    used. ``existing`` (e.g. the user's prompt file) and every accepted prompt feed the
+    novelty filter. ``on_completion`` sees each teacher answer. Stops at ``opts.n`` prompts,
+    ``opts.request_limit()`` requests or a harvest stop, whichever comes first; a budget or
+    ``max_requests`` stop returns what was accepted, with ``result.summary.stopped_by`` set.
     """
     if opts.n < 1 or opts.per_request < 1 or opts.concurrency < 1:
         raise ConfigError("synthetic prompts: n, per_request and concurrency must be ≥ 1")
@@ -168,17 +184,87 @@ async def generate_prompts(
             "synthetic prompts need seed examples or a topic taxonomy",
             hint="pass seeds=[...] (a few real inputs) or topics=[...]",
         )
-    topic_list = flatten_topics(topics)
-    rng = random.Random(opts.seed)
+    if journal is None:
+        with tempfile.TemporaryDirectory(prefix="apidistill-synth-") as tmp:
+            return await generate_prompts(
+                teacher, opts, seeds=seeds, topics=topics, existing=existing,
+                label_hint=label_hint, on_completion=on_completion,
+                journal=Path(tmp) / "journal.sqlite", **harvest_options,
+            )  # fmt: skip
+    from apidistill.harvest import harvest
+
+    plan = _Plan(opts, list(seeds), flatten_topics(topics), label_hint)
     index = NearDupIndex(opts.novelty_threshold)
     for i, text in enumerate([*existing, *seeds]):
         index.add(f"known{i}", text)
     result = SynthResult()
     limit = opts.request_limit()
+    wave: dict[int, HarvestResult | None] = {}
+    wave_done = asyncio.Event()
 
-    def build(n: int) -> tuple[TeacherRequest, str | None]:
-        topic = topic_list[n % len(topic_list)] if topic_list else None
-        shown = rng.sample(list(seeds), min(opts.examples_per_request, len(seeds)))
+    def settle_wave() -> None:
+        """Judge a wave's answers in request order, so a re-run accepts the same prompts."""
+        for i in sorted(wave):
+            res = wave[i]
+            if res is None:  # never answered (the run stopped first)
+                continue
+            if res.completion is None:
+                result.failed += 1
+                continue
+            _accept(res.completion, res.request.metadata.get("topic"), label_hint, opts, index,
+                    result)  # fmt: skip
+            if on_completion is not None:
+                on_completion(res.completion)
+        wave.clear()
+
+    async def requests() -> AsyncIterator[TeacherRequest]:
+        while len(result.prompts) < opts.n and result.requests < limit:
+            size = min(opts.concurrency, limit - result.requests)
+            wanted = math.ceil((opts.n - len(result.prompts)) / opts.per_request)
+            built = [plan.build(result.requests + i) for i in range(min(size, max(1, wanted)))]
+            result.requests += len(built)
+            wave_done.clear()
+            wave.update({int(r.metadata["synth_index"]): None for r in built})
+            for req in built:
+                yield req
+            await wave_done.wait()
+
+    stream = harvest(
+        requests(), teacher=teacher, journal=journal,
+        **{"concurrency": opts.concurrency, "progress": False, **harvest_options},
+    )  # fmt: skip
+    try:
+        async for res in stream:
+            wave[int(res.request.metadata["synth_index"])] = res
+            if all(v is not None for v in wave.values()):
+                settle_wave()
+                wave_done.set()
+    except BudgetExceeded:
+        pass  # the summary says so; what was paid for is judged below and returned
+    finally:
+        settle_wave()
+        result.summary = stream.summary
+    del result.prompts[opts.n :]
+    return result
+
+
+class _Plan:
+    """Request ``n`` of a generation run, the same on every run with the same inputs."""
+
+    def __init__(
+        self, opts: SynthOptions, seeds: list[str], topics: list[str], label: str | None
+    ) -> None:
+        self.opts, self.seeds, self.topics, self.label = opts, seeds, topics, label
+        self.rng = random.Random(opts.seed)
+        self.built = 0
+
+    def build(self, n: int) -> TeacherRequest:
+        if n != self.built:  # the examples shown come from one random stream, in order
+            raise AssertionError(f"request {n} built out of order (expected {self.built})")
+        self.built += 1
+        opts = self.opts
+        topic = self.topics[n % len(self.topics)] if self.topics else None
+        shown = self.rng.sample(self.seeds, min(opts.examples_per_request, len(self.seeds)))
         params = GenerationParams(
             max_tokens=opts.max_tokens,
             temperature=opts.temperatures[n % len(opts.temperatures)],
@@ -186,22 +272,10 @@ async def generate_prompts(
         )
         msgs = [
             Message(role="system", content=SYSTEM),
-            Message(role="user", content=_request_text(opts, shown, topic, label_hint)),
+            Message(role="user", content=_request_text(opts, shown, topic, self.label)),
         ]
-        return TeacherRequest(messages=msgs, params=params, metadata={"purpose": "synth"}), topic
-
-    while len(result.prompts) < opts.n and result.requests < limit:
-        wave = min(opts.concurrency, limit - result.requests)
-        wanted = math.ceil((opts.n - len(result.prompts)) / opts.per_request)
-        built = [build(result.requests + i) for i in range(min(wave, max(1, wanted)))]
-        result.requests += len(built)
-        answers = await asyncio.gather(*(teacher.complete(req) for req, _ in built))
-        for (_, topic), resp in zip(built, answers, strict=True):
-            _accept(resp.completion, topic, label_hint, opts, index, result)
-            if on_completion is not None:
-                on_completion(resp.completion)
-    del result.prompts[opts.n :]
-    return result
+        meta = {"purpose": "synth", "synth_index": n, "topic": topic}
+        return TeacherRequest(messages=msgs, params=params, metadata=meta)
 
 
 def _accept(
@@ -237,10 +311,12 @@ async def generate_for_classes(
     *,
     existing: Sequence[str] = (),
     on_completion: Callable[[Completion], None] | None = None,
+    **harvest_options: Any,
 ) -> dict[str, SynthResult]:
     """New prompts for under-represented classes (``BalanceResult.under_represented``),
     each request conditioned on the class and shown that class's examples. The labels are
-    hints: the teacher's answers to these prompts decide the records' real labels."""
+    hints: the teacher's answers to these prompts decide the records' real labels.
+    ``harvest_options`` (``journal``, ``budget``...) go to every :func:`generate_prompts`."""
     out: dict[str, SynthResult] = {}
     known = list(existing)
     for cls, n in needs.items():
@@ -255,6 +331,7 @@ async def generate_for_classes(
             existing=known,
             label_hint=cls,
             on_completion=on_completion,
+            **harvest_options,
         )
         known.extend(p.text for p in res.prompts)
         out[cls] = res
