@@ -17,6 +17,7 @@ from apidistill.data.commands import data_app
 from apidistill.data.synth_commands import synth
 from apidistill.errors import ApidistillError, redact
 from apidistill.eval.commands import eval_cmd, report
+from apidistill.harvest.batch_commands import batch_app
 from apidistill.harvest.commands import harvest
 from apidistill.pipeline.commands import bench, demo, run
 from apidistill.policy.commands import policy_app
@@ -41,6 +42,7 @@ app.command(
 app.command(
     "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
 )(estimate)
+app.add_typer(batch_app, name="batch", help="List, poll or cancel a run's provider batches.")
 app.add_typer(policy_app, name="policy", help="Check a teacher's terms for an intended use.")
 app.command("synth", help="Write new task inputs with a teacher (the run file's synth:).")(synth)
 app.add_typer(data_app, name="data", help="Inspect, filter, balance and split harvested datasets.")

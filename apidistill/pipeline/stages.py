@@ -318,6 +318,13 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             for line in stopped.lines():
                 ctx.console.print(f"  {line}", highlight=False)
             _write_json(ctx.layout.root / "harvest_summary.json", stopped.as_dict())
+        if cfg.harvest.use_batch_api:  # say that the batches still run and bill, and how to stop
+            from rich.markup import escape
+
+            from apidistill.harvest.batch_commands import interrupted_batch_lines
+
+            for line in interrupted_batch_lines(cfg, ctx.layout.journal):
+                ctx.console.print(f"[yellow]{escape(line)}[/]", highlight=False)
         raise
     _replace_dir(tmp_dir, ctx.layout.harvest)
     wall = time.perf_counter() - t0
