@@ -150,3 +150,19 @@ def test_parse_candidates_and_taxonomy() -> None:
     assert parse_candidates('Sure!\n["a b", "", 3, "c"]') == ["a b", "c"]
     assert parse_candidates("1. first\n2) second\n- third") == ["first", "second", "third"]
     assert flatten_topics({"a": {"b": ["c", "d"]}, "e": None}) == ["a / b / c", "a / b / d", "e"]
+
+
+async def test_a_rerun_with_the_same_journal_sends_nothing_and_accepts_the_same(
+    tmp_path: Path,
+) -> None:
+    """The requests are a pure function of the options, so the journal answers a re-run."""
+    journal = tmp_path / "journal.sqlite"
+    first_teacher = ScriptedTeacher()
+    opts = SynthOptions(n=6, per_request=2, concurrency=2)
+    first = await generate_prompts(first_teacher, opts, topics=["a", "b", "c"], journal=journal)
+    assert len(first.prompts) == 6 and first_teacher.requests
+    again_teacher = ScriptedTeacher()
+    again = await generate_prompts(again_teacher, opts, topics=["a", "b", "c"], journal=journal)
+    assert again_teacher.requests == []  # every answer came from the journal
+    assert again.prompts == first.prompts
+    assert again.summary is not None and again.summary.cached == first.requests

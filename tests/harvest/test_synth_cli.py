@@ -103,7 +103,13 @@ def test_synth_stops_midway_then_resumes_without_sending_anything_twice(fault, t
     assert len({r["text"] for r in rows}) == N
     stats = srv.stats()
     assert stats["billed"] == stats["answered"] == 3 + end2["done"]
-    assert end2["sends"] >= end2["done"]  # faults were retried, none billed twice
+    # faults happened and were retried by the engine; nothing was billed twice
+    assert stats["received"] > stats["billed"]
+    assert all(d["billed"] <= 1 for d in stats["digests"].values())
+    policy = json.loads((tmp_path / "run" / "synth_policy.json").read_text())
+    assert policy["use"] == "internal"
+    summary = json.loads((tmp_path / "run" / "synth_summary.json").read_text())
+    assert summary["prompts"] == N and summary["harvest"]["cached"] == 3
 
     # a third run sends nothing at all and writes the same file
     before = srv.stats()["received"]
