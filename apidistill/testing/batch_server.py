@@ -5,14 +5,15 @@ Endpoints and objects follow the providers' API references:
 - OpenAI: ``POST /v1/files`` (multipart, ``purpose=batch``) → ``file`` object;
   ``GET /v1/files/{id}`` and ``/v1/files/{id}/content``; ``POST /v1/batches`` → ``batch``
   object (``validating`` → ``in_progress`` → ``completed`` | ``expired`` | ``cancelled`` |
-  ``failed``); ``GET /v1/batches/{id}``; ``GET /v1/batches`` (cursor list, newest first);
+  ``failed``); ``GET /v1/batches/{id}``; ``GET /v1/batches`` (cursor list: ``after``,
+  ``limit`` 1–100, newest first);
   ``POST /v1/batches/{id}/cancel``. Output lines are ``{"id", "custom_id", "response":
   {"status_code", "request_id", "body"}, "error": null}``; failed, expired and cancelled
   requests go to the error file (``response`` with a non-200 status, or ``error`` with code
   ``batch_expired`` / ``batch_cancelled``).
 - Anthropic: ``POST /v1/messages/batches`` → ``message_batch`` (``in_progress`` →
-  ``canceling`` → ``ended``); ``GET`` one, ``GET`` list (``after_id``/``before_id``/
-  ``limit``), ``POST .../cancel``; ``GET .../results`` → JSONL of ``{"custom_id", "result":
+  ``canceling`` → ``ended``); ``GET`` one, ``GET`` list (``after_id`` or ``before_id``,
+  ``limit`` 1–1000, newest first), ``POST .../cancel``; ``GET .../results`` → JSONL of ``{"custom_id", "result":
   {"type": "succeeded" | "errored" | "canceled" | "expired", ...}}``.
 
 Answers are deterministic (:mod:`apidistill.testing.provider_payloads`). Tests steer the
@@ -250,7 +251,9 @@ class BatchServer:
         return web.json_response(job.obj)
 
     async def _openai_list(self, request: web.Request) -> web.Response:
-        limit = int(request.query.get("limit", "20"))
+        limit = _limit(request, 100)
+        if limit is None:
+            return _error(request, 400, "invalid_request_error", "limit: must be 1 to 100")
         ids = [i for i in reversed(self._order) if self.jobs[i].provider == "openai"]
         after = request.query.get("after")
         if after in ids:
@@ -332,16 +335,25 @@ class BatchServer:
         return web.json_response(job.obj)
 
     async def _anthropic_list(self, request: web.Request) -> web.Response:
-        limit = int(request.query.get("limit", "20"))
+        limit = _limit(request, 1000)
+        if limit is None:
+            return _error(request, 400, "invalid_request_error", "limit: must be 1 to 1000")
         ids = [i for i in reversed(self._order) if self.jobs[i].provider == "anthropic"]
-        after = request.query.get("after_id")
-        if after in ids:
-            ids = ids[ids.index(after) + 1 :]
-        page = [self.jobs[i].obj for i in ids[:limit]]
+        after, before = request.query.get("after_id"), request.query.get("before_id")
+        if after and before:
+            return _error(request, 400, "invalid_request_error", "give after_id or before_id")
+        if before in ids:  # the page immediately before (newer than) that batch
+            end = ids.index(before)
+            page_ids, more = ids[max(0, end - limit) : end], end > limit
+        else:
+            if after in ids:
+                ids = ids[ids.index(after) + 1 :]
+            page_ids, more = ids[:limit], len(ids) > limit
+        page = [self.jobs[i].obj for i in page_ids]
         return web.json_response(
             {
                 "data": page,
-                "has_more": len(ids) > limit,
+                "has_more": more,
                 "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None,
             }
@@ -520,6 +532,15 @@ def _openai_lines(data: bytes, endpoint: str) -> tuple[list[tuple[str, dict]], l
     if len(models) > 1:
         problem("mismatched_model", "one model per batch file", None)
     return items, problems
+
+
+def _limit(request: web.Request, most: int) -> int | None:
+    """A list call's ``limit`` (default 20, documented range 1..``most``); None if out of it."""
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        return None
+    return limit if 1 <= limit <= most else None
 
 
 def _error(request: web.Request, status: int, kind: str, message: str) -> web.Response:
