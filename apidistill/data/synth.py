@@ -184,7 +184,8 @@ async def generate_prompts(
             "synthetic prompts need seed examples or a topic taxonomy",
             hint="pass seeds=[...] (a few real inputs) or topics=[...]",
         )
-    if journal is None:
+    if journal is None:  # nothing to resume from later: skip the fsyncs
+        harvest_options.setdefault("durable", False)
         with tempfile.TemporaryDirectory(prefix="apidistill-synth-") as tmp:
             return await generate_prompts(
                 teacher, opts, seeds=seeds, topics=topics, existing=existing,
