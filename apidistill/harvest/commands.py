@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
+from apidistill.cli_options import (
+    apply_retry_failed,
+    apply_skip_invalid,
+    retry_failed_option,
+    skip_invalid_option,
+)
 from apidistill.config import load_config
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def harvest(
@@ -23,6 +32,7 @@ def harvest(
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
     skip_invalid: bool | None = skip_invalid_option(),
+    retry_failed: str | None = retry_failed_option(),
 ) -> None:
     """Check the teacher's terms, then send every request not already answered in the run's
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
@@ -38,6 +48,7 @@ def harvest(
         typer.echo(f"rank {rank} of {world}: the harvest runs on rank 0 only")
         return
     apply_skip_invalid(cfg, skip_invalid)
+    apply_retry_failed(cfg, retry_failed)
     if "model" in cfg.student.model_fields_set:  # named in the run file: it must exist
         from apidistill.pipeline.preflight import check_student_model
 
@@ -54,4 +65,19 @@ def harvest(
     decision = policy_stage(ctx)
     with teacher_server(cfg) as url:
         ctx.teacher_base_url = url
-        harvest_stage(ctx, batch, decision)
+        outcome = harvest_stage(ctx, batch, decision)
+    exit_if_failed(ctx.console, outcome.failed)
+
+
+def exit_if_failed(console: Console, failed: int) -> None:
+    """Exit with :data:`~apidistill.exit_codes.SOME_FAILED` when requests failed: a script
+    must not read a run where nothing was answered as a success."""
+    if failed:
+        from apidistill import exit_codes
+
+        console.print(
+            f"[yellow]{failed} request(s) failed[/]: the first errors of each kind are listed "
+            f"above (exit code {exit_codes.SOME_FAILED})",
+            highlight=False,
+        )
+        raise typer.Exit(exit_codes.SOME_FAILED)

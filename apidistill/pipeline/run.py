@@ -29,6 +29,7 @@ from apidistill.pipeline.stages import (
     harvest_stage,
     load_split,
     policy_stage,
+    retry_failed_of,
     train_stage,
 )
 
@@ -39,6 +40,7 @@ __all__ = ["RunSummary", "run_pipeline", "teacher_server"]
 class RunSummary:
     run_dir: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    harvest_failed: int = 0  # requests the harvest gave up on (exit code 3)
     report_path: str | None = None
     student_dir: str | None = None
     is_main: bool = True  # False on the other ranks under a launcher (they print nothing)
@@ -63,7 +65,8 @@ def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
         rows = store.lookup(keys)
     finally:
         store.close()
-    return all(k in rows and rows[k].reusable for k in keys)
+    retry = retry_failed_of(cfg)
+    return all(k in rows and retry.reuses(rows[k]) for k in keys)
 
 
 @contextlib.contextmanager
@@ -215,7 +218,8 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
             return True
         h = harvest_stage(ctx, batch, decision)
         out.numbers.update(_teacher_timing(ctx, h))
-    if stop_after == "harvest":
+    out.harvest_failed = h.failed
+    if stop_after == "harvest" or (h.failed and not h.records):  # nothing to build on
         return True
     out.numbers["dataset"] = dataset_stage(ctx, decision)
     if stop_after == "dataset":

@@ -20,7 +20,14 @@ from rich.console import Console
 
 from apidistill.config import RunConfig, TrainingConfig
 from apidistill.data.schema import Message, Provenance, Record
-from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError, redact
+from apidistill.errors import (
+    BudgetExceeded,
+    CapabilityError,
+    ConfigError,
+    DataError,
+    EvalError,
+    redact,
+)
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
@@ -272,6 +279,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     t0 = time.perf_counter()
 
     streams: list[Any] = []
+    budget_stop: list[BudgetExceeded] = []
 
     async def _run():
         nonlocal n_ok, n_failed
@@ -294,6 +302,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             ),
             count_input_tokens=count,
             progress=ctx.progress,
+            retry_failed=retry_failed_of(cfg),
         )
         streams.append(gen)
         with DatasetWriter(tmp_dir) as writer:
@@ -304,6 +313,8 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
                         continue
                     writer.write(record_from_result(res, decision, cfg.teacher))
                     n_ok += 1
+            except BudgetExceeded as exc:  # after the last result: keep what was answered
+                budget_stop.append(exc)
             finally:
                 await gen.aclose()
                 await teacher.aclose()
@@ -326,7 +337,16 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
         for line in summary.lines():
             ctx.console.print(f"  {line}", highlight=False)
         _write_json(ctx.layout.root / "harvest_summary.json", summary.as_dict())
+    if budget_stop:  # the summary and the answers are saved; the run stops here
+        raise budget_stop[0]
     return HarvestOutcome(summary, n_ok, n_failed, wall, wants_logprobs)
+
+
+def retry_failed_of(cfg: RunConfig) -> Any:
+    """The run's ``harvest.retry_failed`` (or ``--retry-failed``), checked."""
+    from apidistill.harvest.retry_failed import RetryFailed
+
+    return RetryFailed.parse(cfg.harvest.retry_failed, key="harvest.retry_failed")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
