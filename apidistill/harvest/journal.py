@@ -157,6 +157,11 @@ class Recovery:
     crashed_at_risk_usd: Decimal
     unknown: int  # every row whose outcome is unknown (crashed included)
     unknown_at_risk_usd: Decimal
+    # What every stopped process ever left in flight, as the journal holds it (this open's
+    # crash included): processes, requests, and their worst case.
+    crashes_total: int = 0
+    crashed_total: int = 0
+    crashed_total_usd: Decimal = _ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,12 +561,23 @@ class JournalStore:
                 (str(Decimal(at_risk) + worst), key),
             )
             self._event(key, "recovered", worst, "sent without an answer when the run ended")
+        if crashed:
+            self.note("crash_recovered", {"requests": crashed, "usd": str(crashed_risk)})
         unknown = 0
         risk = _ZERO
         for (r,) in self.conn.execute("SELECT at_risk_usd FROM requests WHERE state='unknown'"):
             unknown += 1
             risk += Decimal(r)
-        return Recovery(crashed, crashed_risk, unknown, risk)
+        total, total_usd = 0, _ZERO
+        for (usd,) in self.conn.execute("SELECT usd FROM events WHERE event='recovered'"):
+            total += 1
+            total_usd += Decimal(usd or 0)
+        (crashes,) = self.conn.execute(
+            "SELECT COUNT(*) FROM events WHERE event='crash_recovered'"
+        ).fetchone()
+        # journals written before the per-crash note: at least one crash if any row was found
+        crashes = max(crashes, 1 if total else 0)
+        return Recovery(crashed, crashed_risk, unknown, risk, crashes, total, total_usd)
 
     # ------------------------------------------------------------- batch chunks
 

@@ -59,7 +59,10 @@ class HarvestSummary:
     resent: int = 0  # sends of requests an earlier send may already have been billed for
     recovered: int = 0  # outcome-unknown requests answered from the provider's store, unsent
     unknown_found: int = 0  # outcome-unknown requests found on open (crash / fault)
-    crashed_found: int = 0  # of which left in flight by a killed process
+    crashed_found: int = 0  # of which left in flight by the last killed process
+    crashes_total: int = 0  # killed processes the journal found, every run
+    crashed_total: int = 0  # requests they left in flight, all of them together
+    crashed_total_usd: Decimal = Decimal(0)  # their worst case, all together
     at_risk_found_usd: Decimal = Decimal(0)  # their worst-case cost, still charged
     unknown_this_run: int = 0  # sends of this run whose outcome is unknown
     spent_usd: Decimal = Decimal(0)  # settled by this run
@@ -133,8 +136,15 @@ class HarvestSummary:
         if self.unknown_found:
             out.append(
                 f"found {self.unknown_found} request(s) whose outcome was unknown "
-                f"({self.crashed_found} left in flight by a stopped process); "
+                f"({self.crashed_found} left in flight by the last stopped process); "
                 f"{format_usd(self.at_risk_found_usd)} may have been billed for them"
+            )
+        if self.crashed_found and self.crashes_total > 1:
+            out.append(
+                f"in all, {self.crashes_total} stopped processes left {self.crashed_total} "
+                f"request(s) in flight (worst case {format_usd(self.crashed_total_usd)}), as the "
+                "journal "
+                "records"
             )
         if self.recovered:
             out.append(
