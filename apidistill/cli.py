@@ -17,7 +17,7 @@ from apidistill.costs.commands import estimate
 from apidistill.data.commands import data_app
 from apidistill.errors import ApidistillError, BudgetExceeded, redact
 from apidistill.eval.commands import eval_cmd, report
-from apidistill.harvest.commands import harvest
+from apidistill.harvest.commands import harvest, journal_app
 from apidistill.pipeline.commands import bench, demo, run
 from apidistill.policy.commands import policy_app
 from apidistill.serve.commands import serve
@@ -38,6 +38,9 @@ app.command("demo", help="Offline demo: migrate a prototype prompt to a self-hos
 app.command(
     "harvest", help="Pull teacher completions (and logprobs) for the prompts of a run file."
 )(harvest)
+app.add_typer(
+    journal_app, name="journal", help="Repair a run's harvest journal (salvage a damaged one)."
+)
 app.command(
     "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
 )(estimate)

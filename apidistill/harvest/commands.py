@@ -11,6 +11,7 @@ import typer
 from apidistill.cli_options import (
     apply_retry_failed,
     apply_skip_invalid,
+    fresh_option,
     retry_failed_option,
     skip_invalid_option,
 )
@@ -33,13 +34,19 @@ def harvest(
     progress: bool = typer.Option(True, help="Show progress bars."),
     skip_invalid: bool | None = skip_invalid_option(),
     retry_failed: str | None = retry_failed_option(),
+    fresh: bool = fresh_option(),
 ) -> None:
     """Check the teacher's terms, then send every request not already answered in the run's
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
     from apidistill.data.prompts import skipped_report
     from apidistill.pipeline.requests import load_prompts
     from apidistill.pipeline.run import teacher_server
-    from apidistill.pipeline.stages import RunContext, harvest_stage, policy_stage
+    from apidistill.pipeline.stages import (
+        RunContext,
+        check_run_state,
+        harvest_stage,
+        policy_stage,
+    )
     from apidistill.train.distributed import launcher_rank
 
     cfg = load_config(config)
@@ -58,10 +65,12 @@ def harvest(
         progress=progress,
         budget_override=Decimal(str(budget)) if budget is not None else None,
         max_requests=max_requests,
+        fresh=fresh,
     )
     batch = load_prompts(cfg)
     if batch.skipped:
         ctx.console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
+    check_run_state(ctx)
     decision = policy_stage(ctx)
     with teacher_server(cfg) as url:
         ctx.teacher_base_url = url
@@ -81,3 +90,25 @@ def exit_if_failed(console: Console, failed: int) -> None:
             highlight=False,
         )
         raise typer.Exit(exit_codes.SOME_FAILED)
+
+
+journal_app = typer.Typer(no_args_is_help=True)
+
+
+@journal_app.command("salvage")
+def salvage(
+    journal: Path = typer.Argument(..., help="The damaged journal (e.g. runs/x/journal.sqlite)."),
+    out: Path | None = typer.Option(
+        None, help="Write the recovered journal here and leave the damaged one in place."
+    ),
+) -> None:
+    """Recover every intact answer (and the spend history) of a damaged journal into a new
+    one. The damaged file is kept, renamed; a re-run then sends only what was lost."""
+    from rich.console import Console
+
+    from apidistill.harvest.salvage import salvage_journal
+
+    report = salvage_journal(journal, out=out)
+    console = Console()
+    for line in report.lines():
+        console.print(line, highlight=False)

@@ -386,6 +386,17 @@ class JournalStore:
         )
         return [{"key": key, **json.loads(detail)} for key, detail in rows]
 
+    def meta(self, key: str) -> str | None:
+        """A value of the journal's ``meta`` table (``schema_version``, ``run_id``...)."""
+        row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", (key, value))
+
+    def request_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+
     def count(self, state: str) -> int:
         return self.conn.execute(
             "SELECT COUNT(*) FROM requests WHERE state=?", (state,)
@@ -644,9 +655,11 @@ def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> ConfigError:
             "it records what was already paid for",
         )
     return ConfigError(
-        f"not an apidistill journal ({exc})",
+        f"not an apidistill journal, or a damaged one ({exc})",
         file=str(path),
-        hint="give a new path, or the journal file a previous harvest wrote",
+        hint=f"if it is this run's journal, recover every intact answer with `apidistill "
+        f"journal salvage {path}` (it keeps the damaged file) and re-run: answers it recovers "
+        "are not bought again; if it is not a journal, give the run a path of its own",
     )
 
 

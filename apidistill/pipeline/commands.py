@@ -13,6 +13,7 @@ import typer
 from apidistill.cli_options import (
     apply_retry_failed,
     apply_skip_invalid,
+    fresh_option,
     retry_failed_option,
     skip_invalid_option,
 )
@@ -36,6 +37,7 @@ def run(
     progress: bool = typer.Option(True, help="Show progress bars."),
     skip_invalid: bool | None = skip_invalid_option(),
     retry_failed: str | None = retry_failed_option(),
+    fresh: bool = fresh_option(),
 ) -> None:
     from apidistill.pipeline.run import run_pipeline
 
@@ -50,6 +52,7 @@ def run(
         budget=Decimal(str(budget)) if budget is not None else None,
         max_requests=max_requests,
         stop_after=stop_after,
+        fresh=fresh,
     )
     if summary.is_main:
         print_summary(summary.numbers, summary.report_path, summary.student_dir)

@@ -23,6 +23,7 @@ from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
     RunContext,
     _write_json,
+    check_run_state,
     dataset_stage,
     effective_training,
     estimate_stage,
@@ -128,8 +129,10 @@ def run_pipeline(
     budget: Decimal | None = None,
     max_requests: int | None = None,
     stop_after: str | None = None,
+    fresh: bool = False,
 ) -> RunSummary:
-    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run.
+    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run. ``fresh``:
+    move the run folder's old state aside first (nothing is deleted).
 
     Under a launcher (``torchrun``/``accelerate launch -m apidistill run``) rank 0 alone
     runs policy → dataset (the teacher is asked and paid once), every rank trains (one
@@ -139,7 +142,7 @@ def run_pipeline(
 
     gate = StageGate.join()
     ctx = RunContext.from_config(
-        cfg, progress=progress, budget_override=budget, max_requests=max_requests
+        cfg, progress=progress, budget_override=budget, max_requests=max_requests, fresh=fresh
     )
     out = RunSummary(run_dir=str(ctx.layout.root), is_main=gate.is_main)
     t0 = time.perf_counter()
@@ -205,6 +208,7 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     batch = load_prompts(cfg)
     if batch.skipped:
         ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
+    check_run_state(ctx)
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return True

@@ -35,6 +35,7 @@ from apidistill.progress import console as progress_console
 __all__ = [
     "HarvestOutcome",
     "RunContext",
+    "check_run_state",
     "dataset_stage",
     "effective_training",
     "estimate_stage",
@@ -55,6 +56,8 @@ class RunContext:
     progress: bool = True
     budget_override: Decimal | None = None
     max_requests: int | None = None
+    fresh: bool = False  # --fresh: move the old state aside before harvesting
+    state_checked: bool = False
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kw: Any) -> RunContext:
@@ -74,6 +77,21 @@ def _write_json(path: Path, data: Any) -> None:
             file=str(path),
             hint="free disk space or make the run folder writable, then re-run to resume",
         ) from None
+
+
+def check_run_state(ctx: RunContext) -> None:
+    """Before anything is sent: refuse to lose, mix or re-buy the run folder's state
+    (:mod:`apidistill.pipeline.state`); with ``--fresh``, move the old state aside first."""
+    from apidistill.pipeline.state import guard_run_state, move_aside
+
+    if ctx.state_checked:
+        return
+    if ctx.fresh:
+        moved = move_aside(ctx.layout)
+        if moved is not None:
+            ctx.console.print(f"[bold]fresh start[/]: the earlier state was moved to {moved}")
+    guard_run_state(ctx.layout, ctx.cfg)
+    ctx.state_checked = True
 
 
 # --------------------------------------------------------------------------- policy
@@ -242,6 +260,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     from apidistill.teachers import make_teacher
 
     cfg = ctx.cfg
+    check_run_state(ctx)
     teacher = make_teacher(cfg.teacher, base_url=ctx.teacher_base_url)
     wants_logprobs = _check_logprob_capability(ctx, teacher)
     if not wants_logprobs:
