@@ -132,13 +132,14 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _has_results(layout: RunLayout) -> list[str]:
-    """What in the run folder shows that a harvest already ran (and was paid for)."""
+    """The folders holding records of an earlier harvest (answers that were paid for)."""
     found = []
     for folder in (layout.harvest, layout.harvest.with_name("harvest.partial"), layout.dataset):
-        if folder.is_dir() and any(folder.iterdir()):
+        shards = folder.glob("*.parquet") if folder.is_dir() else iter(())
+        wal = folder / "wal"
+        frames = wal.glob("*.wal") if wal.is_dir() else iter(())
+        if any(p.stat().st_size for p in shards) or any(p.stat().st_size for p in frames):
             found.append(f"{folder.name}/")
-    if (layout.root / "harvest_summary.json").is_file():
-        found.append("harvest_summary.json")
     return found
 
 

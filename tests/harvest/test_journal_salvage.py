@@ -71,7 +71,6 @@ def test_salvage_recovers_every_intact_answer_and_a_rerun_sends_only_the_lost(tm
     assert first.done == N
     assert not Path(f"{layout.journal}-wal").exists()  # checkpointed on close
     (layout.harvest).mkdir()
-    (layout.harvest / "manifest.json").write_text("{}")  # the run has results
 
     _corrupt_page_holding(layout.journal, b'ipsum -150"')
     with pytest.raises(ConfigError) as info:
