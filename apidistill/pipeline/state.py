@@ -178,19 +178,7 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
     journal_id: str | None = None
     n_requests = 0
     if layout.journal.is_file():
-        store = JournalStore(layout.journal, readonly=True)
-        try:
-            journal_id, n_requests = store.meta("run_id"), store.request_count()
-        except sqlite3.DatabaseError as exc:  # a damaged page: salvage, never start afresh
-            raise ConfigError(
-                f"the journal is damaged ({exc})",
-                file=str(layout.journal),
-                hint=f"recover every intact answer with `apidistill journal salvage "
-                f"{layout.journal}` (the damaged file is kept), then re-run: recovered "
-                "answers are not bought again",
-            ) from None
-        finally:
-            store.close()
+        journal_id, n_requests = _journal_facts(layout.journal)
     if results and (not layout.journal.is_file() or n_requests == 0):
         what = "missing" if not layout.journal.is_file() else "empty"
         raise ConfigError(
@@ -221,6 +209,50 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
         finally:
             store.close()
     return identity
+
+
+def _journal_facts(journal: Path) -> tuple[str | None, int]:
+    """The journal's run id and its number of requests, read without changing the folder."""
+    from apidistill.harvest.journal import JournalStore
+
+    existed = {p for p in _side_files(journal) if p.exists()}
+    try:
+        store = JournalStore(journal, readonly=True)
+        try:
+            return store.meta("run_id"), store.request_count()
+        finally:
+            store.close()
+    except sqlite3.OperationalError as exc:  # disk full, I/O error: not damage
+        raise ConfigError(
+            f"cannot read the journal ({exc})",
+            file=str(journal),
+            hint="check free disk space and that the folder is readable; keep this file: "
+            "it records what was already paid for",
+        ) from None
+    except sqlite3.DatabaseError as exc:  # a damaged page: salvage, never start afresh
+        raise ConfigError(
+            f"the journal is damaged ({exc})",
+            file=str(journal),
+            hint=f"recover every intact answer with `apidistill journal salvage {journal}` "
+            "(the damaged file is kept), then re-run: recovered answers are not bought again",
+        ) from None
+    finally:
+        _drop_empty_side_files(journal, existed)
+
+
+def _side_files(journal: Path) -> tuple[Path, Path]:
+    return Path(f"{journal}-wal"), Path(f"{journal}-shm")
+
+
+def _drop_empty_side_files(journal: Path, existed: set[Path]) -> None:
+    """A read-only look at a closed journal makes SQLite create an empty ``-wal`` (and a
+    ``-shm``); remove what this look created, so a check that refuses leaves the run folder
+    byte for byte as it was."""
+    wal, shm = _side_files(journal)
+    if wal not in existed and wal.exists() and wal.stat().st_size == 0:
+        wal.unlink(missing_ok=True)
+        if shm not in existed:
+            shm.unlink(missing_ok=True)
 
 
 def move_aside(layout: RunLayout) -> Path | None:
