@@ -59,6 +59,8 @@ _RUN_STATE = (
     "teacher_timing.json",
     "estimate.json",
     "policy.json",
+    "logprob_fallback.json",
+    "candidates.json",
     "dataset",
     "train",
     "student",
