@@ -12,13 +12,14 @@ from typing import NoReturn
 
 import typer
 
+from apidistill import exit_codes
 from apidistill.costs.commands import estimate
 from apidistill.data.commands import data_app
 from apidistill.data.synth_commands import synth
-from apidistill.errors import ApidistillError, redact
+from apidistill.errors import ApidistillError, BudgetExceeded, redact
 from apidistill.eval.commands import eval_cmd, report
 from apidistill.harvest.batch_commands import batch_app
-from apidistill.harvest.commands import harvest
+from apidistill.harvest.commands import harvest, journal_app
 from apidistill.pipeline.commands import bench, demo, run
 from apidistill.policy.commands import policy_app
 from apidistill.serve.commands import serve
@@ -39,6 +40,9 @@ app.command("demo", help="Offline demo: migrate a prototype prompt to a self-hos
 app.command(
     "harvest", help="Pull teacher completions (and logprobs) for the prompts of a run file."
 )(harvest)
+app.add_typer(
+    journal_app, name="journal", help="Repair a run's harvest journal (salvage a damaged one)."
+)
 app.command(
     "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
 )(estimate)
@@ -72,11 +76,18 @@ def main() -> None:
         if show is not None:
             show()
         sys.exit(getattr(exc, "exit_code", 2))
+    except BudgetExceeded as exc:  # not a failure of the command: the cap did its job
+        from rich.console import Console
+
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold yellow]budget stop:[/] {exc}", highlight=False
+        )
+        sys.exit(exit_codes.BUDGET_STOP)
     except ApidistillError as exc:
         from rich.console import Console
 
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-        sys.exit(2)
+        sys.exit(exit_codes.ERROR)
     except OSError as exc:  # disk full, read-only folder: the message names the file
         from rich.console import Console
 
@@ -85,7 +96,7 @@ def main() -> None:
             "folder is writable; everything finished so far is saved, re-run to resume",
             highlight=False,
         )
-        sys.exit(2)
+        sys.exit(exit_codes.ERROR)
     if code == 130:  # typer's answer to Ctrl-C when it does not exit by itself
         _interrupted()
     sys.exit(code if isinstance(code, int) else 0)
@@ -97,7 +108,7 @@ def _interrupted() -> NoReturn:
     Console(stderr=True).print(
         "[yellow]interrupted[/]: everything finished so far is saved; re-run to resume."
     )
-    sys.exit(130)
+    sys.exit(exit_codes.INTERRUPTED)
 
 
 if __name__ == "__main__":

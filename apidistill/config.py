@@ -157,6 +157,14 @@ class HarvestConfig(_Section):
     on_missing_logprobs: Literal["error", "sequence_kd"] = "error"
     # New requests this run may send; 0 sends none (answers come from the journal only).
     max_requests: int | None = Field(None, ge=0)
+    # Final failures of earlier runs to send again: reasons (rejected, out_of_credit, ...),
+    # or "all"; add "at_risk" for requests that may already have been billed.
+    retry_failed: list[str] | None = None
+
+    @field_validator("retry_failed", mode="before")
+    @classmethod
+    def _one_word_is_a_list(cls, v: Any) -> Any:
+        return v.split(",") if isinstance(v, str) else v
 
     @model_validator(mode="after")
     def _top_needs_logprobs(self) -> HarvestConfig:

@@ -13,6 +13,7 @@ Provider SDK exceptions are mapped into this tree in one place (``teachers/``) w
      │    ├── TeacherTimeout    the request timed out after all retries
      │    ├── TeacherUnavailable connection refused / 5xx after all retries
      │    ├── TeacherRejected   4xx that retrying cannot fix (bad request, auth, not found)
+     │    │    └── OutOfCredit  the account has no credit / spend limit left (429 insufficient_quota)
      │    └── CapabilityError   asked for something the teacher cannot give (e.g. logprobs)
      ├── DataError              a prompt/dataset file is malformed (names file and line)
      ├── ModelLoadError         a model path/name cannot be loaded (names the path)
@@ -37,6 +38,7 @@ __all__ = [
     "DataError",
     "EvalError",
     "ModelLoadError",
+    "OutOfCredit",
     "PolicyDenied",
     "RateLimited",
     "TeacherError",
@@ -182,6 +184,12 @@ class TeacherUnavailable(TeacherError):
 
 class TeacherRejected(TeacherError):
     """A 4xx answer that retrying cannot fix (bad request, auth, unknown model)."""
+
+
+class OutOfCredit(TeacherRejected):
+    """The provider refused because the account is out of credit or over its spend limit
+    (OpenAI's 429 ``insufficient_quota``, Anthropic's "credit balance is too low"). Not a
+    rate limit: waiting or lowering concurrency does not help, adding credit does."""
 
 
 class CapabilityError(TeacherError):

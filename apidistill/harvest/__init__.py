@@ -9,6 +9,7 @@ from apidistill.harvest.journal import JournalRow, JournalStore, check_integrity
 from apidistill.harvest.limits import RateLimiter
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
+from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "JournalRow",
     "JournalStore",
     "RateLimiter",
+    "RetryFailed",
     "RetryPolicy",
     "check_integrity",
     "harvest",

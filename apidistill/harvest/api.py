@@ -32,6 +32,7 @@ from apidistill.harvest.limits import RateLimiter
 from apidistill.harvest.progress_view import HarvestProgress
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
+from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
@@ -106,6 +107,7 @@ class HarvestStream:
                 count_input_tokens=opt["count_input_tokens"],
                 poll_interval_s=opt["poll_interval_s"],
                 max_rounds=min(opt["policy"].max_retries + 1, 5),
+                retry_failed=opt["retry_failed"],
             )
         return Engine(
             teacher=opt["teacher"],
@@ -119,6 +121,7 @@ class HarvestStream:
             max_requests=opt["max_requests"],
             count_input_tokens=opt["count_input_tokens"],
             resend_unknown=opt["resend_unknown"],
+            retry_failed=opt["retry_failed"],
         )
 
     async def _collect(self) -> HarvestSummary:
@@ -245,6 +248,7 @@ def harvest(
     retry_policy: RetryPolicy | None = None,
     batch_client: BatchClient | None = None,
     poll_interval_s: float = 30.0,
+    retry_failed: RetryFailed | str | Iterable[str] | None = None,
 ) -> HarvestStream:
     """Harvest teacher completions for ``requests``, journaled in ``journal`` (SQLite).
 
@@ -255,7 +259,10 @@ def harvest(
     ``resend_unknown=False``. ``durable=False`` skips fsync (safe against crashes, not
     against power loss). ``batch=True`` sends everything through ``batch_client`` (a
     provider Batch API at its discount; ``concurrency``/``rpm``/``tpm`` do not apply),
-    polling every ``poll_interval_s``.
+    polling every ``poll_interval_s``. ``retry_failed`` sends again the requests an earlier
+    run gave up on for the named reasons (``"rejected"``, ``["rejected", "out_of_credit"]``,
+    ``"all"``; add ``"at_risk"`` for those that may already have been billed), see
+    :mod:`apidistill.harvest.retry_failed`; answered requests are never sent again.
     """
     _check_positive("concurrency", concurrency)
     for name, value in (("rpm", rpm), ("tpm", tpm)):
@@ -278,6 +285,8 @@ def harvest(
         )
     if batch_client is not None and not batch:
         raise ConfigError("a batch_client was given but batch=False", key="harvest.use_batch_api")
+    if not isinstance(retry_failed, RetryFailed):
+        retry_failed = RetryFailed.parse(retry_failed, key="retry_failed")
     policy = retry_policy or RetryPolicy(max_retries=max_retries, timeout_s=timeout_s)
     return HarvestStream(
         requests,
@@ -298,6 +307,7 @@ def harvest(
             "policy": policy,
             "batch_client": batch_client,
             "poll_interval_s": poll_interval_s,
+            "retry_failed": retry_failed,
         },
     )
 

@@ -34,6 +34,7 @@ from apidistill.harvest.engine import StopSignal, _check_item, _meta_str, upper_
 from apidistill.harvest.journal import JournalStore
 from apidistill.harvest.results import HarvestResult, HarvestSummary
 from apidistill.harvest.retry import classify
+from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
 from apidistill.teachers.base import Teacher
 from apidistill.teachers.batch import BatchClient, chunk_key_for
@@ -109,6 +110,7 @@ class BatchEngine:
         count_input_tokens: Callable[[TeacherRequest], int] | None = None,
         poll_interval_s: float = 30.0,
         max_rounds: int = 3,
+        retry_failed: RetryFailed | None = None,
     ) -> None:
         self.teacher = teacher
         self.client = batch_client
@@ -120,6 +122,7 @@ class BatchEngine:
         self.count_input_tokens = count_input_tokens or upper_bound_input_tokens
         self.poll_interval_s = poll_interval_s
         self.max_rounds = max_rounds
+        self.retry_failed = retry_failed or RetryFailed()
         self.summary = HarvestSummary()
         self._tid, self._model = teacher.teacher_id, batch_client.model
         self._polls: dict[str, str] = {}  # chunk key -> batch id
@@ -160,6 +163,9 @@ class BatchEngine:
         if rec is not None:
             self.summary.unknown_found = rec.unknown
             self.summary.crashed_found = rec.crashed
+            self.summary.crashes_total = rec.crashes_total
+            self.summary.crashed_total = rec.crashed_total
+            self.summary.crashed_total_usd = rec.crashed_total_usd
             self.summary.at_risk_found_usd = rec.unknown_at_risk_usd
         if self.budget is not None:
             totals = await self.journal.call(JournalStore.totals, None)
@@ -204,7 +210,7 @@ class BatchEngine:
         pending: dict[str, TeacherRequest] = {}
         for req, key in zip(window, keys, strict=True):
             row = rows.get(key)
-            if row is not None and row.reusable:
+            if row is not None and self.retry_failed.reuses(row):
                 await self._out(_from_row(req, key, row.completion_json, row.reason, row.error))
             elif (row is not None and row.batch and row.state in ("reserved", "sent")) or (
                 key in pending
@@ -215,6 +221,8 @@ class BatchEngine:
                     self.summary.stopped_by = "max_requests"
                     break
                 self._started += 1
+                if row is not None and self.retry_failed.resends(row):
+                    self.summary.retried_failed += 1
                 pending[key] = req
         await self._submit_pending(list(pending.items()), salt="")
         return self.summary.stopped_by != "max_requests"
@@ -382,7 +390,7 @@ class BatchEngine:
     async def _out(self, result: HarvestResult) -> None:
         self.summary.count_answer(result)
         if not result.ok:
-            self.summary.failed[result.reason or "error"] += 1
+            self.summary.note_failure(result.reason or "error", result.error)
         elif result.from_cache:
             self.summary.cached += 1
         assert self._emit is not None

@@ -30,6 +30,7 @@ from apidistill.harvest.journal import CachedRow, JournalStore, JournalWriteErro
 from apidistill.harvest.limits import RateLimiter, Stopped
 from apidistill.harvest.results import HarvestResult, HarvestSummary, StopReason
 from apidistill.harvest.retry import Failure, RetryPolicy, classify
+from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
@@ -141,6 +142,7 @@ class Engine:
         max_requests: int | None = None,
         count_input_tokens: Callable[[TeacherRequest], int] | None = None,
         resend_unknown: bool = True,
+        retry_failed: RetryFailed | None = None,
     ) -> None:
         self.teacher = teacher
         self.journal = journal
@@ -153,6 +155,7 @@ class Engine:
         self.max_requests = max_requests
         self.count_input_tokens = count_input_tokens or upper_bound_input_tokens
         self.resend_unknown = resend_unknown
+        self.retry_failed = retry_failed or RetryFailed()
         self.summary = HarvestSummary()
         self._teacher_id = teacher.teacher_id
         self._model = teacher.model
@@ -204,6 +207,9 @@ class Engine:
         if rec is not None:
             self.summary.unknown_found = rec.unknown
             self.summary.crashed_found = rec.crashed
+            self.summary.crashes_total = rec.crashes_total
+            self.summary.crashed_total = rec.crashed_total
+            self.summary.crashed_total_usd = rec.crashed_total_usd
             self.summary.at_risk_found_usd = rec.unknown_at_risk_usd
         if self.budget is not None:
             totals = await self.journal.call(JournalStore.totals, _utc_day_start())
@@ -272,7 +278,7 @@ class Engine:
                 self._inflight[key].append(req)
                 continue
             row = rows.get(key)
-            if row is not None and row.reusable:
+            if row is not None and self.retry_failed.reuses(row):
                 await self._send_out(_cached_result(req, key, row))
                 continue
             if row is not None and row.unknown_sends and not self.resend_unknown:
@@ -283,6 +289,8 @@ class Engine:
                 self.summary.stop_message = f"started {self._started} new request(s)"
                 return False
             self._started += 1
+            if row is not None and self.retry_failed.resends(row):
+                self.summary.retried_failed += 1
             self._inflight[key] = []
             await work.put((req, key, row))
         return True
@@ -290,7 +298,7 @@ class Engine:
     async def _send_out(self, result: HarvestResult) -> None:
         self.summary.count_answer(result)
         if not result.ok:
-            self.summary.failed[result.reason or "error"] += 1
+            self.summary.note_failure(result.reason or "error", result.error)
         elif result.from_cache:
             self.summary.cached += 1
         assert self._emit is not None

@@ -157,6 +157,11 @@ class Recovery:
     crashed_at_risk_usd: Decimal
     unknown: int  # every row whose outcome is unknown (crashed included)
     unknown_at_risk_usd: Decimal
+    # What every stopped process ever left in flight, as the journal holds it (this open's
+    # crash included): processes, requests, and their worst case.
+    crashes_total: int = 0
+    crashed_total: int = 0
+    crashed_total_usd: Decimal = _ZERO
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +386,19 @@ class JournalStore:
         )
         return [{"key": key, **json.loads(detail)} for key, detail in rows]
 
+    def meta(self, key: str) -> str | None:
+        """A value of the journal's ``meta`` table (``schema_version``, ``run_id``...)."""
+        row = self.conn.execute("SELECT v FROM meta WHERE k=?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta(k, v) VALUES (?, ?)", (key, value))
+
+    def request_count(self) -> int:
+        """Rows in ``requests``, read from the table itself (not an index), so a damaged
+        page of answers raises ``sqlite3.DatabaseError`` here."""
+        return self.conn.execute("SELECT COUNT(*) FROM requests NOT INDEXED").fetchone()[0]
+
     def count(self, state: str) -> int:
         return self.conn.execute(
             "SELECT COUNT(*) FROM requests WHERE state=?", (state,)
@@ -556,12 +574,23 @@ class JournalStore:
                 (str(Decimal(at_risk) + worst), key),
             )
             self._event(key, "recovered", worst, "sent without an answer when the run ended")
+        if crashed:
+            self.note("crash_recovered", {"requests": crashed, "usd": str(crashed_risk)})
         unknown = 0
         risk = _ZERO
         for (r,) in self.conn.execute("SELECT at_risk_usd FROM requests WHERE state='unknown'"):
             unknown += 1
             risk += Decimal(r)
-        return Recovery(crashed, crashed_risk, unknown, risk)
+        total, total_usd = 0, _ZERO
+        for (usd,) in self.conn.execute("SELECT usd FROM events WHERE event='recovered'"):
+            total += 1
+            total_usd += Decimal(usd or 0)
+        (crashes,) = self.conn.execute(
+            "SELECT COUNT(*) FROM events WHERE event='crash_recovered'"
+        ).fetchone()
+        # journals written before the per-crash note: at least one crash if any row was found
+        crashes = max(crashes, 1 if total else 0)
+        return Recovery(crashed, crashed_risk, unknown, risk, crashes, total, total_usd)
 
     # ------------------------------------------------------------- batch chunks
 
@@ -628,9 +657,11 @@ def _open_failure(path: Path, exc: sqlite3.DatabaseError) -> ConfigError:
             "it records what was already paid for",
         )
     return ConfigError(
-        f"not an apidistill journal ({exc})",
+        f"not an apidistill journal, or a damaged one ({exc})",
         file=str(path),
-        hint="give a new path, or the journal file a previous harvest wrote",
+        hint=f"if it is this run's journal, recover every intact answer with `apidistill "
+        f"journal salvage {path}` (it keeps the damaged file) and re-run: answers it recovers "
+        "are not bought again; if it is not a journal, give the run a path of its own",
     )
 
 

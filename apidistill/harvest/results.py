@@ -9,8 +9,15 @@ from typing import Literal
 
 from apidistill.costs.budget import format_usd
 from apidistill.data.schema import Completion, TeacherRequest
+from apidistill.harvest.journal import RETRYABLE_REASONS
+
+# Reasons a re-run retries on its own (outcome_unknown: resend_unknown decides).
+_RETRIED_ANYWAY = RETRYABLE_REASONS | {"outcome_unknown"}
 
 __all__ = ["HarvestInterrupted", "HarvestResult", "HarvestSummary", "StopReason"]
+
+# How many different messages the summary keeps per failure reason.
+_FIRST_ERRORS = 3
 
 StopReason = Literal["budget", "max_requests", "interrupt", "closed"]
 
@@ -45,11 +52,17 @@ class HarvestSummary:
     done: int = 0  # answered by a send of this run
     cached: int = 0  # answered before, returned without sending
     failed: Counter[str] = field(default_factory=Counter)  # reason -> count
+    # reason -> the first few distinct messages (the provider's text and the hint)
+    first_errors: dict[str, list[str]] = field(default_factory=dict)
+    retried_failed: int = 0  # final failures of earlier runs sent again (retry_failed)
     sends: int = 0  # attempts that went out (retries included)
     resent: int = 0  # sends of requests an earlier send may already have been billed for
     recovered: int = 0  # outcome-unknown requests answered from the provider's store, unsent
     unknown_found: int = 0  # outcome-unknown requests found on open (crash / fault)
-    crashed_found: int = 0  # of which left in flight by a killed process
+    crashed_found: int = 0  # of which left in flight by the last killed process
+    crashes_total: int = 0  # killed processes the journal found, every run
+    crashed_total: int = 0  # requests they left in flight, all of them together
+    crashed_total_usd: Decimal = Decimal(0)  # their worst case, all together
     at_risk_found_usd: Decimal = Decimal(0)  # their worst-case cost, still charged
     unknown_this_run: int = 0  # sends of this run whose outcome is unknown
     spent_usd: Decimal = Decimal(0)  # settled by this run
@@ -79,6 +92,16 @@ class HarvestSummary:
     def failed_total(self) -> int:
         return sum(self.failed.values())
 
+    def note_failure(self, reason: str, error: str | None) -> None:
+        """Count one failed request; keep its message if it is among the first of its kind."""
+        self.failed[reason] += 1
+        text = (error or "").strip()
+        if text.startswith(f"{reason}: "):
+            text = text[len(reason) + 2 :]
+        kept = self.first_errors.setdefault(reason, [])
+        if text and len(kept) < _FIRST_ERRORS and text not in kept:
+            kept.append(text)
+
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}
         for k, v in self.__dict__.items():
@@ -96,11 +119,32 @@ class HarvestSummary:
             if not self.unpriced
             else "spend unknown: the model has no price (allow_unpriced)",
         ]  # fmt: skip
+        for reason, n in self.failed.most_common():
+            for text in self.first_errors.get(reason, []):
+                lines = text.splitlines()
+                out.append(f"  {reason} ({n}): {lines[0]}")
+                out.extend(f"    {ln.strip()}" for ln in lines[1:] if ln.strip())
+        final = sorted(r for r in self.failed if r not in _RETRIED_ANYWAY)
+        if final:
+            out.append(
+                "  a re-run returns these failures without sending; once the cause is fixed, "
+                f"re-run with --retry-failed {','.join(final)} (answered requests are never "
+                "sent again)"
+            )
+        if self.retried_failed:
+            out.append(f"sent again {self.retried_failed} request(s) that had failed before")
         if self.unknown_found:
             out.append(
                 f"found {self.unknown_found} request(s) whose outcome was unknown "
-                f"({self.crashed_found} left in flight by a stopped process); "
+                f"({self.crashed_found} left in flight by the last stopped process); "
                 f"{format_usd(self.at_risk_found_usd)} may have been billed for them"
+            )
+        if self.crashed_found and self.crashes_total > 1:
+            out.append(
+                f"in all, {self.crashes_total} stopped processes left {self.crashed_total} "
+                f"request(s) in flight (worst case {format_usd(self.crashed_total_usd)}), as the "
+                "journal "
+                "records"
             )
         if self.recovered:
             out.append(

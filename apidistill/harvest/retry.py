@@ -26,6 +26,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from apidistill.errors import (
     CapabilityError,
+    OutOfCredit,
     RateLimited,
     TeacherError,
     TeacherRejected,
@@ -73,6 +74,8 @@ def classify(exc: BaseException) -> Failure:
     billed_attr = getattr(exc, "maybe_billed", None)
     if isinstance(exc, CapabilityError):
         return Failure(False, "capability", _billed(billed_attr, False))
+    if isinstance(exc, OutOfCredit):  # a 429 that is not a rate limit: adding credit fixes it
+        return Failure(False, "out_of_credit", _billed(billed_attr, False))
     if isinstance(exc, TeacherRejected) or (status is not None and status in FATAL_STATUS):
         return Failure(False, "rejected", _billed(billed_attr, False))
     if isinstance(exc, RateLimited) or status in RATE_STATUS:

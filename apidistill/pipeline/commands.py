@@ -10,7 +10,13 @@ from typing import Any
 
 import typer
 
-from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
+from apidistill.cli_options import (
+    apply_retry_failed,
+    apply_skip_invalid,
+    fresh_option,
+    retry_failed_option,
+    skip_invalid_option,
+)
 from apidistill.config import load_config
 from apidistill.errors import ConfigError
 
@@ -30,6 +36,8 @@ def run(
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
     skip_invalid: bool | None = skip_invalid_option(),
+    retry_failed: str | None = retry_failed_option(),
+    fresh: bool = fresh_option(),
 ) -> None:
     from apidistill.pipeline.run import run_pipeline
 
@@ -37,15 +45,21 @@ def run(
         raise ConfigError(f"--stop-after must be one of {', '.join(STAGES)}, got {stop_after!r}")
     cfg = load_config(config)
     apply_skip_invalid(cfg, skip_invalid)
+    apply_retry_failed(cfg, retry_failed)
     summary = run_pipeline(
         cfg,
         progress=progress,
         budget=Decimal(str(budget)) if budget is not None else None,
         max_requests=max_requests,
         stop_after=stop_after,
+        fresh=fresh,
     )
     if summary.is_main:
         print_summary(summary.numbers, summary.report_path, summary.student_dir)
+    from apidistill.harvest.commands import exit_if_failed
+    from apidistill.progress import console
+
+    exit_if_failed(console, summary.harvest_failed)
 
 
 def demo(

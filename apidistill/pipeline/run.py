@@ -23,12 +23,14 @@ from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
     RunContext,
     _write_json,
+    check_run_state,
     dataset_stage,
     effective_training,
     estimate_stage,
     harvest_stage,
     load_split,
     policy_stage,
+    retry_failed_of,
     train_stage,
 )
 
@@ -39,6 +41,7 @@ __all__ = ["RunSummary", "run_pipeline", "teacher_server"]
 class RunSummary:
     run_dir: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    harvest_failed: int = 0  # requests the harvest gave up on (exit code 3)
     report_path: str | None = None
     student_dir: str | None = None
     is_main: bool = True  # False on the other ranks under a launcher (they print nothing)
@@ -63,7 +66,8 @@ def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
         rows = store.lookup(keys)
     finally:
         store.close()
-    return all(k in rows and rows[k].reusable for k in keys)
+    retry = retry_failed_of(cfg)
+    return all(k in rows and retry.reuses(rows[k]) for k in keys)
 
 
 @contextlib.contextmanager
@@ -125,8 +129,10 @@ def run_pipeline(
     budget: Decimal | None = None,
     max_requests: int | None = None,
     stop_after: str | None = None,
+    fresh: bool = False,
 ) -> RunSummary:
-    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run.
+    """Run every stage of ``cfg``; ``stop_after`` names the last stage to run. ``fresh``:
+    move the run folder's old state aside first (nothing is deleted).
 
     Under a launcher (``torchrun``/``accelerate launch -m apidistill run``) rank 0 alone
     runs policy → dataset (the teacher is asked and paid once), every rank trains (one
@@ -136,7 +142,7 @@ def run_pipeline(
 
     gate = StageGate.join()
     ctx = RunContext.from_config(
-        cfg, progress=progress, budget_override=budget, max_requests=max_requests
+        cfg, progress=progress, budget_override=budget, max_requests=max_requests, fresh=fresh
     )
     out = RunSummary(run_dir=str(ctx.layout.root), is_main=gate.is_main)
     t0 = time.perf_counter()
@@ -202,6 +208,7 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     batch = load_prompts(cfg)
     if batch.skipped:
         ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
+    check_run_state(ctx)
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return True
@@ -215,7 +222,8 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
             return True
         h = harvest_stage(ctx, batch, decision)
         out.numbers.update(_teacher_timing(ctx, h))
-    if stop_after == "harvest":
+    out.harvest_failed = h.failed
+    if stop_after == "harvest" or (h.failed and not h.records):  # nothing to build on
         return True
     out.numbers["dataset"] = dataset_stage(ctx, decision)
     if stop_after == "dataset":

@@ -20,7 +20,14 @@ from rich.console import Console
 
 from apidistill.config import RunConfig, TrainingConfig
 from apidistill.data.schema import Message, Provenance, Record
-from apidistill.errors import CapabilityError, ConfigError, DataError, EvalError, redact
+from apidistill.errors import (
+    BudgetExceeded,
+    CapabilityError,
+    ConfigError,
+    DataError,
+    EvalError,
+    redact,
+)
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
@@ -28,6 +35,7 @@ from apidistill.progress import console as progress_console
 __all__ = [
     "HarvestOutcome",
     "RunContext",
+    "check_run_state",
     "dataset_stage",
     "effective_training",
     "estimate_stage",
@@ -48,6 +56,8 @@ class RunContext:
     progress: bool = True
     budget_override: Decimal | None = None
     max_requests: int | None = None
+    fresh: bool = False  # --fresh: move the old state aside before harvesting
+    state_checked: bool = False
 
     @classmethod
     def from_config(cls, cfg: RunConfig, **kw: Any) -> RunContext:
@@ -67,6 +77,21 @@ def _write_json(path: Path, data: Any) -> None:
             file=str(path),
             hint="free disk space or make the run folder writable, then re-run to resume",
         ) from None
+
+
+def check_run_state(ctx: RunContext) -> None:
+    """Before anything is sent: refuse to lose, mix or re-buy the run folder's state
+    (:mod:`apidistill.pipeline.state`); with ``--fresh``, move the old state aside first."""
+    from apidistill.pipeline.state import guard_run_state, move_aside
+
+    if ctx.state_checked:
+        return
+    if ctx.fresh:
+        moved = move_aside(ctx.layout)
+        if moved is not None:
+            ctx.console.print(f"[bold]fresh start[/]: the earlier state was moved to {moved}")
+    guard_run_state(ctx.layout, ctx.cfg)
+    ctx.state_checked = True
 
 
 # --------------------------------------------------------------------------- policy
@@ -235,6 +260,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     from apidistill.teachers import make_teacher
 
     cfg = ctx.cfg
+    check_run_state(ctx)
     teacher = make_teacher(cfg.teacher, base_url=ctx.teacher_base_url)
     wants_logprobs = _check_logprob_capability(ctx, teacher)
     if not wants_logprobs:
@@ -272,6 +298,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     t0 = time.perf_counter()
 
     streams: list[Any] = []
+    budget_stop: list[BudgetExceeded] = []
 
     async def _run():
         nonlocal n_ok, n_failed
@@ -294,6 +321,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             ),
             count_input_tokens=count,
             progress=ctx.progress,
+            retry_failed=retry_failed_of(cfg),
         )
         streams.append(gen)
         with DatasetWriter(tmp_dir) as writer:
@@ -304,6 +332,8 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
                         continue
                     writer.write(record_from_result(res, decision, cfg.teacher))
                     n_ok += 1
+            except BudgetExceeded as exc:  # after the last result: keep what was answered
+                budget_stop.append(exc)
             finally:
                 await gen.aclose()
                 await teacher.aclose()
@@ -333,7 +363,16 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
         for line in summary.lines():
             ctx.console.print(f"  {line}", highlight=False)
         _write_json(ctx.layout.root / "harvest_summary.json", summary.as_dict())
+    if budget_stop:  # the summary and the answers are saved; the run stops here
+        raise budget_stop[0]
     return HarvestOutcome(summary, n_ok, n_failed, wall, wants_logprobs)
+
+
+def retry_failed_of(cfg: RunConfig) -> Any:
+    """The run's ``harvest.retry_failed`` (or ``--retry-failed``), checked."""
+    from apidistill.harvest.retry_failed import RetryFailed
+
+    return RetryFailed.parse(cfg.harvest.retry_failed, key="harvest.retry_failed")
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -7,6 +7,7 @@ contract between the two:
 ==============================================  =====================  =============
 failure                                         error                  maybe_billed
 ==============================================  =====================  =============
+429 / 400 / 402 "out of credit" (see below)     OutOfCredit            False
 429, 529 (overloaded)                           RateLimited            False
 408                                             TeacherTimeout         False
 read / write timeout (request was sent)         TeacherTimeout         True
@@ -20,6 +21,12 @@ other 4xx                                       TeacherRejected        False
 a 200 whose body cannot be parsed               TeacherUnavailable     True
 anything else, or unsure                        TeacherUnavailable     True
 ==============================================  =====================  =============
+
+"Out of credit" is a refusal that only adding credit (or raising a spend limit) fixes, so it
+is never retried and never advised as a rate limit: OpenAI's 429 with ``error.type`` or
+``error.code`` ``insufficient_quota`` (and its finer codes ``credit_balance_exhausted``,
+``*_spend_limit_exceeded``, ``organization_usage_limit_exceeded``), Anthropic's 400 "Your
+credit balance is too low", and any 402 Payment Required.
 
 The table holds on both SDK transports (``teacher.transport``, :mod:`.transport`). On the
 aiohttp transport the SDKs' vendored adapter relabels aiohttp errors as httpx2 ones, and
@@ -60,6 +67,7 @@ except ImportError:  # pragma: no cover - aiohttp is a dependency, but stay impo
     aiohttp = None  # type: ignore[assignment]
 
 from apidistill.errors import (
+    OutOfCredit,
     RateLimited,
     TeacherError,
     TeacherRejected,
@@ -89,6 +97,18 @@ _AIOHTTP_NOT_SENT: tuple[type[BaseException], ...] = (
 #: What a send through either transport may raise besides the SDK's own errors.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (httpx2.HTTPError, OSError, *_AIOHTTP_ERROR)
 _GATEWAY_GAVE_UP = frozenset({502, 504, 524})
+# error.type / error.code values that mean "no credit left", not "too fast".
+_BILLING_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_error",
+    }
+)
+_BILLING_TEXT = ("credit balance is too low", "exceeded your current quota")
 _MAX_DETAIL = 300
 
 
@@ -107,6 +127,20 @@ def _detail(body: object, fallback: str) -> str:
     return fallback
 
 
+def _out_of_credit(status: int, body: object, detail: str) -> bool:
+    """Whether a refusal says the account has no credit left (see the module docstring)."""
+    if status == 402:
+        return True
+    if status not in (400, 403, 429):
+        return False
+    err = body.get("error", body) if isinstance(body, Mapping) else None
+    if isinstance(err, Mapping):
+        codes = {err.get("type"), err.get("code")}
+        if any(isinstance(c, str) and c in _BILLING_CODES for c in codes):
+            return True
+    return any(t in detail.lower() for t in _BILLING_TEXT)
+
+
 def status_error(
     provider: str, status: int, headers: Mapping[str, str], body: object
 ) -> TeacherError:
@@ -114,6 +148,13 @@ def status_error(
     retry_after = parse_retry_after(headers)
     detail = _detail(body, f"HTTP {status}")
     where = f"{provider} answered {status}: {detail}"
+    if _out_of_credit(status, body, detail):
+        return OutOfCredit(
+            f"{where} (the account is out of credit or over its spend limit)",
+            status=status,
+            hint="add credit or raise the spend limit in the provider's billing settings, "
+            "then re-run with --retry-failed out_of_credit; lowering concurrency will not help",
+        )
     if status in (429, 529):
         return RateLimited(
             where,

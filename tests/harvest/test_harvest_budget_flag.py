@@ -105,10 +105,13 @@ def test_budget_flag_stops_mid_run_then_a_raised_flag_resumes_paying_each_reques
     run = _write_run(tmp_path, srv.base_url)
     journal = tmp_path / "run" / "journal.sqlite"
 
-    # 1. --budget 0.20: stops at the budget, cleanly, with a message saying how to resume
+    # 1. --budget 0.20: stops at the budget, cleanly, with a message saying how to resume;
+    # exit code 4 (budget stop), and the harvest summary is written all the same
     first = _harvest(run, FIRST_BUDGET)
-    assert first.returncode == 2, first.stderr
+    assert first.returncode == 4, first.stderr
     assert "budget" in first.stderr and "raise the budget" in first.stderr
+    stopped = json.loads((tmp_path / "run" / "harvest_summary.json").read_text())
+    assert stopped["stopped_by"] == "budget" and stopped["done"] > 0
     [end1] = _run_ends(journal)
     assert end1["stopped_by"] == "budget"
     done1 = _states(journal).get("done", 0)

@@ -127,7 +127,7 @@ def test_synth_budget_stop_keeps_what_was_paid_for(fault, tmp_path):
     run = _write_run(tmp_path, srv.base_url, budget="0.1")
     journal = tmp_path / "run" / "journal.sqlite"
     res = _synth(run)
-    assert res.returncode == 2, res.stderr
+    assert res.returncode == 4, res.stderr  # exit_codes.BUDGET_STOP
     assert "budget" in res.stderr and "never paid twice" in res.stderr
     [end] = _run_ends(journal)
     assert end["stopped_by"] == "budget"

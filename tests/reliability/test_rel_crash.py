@@ -132,6 +132,8 @@ def _harvest_kills(fault, tmp_path: Path, kills: int, seed: int, n: int = 300) -
     # the summary of the finishing run reports what the last crash left in flight
     summary = run_end_summaries(journal)[-1]
     assert summary["crashed_found"] == in_flight[-1]
+    # ...and the totals the journal holds over every crash (issue 19)
+    assert summary["crashed_total"] == sum(in_flight)
     assert summary["resent"] <= in_flight[-1]
     assert summary["cached"] + summary["done"] == n
 

@@ -115,7 +115,10 @@ def test_run_folder_and_output_never_hold_the_key(fault, tmp_path: Path, key: st
     )
     env = cli_env(**{KEY_ENV: key})
     done = run_cli("run", str(run), "--stop-after", "dataset", "--no-progress", env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # 20% faults with 3 retries: a request may fail for good, and then the run exits 3
+    # (issue 19); what this test checks is that no byte of the key leaks either way
+    assert done.returncode in (0, 3), done.stderr[-3000:]
+    assert (done.returncode == 3) == ("request(s) failed" in done.stdout + done.stderr)
     root = tmp_path / "ok" / "runs" / "rel"
     assert (root / "journal.sqlite").is_file() and (root / "dataset").is_dir()
     assert any((root / "dataset").rglob("*.parquet")) and any((root / "dataset").rglob("card*"))
