@@ -55,6 +55,8 @@ class PriceConfig(_Section):
     input_per_mtok: Decimal | None = Field(None, ge=0)
     output_per_mtok: Decimal | None = Field(None, ge=0)
     cached_input_per_mtok: Decimal | None = Field(None, ge=0)
+    # input written to a prompt cache (Anthropic: 1.25× input for the 5-minute TTL)
+    cache_write_per_mtok: Decimal | None = Field(None, ge=0)
     usd_per_hour: Decimal | None = Field(None, ge=0)
     tokens_per_second: float | None = Field(None, gt=0)
     batch_discount: Decimal = Field(Decimal("0.5"), ge=0, le=1)
@@ -96,6 +98,12 @@ class TeacherConfig(_Section):
     # request whose answer was lost (kill -9, a reset after sending) is looked up and
     # recovered instead of re-sent and paid twice. OpenAI (or a server with that API) only.
     store: bool = False
+    # Anthropic prompt caching: mark the prefix every request shares with cache_control
+    # (unset = on). OpenAI caches long prefixes by itself (docs/costs.md).
+    prompt_cache: bool | None = None
+    # Anthropic: let ``apidistill estimate`` ask POST /v1/messages/count_tokens for exact
+    # input counts (free, rate-limited; sends the prompts to Anthropic). Off by default.
+    count_tokens: bool = False
 
     @model_validator(mode="after")
     def _base_url_for_compatible(self) -> TeacherConfig:
@@ -103,7 +111,22 @@ class TeacherConfig(_Section):
             raise ValueError("provider openai_compatible needs 'base_url' (or a 'serve' block)")
         if self.store and self.provider == "anthropic":
             raise ValueError("'store' is OpenAI's stored completions; Anthropic has none")
+        if self.provider != "anthropic" and self.prompt_cache is not None:
+            raise ValueError(
+                "'prompt_cache' marks Anthropic's cache_control; OpenAI and OpenAI-compatible "
+                "servers cache a repeated prefix by themselves: remove it"
+            )
+        if self.provider != "anthropic" and self.count_tokens:
+            raise ValueError(
+                "'count_tokens' asks Anthropic's count_tokens endpoint; other teachers are "
+                "counted locally: remove it"
+            )
         return self
+
+    @property
+    def marks_prompt_cache(self) -> bool:
+        """Whether requests carry Anthropic ``cache_control`` on their shared prefix."""
+        return self.provider == "anthropic" and self.prompt_cache is not False
 
 
 class PromptsConfig(_Section):

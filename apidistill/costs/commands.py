@@ -24,6 +24,12 @@ def estimate(
         None, "--latency", help="Seconds per request, to bound time by concurrency."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON."),
+    count_tokens: bool | None = typer.Option(
+        None,
+        "--count-tokens/--no-count-tokens",
+        help="Anthropic teachers: exact input counts from the count_tokens endpoint "
+        "(free, rate-limited, sends the prompts to Anthropic; default: teacher.count_tokens).",
+    ),
     skip_invalid: bool | None = skip_invalid_option(),
 ) -> None:
     from apidistill.config import load_config
@@ -39,8 +45,44 @@ def estimate(
     if batch.skipped:  # on stderr: --json output stays parseable
         err_console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
     requests = batch.requests
-    est = make_estimate(cfg, requests, expected_output_tokens=output_tokens, latency_s=latency)
+    counts = None
+    if count_tokens if count_tokens is not None else cfg.teacher.count_tokens:
+        counts = _anthropic_counts(cfg, requests)
+    est = make_estimate(
+        cfg,
+        requests,
+        expected_output_tokens=output_tokens,
+        latency_s=latency,
+        anthropic_counts=counts,
+    )
     if as_json:
         typer.echo(json.dumps(est.model_dump(mode="json"), indent=2))
         return
     Console().print(render_estimate(est))
+
+
+def _anthropic_counts(cfg, requests):  # type: ignore[no-untyped-def]
+    """Ask Anthropic's count_tokens for every distinct request (costs/anthropic_count.py)."""
+    import asyncio
+
+    from apidistill.costs.anthropic_count import count_with_anthropic
+    from apidistill.costs.estimate import _shared_prefix
+    from apidistill.errors import ConfigError
+    from apidistill.teachers import resolve_api_key
+
+    if cfg.teacher.provider != "anthropic":
+        raise ConfigError(
+            f"--count-tokens asks Anthropic's count_tokens endpoint; this teacher is "
+            f"{cfg.teacher.provider}",
+            key="teacher.provider",
+            hint="drop --count-tokens: this teacher's input is counted locally",
+        )
+    return asyncio.run(
+        count_with_anthropic(
+            cfg.teacher,
+            requests,
+            prefix=_shared_prefix(requests),
+            api_key=resolve_api_key(cfg.teacher, None),
+            base_url=cfg.teacher.base_url,
+        )
+    )

@@ -2,12 +2,19 @@
 
 Three dollar figures bracket the bill, each with a definition a user can check:
 
-- ``max``: every request uncached, its input at the bound the budget reserves (the count
-  itself where the tokenizer is known, else UTF-8 bytes + template tokens, see
-  :mod:`apidistill.costs.tokens`) and answered with ``max_tokens``; this is exactly what the
-  budget reserves, so a run whose max fits the budget cannot be stopped by it.
-- ``expected``: every request uncached, answers of the expected length (a given mean, the
-  gold answers' mean length, or ``max_tokens / 2``, in that order; the method is stated).
+- ``max``: every input token at the dearest input rate (uncached, or a cache write at
+  Anthropic), its input at the bound the budget reserves (the count itself where the
+  tokenizer is known, else UTF-8 bytes + template tokens, see :mod:`apidistill.costs.tokens`)
+  and answered with ``max_tokens``; this is exactly what the budget reserves
+  (:func:`~apidistill.costs.prices.worst_case_cost`), so a run whose max fits the budget
+  cannot be stopped by it.
+- ``expected``: answers of the expected length (a given mean, the gold answers' mean
+  length, or ``max_tokens / 2``, in that order; the method is stated), and the prompt cache
+  where the teacher has one (:func:`cache_rule`): the shared prefix, when at least the
+  provider's minimum, is missed by the first ``concurrency`` requests (sent before any answer
+  exists; at Anthropic each of them writes it at the cache-write rate) and read at the
+  cache-read rate by every later one. ``usd_expected_uncached`` is the same without caching,
+  so the saving is shown.
 - ``min``: a floor: no output at all, and the prefix every request shares (the prototype
   prompt) billed at the cached-input rate after the first request.
 
@@ -25,12 +32,13 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 
 from apidistill.config import RunConfig
-from apidistill.costs.prices import MTOK, ModelPrice, price_for_teacher
-from apidistill.costs.tokens import TokenCounter
+from apidistill.costs.anthropic_count import AnthropicCounts
+from apidistill.costs.prices import MTOK, ModelPrice, price_for_teacher, worst_case_cost
+from apidistill.costs.tokens import TokenCount, TokenCounter
 from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError
 
-__all__ = ["Estimate", "estimate", "render_estimate"]
+__all__ = ["Estimate", "cache_rule", "estimate", "render_estimate"]
 
 _CENT = Decimal("0.01")
 
@@ -54,7 +62,12 @@ class Estimate(BaseModel):
     price_source: str | None = None  # None: unpriced (costs unknown, never 0)
     usd_min: Decimal | None = None
     usd_expected: Decimal | None = None
+    usd_expected_uncached: Decimal | None = None  # the same, had no prompt cache served
     usd_max: Decimal | None = None
+    cached_prefix_tokens: int = 0  # per request: the part of the prefix a cache can serve
+    cache_read_tokens: int = 0  # expected, over the run
+    cache_write_tokens: int = 0  # expected, over the run (Anthropic)
+    cache_method: str = ""
     batch_discount: Decimal | None = None
     batch_usd_expected: Decimal | None = None
     batch_usd_max: Decimal | None = None
@@ -100,17 +113,59 @@ def _expected_output(
     return [c // 2 for c in caps], "max_tokens / 2 (assumed: no gold answers to measure)"
 
 
-def _usd(price: ModelPrice, inp: int, cached: int, out: int) -> Decimal:
-    cached_rate = (
-        price.cached_input_per_mtok
-        if price.cached_input_per_mtok is not None
-        else price.input_per_mtok
-    )
+def _usd(price: ModelPrice, inp: int, cached: int, out: int, written: int = 0) -> Decimal:
     return (
-        Decimal(inp - cached) * price.input_per_mtok
-        + Decimal(cached) * cached_rate
+        Decimal(inp - cached - written) * price.input_per_mtok
+        + Decimal(cached) * price.cache_read_rate
+        + Decimal(written) * price.cache_write_rate
         + Decimal(out) * price.output_per_mtok
     ) / MTOK
+
+
+# Anthropic's minimum cacheable prompt length per model (prompt-caching docs); the first
+# matching name prefix wins. An unknown Claude model gets the largest minimum, so a saving is
+# only shown where it is sure to happen.
+_ANTHROPIC_MIN_CACHEABLE = (
+    ("claude-opus-4-6", 4096),
+    ("claude-opus-4-5", 4096),
+    ("claude-haiku-4-5", 4096),
+    ("claude-sonnet-4-6", 2048),
+    ("claude-3-5-haiku", 2048),
+    ("claude-3-haiku", 2048),
+    ("claude-sonnet-4-5", 1024),
+    ("claude-opus-4-1", 1024),
+    ("claude-opus-4", 1024),
+    ("claude-sonnet-4", 1024),
+    ("claude-3-7-sonnet", 1024),
+)
+_ANTHROPIC_MIN_UNKNOWN = 4096
+# OpenAI: automatic for prompts of 1,024 tokens or more, hits in 128-token steps.
+_OPENAI_MIN_CACHEABLE, _OPENAI_CACHE_STEP = 1024, 128
+
+
+def cache_rule(cfg: RunConfig) -> tuple[int, int, bool] | None:
+    """``(minimum prefix tokens, step, writes billed)`` of the teacher's prompt cache, or
+    ``None`` when none is assumed: Anthropic with ``cache_control`` marked (writes billed at
+    1.25x), OpenAI's own API (automatic, no write charge). Other servers may cache too, but
+    nothing says they discount it, so the expected cost does not assume it."""
+    from apidistill.costs.tokens import _is_official_openai
+
+    t = cfg.teacher
+    if t.marks_prompt_cache:
+        name = t.model.lower()
+        found = (n for p, n in _ANTHROPIC_MIN_CACHEABLE if name.startswith(p))
+        return next(found, _ANTHROPIC_MIN_UNKNOWN), 1, True
+    if _is_official_openai(t):
+        return _OPENAI_MIN_CACHEABLE, _OPENAI_CACHE_STEP, False
+    return None
+
+
+def _cacheable(prefix_tok: int, rule: tuple[int, int, bool] | None) -> int:
+    """Tokens of a ``prefix_tok`` prefix the cache serves (0 below the minimum)."""
+    if rule is None or prefix_tok < rule[0]:
+        return 0
+    minimum, step, _ = rule
+    return minimum + (prefix_tok - minimum) // step * step
 
 
 def _up(x: Decimal | None) -> Decimal | None:
@@ -154,19 +209,33 @@ def estimate(
     *,
     expected_output_tokens: float | None = None,
     latency_s: float | None = None,
+    anthropic_counts: AnthropicCounts | None = None,
 ) -> Estimate:
-    """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing."""
+    """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing itself.
+
+    ``anthropic_counts``: counts from Anthropic's count_tokens endpoint
+    (:mod:`apidistill.costs.anthropic_count`), used instead of characters / 4."""
     _check_assumptions(expected_output_tokens, latency_s)
     teacher, harvest = cfg.teacher, cfg.harvest
     counter = TokenCounter(teacher)
     counts = counter.count_many(list(requests)) if requests else []
-    input_tokens = sum(c.n for c in counts)
     bounds = counter.bound_many(list(requests)) if requests else []
+    if anthropic_counts is not None:
+        counts = [TokenCount(n, True, "Anthropic count_tokens") for n in anthropic_counts.per_request]
+        # the count is Anthropic's estimate, no bound: the reservation stays the byte bound,
+        # raised to the count should one exceed it
+        bounds = [
+            b if b.n >= c.n else TokenCount(c.n, False, "bound: Anthropic count_tokens")
+            for b, c in zip(bounds, counts, strict=True)
+        ]
+    input_tokens = sum(c.n for c in counts)
     input_bound = max(sum(b.n for b in bounds), input_tokens)
     exact = all(c.exact for c in counts) if counts else True
     methods = sorted({c.method for c in counts}) or ["no requests"]
     prefix = _shared_prefix(requests)
     prefix_tok = counter.prefix_tokens(prefix, requests[0]) if prefix else 0
+    if prefix and anthropic_counts is not None:
+        prefix_tok = anthropic_counts.prefix_tokens
     outs, out_method = _expected_output(counter, requests, expected_output_tokens)
     out_expected, out_max = sum(outs), sum(r.params.max_tokens for r in requests)
     notes: list[str] = []
@@ -206,8 +275,20 @@ def estimate(
         cached_floor = prefix_tok * max(0, len(requests) - 1)
         est.price_source = price.source
         est.usd_min = _usd(price, input_tokens, cached_floor, 0)
-        est.usd_expected = _usd(price, input_tokens, 0, out_expected)
-        est.usd_max = _usd(price, input_bound, 0, out_max)
+        _expect_cache(est, cfg, prefix_tok)
+        est.usd_expected = _usd(
+            price, input_tokens, est.cache_read_tokens, out_expected, est.cache_write_tokens
+        )
+        est.usd_expected_uncached = _usd(price, input_tokens, 0, out_expected)
+        est.usd_max = sum(
+            (
+                worst_case_cost(price, b.n, r.params.max_tokens) or Decimal(0)
+                for b, r in zip(bounds, requests, strict=True)
+            ),
+            Decimal(0),
+        )
+        if input_bound > sum(b.n for b in bounds):  # counts above a bound: charge the counts
+            est.usd_max = _usd(price, input_bound, 0, out_max)
         if price.batch_discount > 0 and _has_batch_api(cfg):
             keep = Decimal(1) - price.batch_discount
             est.batch_discount = price.batch_discount
@@ -235,6 +316,34 @@ def estimate(
     if harvest.use_batch_api:
         est.notes.append("Batch API: results can take up to the provider's batch window (24 h)")
     return est
+
+
+def _expect_cache(est: Estimate, cfg: RunConfig, prefix_tok: int) -> None:
+    """Fill the expected prompt-cache traffic (module docstring) and say how it was assumed."""
+    rule = cache_rule(cfg)
+    if not prefix_tok:
+        return
+    if rule is None:
+        est.cache_method = "none assumed (the teacher has no prompt-cache discount known here)"
+        return
+    minimum, _, writes = rule
+    cacheable = _cacheable(prefix_tok, rule)
+    if not cacheable:
+        est.cache_method = (
+            f"none: the {prefix_tok:,}-token shared prefix is under the {minimum:,}-token minimum"
+        )
+        return
+    misses = min(cfg.harvest.concurrency, est.requests)
+    est.cached_prefix_tokens = cacheable
+    est.cache_read_tokens = cacheable * (est.requests - misses)
+    if writes:
+        est.cache_write_tokens = cacheable * misses
+    who = "Anthropic cache_control" if writes else "OpenAI automatic caching"
+    est.cache_method = (
+        f"{who}: {cacheable:,} prefix tokens read by {est.requests - misses:,} requests"
+        + (f", written by the first {misses:,}" if writes else f"; the first {misses:,} miss")
+        + f" (concurrency {cfg.harvest.concurrency})"
+    )
 
 
 def _has_batch_api(cfg: RunConfig) -> bool:
@@ -279,6 +388,15 @@ def render_estimate(est: Estimate) -> Table:
     t.add_row("output tokens", f"{est.output_tokens_expected:,} expected ({est.output_method})")
     t.add_row("output worst case", f"{est.output_tokens_max:,} (max_tokens on every request)")
     t.add_row("price", est.price_source or "unpriced")
+    if est.cache_method:
+        saving = ""
+        if est.usd_expected is not None and est.usd_expected_uncached is not None:
+            saved = est.usd_expected_uncached - est.usd_expected
+            saving = (
+                f"expected {_money(est.usd_expected)} with caching vs "
+                f"{_money(est.usd_expected_uncached)} without (saves {_money(saved)}); "
+            )
+        t.add_row("prompt cache", saving + est.cache_method)
     t.add_row(
         "cost online",
         f"min {_money(est.usd_min)} · expected {_money(est.usd_expected)} · "

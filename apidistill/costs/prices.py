@@ -7,6 +7,11 @@ costs are ``None`` (unknown), never a silent 0.
 Prices from genai-prices come from the data bundled with the installed package: nothing is
 downloaded at run time, so a run's costs depend only on versions you can pin. Tiered prices
 (e.g. a higher rate above 200k input tokens) are taken at their base tier.
+
+Prompt caching has two rates besides the input rate: cache **reads** (OpenAI's automatic
+``cached_tokens``, Anthropic's ``cache_read_input_tokens``; 0.1× input at Anthropic, 0.25-0.5×
+at OpenAI) and cache **writes** (Anthropic's ``cache_creation_input_tokens``: 1.25× input for
+the 5-minute TTL this project uses). genai-prices carries both where the provider has them.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "MTOK",
     "ModelPrice",
     "cost_of",
+    "max_input_rate",
     "price_for_teacher",
     "resolve_price",
     "worst_case_cost",
@@ -35,13 +41,26 @@ MTOK = Decimal(1_000_000)
 
 @dataclass(frozen=True)
 class ModelPrice:
-    """USD per million tokens. ``batch_discount`` is the share taken off by Batch APIs."""
+    """USD per million tokens. ``batch_discount`` is the share taken off by Batch APIs.
+
+    ``cached_input_per_mtok`` is the cache-read rate, ``cache_write_per_mtok`` the rate of
+    input written to a prompt cache (Anthropic, 5-minute TTL); ``None`` means the input rate.
+    """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cached_input_per_mtok: Decimal | None = None
     batch_discount: Decimal = Decimal("0.5")
     source: str = "override"  # "override", "genai-prices", "self-hosted"
+    cache_write_per_mtok: Decimal | None = None
+
+    @property
+    def cache_read_rate(self) -> Decimal:
+        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+
+    @property
+    def cache_write_rate(self) -> Decimal:
+        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
 
 
 def cost_of(price: ModelPrice | None, usage: Usage, *, batch: bool = False) -> Decimal | None:
@@ -49,14 +68,11 @@ def cost_of(price: ModelPrice | None, usage: Usage, *, batch: bool = False) -> D
     if price is None:
         return None
     cached = min(usage.cached_input_tokens, usage.input_tokens)
-    cached_rate = (
-        price.cached_input_per_mtok
-        if price.cached_input_per_mtok is not None
-        else price.input_per_mtok
-    )
+    written = min(usage.cache_write_input_tokens, usage.input_tokens - cached)
     total = (
-        Decimal(usage.input_tokens - cached) * price.input_per_mtok
-        + Decimal(cached) * cached_rate
+        Decimal(usage.input_tokens - cached - written) * price.input_per_mtok
+        + Decimal(cached) * price.cache_read_rate
+        + Decimal(written) * price.cache_write_rate
         + Decimal(usage.output_tokens) * price.output_per_mtok
     ) / MTOK
     if batch:
@@ -67,8 +83,23 @@ def cost_of(price: ModelPrice | None, usage: Usage, *, batch: bool = False) -> D
 def worst_case_cost(
     price: ModelPrice | None, input_tokens: int, max_tokens: int, *, batch: bool = False
 ) -> Decimal | None:
-    """What a request can cost at most: every input token uncached, ``max_tokens`` out."""
-    return cost_of(price, Usage(input_tokens=input_tokens, output_tokens=max_tokens), batch=batch)
+    """What a request can cost at most: ``max_tokens`` out, and every input token at the
+    dearest input rate (:func:`max_input_rate`): uncached, or written to the prompt cache
+    where writes cost more (Anthropic). Any split of ``input_tokens`` into plain input, cache
+    reads and cache writes costs no more, so the budget's guarantee holds with caching on."""
+    if price is None:
+        return None
+    total = (
+        Decimal(input_tokens) * max_input_rate(price) + Decimal(max_tokens) * price.output_per_mtok
+    ) / MTOK
+    if batch:
+        total *= Decimal(1) - price.batch_discount
+    return total
+
+
+def max_input_rate(price: ModelPrice) -> Decimal:
+    """The most one input token can cost: plain, cache read or cache write."""
+    return max(price.input_per_mtok, price.cache_read_rate, price.cache_write_rate)
 
 
 # --------------------------------------------------------------------------- resolving a price
@@ -115,6 +146,7 @@ def _override_price(override: PriceConfig) -> ModelPrice | None:
         override.cached_input_per_mtok,
         override.batch_discount,
         source="override",
+        cache_write_per_mtok=override.cache_write_per_mtok,
     )
 
 
@@ -172,6 +204,7 @@ def _genai_price(provider: str, model: str, base_url: str | None) -> ModelPrice 
         input_per_mtok=inp,
         output_per_mtok=out,
         cached_input_per_mtok=_flat(standard.cache_read_mtok),
+        cache_write_per_mtok=_flat(standard.cache_write_mtok),
         batch_discount=discount,
         source=f"genai-prices {_genai_version()} ({info.id})",
     )

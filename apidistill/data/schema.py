@@ -55,9 +55,11 @@ class TokenLogprob(BaseModel):
 class Usage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # every input token, cache reads and writes included (Anthropic reports them apart)
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_input_tokens: int = 0
+    cached_input_tokens: int = 0  # read from a prompt cache (billed at the cache-read rate)
+    cache_write_input_tokens: int = 0  # written to a prompt cache (Anthropic, 1.25× input)
 
 
 class GenerationParams(BaseModel):

@@ -288,6 +288,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             api_key=resolve_api_key(cfg.teacher, None),
             base_url=cfg.teacher.base_url,
             timeout_s=cfg.harvest.timeout_s,
+            prompt_cache=cfg.teacher.marks_prompt_cache,
         )
 
     tmp_dir = ctx.layout.harvest.with_name("harvest.partial")

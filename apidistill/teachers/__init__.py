@@ -64,6 +64,7 @@ def _price(cfg: PriceConfig | None) -> ModelPrice | None:
         output_per_mtok=cfg.output_per_mtok,
         cached_input_per_mtok=cfg.cached_input_per_mtok,
         batch_discount=cfg.batch_discount,
+        cache_write_per_mtok=cfg.cache_write_per_mtok,
     )
 
 
@@ -142,6 +143,7 @@ def _anthropic(
         timeout_s=timeout_s,
         price=_price(cfg.price),
         transport=cfg.transport,
+        prompt_cache=cfg.marks_prompt_cache,
     )
 
 

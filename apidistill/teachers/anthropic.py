@@ -6,7 +6,15 @@ anything is sent (:class:`~apidistill.errors.CapabilityError`). Body building an
 are plain functions shared with the Message Batches client. Answers are normalized to the
 OpenAI vocabulary the later stages filter on: ``finish_reason`` ``stop``/``length``, and
 ``input_tokens`` = every input token including cache reads and writes (Anthropic reports
-those three separately; the cost code subtracts the cached share itself).
+those three separately: ``cache_read_input_tokens`` become ``cached_input_tokens``,
+``cache_creation_input_tokens`` become ``cache_write_input_tokens``; the cost code prices
+each share at its own rate).
+
+Prompt caching: the prefix a request shares with the others (the prototype prompt: the
+system turn and the few-shot pairs, everything before the final turn) ends with one
+``cache_control: {"type": "ephemeral"}`` breakpoint (5-minute TTL), so every request after
+the first reads it at 0.1× the input price instead of paying it in full. A prefix shorter
+than the model's minimum (1,024-4,096 tokens) is simply not cached; nothing fails.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from apidistill.teachers.urls import teacher_identity
 
 __all__ = [
     "ANTHROPIC_BASE_URL",
+    "CACHE_CONTROL",
     "AnthropicTeacher",
     "build_anthropic_body",
     "check_anthropic_request",
@@ -79,19 +88,39 @@ def check_anthropic_request(request: TeacherRequest, *, model: str) -> None:
         )
 
 
-def build_anthropic_body(request: TeacherRequest, *, model: str) -> dict[str, Any]:
+CACHE_CONTROL: dict[str, str] = {"type": "ephemeral"}
+
+
+def _cached_text(text: str) -> list[dict[str, Any]]:
+    """One text block ending a cache breakpoint (the 5-minute TTL is the default)."""
+    return [{"type": "text", "text": text, "cache_control": dict(CACHE_CONTROL)}]
+
+
+def build_anthropic_body(
+    request: TeacherRequest, *, model: str, prompt_cache: bool = True
+) -> dict[str, Any]:
     """The Messages API body. System turns become ``system``. ``seed``, ``temperature``
     and ``top_p`` are not sent: API version 2026-10-21 answers 400 to any sampling parameter
     (the 2.x SDK dropped them), so :func:`check_anthropic_request` refuses a request that
-    needs a specific sampling; they stay in the cache key, so answers stay separated."""
+    needs a specific sampling; they stay in the cache key, so answers stay separated.
+
+    ``prompt_cache``: put the cache breakpoint at the end of the shared prefix (module
+    docstring): on the last turn before the final one, else on the system prompt. A request
+    with neither (one bare turn) has no prefix to cache and is sent as it is."""
     p = request.params
     system = [m.content for m in request.messages or () if m.role == "system"]
-    turns = [
+    turns: list[dict[str, Any]] = [
         {"role": m.role, "content": m.content} for m in request.messages or () if m.role != "system"
     ]
     body: dict[str, Any] = {"model": model, "max_tokens": p.max_tokens, "messages": turns}
     if system:
         body["system"] = "\n\n".join(system)
+    if prompt_cache:
+        # Anthropic refuses cache_control on an empty text block: such a prefix stays unmarked
+        if len(turns) >= 2 and turns[-2]["content"]:
+            turns[-2]["content"] = _cached_text(turns[-2]["content"])
+        elif system and body["system"]:
+            body["system"] = _cached_text(body["system"])
     if p.stop:
         body["stop_sequences"] = list(p.stop)
     body.update(p.extra_body)
@@ -125,10 +154,12 @@ def parse_anthropic_body(
     )
     u = data.get("usage") if isinstance(data.get("usage"), Mapping) else {}
     cached = _count(u, "cache_read_input_tokens")
+    written = _count(u, "cache_creation_input_tokens")
     usage = Usage(
-        input_tokens=_count(u, "input_tokens") + cached + _count(u, "cache_creation_input_tokens"),
+        input_tokens=_count(u, "input_tokens") + cached + written,
         output_tokens=_count(u, "output_tokens"),
         cached_input_tokens=cached,
+        cache_write_input_tokens=written,
     )
     stop = data.get("stop_reason")
     returned = data.get("model")
@@ -164,8 +195,10 @@ class AnthropicTeacher:
         price: ModelPrice | None = None,
         max_connections: int = 1000,
         transport: str = "auto",
+        prompt_cache: bool = True,
     ) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache
         # like the SDK: an explicit URL, else $ANTHROPIC_BASE_URL, else api.anthropic.com
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
         self.base_url = base_url.rstrip("/")
@@ -197,7 +230,7 @@ class AnthropicTeacher:
 
     def build(self, request: TeacherRequest) -> dict[str, Any]:
         check_anthropic_request(request, model=self.model)
-        return build_anthropic_body(request, model=self.model)
+        return build_anthropic_body(request, model=self.model, prompt_cache=self.prompt_cache)
 
     async def complete(self, request: TeacherRequest) -> TeacherResponse:
         body = self.build(request)

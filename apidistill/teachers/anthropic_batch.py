@@ -118,8 +118,10 @@ class AnthropicBatch:
         price: ModelPrice | None = None,
         max_list_pages: int = 20,
         list_page_size: int = 100,
+        prompt_cache: bool = True,
     ) -> None:
         self.model = model
+        self.prompt_cache = prompt_cache
         self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
         self._price = price
         self._max_list_pages = max_list_pages
@@ -140,7 +142,9 @@ class AnthropicBatch:
         check_anthropic_request(request, model=self.model)
         return {
             "custom_id": encode_custom_id(chunk_key, item_id),
-            "params": build_anthropic_body(request, model=self.model),
+            "params": build_anthropic_body(
+                request, model=self.model, prompt_cache=self.prompt_cache
+            ),
         }
 
     def plan_chunks(self, items: Sequence[T]) -> list[list[T]]:

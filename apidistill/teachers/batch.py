@@ -168,8 +168,10 @@ def make_batch_client(
     api_key: str | None,
     base_url: str | None = None,
     timeout_s: float = 120.0,
+    prompt_cache: bool = True,
 ) -> BatchClient:
-    """The Batch API client for ``provider`` (``openai`` or ``anthropic``)."""
+    """The Batch API client for ``provider`` (``openai`` or ``anthropic``); ``prompt_cache``:
+    Anthropic's cache_control breakpoint on the shared prefix (teacher.prompt_cache)."""
     if provider == "openai":
         from apidistill.teachers.openai_batch import OpenAIBatch
 
@@ -177,7 +179,13 @@ def make_batch_client(
     if provider == "anthropic":
         from apidistill.teachers.anthropic_batch import AnthropicBatch
 
-        return AnthropicBatch(model, api_key=api_key, base_url=base_url, timeout_s=timeout_s)
+        return AnthropicBatch(
+            model,
+            api_key=api_key,
+            base_url=base_url,
+            timeout_s=timeout_s,
+            prompt_cache=prompt_cache,
+        )
     from apidistill.errors import ConfigError
 
     raise ConfigError(

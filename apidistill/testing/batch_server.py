@@ -14,7 +14,11 @@ Endpoints and objects follow the providers' API references:
 - Anthropic: ``POST /v1/messages/batches`` → ``message_batch`` (``in_progress`` →
   ``canceling`` → ``ended``); ``GET`` one, ``GET`` list (``after_id`` or ``before_id``,
   ``limit`` 1–1000, newest first), ``POST .../cancel``; ``GET .../results`` → JSONL of ``{"custom_id", "result":
-  {"type": "succeeded" | "errored" | "canceled" | "expired", ...}}``.
+  {"type": "succeeded" | "errored" | "canceled" | "expired", ...}}``. Online, too:
+  ``POST /v1/messages`` → ``message`` (usage from the server's prompt cache,
+  :class:`~apidistill.testing.provider_payloads.AnthropicPromptCache`) and
+  ``POST /v1/messages/count_tokens`` → ``{"input_tokens": n}`` (``count_tokens_calls``
+  counts them).
 
 Answers are deterministic (:mod:`apidistill.testing.provider_payloads`). Tests steer the
 lifecycle: a batch finishes after ``polls_to_finish`` retrievals (or :meth:`finish`), and
@@ -94,6 +98,8 @@ class BatchServer:
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
         self.jobs: dict[str, _Job] = {}
         self._order: list[str] = []
+        self.prompt_cache = pp.AnthropicPromptCache()
+        self.count_tokens_calls = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -115,7 +121,20 @@ class BatchServer:
         r.add_get("/v1/messages/batches/{id}", self._anthropic_get)
         r.add_post("/v1/messages/batches/{id}/cancel", self._anthropic_cancel)
         r.add_get("/v1/messages/batches/{id}/results", self._anthropic_results)
+        r.add_post("/v1/messages", self._anthropic_message)
+        r.add_post("/v1/messages/count_tokens", self._anthropic_count_tokens)
         return app
+
+    async def _anthropic_message(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(pp.anthropic_message(body, cache=self.prompt_cache))
+
+    async def _anthropic_count_tokens(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body.get("model"), str) or not body.get("messages"):
+            return _error(request, 400, "invalid_request_error", "model and messages: required")
+        self.count_tokens_calls += 1
+        return web.json_response(pp.anthropic_count_tokens(body))
 
     async def start(self, port: int = 0) -> BatchServer:
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.2)

@@ -4,7 +4,10 @@ Shapes follow the providers' API references: OpenAI ``chat.completion`` and
 ``text_completion`` objects (with ``logprobs.content[]`` entries of token/logprob/bytes/
 top_logprobs, ``usage.prompt_tokens_details.cached_tokens``, ``system_fingerprint``), the
 OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}``, Anthropic
-``message`` objects and the Anthropic error envelope ``{"type": "error", "error": {...}}``.
+``message`` objects (usage with ``cache_creation_input_tokens`` / ``cache_read_input_tokens``:
+:class:`AnthropicPromptCache` plays the provider's prompt cache), the ``count_tokens``
+answer ``{"input_tokens": n}`` and the Anthropic error envelope
+``{"type": "error", "error": {...}}``.
 The answer text is a pure function of the request, so a test can predict every byte.
 """
 
@@ -17,7 +20,9 @@ from typing import Any
 
 __all__ = [
     "FINGERPRINT",
+    "AnthropicPromptCache",
     "answer_tokens",
+    "anthropic_count_tokens",
     "anthropic_error",
     "anthropic_message",
     "input_text",
@@ -30,20 +35,67 @@ FINGERPRINT = "fp_apidistill_test"
 _WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta"]
 
 
-def input_text(body: dict[str, Any]) -> str:
-    """The text the answer is derived from: the prompt, or the messages joined."""
+def _blocks_text(content: object) -> tuple[str, bool]:
+    """Text of a string or of Anthropic content blocks, and whether a block carries
+    ``cache_control`` (a cache breakpoint)."""
+    if isinstance(content, list):
+        blocks = [b for b in content if isinstance(b, dict)]
+        text = "".join(str(b.get("text", "")) for b in blocks)
+        return text, any("cache_control" in b for b in blocks)
+    return (content if isinstance(content, str) else ""), False
+
+
+def _input_parts(body: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The request's text parts in order, each with whether it ends a cache breakpoint."""
     if isinstance(body.get("prompt"), str):
-        return body["prompt"]
-    parts: list[str] = []
-    system = body.get("system")
-    if isinstance(system, str):
-        parts.append(system)
+        return [(body["prompt"], False)]
+    parts: list[tuple[str, bool]] = []
+    if body.get("system"):
+        parts.append(_blocks_text(body["system"]))
     for m in body.get("messages") or []:
-        content = m.get("content")
-        if isinstance(content, list):  # Anthropic content blocks
-            content = "".join(b.get("text", "") for b in content if isinstance(b, dict))
-        parts.append(f"{m.get('role')}:{content}")
-    return "\n".join(parts)
+        text, mark = _blocks_text(m.get("content"))
+        parts.append((f"{m.get('role')}:{text}", mark))
+    return parts
+
+
+def input_text(body: dict[str, Any]) -> str:
+    """The text the answer is derived from: the prompt, or the messages joined (the same
+    whether or not the body carries cache breakpoints)."""
+    return "\n".join(text for text, _ in _input_parts(body))
+
+
+class AnthropicPromptCache:
+    """Anthropic's prompt cache as its usage reports it: the text up to the last
+    ``cache_control`` breakpoint, when at least ``min_tokens`` long, is written on first
+    sight (``cache_creation_input_tokens``) and read afterwards (``cache_read_input_tokens``);
+    the rest of the input is ``input_tokens``. A shorter prefix is not cached."""
+
+    def __init__(self, min_tokens: int = 1024) -> None:
+        self.min_tokens = min_tokens
+        self._written: set[str] = set()
+
+    def split(self, body: dict[str, Any]) -> tuple[int, int, int]:
+        """``(input_tokens, cache_creation_input_tokens, cache_read_input_tokens)``."""
+        parts = _input_parts(body)
+        total = _prompt_tokens("\n".join(t for t, _ in parts))
+        marks = [i for i, (_, mark) in enumerate(parts) if mark]
+        if not marks:
+            return total, 0, 0
+        head = "\n".join(t for t, _ in parts[: marks[-1] + 1])
+        n = len(head.split())
+        if n < self.min_tokens:
+            return total, 0, 0
+        key = f"{body.get('model')}\x00{head}"
+        if key in self._written:
+            return total - n, 0, n
+        self._written.add(key)
+        return total - n, n, 0
+
+
+def anthropic_count_tokens(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``POST /v1/messages/count_tokens`` answer: every input token of ``body``, as a
+    ``message`` for the same body reports in total (cache breakpoints change nothing)."""
+    return {"input_tokens": _prompt_tokens(input_text(body))}
 
 
 def answer_tokens(text: str, max_tokens: int) -> tuple[list[str], str]:
@@ -176,10 +228,17 @@ def openai_error(
     return {"error": {"message": message, "type": type, "param": None, "code": code}}
 
 
-def anthropic_message(body: dict[str, Any], *, cache_read: int = 0) -> dict[str, Any]:
-    """A Messages API ``message`` object answering ``body``."""
+def anthropic_message(
+    body: dict[str, Any], *, cache_read: int = 0, cache: AnthropicPromptCache | None = None
+) -> dict[str, Any]:
+    """A Messages API ``message`` object answering ``body``; with ``cache``, its usage
+    splits the input into plain, cache-written and cache-read tokens as Anthropic does
+    (else ``cache_read`` extra tokens are reported read, and none written)."""
     text = input_text(body)
     tokens, finish = answer_tokens(text, int(body.get("max_tokens") or 16))
+    plain, written, read = (
+        cache.split(body) if cache is not None else (_prompt_tokens(text), 0, cache_read)
+    )
     stop = "end_turn" if finish == "stop" else "max_tokens"
     digest = hashlib.sha256(text.encode()).hexdigest()[:24]
     return {
@@ -191,10 +250,10 @@ def anthropic_message(body: dict[str, Any], *, cache_read: int = 0) -> dict[str,
         "stop_reason": stop,
         "stop_sequence": None,
         "usage": {
-            "input_tokens": _prompt_tokens(text),
+            "input_tokens": plain,
             "output_tokens": len(tokens),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": cache_read,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
         },
     }
 
