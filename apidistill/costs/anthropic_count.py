@@ -30,7 +30,7 @@ from typing import Any
 
 from apidistill.config import TeacherConfig
 from apidistill.data.schema import Message, TeacherRequest
-from apidistill.errors import ConfigError, TeacherError
+from apidistill.errors import CapabilityError, ConfigError, TeacherError
 
 __all__ = ["AnthropicCounts", "count_with_anthropic"]
 
@@ -47,10 +47,15 @@ class AnthropicCounts:
 
 def _count_body(request: TeacherRequest, model: str) -> dict[str, Any]:
     """What ``count_tokens`` takes from a Messages body: model, system and messages (the
-    cache breakpoints change no count, so they are left out)."""
-    from apidistill.teachers.anthropic import build_anthropic_body, check_anthropic_request
+    cache breakpoints change no count, so they are left out). Sampling and logprob settings
+    change no count either; the harvest refuses or falls back on those itself."""
+    from apidistill.teachers.anthropic import build_anthropic_body
 
-    check_anthropic_request(request, model=model)
+    if request.prompt is not None:
+        raise CapabilityError(
+            "Anthropic has no plain-prompt completion endpoint, so nothing to count",
+            hint="give 'messages' (chat) instead of 'prompt'",
+        )
     body = build_anthropic_body(request, model=model, prompt_cache=False)
     return {k: body[k] for k in ("model", "system", "messages") if k in body}
 

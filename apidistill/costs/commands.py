@@ -66,7 +66,7 @@ def _anthropic_counts(cfg, requests):  # type: ignore[no-untyped-def]
     import asyncio
 
     from apidistill.costs.anthropic_count import count_with_anthropic
-    from apidistill.costs.estimate import _shared_prefix
+    from apidistill.costs.estimate import shared_prefix
     from apidistill.errors import ConfigError
     from apidistill.teachers import resolve_api_key
 
@@ -81,7 +81,7 @@ def _anthropic_counts(cfg, requests):  # type: ignore[no-untyped-def]
         count_with_anthropic(
             cfg.teacher,
             requests,
-            prefix=_shared_prefix(requests),
+            prefix=shared_prefix(requests),
             api_key=resolve_api_key(cfg.teacher, None),
             base_url=cfg.teacher.base_url,
         )

@@ -38,7 +38,7 @@ from apidistill.costs.tokens import TokenCount, TokenCounter
 from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError
 
-__all__ = ["Estimate", "cache_rule", "estimate", "render_estimate"]
+__all__ = ["Estimate", "cache_rule", "estimate", "render_estimate", "shared_prefix"]
 
 _CENT = Decimal("0.01")
 
@@ -83,7 +83,7 @@ class Estimate(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-def _shared_prefix(requests: Sequence[TeacherRequest]) -> list[Message]:
+def shared_prefix(requests: Sequence[TeacherRequest]) -> list[Message]:
     """The leading messages identical in every chat request (the prototype prompt)."""
     chats = [r.messages for r in requests if r.messages is not None]
     if not chats or len(chats) != len(requests):
@@ -221,7 +221,9 @@ def estimate(
     counts = counter.count_many(list(requests)) if requests else []
     bounds = counter.bound_many(list(requests)) if requests else []
     if anthropic_counts is not None:
-        counts = [TokenCount(n, True, "Anthropic count_tokens") for n in anthropic_counts.per_request]
+        counts = [
+            TokenCount(n, True, "Anthropic count_tokens") for n in anthropic_counts.per_request
+        ]
         # the count is Anthropic's estimate, no bound: the reservation stays the byte bound,
         # raised to the count should one exceed it
         bounds = [
@@ -232,7 +234,7 @@ def estimate(
     input_bound = max(sum(b.n for b in bounds), input_tokens)
     exact = all(c.exact for c in counts) if counts else True
     methods = sorted({c.method for c in counts}) or ["no requests"]
-    prefix = _shared_prefix(requests)
+    prefix = shared_prefix(requests)
     prefix_tok = counter.prefix_tokens(prefix, requests[0]) if prefix else 0
     if prefix and anthropic_counts is not None:
         prefix_tok = anthropic_counts.prefix_tokens
@@ -343,6 +345,7 @@ def _expect_cache(est: Estimate, cfg: RunConfig, prefix_tok: int) -> None:
         f"{who}: {cacheable:,} prefix tokens read by {est.requests - misses:,} requests"
         + (f", written by the first {misses:,}" if writes else f"; the first {misses:,} miss")
         + f" (concurrency {cfg.harvest.concurrency})"
+        + ("" if est.input_exact else "; prefix size approximate")
     )
 
 

@@ -5,12 +5,19 @@ Every request's usage, settled cost and at-risk money live in the harvest journa
 teacher, model, label or split (labels and splits come from ``TeacherRequest.metadata``).
 The progress bar shows the running spend and the dataset card embeds :meth:`Ledger.card`.
 
+Prompt caching: ``cached_input_tokens`` are the input tokens read from a provider's prompt
+cache (OpenAI ``cached_tokens``, Anthropic ``cache_read_input_tokens``) and
+``cache_write_input_tokens`` those written to it (Anthropic ``cache_creation_input_tokens``),
+each already priced at its own rate in ``cost_usd``; the write count is read from the stored
+answer's usage, so journals written before it existed read as 0.
+
 A group with answers from an unpriced model reports ``cost_usd=None`` for those answers
 (``unpriced`` counts them): unknown is never added up as 0.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -25,6 +32,14 @@ __all__ = ["GroupBy", "Ledger", "LedgerLine"]
 GroupBy = Literal["teacher", "model", "label", "split"]
 _ZERO = Decimal(0)
 _CENT = Decimal("0.01")
+# the stored completion is pydantic's compact JSON; one field, found without decoding the
+# logprobs around it
+_CACHE_WRITES = re.compile(r'"cache_write_input_tokens":(\d+)')
+
+
+def _cache_writes(completion_json: str | None) -> int:
+    m = _CACHE_WRITES.search(completion_json or "")
+    return int(m.group(1)) if m else 0
 
 
 @dataclass
@@ -40,7 +55,8 @@ class LedgerLine:
     resends: int = 0  # sends beyond the first, per request
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_input_tokens: int = 0
+    cached_input_tokens: int = 0  # read from a prompt cache
+    cache_write_input_tokens: int = 0  # written to a prompt cache (Anthropic)
     cost_usd: Decimal = _ZERO  # settled cost of priced answers
     at_risk_usd: Decimal = _ZERO  # worst cases of sends with unknown outcome
     unpriced: int = 0  # answers whose cost is unknown
@@ -59,6 +75,7 @@ class LedgerLine:
             self.input_tokens += r.input_tokens
             self.output_tokens += r.output_tokens
             self.cached_input_tokens += r.cached_input_tokens
+            self.cache_write_input_tokens += _cache_writes(r.completion_json)
             self.batch += bool(r.batch)
             if r.cost_usd is None:
                 self.unpriced += 1
@@ -82,6 +99,7 @@ class LedgerLine:
             "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
             "cached_input_tokens": self.cached_input_tokens,
+            "cache_write_input_tokens": self.cache_write_input_tokens,
             "cost_usd": str(self.cost_usd),
             "at_risk_usd": str(self.at_risk_usd),
             "unpriced": self.unpriced,
@@ -143,9 +161,17 @@ class Ledger:
         for ln in self.summary(by):
             cells = [str(ln.group.get(b)) for b in by] + [
                 str(ln.done), str(ln.failed), str(ln.unknown),
-                str(ln.input_tokens), str(ln.output_tokens),
+                str(ln.input_tokens) + _cache_note(ln), str(ln.output_tokens),
                 str(ln.cost_usd.quantize(_CENT)) + (f" (+{ln.unpriced} unpriced)" if ln.unpriced else ""),
                 str(ln.at_risk_usd.quantize(_CENT)),
             ]  # fmt: skip
             out.append("| " + " | ".join(cells) + " |")
         return "\n".join(out)
+
+
+def _cache_note(ln: LedgerLine) -> str:
+    """``" (1200 cache read, 300 cache write)"`` for input served or stored by a prompt
+    cache; empty when there was none."""
+    if not ln.cached_input_tokens and not ln.cache_write_input_tokens:
+        return ""
+    return f" ({ln.cached_input_tokens} cache read, {ln.cache_write_input_tokens} cache write)"

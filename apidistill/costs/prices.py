@@ -9,7 +9,7 @@ downloaded at run time, so a run's costs depend only on versions you can pin. Ti
 (e.g. a higher rate above 200k input tokens) are taken at their base tier.
 
 Prompt caching has two rates besides the input rate: cache **reads** (OpenAI's automatic
-``cached_tokens``, Anthropic's ``cache_read_input_tokens``; 0.1× input at Anthropic, 0.25-0.5×
+``cached_tokens``, Anthropic's ``cache_read_input_tokens``; 0.1× input at Anthropic, 0.1-0.5×
 at OpenAI) and cache **writes** (Anthropic's ``cache_creation_input_tokens``: 1.25× input for
 the 5-minute TTL this project uses). genai-prices carries both where the provider has them.
 """
@@ -56,11 +56,17 @@ class ModelPrice:
 
     @property
     def cache_read_rate(self) -> Decimal:
-        return self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        return (
+            self.input_per_mtok
+            if self.cached_input_per_mtok is None
+            else self.cached_input_per_mtok
+        )
 
     @property
     def cache_write_rate(self) -> Decimal:
-        return self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        return (
+            self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        )
 
 
 def cost_of(price: ModelPrice | None, usage: Usage, *, batch: bool = False) -> Decimal | None:

@@ -31,7 +31,10 @@ async def test_message_fields_usage_and_headers(provider):
     resp = await t.complete(chat(max_tokens=40, stop=["END"], seed=3))
     sent = provider.seen[-1]
     assert sent.path == "/v1/messages"
-    assert sent.body["system"] == "rule one\n\nrule two"
+    # the system prompt is the shared prefix here: it ends with the cache breakpoint
+    assert sent.body["system"] == [
+        {"type": "text", "text": "rule one\n\nrule two", "cache_control": {"type": "ephemeral"}}
+    ]
     assert sent.body["messages"] == [{"role": "user", "content": "hi"}]
     assert sent.body["stop_sequences"] == ["END"] and sent.body["max_tokens"] == 40
     for absent in ("seed", "temperature", "top_p"):  # API 2026-10-21 rejects sampling params
