@@ -23,6 +23,7 @@ from apidistill.costs.anthropic_count import count_with_anthropic
 from apidistill.costs.estimate import shared_prefix
 from apidistill.costs.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest, Usage
+from apidistill.errors import ConfigError
 from apidistill.teachers.anthropic import AnthropicTeacher, build_anthropic_body
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.testing import provider_payloads as pp
@@ -367,4 +368,5 @@ def test_count_tokens_flag_refused_for_another_teacher(tmp_path):
     path = _demo_run_file(tmp_path, {"provider": "openai", "model": "gpt-4.1-mini"})
     res = CliRunner().invoke(app, ["estimate", str(path), "--count-tokens"])
     assert res.exit_code != 0
-    assert "count_tokens" in res.output and "counted locally" in res.output
+    assert isinstance(res.exception, ConfigError)
+    assert "count_tokens" in str(res.exception) and "counted locally" in str(res.exception)
