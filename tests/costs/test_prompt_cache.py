@@ -30,7 +30,7 @@ from apidistill.testing import provider_payloads as pp
 from apidistill.testing.batch_server import BatchServer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples" / "demo"
+DEMO = ROOT / "apidistill" / "demo_data"  # the demo run file, tickets and prompt
 SONNET = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
 # Anthropic's 5-minute-TTL prices: writes 1.25x input, reads 0.1x
 CLAUDE = ModelPrice(D(3), D(15), D("0.3"), cache_write_per_mtok=D("3.75"))
