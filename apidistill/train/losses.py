@@ -23,11 +23,18 @@ padding to a batch never changes the loss scale; ``"none"`` returns the per-posi
 per-sequence mean. A loss over zero supervised positions is 0 (with a gradient graph), never
 NaN.
 
+Temperature: tempering a k + 1-bucket target needs an assumption about the teacher's tail,
+whose shape is unknown; :func:`bucket_divergence` derives the definition used here (the teacher's
+tail is taken to have the student's tail shape, so the bucket loss is exactly the full tempered
+divergence to that completed teacher) and the tests check it against full-vocabulary references.
+
 Numerics: everything is computed in float32 whatever the logits' dtype; the student's tail
 is a log-sum-exp over the complement of S (exact even when q_tail is tiny, where
 ``1 − Σ q_i`` would cancel); the teacher's tail is treated as empty below
-:data:`TEACHER_TAIL_EPS`, because stored top-k log-probs carry rounding of that order; bucket
-log-probabilities are floored at :data:`LOG_FLOOR` so gradients stay finite.
+:data:`TEACHER_TAIL_EPS`, because stored top-k log-probs carry rounding of that order. The
+student's bucket log-probs are never floored (a ``clamp_min`` floor has zero gradient below
+it, so KL would stop pulling up a top-k token the student all but excludes); only a teacher
+bucket without mass reads as :data:`LOG_FLOOR`, where reverse KL and JSD need a finite log.
 """
 
 from __future__ import annotations
@@ -54,7 +61,8 @@ __all__ = [
 Reduction = Literal["mean", "none"]
 
 LOG_FLOOR = math.log(1e-12)
-"""Smallest log-probability a bucket may take; keeps log(0) and its gradient finite."""
+"""Log-probability read for a *teacher* bucket without mass (reverse KL / JSD need a finite
+log there); the student's log-probs are never floored."""
 
 TEACHER_TAIL_EPS = 1e-6
 """A teacher tail below this is rounding of the stored top-k log-probs, not real mass."""
@@ -140,47 +148,84 @@ def _valid_slots(ids: Tensor, logprobs: Tensor, vocab_size: int) -> Tensor:
     return valid
 
 
-def _student_buckets(student_logprobs: Tensor, ids: Tensor, valid: Tensor) -> Tensor:
-    """Student log-probs on the k + 1 buckets ``[..., K+1]`` (invalid slots at the floor).
+def _complement_mask(student_logprobs: Tensor, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """``(in_s [..., V] bools, safe_ids [..., K])``: which vocabulary entries are in S.
 
-    The tail is the log-sum-exp over the complement of S, with S's entries replaced by the
-    most negative float (not −inf) so a row whose complement is empty stays finite.
+    scatter_add, not scatter: a padded slot may repeat a valid id and must not unset it.
     """
     vocab = student_logprobs.shape[-1]
     safe_ids = torch.where(valid, ids, torch.zeros_like(ids)).clamp(0, vocab - 1)
-    # scatter_add, not scatter: a padded slot may repeat a valid id and must not unset it
     hits = torch.zeros(student_logprobs.shape, dtype=torch.uint8, device=ids.device)
-    in_s = hits.scatter_add_(-1, safe_ids, valid.to(torch.uint8)) > 0
-    fill = torch.finfo(student_logprobs.dtype).min
-    tail = torch.logsumexp(student_logprobs.masked_fill(in_s, fill), dim=-1, keepdim=True)
-    top = student_logprobs.gather(-1, safe_ids)
-    floor = torch.full_like(top, LOG_FLOOR)
-    top = torch.where(valid, top.clamp_min(LOG_FLOOR), floor)
-    return torch.cat([top, tail.clamp_min(LOG_FLOOR)], dim=-1)
+    return hits.scatter_add_(-1, safe_ids, valid.to(torch.uint8)) > 0, safe_ids
 
 
-def _teacher_buckets(logprobs: Tensor, valid: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """Teacher log-probs on the k + 1 buckets, and which buckets carry mass ``[..., K+1]``.
+def _tail_lse(values: Tensor, in_s: Tensor) -> Tensor:
+    """log Σ_{j∉S} exp(values_j) ``[..., 1]``: a log-sum-exp over the complement of S.
 
-    At temperature T the k + 1 bucket probabilities are raised to 1/T and renormalized.
-    The tail is one atom there, so this is exact only when the tail is empty (k = vocabulary)
-    or T = 1; for a top-20 teacher the tail mass is small and the error with it.
+    S's entries become the most negative float (not −inf), so a row whose complement is
+    empty stays finite (about −3.4e38, i.e. probability 0) and its gradient is 0, not NaN.
+    """
+    fill = torch.finfo(values.dtype).min
+    return torch.logsumexp(values.masked_fill(in_s, fill), dim=-1, keepdim=True)
+
+
+def _student_buckets(
+    student_logprobs: Tensor, ids: Tensor, valid: Tensor, temperature: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Student log-probs on the k + 1 buckets ``[..., K+1]``, exact (no floor).
+
+    Returns ``(log Q, tail_ok, log ρ)``. log Q is taken straight from the log-softmax, which
+    is finite for finite logits however small q is, so the gradient of every bucket is the
+    exact one (a floor such as ``clamp_min`` would zero it below the floor). Invalid slots
+    hold 0 and are masked out by the caller. ``tail_ok`` is False where the complement of S
+    is empty (k = vocabulary). log ρ is the tail's shape factor (see
+    :func:`bucket_divergence`), detached: it shapes the teacher's target, which is a constant.
+    """
+    in_s, safe_ids = _complement_mask(student_logprobs, ids, valid)
+    tail = _tail_lse(student_logprobs, in_s)
+    tail_ok = ~in_s.all(-1, keepdim=True)
+    top = torch.where(
+        valid,
+        student_logprobs.gather(-1, safe_ids),
+        torch.zeros_like(ids, dtype=student_logprobs.dtype),
+    )
+    if temperature == 1.0:
+        log_rho = torch.zeros_like(tail)
+    else:
+        with torch.no_grad():
+            log_rho = tail - _tail_lse(student_logprobs * temperature, in_s) / temperature
+            log_rho = torch.where(tail_ok, log_rho, torch.zeros_like(log_rho))
+    tail = torch.where(tail_ok, tail, torch.zeros_like(tail))
+    return torch.cat([top, tail], dim=-1), tail_ok, log_rho
+
+
+def _teacher_buckets(
+    logprobs: Tensor, valid: Tensor, tail_exists: Tensor, temperature: float, log_rho: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Teacher log-probs on the k + 1 buckets at temperature T, and which carry mass.
+
+        log P_i    = log p_i / T − log Z                   (i ∈ S)
+        log P_tail = log p_tail / T + log ρ − log Z
+        Z          = Σ_{i∈S} p_i^{1/T} + p_tail^{1/T} · ρ
+
+    (see :func:`bucket_divergence` for ρ). Buckets without mass hold :data:`LOG_FLOOR`
+    (only reverse KL and JSD read them; the teacher is a constant, so this floor costs the
+    student no gradient). A tail below :data:`TEACHER_TAIL_EPS` or with an empty complement
+    has no mass; normalizing over the buckets with mass also absorbs the rounding of stored
+    log-probs that sum to slightly more than 1.
     """
     lp = torch.where(valid, logprobs.float(), torch.zeros_like(logprobs, dtype=torch.float32))
     p_top = lp.exp() * valid
     p_tail = (1.0 - p_top.sum(-1, keepdim=True)).clamp_min(0.0)
-    tail_ok = p_tail > TEACHER_TAIL_EPS
-    lp_tail = torch.where(
-        tail_ok, p_tail.clamp_min(1e-30).log(), torch.full_like(p_tail, LOG_FLOOR)
-    )
-    lp_all = torch.cat([torch.where(valid, lp, torch.full_like(lp, LOG_FLOOR)), lp_tail], dim=-1)
+    tail_ok = (p_tail > TEACHER_TAIL_EPS) & tail_exists
+    lp_tail = p_tail.clamp_min(1e-30).log() / temperature + log_rho
+    scaled = torch.cat([lp / temperature, lp_tail], dim=-1)
     has_mass = torch.cat([valid, tail_ok], dim=-1)
-    if temperature != 1.0:
-        scaled = torch.where(has_mass, lp_all / temperature, torch.full_like(lp_all, -math.inf))
-        norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
-        norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
-        lp_all = torch.where(has_mass, scaled - norm, torch.full_like(lp_all, LOG_FLOOR))
-    return lp_all.clamp_min(LOG_FLOOR), has_mass
+    scaled = torch.where(has_mass, scaled, torch.full_like(scaled, -math.inf))
+    norm = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    norm = torch.where(torch.isfinite(norm), norm, torch.zeros_like(norm))
+    lp_all = torch.where(has_mass, scaled - norm, torch.full_like(scaled, LOG_FLOOR))
+    return lp_all, has_mass
 
 
 def bucket_divergence(
@@ -195,18 +240,46 @@ def bucket_divergence(
     """Per-position divergence over the k + 1 buckets, from student *log-probs*.
 
     The building block of the public losses, exposed so a trainer that already holds
-    ``log_softmax(logits / T)`` (shared with the CE term) does not compute it twice.
-    Returns ``(value [...], has_target [...])``; ``has_target`` is False where the teacher
-    gave no valid top-k slot. No T² factor and no reduction here.
+    ``log_softmax(logits / T)`` does not compute it twice. ``student_logprobs`` must be the
+    student's log-softmax *at the temperature* ``teacher_temperature`` (the full vocabulary
+    tempered, then bucketed). Returns ``(value [...], has_target [...])``; ``has_target``
+    is False where the teacher gave no valid top-k slot. No T² factor and no reduction here.
 
-        forward:  KL(p‖q) = Σ_b p_b (log p_b − log q_b)
-        reverse:  KL(q‖p) = Σ_b q_b (log q_b − log p_b)
-        jsd:      M = β p + (1 − β) q;  JSD_β = β KL(p‖M) + (1 − β) KL(q‖M)
+        forward:  KL(P‖Q) = Σ_b P_b (log P_b − log Q_b)
+        reverse:  KL(Q‖P) = Σ_b Q_b (log Q_b − log P_b)
+        jsd:      M = β P + (1 − β) Q;  JSD_β = β KL(P‖M) + (1 − β) KL(Q‖M)
+
+    **What temperature means with a top-k + tail teacher.** Tempering a distribution raises
+    every token's probability to 1/T and renormalizes. The student's full vocabulary is
+    tempered exactly and then bucketed: Q_i = q_i^{1/T} / Z_q for i ∈ S and
+    Q_tail = Σ_{j∉S} q_j^{1/T} / Z_q. The teacher's tail is one number, p_tail, of unknown
+    shape, and tempering depends on the shape: writing the tail as p_tail · w_j (w sums to 1),
+    Σ_{j∉S} (p_tail w_j)^{1/T} = p_tail^{1/T} · ρ(w) with ρ(w) = Σ_{j∉S} w_j^{1/T}
+    (ρ = 1 for a single token, m^{1 − 1/T} for m equal tokens — about 222 at m = 49,132 and T = 2).
+    **Assumption: the teacher's tail has the student's tail shape**, w_j = q_j / q_tail
+    (probabilities at T = 1). Then both sides temper the tail with the same ρ and
+
+        P_i = p_i^{1/T} / Z_p (i ∈ S),   P_tail = p_tail^{1/T} · ρ / Z_p,
+        ρ = Σ_{j∉S} (q_j / q_tail)^{1/T}   (computed from the student, held constant)
+
+    and the bucket divergence *equals* the full-vocabulary divergence between the tempered
+    student and the tempered teacher completed this way, because inside the tail the two
+    differ by a constant factor. This is the same assumption that makes the T = 1 bucket KL
+    the full KL (the tail's inner shape gets no gradient); at T = 1, ρ = 1 and nothing
+    changes. A student equal to the teacher scores 0 at every T. Tempering the student's
+    vocabulary while the teacher's tail stays one atom (ρ = 1 on one side only) is wrong by
+    orders of magnitude at T = 2–4 with a large vocabulary.
+
+    Numerics: the student's bucket log-probs are the exact log-softmax values (finite, never
+    floored), so forward KL keeps pulling up a top-k token the student gives 1e-19.
     """
+    temperature = float(teacher_temperature)
     valid = _valid_slots(teacher_topk_ids, teacher_topk_logprobs, student_logprobs.shape[-1])
-    lq = _student_buckets(student_logprobs.float(), teacher_topk_ids, valid)
-    lp, p_mass = _teacher_buckets(teacher_topk_logprobs, valid, teacher_temperature)
-    slots = torch.cat([valid, torch.ones_like(valid[..., :1])], dim=-1)  # tail always a bucket
+    lq, tail_exists, log_rho = _student_buckets(
+        student_logprobs.float(), teacher_topk_ids, valid, temperature
+    )
+    lp, p_mass = _teacher_buckets(teacher_topk_logprobs, valid, tail_exists, temperature, log_rho)
+    slots = torch.cat([valid, tail_exists], dim=-1)
     p = lp.exp() * p_mass
     q = lq.exp() * slots
     if kind == "forward":
@@ -247,10 +320,13 @@ def topk_tail_kl(
     slots); ``mask [B, T]`` (bool, True = supervise). ``student_logits[b, t]`` and the
     teacher's top-k at ``[b, t]`` describe the same next token.
 
-        q = softmax(student_logits / T) on buckets S ∪ {tail};  p = teacher buckets at T
-        forward:  L_t = T² · Σ_{b ∈ S∪tail} p_b (log p_b − log q_b)
-        reverse:  L_t = T² · Σ_{b ∈ S∪tail} q_b (log q_b − log p_b)
+        Q = softmax(student_logits / T) over the vocabulary, then summed into S ∪ {tail}
+        P = the teacher's buckets tempered with the same tail factor ρ (bucket_divergence)
+        forward:  L_t = T² · Σ_{b ∈ S∪tail} P_b (log P_b − log Q_b)
+        reverse:  L_t = T² · Σ_{b ∈ S∪tail} Q_b (log Q_b − log P_b)
 
+    T² keeps the gradient's scale as T changes (Hinton et al.): the gradient of the tempered
+    KL with respect to a logit is (Q − P)/T, so T² · KL has gradient T · (Q − P).
     Positions without a valid teacher slot are dropped from the mean as if masked.
     Returns a scalar (``"mean"``) or ``[B, T]`` (``"none"``, 0 where unsupervised).
     """
