@@ -54,6 +54,7 @@ __all__ = [
     "masked_mean",
     "sampled_token_ce",
     "sequence_ce",
+    "teacher_target_mask",
     "topk_tail_kl",
     "unbiased_sampled_token_loss",
 ]
@@ -146,6 +147,15 @@ def _valid_slots(ids: Tensor, logprobs: Tensor, vocab_size: int) -> Tensor:
         dup = (same & earlier & valid.unsqueeze(-2)).any(-1)
         valid = valid & ~dup
     return valid
+
+
+def teacher_target_mask(ids: Tensor, logprobs: Tensor, vocab_size: int) -> Tensor:
+    """``[...]`` bools: the position has at least one valid teacher top-k slot.
+
+    The positions every KD loss here averages over; a trainer counts them with this to
+    normalize by the KD tokens of a whole optimizer step.
+    """
+    return _valid_slots(ids, logprobs, vocab_size).any(-1)
 
 
 def _complement_mask(student_logprobs: Tensor, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,146 @@
+"""CE + KD per supervised position, as sums, from logits or from hidden states in chunks.
+
+Why sums: the trainer divides by the number of supervised (and KD) tokens of the whole
+optimizer step (every micro-batch of the gradient accumulation, every process), so a short
+answer weighs what a long one does token for token; a mean per micro-batch would not.
+
+Why chunks: the student's ``[N, V]`` logits and log-softmax cost 4·N·V bytes each in float32
+(2.4 GB at N = 4,096 supervised tokens and a 150k vocabulary), several times over with the
+KD buckets. :func:`chunked_loss_sums` applies the output head to ``chunk_rows`` positions at
+a time under :func:`torch.utils.checkpoint.checkpoint`: each chunk's logits are freed after
+its forward and recomputed during its backward, so the loss's transient memory is that of one
+chunk whatever N is, at the price of one more head matmul per chunk.
+
+The loss maths stays in :mod:`.losses` (pure tensor functions); this module only decides
+which positions and how many at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from apidistill.train.losses import bucket_divergence, sampled_token_ce
+
+__all__ = [
+    "DEFAULT_CHUNK_ELEMENTS",
+    "LossSpec",
+    "LossSums",
+    "TokenTargets",
+    "chunk_rows_for",
+    "chunked_loss_sums",
+    "logits_loss_sums",
+]
+
+KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "unbiased"]
+_DIVERGENCE = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
+
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+"""Logit elements per chunk (32 MiB per float32 ``[rows, V]`` copy): 55 rows at V = 151,936."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """Which KD term to add to CE; ``kd=None`` is sequence KD (CE only)."""
+
+    kd: KDLoss | None = None
+    temperature: float = 1.0
+    beta: float = 0.5
+
+
+class TokenTargets(NamedTuple):
+    """Targets of N supervised positions (rows of the hidden states / logits).
+
+    ``kd_mask [N]`` is True where the position has a valid teacher top-k target; the
+    top-k tensors are ``[N, K]``. They are None for sequence KD.
+    """
+
+    labels: Tensor
+    topk_ids: Tensor | None = None
+    topk_logprobs: Tensor | None = None
+    kd_mask: Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> TokenTargets:
+        return TokenTargets(*(None if t is None else t[start:stop] for t in self))
+
+
+class LossSums(NamedTuple):
+    """Sums over positions: CE, KD (with its T² factor), and top-1 agreement (a count)."""
+
+    ce: Tensor
+    kd: Tensor
+    agree: Tensor
+
+    def __add__(self, other: object) -> LossSums:  # type: ignore[override]
+        if not isinstance(other, LossSums):
+            return NotImplemented
+        return LossSums(self.ce + other.ce, self.kd + other.kd, self.agree + other.agree)
+
+
+def logits_loss_sums(logits: Tensor, targets: TokenTargets, spec: LossSpec) -> LossSums:
+    """CE and KD sums for ``logits [n, V]`` (float32 maths whatever their dtype).
+
+    ce    = −Σ_t log q(label_t)
+    kd    = Σ_{t: kd_mask} T² · D_t        (D from :func:`.losses.bucket_divergence`)
+          = Σ_{t: kd_mask} sampled_token_ce_t   for ``kd="unbiased"`` (no temperature)
+    """
+    x = logits.float()
+    logq = x.log_softmax(-1)
+    labels = targets.labels
+    ce = -logq.gather(-1, labels.unsqueeze(-1)).sum()
+    with torch.no_grad():
+        agree = (x.argmax(-1) == labels).sum()
+    kd = ce.new_zeros(())
+    if spec.kd is not None and targets.topk_ids is not None:
+        ids, lps, mask = targets.topk_ids, targets.topk_logprobs, targets.kd_mask
+        if spec.kd == "unbiased":
+            value, _ = sampled_token_ce(logq, ids, lps, labels)
+        else:
+            temp = spec.temperature
+            lq = logq if temp == 1.0 else (x / temp).log_softmax(-1)
+            value, _ = bucket_divergence(
+                lq, ids, lps, kind=_DIVERGENCE[spec.kd], beta=spec.beta, teacher_temperature=temp
+            )
+            value = value * temp**2
+        kd = torch.where(mask, value, torch.zeros_like(value)).sum()
+    return LossSums(ce, kd, agree)
+
+
+def chunk_rows_for(vocab_size: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Positions per chunk so one ``[rows, V]`` tensor holds about ``elements`` values."""
+    return max(1, elements // max(1, vocab_size))
+
+
+def chunked_loss_sums(
+    hidden: Tensor,
+    head: Callable[[Tensor], Tensor],
+    targets: TokenTargets,
+    spec: LossSpec,
+    chunk_rows: int,
+) -> LossSums:
+    """:func:`logits_loss_sums` of ``head(hidden)`` without ever holding all N rows' logits.
+
+    ``hidden [N, H]`` are the final hidden states of the supervised positions; ``head`` maps
+    ``[n, H]`` to ``[n, V]`` logits (the output layer, plus any logit soft-capping). Values
+    and gradients equal the unchunked ones up to float summation order; with
+    ``N ≤ chunk_rows`` it *is* the unchunked computation (nothing to save).
+    """
+    n = hidden.shape[0]
+    if n <= chunk_rows:
+        return logits_loss_sums(head(hidden), targets, spec)
+    total: LossSums | None = None
+    for start in range(0, n, chunk_rows):
+        part = targets.rows(start, start + chunk_rows)
+
+        def run(h: Tensor, part: TokenTargets = part) -> LossSums:
+            return logits_loss_sums(head(h), part, spec)
+
+        sums = LossSums(*checkpoint(run, hidden[start : start + chunk_rows], use_reentrant=False))
+        total = sums if total is None else total + sums
+    assert total is not None
+    return total
