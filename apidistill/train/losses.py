@@ -49,6 +49,7 @@ __all__ = [
     "LOG_FLOOR",
     "TEACHER_TAIL_EPS",
     "bucket_divergence",
+    "ce_and_kd",
     "generalized_jsd",
     "kd_mix",
     "masked_mean",
@@ -158,25 +159,30 @@ def teacher_target_mask(ids: Tensor, logprobs: Tensor, vocab_size: int) -> Tenso
     return _valid_slots(ids, logprobs, vocab_size).any(-1)
 
 
-def _complement_mask(student_logprobs: Tensor, ids: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """``(in_s [..., V] bools, safe_ids [..., K])``: which vocabulary entries are in S.
+def _scatter_ids(ids: Tensor, valid: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
+    """``(safe_ids, row_has_valid)``: ids to write S's entries through, race-free.
 
-    scatter_add, not scatter: a padded slot may repeat a valid id and must not unset it.
+    Invalid slots point at the row's first valid id (written with the same value), or, in a
+    row without any valid slot, all at one in-range id that keeps its own value — so no two
+    writes of one scatter ever disagree.
     """
-    vocab = student_logprobs.shape[-1]
-    safe_ids = torch.where(valid, ids, torch.zeros_like(ids)).clamp(0, vocab - 1)
-    hits = torch.zeros(student_logprobs.shape, dtype=torch.uint8, device=ids.device)
-    return hits.scatter_add_(-1, safe_ids, valid.to(torch.uint8)) > 0, safe_ids
+    if ids.shape[-1] == 0:
+        return ids, valid.any(-1, keepdim=True)
+    first = ids.gather(-1, valid.to(torch.uint8).argmax(-1, keepdim=True))
+    safe = torch.where(valid, ids, first).clamp(0, vocab - 1)
+    return safe, valid.any(-1, keepdim=True)
 
 
-def _tail_lse(values: Tensor, in_s: Tensor) -> Tensor:
+def _tail_lse(values: Tensor, safe_ids: Tensor, row_has_valid: Tensor) -> Tensor:
     """log Σ_{j∉S} exp(values_j) ``[..., 1]``: a log-sum-exp over the complement of S.
 
-    S's entries become the most negative float (not −inf), so a row whose complement is
-    empty stays finite (about −3.4e38, i.e. probability 0) and its gradient is 0, not NaN.
+    One copy of ``values`` with S's entries set to the most negative float (not −inf), so
+    a row whose complement is empty stays finite (about −3.4e38, i.e. probability 0) and its
+    gradient is 0, not NaN.
     """
-    fill = torch.finfo(values.dtype).min
-    return torch.logsumexp(values.masked_fill(in_s, fill), dim=-1, keepdim=True)
+    fill = torch.full_like(safe_ids, torch.finfo(values.dtype).min, dtype=values.dtype)
+    src = torch.where(row_has_valid, fill, values.gather(-1, safe_ids))
+    return torch.logsumexp(values.scatter(-1, safe_ids, src), dim=-1, keepdim=True)
 
 
 def _student_buckets(
@@ -191,9 +197,10 @@ def _student_buckets(
     is empty (k = vocabulary). log ρ is the tail's shape factor (see
     :func:`bucket_divergence`), detached: it shapes the teacher's target, which is a constant.
     """
-    in_s, safe_ids = _complement_mask(student_logprobs, ids, valid)
-    tail = _tail_lse(student_logprobs, in_s)
-    tail_ok = ~in_s.all(-1, keepdim=True)
+    vocab = student_logprobs.shape[-1]
+    safe_ids, row_has_valid = _scatter_ids(ids, valid, vocab)
+    tail = _tail_lse(student_logprobs, safe_ids, row_has_valid)
+    tail_ok = valid.sum(-1, keepdim=True) < vocab  # valid slots hold distinct ids
     top = torch.where(
         valid,
         student_logprobs.gather(-1, safe_ids),
@@ -203,10 +210,129 @@ def _student_buckets(
         log_rho = torch.zeros_like(tail)
     else:
         with torch.no_grad():
-            log_rho = tail - _tail_lse(student_logprobs * temperature, in_s) / temperature
+            tempered_back = _tail_lse(student_logprobs * temperature, safe_ids, row_has_valid)
+            log_rho = tail - tempered_back / temperature
             log_rho = torch.where(tail_ok, log_rho, torch.zeros_like(log_rho))
     tail = torch.where(tail_ok, tail, torch.zeros_like(tail))
     return torch.cat([top, tail], dim=-1), tail_ok, log_rho
+
+
+_TINY_TAIL_LOG = math.log(1e-20)
+"""Below this student tail the fused path hands the row to the exact log-sum-exp path."""
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """log_softmax(x / T) at ``safe_ids`` ``[n, M]`` (+ the log-mass outside them), and
+    log_softmax(x) at ``labels`` ``[n]``, without an ``[n, V]`` output or saved copy.
+
+    Why: with a 150k–260k vocabulary the loss, not the model, dominates a small student's
+    step. Autograd through log_softmax → masked copy → logsumexp keeps three ``[n, V]``
+    tensors and walks V about a dozen times; here forward walks V four times (max, exp, two
+    sums) and backward twice, saving only the logits, which exist anyway. Gradient, with
+    G = the sum of the incoming gradients over the outputs that share one softmax:
+
+        ∂ log Q_b / ∂x_j = (1/T) · (1[j ∈ b] · Q_j / Q_b − Q_j)
+
+    Rows whose tail is below 1e-20 are recomputed by the caller on the exact path.
+    """
+
+    @staticmethod
+    def forward(ctx, x, safe_ids, slot_ok, labels, temperature, with_tail):  # type: ignore[no-untyped-def]
+        t = float(temperature)
+        xt = x if t == 1.0 else x / t
+        m = xt.amax(-1, keepdim=True)
+        buf = (xt - m).exp_()
+        lse = m + buf.sum(-1, keepdim=True).log()
+        lq = xt.gather(-1, safe_ids) - lse
+        row_has = slot_ok.any(-1, keepdim=True)
+        log_rho = torch.zeros_like(lse)
+        if with_tail:
+            keep = buf.gather(-1, safe_ids)
+            buf.scatter_(-1, safe_ids, torch.where(row_has, torch.zeros_like(keep), keep))
+            tail_t = buf.sum(-1, keepdim=True).log() + m  # log Σ_{j∉S} exp(x_j / T)
+            lq = torch.cat([lq, tail_t - lse], dim=-1)
+        del buf
+        lse1 = lse
+        if t != 1.0 and (with_tail or labels.numel()):
+            m1 = x.amax(-1, keepdim=True)
+            buf = (x - m1).exp_()
+            lse1 = m1 + buf.sum(-1, keepdim=True).log()
+            if with_tail:  # log ρ = LSE_tail(x / T) − LSE_tail(x) / T
+                keep = buf.gather(-1, safe_ids)
+                buf.scatter_(-1, safe_ids, torch.where(row_has, torch.zeros_like(keep), keep))
+                tail_1 = buf.sum(-1, keepdim=True).log() + m1
+                log_rho = (tail_t - tail_1 / t).nan_to_num(0.0, 0.0, 0.0)
+            del buf
+        lq_y = (
+            x.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - lse1.squeeze(-1)
+            if labels.numel()
+            else x.new_zeros(x.shape[0])
+        )
+        ctx.save_for_backward(x, safe_ids, slot_ok, labels, lse, lse1, lq)
+        ctx.t, ctx.with_tail = t, bool(with_tail)
+        ctx.mark_non_differentiable(log_rho)
+        return lq, lq_y, log_rho
+
+    @staticmethod
+    def backward(ctx, g_lq, g_y, _g_rho):  # type: ignore[no-untyped-def]
+        x, safe_ids, slot_ok, labels, lse, lse1, lq = ctx.saved_tensors
+        t, k = ctx.t, safe_ids.shape[-1]
+        has_y = labels.numel() > 0
+        g_top = g_lq[:, :k]
+        total = g_lq.sum(-1, keepdim=True)
+        if has_y and t == 1.0:  # one softmax: fold the CE term's −g_y · q into G
+            total = total + g_y.unsqueeze(-1)
+        if ctx.with_tail:
+            inv_tail = (-lq[:, k:].clamp_min(-80.0)).exp()  # 1 / Q_tail, finite
+            coef = g_lq[:, k:] * inv_tail - total
+        else:
+            coef = -total
+        xt = x if t == 1.0 else x / t
+        buf = (xt - lse).exp_()  # Q
+        q_top = buf.gather(-1, safe_ids)
+        buf.mul_(coef)
+        if k:
+            vals = g_top - total * q_top  # S entries: g_i − G · Q_i
+            first = slot_ok.to(torch.uint8).argmax(-1, keepdim=True)
+            vals = torch.where(slot_ok, vals, vals.gather(-1, first))  # same write for a repeat
+            row_has = slot_ok.any(-1, keepdim=True)
+            vals = torch.where(row_has, vals, buf.gather(-1, safe_ids))  # no S: keep as is
+            buf.scatter_(-1, safe_ids, vals)
+        if t != 1.0:
+            buf.div_(t)
+            if has_y:
+                buf.sub_((x - lse1).exp_().mul_(g_y.unsqueeze(-1)))
+        if has_y:
+            buf.scatter_add_(-1, labels.unsqueeze(-1), g_y.unsqueeze(-1))
+        return buf, None, None, None, None, None
+
+
+def _fused_buckets(
+    x: Tensor,
+    ids: Tensor,
+    valid: Tensor,
+    temperature: float,
+    labels: Tensor | None,
+    with_tail: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Rows ``[n, V]``: (student bucket log-probs, log ρ, log q(label)) via the fused op.
+
+    A row whose tail is below 1e-20 (a student all but certain inside S) is recomputed on
+    the exact log-sum-exp path, so no value and no gradient is ever floored.
+    """
+    vocab = x.shape[-1]
+    safe, _ = _scatter_ids(ids, valid, vocab)
+    y = labels.clamp(0, vocab - 1) if labels is not None else ids.new_zeros(0)
+    lq, lq_y, log_rho = _GatherLogSoftmax.apply(x, safe, valid, y, temperature, with_tail)
+    if with_tail:
+        bad = (lq[:, -1] < _TINY_TAIL_LOG).nonzero().squeeze(-1)
+        if bad.numel():
+            exact, _, rho = _student_buckets(
+                _tempered_logprobs(x[bad], temperature), ids[bad], valid[bad], temperature
+            )
+            lq = lq.index_put((bad,), exact)
+            log_rho = log_rho.index_put((bad,), rho)
+    return lq, log_rho, lq_y
 
 
 def _teacher_buckets(
@@ -288,22 +414,95 @@ def bucket_divergence(
     lq, tail_exists, log_rho = _student_buckets(
         student_logprobs.float(), teacher_topk_ids, valid, temperature
     )
-    lp, p_mass = _teacher_buckets(teacher_topk_logprobs, valid, tail_exists, temperature, log_rho)
+    value = _bucket_value(
+        lq, tail_exists, log_rho, teacher_topk_logprobs, valid, kind, beta, temperature
+    )
+    return value, valid.any(-1)
+
+
+def _bucket_value(
+    lq: Tensor,
+    tail_exists: Tensor,
+    log_rho: Tensor,
+    teacher_logprobs: Tensor,
+    valid: Tensor,
+    kind: str,
+    beta: float,
+    temperature: float,
+) -> Tensor:
+    """The divergence of :func:`bucket_divergence` from the student's bucket log-probs."""
+    lp, p_mass = _teacher_buckets(teacher_logprobs, valid, tail_exists, temperature, log_rho)
     slots = torch.cat([valid, tail_exists], dim=-1)
+    lq = torch.where(slots, lq, torch.zeros_like(lq))
     p = lp.exp() * p_mass
     q = lq.exp() * slots
     if kind == "forward":
-        value = (p * (lp - lq)).sum(-1)
-    elif kind == "reverse":
-        value = (q * (lq - lp)).sum(-1)
-    elif kind == "jsd":
+        return (p * (lp - lq)).sum(-1)
+    if kind == "reverse":
+        return (q * (lq - lp)).sum(-1)
+    if kind == "jsd":
         if not 0.0 < beta < 1.0:
             raise ValueError(f"beta must be in (0, 1), got {beta}")
         lm = torch.logaddexp(lp + math.log(beta), lq + math.log(1.0 - beta))
-        value = beta * (p * (lp - lm)).sum(-1) + (1.0 - beta) * (q * (lq - lm)).sum(-1)
+        return beta * (p * (lp - lm)).sum(-1) + (1.0 - beta) * (q * (lq - lm)).sum(-1)
+    raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")
+
+
+KDKind = Literal["forward", "reverse", "jsd", "unbiased"]
+
+
+def ce_and_kd(
+    logits: Tensor,
+    labels: Tensor | None,
+    teacher_topk_ids: Tensor | None = None,
+    teacher_topk_logprobs: Tensor | None = None,
+    *,
+    kind: KDKind | None = None,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-position CE and KD terms straight from ``logits [..., V]``, in one fused pass.
+
+    Returns ``(ce [...], kd [...], has_target [...])``: ``ce = −log softmax(logits)[label]``
+    (0 without labels), ``kd = T² · D`` of :func:`bucket_divergence` (``kind`` forward /
+    reverse / jsd) or the sampled-token CE of :func:`sampled_token_ce` with the labels as
+    the sampled tokens (``kind="unbiased"``, no temperature), 0 with ``kind=None``. Values
+    and gradients equal the log-softmax formulation (tests); the ``[..., V]`` log-softmax is
+    never materialized (see :class:`_GatherLogSoftmax`).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    lead, vocab = logits.shape[:-1], logits.shape[-1]
+    x = logits.float().reshape(-1, vocab)
+    y = labels.reshape(-1).long() if labels is not None else None
+    n = x.shape[0]
+    if kind is None or teacher_topk_ids is None or teacher_topk_logprobs is None:
+        empty = torch.zeros(n, 0, dtype=torch.long, device=x.device)
+        _, _, lq_y = _fused_buckets(x, empty, empty.bool(), 1.0, y, with_tail=False)
+        ce = -lq_y if y is not None else x.new_zeros(n)
+        zeros = torch.zeros_like(ce)
+        return ce.reshape(lead), zeros.reshape(lead), zeros.bool().reshape(lead)
+    k = teacher_topk_ids.shape[-1]
+    ids = teacher_topk_ids.reshape(-1, k).long()
+    lps = teacher_topk_logprobs.reshape(-1, k)
+    valid = _valid_slots(ids, lps, vocab)
+    if kind == "unbiased":
+        if y is None:
+            raise ValueError("kind='unbiased' needs the sampled tokens as labels")
+        lq_top, _, lq_y = _fused_buckets(x, ids, valid, 1.0, y, with_tail=False)
+        kd = _sampled_value(lq_top, lq_y, ids, lps, valid, y, vocab)
+        ce = -lq_y
     else:
-        raise ValueError(f"kind must be 'forward', 'reverse' or 'jsd', got {kind!r}")
-    return value, valid.any(-1)
+        t = float(temperature)
+        lq, log_rho, lq_y = _fused_buckets(x, ids, valid, t, y, with_tail=True)
+        tail_exists = valid.sum(-1, keepdim=True) < vocab
+        d = _bucket_value(lq, tail_exists, log_rho, lps, valid, _KIND[kind], beta, t)
+        kd = d * t**2
+        ce = -lq_y if y is not None else torch.zeros_like(kd)
+    return ce.reshape(lead), kd.reshape(lead), valid.any(-1).reshape(lead)
+
+
+_KIND = {"forward": "forward", "reverse": "reverse", "jsd": "jsd"}
 
 
 def _tempered_logprobs(logits: Tensor, temperature: float) -> Tensor:
@@ -340,15 +539,15 @@ def topk_tail_kl(
     Positions without a valid teacher slot are dropped from the mean as if masked.
     Returns a scalar (``"mean"``) or ``[B, T]`` (``"none"``, 0 where unsupervised).
     """
-    logq = _tempered_logprobs(student_logits, temperature)
-    value, has = bucket_divergence(
-        logq,
+    _, value, has = ce_and_kd(
+        student_logits,
+        None,
         teacher_topk_ids,
         teacher_topk_logprobs,
         kind=direction,
-        teacher_temperature=temperature,
+        temperature=temperature,
     )
-    return _reduce(value * temperature**2, mask.bool() & has, reduction)
+    return _reduce(value, mask.bool() & has, reduction)
 
 
 def generalized_jsd(
@@ -370,16 +569,16 @@ def generalized_jsd(
     reverse KL scaled by 1 − β. Bounded by log 2 per position (times T²), so it tolerates a
     noisy teacher better than KL. Shapes and reductions as :func:`topk_tail_kl`.
     """
-    logq = _tempered_logprobs(student_logits, temperature)
-    value, has = bucket_divergence(
-        logq,
+    _, value, has = ce_and_kd(
+        student_logits,
+        None,
         teacher_topk_ids,
         teacher_topk_logprobs,
         kind="jsd",
         beta=beta,
-        teacher_temperature=temperature,
+        temperature=temperature,
     )
-    return _reduce(value * temperature**2, mask.bool() & has, reduction)
+    return _reduce(value, mask.bool() & has, reduction)
 
 
 def unbiased_sampled_token_loss(
@@ -406,8 +605,9 @@ def unbiased_sampled_token_loss(
     value does not go to 0 but its gradient is the KL's. Valid only for a teacher sampled at
     T = 1; for greedy teachers use :func:`topk_tail_kl`.
     """
-    logq = student_logits.float().log_softmax(-1)
-    value, has = sampled_token_ce(logq, teacher_topk_ids, teacher_topk_logprobs, sampled_ids)
+    _, value, has = ce_and_kd(
+        student_logits, sampled_ids, teacher_topk_ids, teacher_topk_logprobs, kind="unbiased"
+    )
     return _reduce(value, mask.bool() & has, reduction)
 
 
@@ -425,12 +625,25 @@ def sampled_token_ce(
     valid = _valid_slots(teacher_topk_ids, teacher_topk_logprobs, vocab)
     safe_ids = torch.where(valid, teacher_topk_ids, torch.zeros_like(teacher_topk_ids))
     lq_top = student_logprobs.gather(-1, safe_ids.clamp(0, vocab - 1))
-    lp = torch.where(valid, teacher_topk_logprobs.float(), torch.zeros_like(lq_top))
+    y = sampled_ids.long()
+    lq_y = student_logprobs.gather(-1, y.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
+    value = _sampled_value(lq_top, lq_y, teacher_topk_ids, teacher_topk_logprobs, valid, y, vocab)
+    return value, valid.any(-1)
+
+
+def _sampled_value(
+    lq_top: Tensor,
+    lq_y: Tensor,
+    ids: Tensor,
+    lps: Tensor,
+    valid: Tensor,
+    y: Tensor,
+    vocab: int,
+) -> Tensor:
+    """−Σ_{i∈S} p_i log q_i − 1[y ∉ S] · log q_y from the gathered student log-probs."""
+    lp = torch.where(valid, lps.float(), torch.zeros_like(lq_top))
     p = lp.exp() * valid
     top_term = -(p * torch.where(valid, lq_top, torch.zeros_like(lq_top))).sum(-1)
-    y = sampled_ids.long()
     y_ok = (y >= 0) & (y < vocab)
-    lq_y = student_logprobs.gather(-1, y.clamp(0, vocab - 1).unsqueeze(-1)).squeeze(-1)
-    y_in_s = ((teacher_topk_ids == y.unsqueeze(-1)) & valid).any(-1)
-    tail_term = -torch.where(y_ok & ~y_in_s, lq_y, torch.zeros_like(lq_y))
-    return top_term + tail_term, valid.any(-1)
+    y_in_s = ((ids == y.unsqueeze(-1)) & valid).any(-1)
+    return top_term - torch.where(y_ok & ~y_in_s, lq_y, torch.zeros_like(lq_y))

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from apidistill.train.losses import bucket_divergence, sampled_token_ce
+from apidistill.train.losses import ce_and_kd
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "unbiased"]
-_DIVERGENCE = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
+_KIND = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd", "unbiased": "unbiased"}
 
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 """Logit elements per chunk (32 MiB per float32 ``[rows, V]`` copy): 55 rows at V = 151,936."""
@@ -89,26 +89,25 @@ def logits_loss_sums(logits: Tensor, targets: TokenTargets, spec: LossSpec) -> L
     kd    = Σ_{t: kd_mask} T² · D_t        (D from :func:`.losses.bucket_divergence`)
           = Σ_{t: kd_mask} sampled_token_ce_t   for ``kd="unbiased"`` (no temperature)
     """
-    x = logits.float()
-    logq = x.log_softmax(-1)
     labels = targets.labels
-    ce = -logq.gather(-1, labels.unsqueeze(-1)).sum()
+    kind = _KIND[spec.kd] if spec.kd is not None and targets.topk_ids is not None else None
+    ce, kd, _ = ce_and_kd(
+        logits,
+        labels,
+        targets.topk_ids,
+        targets.topk_logprobs,
+        kind=kind,
+        beta=spec.beta,
+        temperature=spec.temperature if kind != "unbiased" else 1.0,
+    )
     with torch.no_grad():
-        agree = (x.argmax(-1) == labels).sum()
-    kd = ce.new_zeros(())
-    if spec.kd is not None and targets.topk_ids is not None:
-        ids, lps, mask = targets.topk_ids, targets.topk_logprobs, targets.kd_mask
-        if spec.kd == "unbiased":
-            value, _ = sampled_token_ce(logq, ids, lps, labels)
-        else:
-            temp = spec.temperature
-            lq = logq if temp == 1.0 else (x / temp).log_softmax(-1)
-            value, _ = bucket_divergence(
-                lq, ids, lps, kind=_DIVERGENCE[spec.kd], beta=spec.beta, teacher_temperature=temp
-            )
-            value = value * temp**2
-        kd = torch.where(mask, value, torch.zeros_like(value)).sum()
-    return LossSums(ce, kd, agree)
+        agree = (logits.argmax(-1) == labels).sum()
+    kd_sum = (
+        torch.where(targets.kd_mask, kd, torch.zeros_like(kd)).sum()
+        if kind is not None and targets.kd_mask is not None
+        else ce.new_zeros(())
+    )
+    return LossSums(ce.sum(), kd_sum, agree)
 
 
 def chunk_rows_for(vocab_size: int, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:

@@ -210,11 +210,11 @@ def test_peaked_student_at_half_temperature_keeps_exact_value_and_gradient():
 def test_bucket_divergence_takes_tempered_log_probs():
     # The building block's contract: log_softmax(logits / T) in, same value as topk_tail_kl / T².
     t_logits = _teacher_logits(8)
-    s_logits = t_logits + 0.2
+    s_logits = t_logits + torch.randn(V, generator=torch.Generator().manual_seed(9))
     ids, vals = _topk(t_logits)
     x = s_logits.float().view(1, 1, V)
     value, has = bucket_divergence((x / 2.0).log_softmax(-1), ids, vals, teacher_temperature=2.0)
     mask = torch.ones(1, 1, dtype=torch.bool)
     assert has.all()
     want = topk_tail_kl(x, ids, vals, mask, temperature=2.0).item() / 4
-    assert value.item() == pytest.approx(want, rel=1e-6)
+    assert value.item() == pytest.approx(want, rel=1e-4)

@@ -117,3 +117,67 @@ def test_chunked_path_never_builds_n_by_v(spec):
 def test_chunk_rows_for():
     assert chunk_rows_for(151_936, 1 << 23) == 55
     assert chunk_rows_for(10**9, 1 << 23) == 1
+
+
+# --------------------------------------------------------------------------- fused op
+
+
+def _reference(x, labels, ids, lps, kind, beta, t):
+    """The same terms through log_softmax + autograd (the plain formulation)."""
+    from apidistill.train.losses import bucket_divergence, sampled_token_ce
+
+    logq = x.log_softmax(-1)
+    ce = -logq.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    if kind == "unbiased":
+        kd, _ = sampled_token_ce(logq, ids, lps, labels)
+    else:
+        d, _ = bucket_divergence(
+            (x / t).log_softmax(-1), ids, lps, kind=kind, beta=beta, teacher_temperature=t
+        )
+        kd = d * t**2
+    return ce, kd
+
+
+@pytest.mark.parametrize(
+    ("kind", "t"),
+    [
+        ("forward", 1.0),
+        ("forward", 0.5),
+        ("forward", 2.0),
+        ("reverse", 1.0),
+        ("reverse", 4.0),
+        ("jsd", 1.0),
+        ("jsd", 2.0),
+        ("unbiased", 1.0),
+    ],
+)
+def test_fused_ce_and_kd_equals_the_log_softmax_formulation(kind, t):
+    from apidistill.train.losses import ce_and_kd
+
+    g = torch.Generator().manual_seed(11)
+    v, k, n = 40, 6, 9
+    x0 = torch.randn(n, v, generator=g) * 3
+    x0[4, :k] += 60.0  # a student almost certain inside S: tail < 1e-20 (exact path)
+    ids = torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(n)])
+    lps = (torch.randn(n, k, generator=g)).log_softmax(-1) + math.log(0.9)
+    x0[4] = x0[4].index_put((ids[4],), x0[4, :k])  # those large logits sit on S's ids
+    lps[1, 3:] = -math.inf  # padded slots
+    ids[2, 2] = ids[2, 1]  # a repeated id
+    lps[3] = -math.inf  # no teacher slot at all
+    ids[5, 0] = -1  # an id outside the vocabulary
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[6] = ids[6, 0]
+    full_ids = torch.arange(v).repeat(n, 1)  # k = vocabulary: empty tail
+
+    for tid, tlp in ((ids, lps), (full_ids, x0.log_softmax(-1))):
+        xa = x0.clone().requires_grad_()
+        ce, kd, has = ce_and_kd(xa, labels, tid, tlp, kind=kind, beta=0.3, temperature=t)
+        (ce * 0.4 + torch.where(has, kd, 0) * 0.6).sum().backward()
+        xb = x0.clone().requires_grad_()
+        ce_r, kd_r = _reference(xb, labels, tid, tlp, kind, 0.3, t)
+        (ce_r * 0.4 + torch.where(has, kd_r, 0) * 0.6).sum().backward()
+        torch.testing.assert_close(ce, ce_r, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            torch.where(has, kd, 0), torch.where(has, kd_r, 0), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
