@@ -7,6 +7,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from apidistill.train.losses import teacher_target_mask
@@ -181,3 +183,39 @@ def test_fused_ce_and_kd_equals_the_log_softmax_formulation(kind, t):
             torch.where(has, kd, 0), torch.where(has, kd_r, 0), rtol=1e-4, atol=1e-5
         )
         torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 30),
+    k=st.integers(1, 8),
+    kind=st.sampled_from(["forward", "reverse", "jsd", "unbiased"]),
+    t=st.sampled_from([0.5, 1.0, 2.0, 4.0]),
+    scale=st.sampled_from([0.1, 3.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_fused_op_matches_the_plain_formulation_everywhere(vocab, k, kind, t, scale, seed):
+    # Any vocabulary size, k (also ≥ vocabulary, repeats and out-of-range ids included),
+    # logit scale (peaked students with tails far below 1e-20) and temperature.
+    from apidistill.train.losses import ce_and_kd
+
+    g = torch.Generator().manual_seed(seed)
+    n = 3
+    x0 = torch.randn(n, vocab, generator=g) * scale
+    ids = torch.randint(-1, vocab + 1, (n, k), generator=g)
+    lps = torch.randn(n, k, generator=g).log_softmax(-1) + math.log(0.8)
+    lps[0, -1] = -math.inf
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    t = 1.0 if kind == "unbiased" else t
+    xa = x0.clone().requires_grad_()
+    ce, kd, has = ce_and_kd(xa, labels, ids, lps, kind=kind, beta=0.4, temperature=t)
+    kd = torch.where(has, kd, 0)
+    (ce + kd).sum().backward()
+    xb = x0.clone().requires_grad_()
+    ce_r, kd_r = _reference(xb, labels, ids, lps, kind, 0.4, t)
+    kd_r = torch.where(has, kd_r, 0)
+    (ce_r + kd_r).sum().backward()
+    assert torch.isfinite(kd).all() and torch.isfinite(xa.grad).all()
+    torch.testing.assert_close(ce, ce_r, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(kd, kd_r, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-3, atol=1e-4)
