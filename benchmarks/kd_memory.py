@@ -9,7 +9,7 @@ cannot hide another's peak:
     sequence_kd             CE, chunked loss (the default trainer)
     logprob_kd              0.5 CE + 0.5 forward KL over top-20 + tail, chunked (default)
     logprob_kd_unchunked    the same loss from the full [B, T, V] logits (loss_chunk_elements=0)
-    sequence_kd_unchunked   CE from the full logits
+    sequence_kd_unchunked   CE from the full logits (only with --arms)
 
 Peak memory: on CPU the process's resident set — the peak (VmHWM) is reset through
 /proc/self/clear_refs after the warm-up step and read after the timed steps, so ``step_peak``
@@ -19,7 +19,7 @@ is what a training step adds on top of the model, optimizer state and batch; on 
 
 Targets (issue 20): logprob-KD step peak ≤ 1.2× sequence-KD, step time ≤ 1.15×.
 
-Usage: python -m benchmarks.kd_memory [--quick] [--vocab 151936 262144] [--steps 3]
+Usage: python -m benchmarks.kd_memory [--quick] [--vocab 151936 262144] [--steps 4] [--arms ...]
 Writes out/kd_memory.json and, run on its own, appends its rows to benchmarks/RESULTS.md.
 """
 
@@ -40,6 +40,11 @@ from typing import Any
 from benchmarks.common import HERE, ROOT, fmt, md_table, write_result
 
 ARMS = ("sequence_kd", "logprob_kd", "logprob_kd_unchunked", "sequence_kd_unchunked")
+DEFAULT_ARMS = ARMS[:3]
+# glibc raises its mmap threshold after a large free, after which freed tensors stay in the
+# heap and the resident set no longer follows live memory; a fixed threshold keeps every
+# tensor over 128 KiB in its own mapping, returned to the system when freed.
+CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 VOCABS = {151_936: "Qwen2.5", 262_144: "Gemma 3"}
 TOP_K = 20
 
@@ -163,6 +168,7 @@ def child(arm: str, vocab: int, a: argparse.Namespace) -> dict[str, Any]:
         "step_s": [round(t, 4) for t in times],
         "median_step_s": round(statistics.median(times), 4),
         "median_step_cpu_s": round(statistics.median(cpu_times), 4),
+        "min_step_cpu_s": round(min(cpu_times), 4),
         "chunked": trainer._chunk_ok is True,
     }
 
@@ -172,7 +178,7 @@ def child(arm: str, vocab: int, a: argparse.Namespace) -> dict[str, Any]:
 
 def _run_child(arm: str, vocab: int, argv: list[str], timeout: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.kd_memory", "--child", arm, "--vocab", str(vocab)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, **CHILD_ENV, "PYTHONPATH": str(ROOT)}
     try:
         done = subprocess.run(
             [*cmd, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
@@ -208,7 +214,7 @@ def _ratios(arms: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 def run(a: argparse.Namespace, child_argv: list[str]) -> dict[str, Any]:
     by_vocab: dict[str, Any] = {}
     for vocab in a.vocab:
-        arms = {arm: _run_child(arm, vocab, child_argv, a.timeout) for arm in ARMS}
+        arms = {arm: _run_child(arm, vocab, child_argv, a.timeout) for arm in a.arms}
         by_vocab[str(vocab)] = {"arms": arms, "ratios": _ratios(arms)}
     return {
         "setting": {
@@ -222,6 +228,7 @@ def run(a: argparse.Namespace, child_argv: list[str]) -> dict[str, Any]:
             "steps": a.steps,
             "warmup": a.warmup,
             "device": a.device,
+            "arms": list(a.arms),
             "torch_threads_env": os.environ.get("OMP_NUM_THREADS"),
         },
         "vocab": by_vocab,
@@ -233,8 +240,8 @@ def table(res: dict[str, Any]) -> str:
     rows = []
     for vocab, cell in res["vocab"].items():
         name = VOCABS.get(int(vocab), "")
-        for arm in ARMS:
-            r = cell["arms"].get(arm, {})
+        for arm in cell["arms"]:
+            r = cell["arms"][arm]
             if "error" in r:
                 rows.append([f"{int(vocab):,} {name}", arm, "—", "—", "—", "—", r["error"]])
                 continue
@@ -310,12 +317,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--quick", action="store_true", help="one vocabulary, short answers")
     p.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
     p.add_argument("--vocab", type=int, nargs="+", default=list(VOCABS))
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(DEFAULT_ARMS))
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--answer", type=int, default=224, help="longest answer (tokens)")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=int, default=900, help="per child process, seconds")
     p.add_argument("--no-results-md", action="store_true")
