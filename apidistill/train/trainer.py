@@ -122,12 +122,12 @@ class DistillTrainer(Trainer):
         """(N, N_kd, scale) over the micro-batches of one optimizer step (and processes)."""
         if not batches or any("labels" not in b for b in batches):
             return None
-        counts = torch.zeros(2, dtype=torch.float64)
+        counts = torch.zeros(2, dtype=torch.long)  # int64 gathers on every backend
         for b in batches:
             sel = b["labels"][:, 1:] != IGNORE_INDEX
-            counts[0] += float(sel.sum())
+            counts[0] += int(sel.sum())
             if self.use_kd and all(k in b for k in _KD_KEYS):
-                counts[1] += float(self._kd_positions(b, sel).sum())
+                counts[1] += int(self._kd_positions(b, sel).sum())
         scale = 1.0
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             # DDP averages gradients over processes: sum the counts, scale the loss back up
