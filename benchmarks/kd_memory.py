@@ -287,7 +287,7 @@ def table(res: dict[str, Any]) -> str:
 def append_results_md(res: dict[str, Any]) -> None:
     """A standalone run appends one row per vocabulary to RESULTS.md's appendix."""
     path = HERE / "RESULTS.md"
-    s = res["setting"]
+    s, m = res["setting"], res.get("machine", {})
     for vocab, cell in res["vocab"].items():
         q = cell["ratios"]
         arms = cell["arms"]
@@ -305,7 +305,9 @@ def append_results_md(res: dict[str, Any]) -> None:
             f"{fmt(q['step_cpu_logprob_vs_sequence'], 3)}× CPU (target ≤ 1.15); "
             "unchunked/chunked peak "
             f"{fmt(q['step_peak_unchunked_vs_chunked'], 2)}×<br>{'<br>'.join(parts)} | "
-            f"{s['device']}, one child process per arm, {s['steps']} timed steps after "
+            f"{s['device']} ({m.get('cpu')}, {m.get('cores')} cores, load average "
+            f"{(m.get('load_avg_1_5_15') or ['?'])[0]}: wall times follow the load, CPU times "
+            f"less so), one child process per arm, {s['steps']} timed steps after "
             f"{s['warmup']} warm-up |\n"
         )
         with path.open("a", encoding="utf-8") as fh:
