@@ -68,6 +68,13 @@ SUITE: tuple[Bench, ...] = (
         about="logprob-KD vs sequence-KD vs TRL step time",
     ),
     Bench(
+        "kd_memory",
+        ("--no-results-md",),
+        ("--quick", "--no-results-md"),
+        in_quick=False,
+        about="peak memory and step time at V = 151,936 / 262,144: logprob vs sequence KD",
+    ),
+    Bench(
         "serve_batching",
         ("--requests", "16"),
         in_quick=False,

@@ -131,6 +131,23 @@ def _kd_ratio(
     return measure
 
 
+def _kd_memory(
+    key: str, limit: float, what: str
+) -> Callable[[Doc], tuple[str, float | None, bool | None, str]]:
+    """The worst ratio over the vocabularies kd_memory measured (issue 20)."""
+
+    def measure(doc: Doc) -> tuple[str, float | None, bool | None, str]:
+        cells = doc.get("vocab", {})
+        ratios = {v: c.get("ratios", {}).get(key) for v, c in cells.items()}
+        if not ratios or any(r is None for r in ratios.values()):
+            return "—", None, None, "an arm did not run"
+        worst = max(ratios.values())
+        note = ", ".join(f"V = {int(v):,}: {fmt(r, 3)}×" for v, r in ratios.items())
+        return what, worst, worst <= limit, note
+
+    return measure
+
+
 def _kd_quality(metric: str, label: str, digits: int) -> Callable[[Doc], Any]:
     """Top-20 KD vs sequence KD on one metric, in every (size, budget) cell of kd_quality."""
 
@@ -185,6 +202,16 @@ TARGETS: list[Target] = [
         "apidistill sequence-KD step ≤ 1.05× TRL SFTTrainer",
         "kd_overhead",
         _kd_ratio("ratio_sequence_vs_trl", 1.05),
+    ),
+    Target(
+        "issue 20: logprob-KD step peak memory ≤ 1.2× sequence-KD at V = 151,936 and 262,144",
+        "kd_memory",
+        _kd_memory("step_peak_logprob_vs_sequence", 1.2, "worst step-peak ratio"),
+    ),
+    Target(
+        "issue 20: logprob-KD step ≤ 1.15× sequence-KD at V = 151,936 and 262,144 (CPU time)",
+        "kd_memory",
+        _kd_memory("step_cpu_logprob_vs_sequence", 1.15, "worst step CPU-time ratio"),
     ),
     Target(
         "logprob KD beats sequence KD on held-out KL at every sample size and training budget",
@@ -592,6 +619,23 @@ def kd_overhead_section(doc: Doc | None) -> str:
     return "\n".join(out)
 
 
+def kd_memory_section(doc: Doc | None) -> str:
+    from benchmarks.kd_memory import table
+
+    out = ["## 4b. Training at real vocabularies: peak memory and step time", ""]
+    if not doc:
+        return "\n".join([*out, "Not run."])
+    s = doc.get("setting", {})
+    out.append(
+        f"Random-init Llama, hidden {s.get('hidden')}, {s.get('layers')} layers, LoRA "
+        f"{s.get('lora')}, batch {s.get('batch')}, answers up to {s.get('answer_max')} tokens, "
+        f"top-{s.get('top_k')}; one child process per arm, {s.get('steps')} timed steps after "
+        f"{s.get('warmup')} warm-up on {s.get('device')}. Step peak = peak resident memory "
+        "during the timed steps minus the resident memory before them."
+    )
+    return "\n".join([*out, "", table(doc)])
+
+
 def kd_quality_section(doc: Doc | None) -> str:
     out = ["## 5. Distillation quality at equal teacher samples", ""]
     if not doc:
@@ -703,6 +747,7 @@ SECTIONS = (
     "resume_cost",
     "storage",
     "kd_overhead",
+    "kd_memory",
     "kd_quality",
     "serve_batching",
 )
@@ -855,6 +900,8 @@ def render(folder: Path) -> str:
         _safe(storage_section, docs["storage"]),
         "",
         _safe(kd_overhead_section, docs["kd_overhead"]),
+        "",
+        _safe(kd_memory_section, docs["kd_memory"]),
         "",
         _safe(kd_quality_section, docs["kd_quality"]),
         "",

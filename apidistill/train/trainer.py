@@ -1,25 +1,37 @@
 """The distillation trainer: ``transformers.Trainer`` with a KD loss, LoRA, and a progress bar.
 
-Only ``compute_loss`` and ``log`` are overridden; the loop, gradient accumulation,
-checkpointing (safetensors), resuming, evaluation, early stopping and ``accelerate launch``
-(DDP/FSDP/DeepSpeed) are the Trainer's own, so there is no distributed code here.
+Only the loss, the per-step token counts and ``log`` are overridden; the loop, gradient
+accumulation, checkpointing (safetensors), resuming, evaluation, early stopping and
+``accelerate launch`` (DDP/FSDP/DeepSpeed) are the Trainer's own, so there is no distributed
+code here.
 
-Loss per micro-batch, over the assistant-turn positions only:
+Loss of one optimizer step, over the assistant-turn positions only:
 
-    sequence_kd:  L = CE(student, teacher tokens)
-    logprob_kd:   L = (1 − α) · CE + α · T² · D(teacher top-k + tail ‖ student)
+    sequence_kd:  L = CE
+    logprob_kd:   L = (1 − α) · CE + α · KD
+    CE = −(1/N) Σ_t log q(y_t)              N   = supervised tokens of the whole step
+    KD = (1/N_kd) Σ_t T² · D_t               N_kd = those with a teacher top-k target
 
 D is forward KL, reverse KL, generalized JSD(β) or the unbiased sampled-token CE
-(``KDConfig.loss``), averaged over the positions that have teacher top-k targets. Both terms
-are token means within the micro-batch and the Trainer divides by the accumulation steps.
-The student's log-softmax over the vocabulary is computed once and shared by CE and KD
-(at T = 1), which is why a logprob-KD step costs about what a sequence-KD step costs.
+(``KDConfig.loss``). N and N_kd count every micro-batch of the gradient accumulation (and,
+with ``average_tokens_across_devices``, every process), like transformers' and TRL's
+``num_items_in_batch``: each micro-batch contributes its *sums* divided by the step's
+counts, so accumulation 4 × batch 2 gives the same gradient as batch 8 however uneven the
+answers are (a mean of micro-batch means would weigh a short answer's tokens more).
+
+Memory: the model runs with ``logits_to_keep=1`` and the loss is computed from the final
+hidden states in chunks of positions (:mod:`.token_loss`), so the ``[N, V]`` logits are never
+held whole. Models whose output head cannot be applied that way (checked once against the
+model's own logits) fall back to the full logits.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -30,12 +42,15 @@ from apidistill.config import KDConfig, LoraConfig
 from apidistill.errors import TrainingError
 from apidistill.progress import make_progress
 from apidistill.train.distributed import reduce_sums
-from apidistill.train.losses import (
-    IGNORE_INDEX,
-    bucket_divergence,
-    kd_mix,
-    masked_mean,
-    sampled_token_ce,
+from apidistill.train.losses import IGNORE_INDEX, kd_mix, teacher_target_mask
+from apidistill.train.token_loss import (
+    DEFAULT_CHUNK_ELEMENTS,
+    LossSpec,
+    LossSums,
+    TokenTargets,
+    chunk_rows_for,
+    chunked_loss_sums,
+    logits_loss_sums,
 )
 
 if TYPE_CHECKING:
@@ -43,8 +58,9 @@ if TYPE_CHECKING:
 
 __all__ = ["DistillTrainer", "RichProgressCallback", "apply_lora", "linear_module_names"]
 
+log = logging.getLogger(__name__)
+
 _KD_KEYS = ("teacher_topk_ids", "teacher_topk_logprobs", "kd_mask")
-_DIVERGENCE = {"forward_kl": "forward", "reverse_kl": "reverse", "jsd": "jsd"}
 
 
 class DistillTrainer(Trainer):
@@ -53,22 +69,83 @@ class DistillTrainer(Trainer):
     Extra batch keys (from :class:`~apidistill.train.collate.DistillCollator`) are popped
     before the forward pass. Logs gain ``ce``, ``kd``, ``top1_agreement`` (student argmax =
     teacher token) and ``tokens_per_s``; evaluation logs the same with an ``eval_`` prefix.
+
+    ``loss_chunk_elements``: logit elements per loss chunk (rows = elements // V); 0 turns
+    chunking off (the full ``[B, T, V]`` logits, as before).
     """
 
-    # compute_loss returns a per-micro-batch token mean: let the Trainer divide by the
-    # accumulation steps.
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args: Any, kd: KDConfig, use_kd: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        kd: KDConfig,
+        use_kd: bool,
+        loss_chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.kd = kd
         self.use_kd = use_kd
+        self.loss_chunk_elements = loss_chunk_elements
+        self._spec = LossSpec(
+            kd=kd.loss if use_kd else None, temperature=kd.temperature, beta=kd.beta
+        )
+        # (N, N_kd, scale) of the optimizer step in progress; set by get_batch_samples
+        self._step_counts: tuple[float, float, float] | None = None
+        self._chunk_ok: bool | None = None  # decided on the first training batch
         self._sums: dict[str, defaultdict[str, float]] = {
             "train": defaultdict(float),
             "eval": defaultdict(float),
         }
         self._last_log_time: float | None = None
         self.remove_callback(PrinterCallback)  # progress has its own display; keep stdout clean
+
+    @property  # type: ignore[override]
+    def loss_is_scaled_for_ga(self) -> bool:
+        """True while the step's global token counts are known: compute_loss already
+        divides by them, so the Trainer must not divide by the accumulation steps again."""
+        return getattr(self, "_step_counts", None) is not None
+
+    @loss_is_scaled_for_ga.setter
+    def loss_is_scaled_for_ga(self, value: Any) -> None:  # the base class assigns None
+        pass
+
+    # ------------------------------------------------------------------ token counts
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):  # type: ignore[no-untyped-def]
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_counts = self._count_step_tokens(batch_samples, device)
+        return batch_samples, num_items
+
+    def _count_step_tokens(
+        self, batches: list[dict[str, Any]], device: torch.device
+    ) -> tuple[float, float, float] | None:
+        """(N, N_kd, scale) over the micro-batches of one optimizer step (and processes)."""
+        if not batches or any("labels" not in b for b in batches):
+            return None
+        counts = torch.zeros(2, dtype=torch.long)  # int64 gathers on every backend
+        for b in batches:
+            sel = b["labels"][:, 1:] != IGNORE_INDEX
+            counts[0] += int(sel.sum())
+            if self.use_kd and all(k in b for k in _KD_KEYS):
+                counts[1] += int(self._kd_positions(b, sel).sum())
+        scale = 1.0
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # DDP averages gradients over processes: sum the counts, scale the loss back up
+            counts = self.accelerator.gather(counts.to(device)).view(-1, 2).sum(0).cpu()
+            scale = float(self.args.world_size)
+        return float(counts[0]), float(counts[1]), scale
+
+    def _kd_positions(self, batch: dict[str, Any], sel: torch.Tensor) -> torch.Tensor:
+        """Bools over the selected positions: KD mask and a valid teacher slot."""
+        ids = batch["teacher_topk_ids"][:, 1:][sel]
+        lps = batch["teacher_topk_logprobs"][:, 1:][sel]
+        mask = batch["kd_mask"][:, 1:][sel].bool()
+        return mask & teacher_target_mask(ids, lps, self._vocab_size())
+
+    def _vocab_size(self) -> int:
+        head = self.model.get_output_embeddings()
+        size = getattr(head, "out_features", None)
+        return int(size if size is not None else self.model.config.vocab_size)
 
     # ------------------------------------------------------------------ loss
 
@@ -81,73 +158,100 @@ class DistillTrainer(Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         inputs = dict(inputs)
         labels = inputs.pop("labels")
-        targets = {k: inputs.pop(k) for k in _KD_KEYS if k in inputs}
-        outputs = model(**inputs, use_cache=False)
-        labels = labels[:, 1:]
-        sel = labels != IGNORE_INDEX
-        logits = outputs.logits[:, :-1][sel].float()  # [N, V]: assistant positions only
-        tgt = labels[sel]
-        logq = logits.log_softmax(-1)
-        picked = logq.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-        ones = torch.ones_like(picked, dtype=torch.bool)
-        ce = masked_mean(-picked, ones)
-        loss, kd, n_kd = ce, None, 0
-        if self.use_kd and targets:
-            kd, n_kd = self._kd_term(
-                logits, logq, tgt, {k: v[:, 1:][sel] for k, v in targets.items()}
+        raw = {k: inputs.pop(k) for k in _KD_KEYS if k in inputs}
+        sel = labels[:, 1:] != IGNORE_INDEX
+        targets = TokenTargets(labels[:, 1:][sel])
+        if self.use_kd and len(raw) == len(_KD_KEYS):
+            targets = TokenTargets(
+                targets.labels,
+                raw["teacher_topk_ids"][:, 1:][sel],
+                raw["teacher_topk_logprobs"][:, 1:][sel],
+                self._kd_positions(raw, sel),
             )
-            loss = kd_mix(ce, kd, self.kd.alpha)
-        self._accumulate(model, ce, kd, n_kd, logq, tgt, inputs)
+        sums = self._loss_sums(model, inputs, sel, targets)
+        n, n_kd = (
+            int(targets.labels.numel()),
+            int(targets.kd_mask.sum()) if targets.kd_mask is not None else 0,
+        )
+        counts = self._step_counts if model.training else None
+        if counts is not None:
+            denom_ce, denom_kd, scale = counts
+        else:  # evaluation, or a step outside Trainer.train: this micro-batch's means
+            denom_ce, denom_kd, scale = n, n_kd, 1.0
+        ce = sums.ce / max(denom_ce, 1.0)
+        loss = ce
+        if self._spec.kd is not None and targets.kd_mask is not None:
+            loss = kd_mix(ce, sums.kd / max(denom_kd, 1.0), self.kd.alpha)
+        loss = loss * scale
+        self._accumulate(model, sums, n, n_kd if targets.kd_mask is not None else None, inputs)
         # The Trainer never needs the [B, T, V] logits back (prediction_loss_only).
         return (loss, {"loss": loss}) if return_outputs else loss
 
-    def _kd_term(
+    def _loss_sums(
         self,
-        logits: torch.Tensor,
-        logq: torch.Tensor,
-        tgt: torch.Tensor,
-        t: dict[str, torch.Tensor],
-    ) -> tuple[torch.Tensor, int]:
-        temp = self.kd.temperature
-        if self.kd.loss == "unbiased":
-            value, has = sampled_token_ce(
-                logq, t["teacher_topk_ids"], t["teacher_topk_logprobs"], tgt
-            )
-        else:
-            lq = logq if temp == 1.0 else (logits / temp).log_softmax(-1)
-            value, has = bucket_divergence(
-                lq,
-                t["teacher_topk_ids"],
-                t["teacher_topk_logprobs"],
-                kind=_DIVERGENCE[self.kd.loss],
-                beta=self.kd.beta,
-                teacher_temperature=temp,
-            )
-            value = value * temp**2
-        mask = t["kd_mask"] & has
-        return masked_mean(value, mask), int(mask.sum())
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        sel: torch.Tensor,
+        targets: TokenTargets,
+    ) -> LossSums:
+        head = self._chunk_head(model) if self.loss_chunk_elements > 0 else None
+        if head is not None:
+            out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+            last = out.hidden_states[-1]
+            if self._chunk_ok is None:
+                self._chunk_ok = _head_matches(head, last[:, -1], out.logits[:, -1])
+                if not self._chunk_ok:
+                    log.warning(
+                        "the student's output head could not be reproduced from its hidden "
+                        "states; computing the loss from the full logits (more memory)"
+                    )
+            if self._chunk_ok:
+                rows = chunk_rows_for(self._vocab_size(), self.loss_chunk_elements)
+                hidden = last[:, :-1][sel]
+                return chunked_loss_sums(hidden, head, targets, self._spec, rows)
+        out = model(**inputs, use_cache=False)
+        return logits_loss_sums(out.logits[:, :-1][sel], targets, self._spec)
+
+    def _chunk_head(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """hidden → logits as the model computes them, or None when that is not possible
+        here: no ``logits_to_keep`` argument, or a sharded head (FSDP DTensor, ZeRO-3)."""
+        if self._chunk_ok is False:
+            return None
+        base = self.model
+        forward = getattr(getattr(base, "get_base_model", lambda: base)(), "forward", None)
+        if forward is None or "logits_to_keep" not in inspect.signature(forward).parameters:
+            return None
+        head = base.get_output_embeddings()
+        weight = getattr(head, "weight", None)
+        if head is None or weight is None or type(weight).__name__ == "DTensor":
+            return None
+        if hasattr(weight, "ds_id"):  # DeepSpeed ZeRO-3 partitions it
+            return None
+        config = getattr(base, "config", None)
+        cap = getattr(
+            getattr(config, "get_text_config", lambda: config)(), "final_logit_softcapping", None
+        )
+        if not cap:
+            return head
+        return lambda h: torch.tanh(head(h) / cap) * cap
 
     # ------------------------------------------------------------------ metrics
 
     def _accumulate(
         self,
         model: torch.nn.Module,
-        ce: torch.Tensor,
-        kd: torch.Tensor | None,
-        n_kd: int,
-        logq: torch.Tensor,
-        tgt: torch.Tensor,
+        sums: LossSums,
+        n: int,
+        n_kd: int | None,
         inputs: dict[str, Any],
     ) -> None:
         s = self._sums["train" if model.training else "eval"]
-        n = int(tgt.numel())
-        with torch.no_grad():
-            s["ce"] += float(ce) * n
-            s["n"] += n
-            s["agree"] += float((logq.argmax(-1) == tgt).sum())
-            if kd is not None:
-                s["kd"] += float(kd) * n_kd
-                s["n_kd"] += n_kd
+        s["ce"] += float(sums.ce.detach())
+        s["n"] += n
+        s["agree"] += float(sums.agree)
+        if n_kd is not None and self._spec.kd is not None:
+            s["kd"] += float(sums.kd.detach())
+            s["n_kd"] += n_kd
         mask = inputs.get("attention_mask")
         s["tokens"] += float(mask.sum()) if mask is not None else inputs["input_ids"].numel()
 
@@ -265,3 +369,16 @@ class RichProgressCallback(TrainerCallback):
             self._progress.update(self._task, completed=state.global_step)
             self._progress.stop()
             self._progress = None
+
+
+def _head_matches(
+    head: Callable[[torch.Tensor], torch.Tensor], hidden: torch.Tensor, logits: torch.Tensor
+) -> bool:
+    """Whether ``head(hidden)`` reproduces the model's own logits (one position per row)."""
+    with torch.no_grad():
+        mine = head(hidden).float()
+    theirs = logits.float()
+    if mine.shape != theirs.shape:
+        return False
+    tol = 1e-4 if logits.dtype == torch.float32 else 5e-2
+    return bool(torch.allclose(mine, theirs, atol=tol, rtol=tol))
