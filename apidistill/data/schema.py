@@ -131,6 +131,10 @@ class Completion(BaseModel):
     # rather than hidden: sampled tokens stored as -100, top-list alternatives left out.
     logprobs_invalid: int = Field(0, ge=0)
     logprobs_dropped: int = Field(0, ge=0)
+    # The sampling fields of the body that produced this answer (temperature, top_p, seed,
+    # a server's penalties...): the answer depends on them as much as on the prompt. Empty
+    # when not known (an answer journaled before they were recorded).
+    sampling: dict[str, Any] = Field(default_factory=dict)
 
 
 class Provenance(BaseModel):

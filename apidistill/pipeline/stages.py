@@ -171,6 +171,8 @@ def record_from_result(result: Any, decision: Any, teacher_cfg: Any) -> Record:
             "request_key": result.key,
             "latency_ms": comp.latency_ms,
             **_logprob_counts(comp),
+            # what shaped the answer besides the prompt; absent when the answer predates it
+            **({"sampling": comp.sampling} if comp.sampling else {}),
             **meta,
         },
         provenance=Provenance(

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +100,9 @@ class TokenVocab:
 
     id_to_bytes: dict[int, bytes]
     bytes_to_id: dict[bytes, int | None] = field(default_factory=dict)
+    # The tokenizer's own tokenization (text -> ids), when built from one: it breaks ties
+    # when a lossy server's token texts fit the completion more than one way.
+    encode: Callable[[str], list[int]] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.bytes_to_id:
@@ -128,7 +131,9 @@ class TokenVocab:
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TokenVocab:
         """From a transformers tokenizer (``get_vocab()``)."""
-        return cls.from_pieces(tokenizer.get_vocab())
+        vocab = cls.from_pieces(tokenizer.get_vocab())
+        vocab.encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+        return vocab
 
     def id_for(self, data: bytes | None) -> int | None:
         if data is None:

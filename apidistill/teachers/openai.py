@@ -9,6 +9,7 @@ SDK retry would hide a possibly billed attempt from the ledger.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -31,6 +32,7 @@ from apidistill.teachers.profiles import (
     server_profile,
 )
 from apidistill.teachers.ratelimits import openai_rate_limits
+from apidistill.teachers.token_recovery import raw_token_constraints, recover_token_bytes
 from apidistill.teachers.transport import resolve_transport, sdk_http_client
 from apidistill.teachers.urls import teacher_identity
 
@@ -41,6 +43,7 @@ __all__ = [
     "build_openai_body",
     "check_openai_request",
     "parse_openai_body",
+    "sampling_settings",
 ]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -112,6 +115,7 @@ def build_openai_body(
         body["temperature"] = p.temperature
         if p.top_p is not None:
             body["top_p"] = p.top_p
+        body.update(profile.sampling_body)
     if p.stop:
         body["stop"] = list(p.stop)
     if p.seed is not None:
@@ -126,6 +130,34 @@ def build_openai_body(
     body.update(profile.extra_body)
     body.update(p.extra_body)
     return ("/chat/completions" if chat else "/completions"), body
+
+
+# Body fields that change which token is drawn (OpenAI's and llama.cpp's/vLLM's names).
+SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "seed",
+    "repeat_penalty",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "mirostat_mode",
+    "reasoning_effort",
+)
+
+
+def _digest(fields: Mapping[str, Any]) -> str:
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+def sampling_settings(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling fields of a request body as sent: what shaped the answer, kept on it."""
+    return {k: body[k] for k in SAMPLING_FIELDS if k in body}
 
 
 def _count(obj: object, key: str) -> int:
@@ -159,11 +191,16 @@ def parse_openai_body(
     latency_ms: float = 0.0,
     price: ModelPrice | None = None,
     batch: bool = False,
+    sampling: Mapping[str, Any] | None = None,
 ) -> tuple[Completion, NormalizedLogprobs]:
     """A decoded chat (``chat``) or legacy completion object → Completion (first choice).
 
     Batch results pass ``logprobs_requested`` from the presence of the field and the widest
-    ``top_k``; ``request_hash`` is then the caller's to fill from its own journal."""
+    ``top_k``; ``request_hash`` is then the caller's to fill from its own journal.
+    ``sampling`` is the sent body's :func:`sampling_settings`, stored on the completion.
+    With the quirk ``lossy_token_text`` and a known vocabulary, tokens the server spelled
+    lossily get their bytes and ids back from the text (:mod:`~apidistill.teachers.token_recovery`).
+    """
     if not isinstance(data, Mapping):
         raise malformed_body(provider, f"expected a JSON object, got {type(data).__name__}")
     choices = data.get("choices")
@@ -189,6 +226,10 @@ def parse_openai_body(
         vocab=vocab,
         model=model,
     )
+    if lp.tokens and vocab is not None and "lossy_token_text" in quirks:
+        given = raw_token_constraints(choice.get("logprobs"))
+        if given is not None:
+            recover_token_bytes(lp.tokens, text or "", given, vocab)
     usage = _usage(data)
     fingerprint = data.get("system_fingerprint")
     returned_model = data.get("model")
@@ -206,6 +247,7 @@ def parse_openai_body(
         model=model,
         model_version=version if isinstance(version, str) else None,
         request_hash=request_hash,
+        sampling=dict(sampling or {}),
     )
     return completion, lp
 
@@ -263,6 +305,10 @@ class OpenAITeacher:
         # ``identity`` replaces the URL in the cache key when the URL is not what identifies the
         # teacher (a server the pipeline starts on a free port each run).
         self._teacher_id = identity or teacher_identity(provider, self.base_url)
+        if self._profile.sampling_body:
+            # The profile's sampling fields shape every answer but are not request params:
+            # they join the identity, so the journal never answers from other sampling.
+            self._teacher_id += "+sampling:" + _digest(self._profile.sampling_body)
         self._vocab = vocab
         self._price = price
         self.transport = "custom" if http_client is not None else resolve_transport(transport)
@@ -327,13 +373,15 @@ class OpenAITeacher:
         if not page.data:
             return None
         data = page.data[0].model_dump(mode="json", exclude_unset=True)
-        completion, lp = self._parse(data, request, (time.perf_counter() - started) * 1000.0)
+        _, body = self.build(request)  # the body it was stored under: same request, same body
+        elapsed_ms = (time.perf_counter() - started) * 1000.0
+        completion, lp = self._parse(data, request, elapsed_ms, body)
         if request.params.logprobs and completion.logprobs is None:
             return None  # stored without the logprobs this request needs: send it again
         return TeacherResponse(completion=completion, logprobs_missing_reason=lp.missing_reason)
 
     def _parse(
-        self, data: Any, request: TeacherRequest, latency_ms: float
+        self, data: Any, request: TeacherRequest, latency_ms: float, body: Mapping[str, Any]
     ) -> tuple[Completion, NormalizedLogprobs]:
         """A chat/text completion object (sent now, or stored earlier) for ``request``."""
         return parse_openai_body(
@@ -348,6 +396,7 @@ class OpenAITeacher:
             request_hash=request.cache_key(self.teacher_id, self.model),
             latency_ms=latency_ms,
             price=self._price,
+            sampling=sampling_settings(body),
         )
 
     async def complete(self, request: TeacherRequest) -> TeacherResponse:
@@ -371,7 +420,7 @@ class OpenAITeacher:
             data = json.loads(content)
         except (ValueError, UnicodeDecodeError) as exc:
             raise malformed_body(self.provider, f"not JSON ({exc})") from exc
-        completion, lp = self._parse(data, request, latency_ms)
+        completion, lp = self._parse(data, request, latency_ms, body)
         return TeacherResponse(
             completion=completion,
             rate_limits=openai_rate_limits(raw.headers),

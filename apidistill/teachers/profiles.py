@@ -9,6 +9,9 @@ Quirk names used by :mod:`apidistill.teachers.logprobs` and the clients:
 
 - ``token_id_strings``: tokens come as ``"token_id:<id>"`` (vLLM ``return_tokens_as_token_ids``).
 - ``bytes_null``: ``bytes`` may be null; ``empty_tokens``: partial UTF-8 tokens come as ``""``.
+- ``lossy_token_text``: token texts are decoded with errors ignored (llama-cpp-python), so a
+  token holding part of a character comes as ``""`` or shortened; with the vocabulary known,
+  :mod:`apidistill.teachers.token_recovery` recovers its bytes and id from the completion.
 - ``sampled_in_top``: the sampled token is appended to the top list even when not in the top k.
 - ``pre_sampling_probs``: logprobs are the model's before temperature/top-p/penalties.
 - ``lowest_float_for_zero``: a zero probability is reported as the lowest float (-3.4e38).
@@ -27,6 +30,7 @@ from apidistill.teachers.base import Capabilities
 
 __all__ = [
     "ANTHROPIC_CAPABILITIES",
+    "LLAMACPP_NEUTRAL_SAMPLING",
     "OPENAI_MODEL_RULES",
     "OPENAI_PROFILE",
     "SERVER_PROFILES",
@@ -53,6 +57,23 @@ class ServerProfile:
     extra_body: dict[str, Any] = field(default_factory=dict)
     # OpenAI proper renamed max_tokens for chat; compatible servers still read max_tokens.
     max_tokens_field: str = "max_tokens"
+    # Sampling fields sent with every request so the answer follows the model's own
+    # distribution (a server default such as llama.cpp's repeat_penalty 1.1 would make the
+    # sampled token differ from the argmax of the logprobs it returns). The run's
+    # ``harvest.extra_body`` still overrides them; each record keeps what was sent.
+    sampling_body: dict[str, Any] = field(default_factory=dict)
+
+
+# Neutral sampling for llama.cpp's servers (llama-server and llama-cpp-python's server use the
+# same names): no repetition/presence/frequency penalty (defaults 1.1 / 0 / 0), and no top-k /
+# min-p truncation (defaults 40 / 0.05, which reshape samples at temperature > 0; 0 = off).
+LLAMACPP_NEUTRAL_SAMPLING: dict[str, Any] = {
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "top_k": 0,
+    "min_p": 0.0,
+}
 
 
 _SELF_HOSTED = "self-hosted; logprobs are only as wide as the server allows"
@@ -98,12 +119,14 @@ SERVER_PROFILES: dict[str, ServerProfile] = {
                     "sampled_in_top",
                     "pre_sampling_probs",
                     "lowest_float_for_zero",
+                    "lossy_token_text",
                 }
             ),
             max_concurrency_hint=4,  # llama-server --parallel
             completions_endpoint=True,
             notes=_SELF_HOSTED + "; probabilities are taken before sampling",
         ),
+        sampling_body=LLAMACPP_NEUTRAL_SAMPLING,
     ),
     "ollama": ServerProfile(
         name="ollama",

@@ -350,7 +350,8 @@ def test_make_teacher_registry_and_identity(monkeypatch):
     )
     t2 = make_teacher(cfg)
     assert t2.provider == "openai_compatible"  # never guessed from the model name
-    assert t2.teacher_id == "openai_compatible@http://localhost/v1"
+    # the URL without credentials or query, plus the profile's sampling (llama.cpp's penalties)
+    assert t2.teacher_id.startswith("openai_compatible@http://localhost/v1+sampling:")
     assert "sampled_in_top" in t2.capabilities.quirks
     t3 = make_teacher(TeacherConfig(model="m", base_url="http://a:1/v1"), base_url="http://b:2/v1")
     assert t3.teacher_id == "openai_compatible@http://b:2/v1"
