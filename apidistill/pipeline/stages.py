@@ -260,6 +260,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     from apidistill.data.store import DatasetWriter
     from apidistill.harvest import harvest
     from apidistill.teachers import make_teacher
+    from apidistill.teachers.token_recovery import lossy_text_warning
 
     cfg = ctx.cfg
     check_run_state(ctx)
@@ -268,6 +269,8 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     if not wants_logprobs:
         for r in batch.requests:
             r.params.logprobs, r.params.top_logprobs = False, 0
+    elif warning := lossy_text_warning(teacher.capabilities.quirks, cfg.teacher.tokenizer):
+        ctx.console.print(f"[yellow]warning[/]: {warning}")
     price = price_for_teacher(cfg.teacher)
     budget = Budget(
         ctx.budget_override if ctx.budget_override is not None else cfg.budget.usd,

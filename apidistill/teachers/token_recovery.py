@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from apidistill.data.schema import TokenLogprob
 from apidistill.teachers.logprobs import TokenVocab
 
-__all__ = ["Recovery", "raw_token_constraints", "recover_token_bytes"]
+__all__ = ["Recovery", "lossy_text_warning", "raw_token_constraints", "recover_token_bytes"]
 
 # Longest vocabulary piece tried at one offset (SentencePiece and BPE pieces are far shorter).
 _MAX_PIECE = 128
@@ -88,6 +88,18 @@ def raw_token_constraints(payload: object) -> list[_Given] | None:
         tid = rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else None
         out.append(_Given(raw["token"], data, tid))
     return out
+
+
+def lossy_text_warning(quirks: frozenset[str], tokenizer: str | None) -> str | None:
+    """What a logprob harvest loses on a lossy server without the teacher's vocabulary."""
+    if "lossy_token_text" not in quirks or tokenizer:
+        return None
+    return (
+        "the llamacpp profile without teacher.tokenizer: llama-cpp-python's server sends no "
+        "token ids, and tokens holding part of a CJK, accented or emoji character come as '' "
+        "without bytes; set teacher.tokenizer to the GGUF file the server runs to recover "
+        "both (llama.cpp's own llama-server sends ids and bytes and needs none)"
+    )
 
 
 def _lossy(data: bytes) -> str:

@@ -22,7 +22,11 @@ from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.logprobs import TokenVocab
 from apidistill.teachers.openai import OpenAITeacher, build_openai_body, parse_openai_body
 from apidistill.teachers.profiles import LLAMACPP_NEUTRAL_SAMPLING, server_profile
-from apidistill.teachers.token_recovery import raw_token_constraints, recover_token_bytes
+from apidistill.teachers.token_recovery import (
+    lossy_text_warning,
+    raw_token_constraints,
+    recover_token_bytes,
+)
 
 LLAMACPP = server_profile("llamacpp")
 
@@ -302,3 +306,11 @@ def test_raw_constraints_refuse_shapes_they_do_not_know():
     assert raw_token_constraints({"content": [{"token": 3}]}) is None
     assert raw_token_constraints({"tokens": ["a", None]}) is None
     assert recover_token_bytes([], "x", [], TokenVocab({})).aligned is False
+
+
+def test_a_llamacpp_harvest_without_the_vocabulary_is_warned_about():
+    quirks = LLAMACPP.capabilities.quirks
+    warning = lossy_text_warning(quirks, None)
+    assert warning and "teacher.tokenizer" in warning and "GGUF" in warning
+    assert lossy_text_warning(quirks, "model.gguf") is None
+    assert lossy_text_warning(server_profile("vllm").capabilities.quirks, None) is None
