@@ -31,17 +31,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = EMBEDDED_GGUF_MODEL  # the server's alias: the permissive policy file names it
 SYSTEM = "Repeat the user's text exactly. Answer with the text only."
-TEXTS = [
-    "Sakura 抹茶",
-    "Über",
-    "Thanks 🙂",
-    "Café Crème Brûlée",
-    "東京タワー",
-    "Order 🙂 4417-2208, Sakura 抹茶 Latte",
-    "naïve façade",
-    "抹茶 抹茶 抹茶",
-]
-MAX_TOKENS = 24
+TEXTS = ["Sakura 抹茶", "Über", "🙂🙂🙂", "東京タワー", "Café Crème Brûlée"]
+MAX_TOKENS = 16  # llama-cpp-python sorts the whole vocabulary per token for logprobs: slow
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +90,7 @@ def _not_argmax(completion) -> int:
 async def test_neutral_sampling_makes_every_sampled_token_the_argmax(server, tmp_path):
     """At temperature 0 the answer is the argmax of the logprobs the server returns, as KD
     assumes; with the server's own defaults (repeat_penalty 1.1) it is not."""
-    texts = ["1111 2222 1111 2222 1111 2222", "abab abab abab abab", *TEXTS[:4]]
+    texts = ["1111 2222 1111 2222 1111 2222", "abab abab abab abab", TEXTS[0]]
     neutral = await _harvest(_teacher(server.base_url), _requests(texts), tmp_path / "a.sqlite")
     for r in neutral:
         assert r.completion.sampling == {"temperature": 0.0, **LLAMACPP_NEUTRAL_SAMPLING}
@@ -114,8 +105,9 @@ async def test_neutral_sampling_makes_every_sampled_token_the_argmax(server, tmp
 
 def _llama_cpp_ids(texts: list[str]) -> list[list[int]]:
     """The token ids llama.cpp itself generates for each request (same GGUF, same greedy
-    decoding, in this process): ``Llama.input_ids`` after a completion that ended on the
-    end-of-turn token holds the prompt and every answer token."""
+    decoding, in this process): the tokens it evaluated (``Llama.input_ids[:n_tokens]``) after
+    a completion that ended on the end-of-turn token are the prompt and every answer token;
+    after one cut by ``max_tokens`` the last answer token was never evaluated (-1 marks it)."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(embedded_gguf()), n_ctx=2048, n_threads=2, verbose=False)
@@ -129,7 +121,7 @@ def _llama_cpp_ids(texts: list[str]) -> list[list[int]]:
             **LLAMACPP_NEUTRAL_SAMPLING,
         )
         n_prompt = resp["usage"]["prompt_tokens"]
-        ids = [int(i) for i in llm.input_ids[n_prompt:]]
+        ids = [int(i) for i in llm.input_ids[n_prompt : llm.n_tokens]]
         finished = resp["choices"][0]["finish_reason"] == "stop"
         out.append(ids if finished else [*ids, -1])  # -1: the last token was never evaluated
     return out
@@ -142,7 +134,7 @@ async def test_cjk_accented_and_emoji_answers_keep_every_token(server, tmp_path)
         f"{server.base_url}/chat/completions",
         json={
             "model": MODEL,
-            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": TEXTS[0]}],
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Über"}],
             "temperature": 0.0, "max_tokens": MAX_TOKENS, "logprobs": True, "top_logprobs": 5,
             **LLAMACPP_NEUTRAL_SAMPLING,
         },
@@ -167,7 +159,7 @@ async def test_cjk_accented_and_emoji_answers_keep_every_token(server, tmp_path)
         for p in lps:  # the sampled token is in its top list under its own id, finite
             assert any(t.token_id == p.token_id for t in p.top)
             assert all(math.isfinite(t.logprob) for t in p.top)
-    assert non_ascii >= 5  # the answers really exercise CJK, accents and emoji
+    assert non_ascii >= 4  # the answers really exercise CJK, accents and emoji
 
 
 # --------------------------------------------------------------------------- conformance row
@@ -193,20 +185,26 @@ def _run_file(tmp_path: Path, base_url: str) -> Path:
             "label_field": "label",
             "gold_field": "gold",
             "template": str(demo / "prototype_prompt.yaml"),
-            "limit": 8,
+            "limit": 6,
         },
         "policy": {"use": "internal"},
         "budget": {"usd": 0},
         "harvest": {
             "concurrency": 2,
-            "max_tokens": 40,
+            "max_tokens": 32,
             "temperature": 0.0,
             "logprobs": True,
             "top_logprobs": 20,
         },
         "dataset": {
             "dedupe": "none",
-            "splits": {"train": 0.5, "validation": 0.0, "test": 0.5, "seed": 0},
+            "splits": {
+                "train": 0.5,
+                "validation": 0.0,
+                "test": 0.5,
+                "seed": 0,
+                "stratify_by": None,
+            },
         },
         "student": {
             "model": MODEL,
@@ -247,7 +245,7 @@ def test_apidistill_run_with_a_real_llamacpp_teacher_reaches_a_report(server, tm
     run = tmp_path / "run"
 
     records = load_records(run / "harvest")
-    assert len(records) == 8
+    assert len(records) == 6
     for rec in records:  # every position kept its id and bytes; the tokens spell the answer
         assert rec.metadata["sampling"] == {"temperature": 0.0, **LLAMACPP_NEUTRAL_SAMPLING}
         assert all(p.token_id is not None for p in rec.logprobs)
@@ -257,11 +255,13 @@ def test_apidistill_run_with_a_real_llamacpp_teacher_reaches_a_report(server, tm
     assert isinstance(report["verdict"]["go"], bool)
     students = report["result"]["students"]
     assert students, report
+    n_test = len(load_records(run / "dataset", split="test"))
+    assert n_test > 0 and report["result"]["n_records"] == n_test
     teacher = report["result"]["teacher"]["metrics"]
-    assert 0.0 <= teacher["task_score"]["value"] <= 1.0 and teacher["task_score"]["n"] == 4
+    assert 0.0 <= teacher["task_score"]["value"] <= 1.0 and teacher["task_score"]["n"] == n_test
     for name, student in students.items():
         m = student["metrics"]
-        assert 0.0 <= m["agreement"]["value"] <= 1.0 and m["agreement"]["n"] == 4, name
+        assert 0.0 <= m["agreement"]["value"] <= 1.0 and m["agreement"]["n"] == n_test, name
         kl = m["kl_nats_per_token"]  # teacher ids on every record: held-out KL is computable
         assert math.isfinite(kl["value"]) and kl["value"] >= 0.0 and kl["n"] > 0, name
         assert student["usd_per_1k_requests"] is not None and student["timing"]["p50_ms"] > 0

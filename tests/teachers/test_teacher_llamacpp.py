@@ -314,3 +314,23 @@ def test_a_llamacpp_harvest_without_the_vocabulary_is_warned_about():
     assert warning and "teacher.tokenizer" in warning and "GGUF" in warning
     assert lossy_text_warning(quirks, "model.gguf") is None
     assert lossy_text_warning(server_profile("vllm").capabilities.quirks, None) is None
+
+
+_SMALL = TokenVocab({i: bytes([b]) for i, b in enumerate(range(0xE0, 0xE8))} | {
+    10: b"\xe6\x8a", 11: b"\x8a\xb9", 12: b" ", 13: b" \xe6", 14: b"a", 15: b"\x8a", 16: b"\xb9"
+})  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    texts=st.lists(st.sampled_from(["", " ", "a", "抹", "\ufffd", "x"]), max_size=8),
+    completion=st.text(alphabet="a 抹\ufffd", max_size=8),
+)
+def test_any_payload_is_read_without_error_and_only_filled_where_it_fits(texts, completion):
+    content = [{"token": t, "bytes": None, "logprob": -0.5, "top_logprobs": []} for t in texts]
+    choice = {"message": {"content": completion}, "logprobs": {"content": content}}
+    lps = _parse(choice, _SMALL).logprobs
+    assert len(lps) == len(texts)
+    for pos, t in zip(lps, texts, strict=True):
+        if pos.bytes is not None and pos.token_id is not None:
+            assert _lossy(bytes(pos.bytes)) == t
