@@ -22,13 +22,13 @@ from apidistill.config import TeacherConfig
 from apidistill.costs.budget import Budget
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import harvest
+from apidistill.resources import demo_data_dir
 from apidistill.teachers import make_teacher
 from apidistill.teachers.profiles import LLAMACPP_NEUTRAL_SAMPLING
 from apidistill.testing.llamacpp_server import EMBEDDED_GGUF_MODEL, LlamaCppServer, embedded_gguf
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = EMBEDDED_GGUF_MODEL  # the server's alias: the permissive policy file names it
 SYSTEM = "Repeat the user's text exactly. Answer with the text only."
 TEXTS = ["Sakura 抹茶", "Über", "🙂🙂🙂", "東京タワー", "Café Crème Brûlée"]
@@ -166,7 +166,7 @@ async def test_cjk_accented_and_emoji_answers_keep_every_token(server, tmp_path)
 
 
 def _run_file(tmp_path: Path, base_url: str) -> Path:
-    demo = ROOT / "examples" / "demo"
+    demo = demo_data_dir()  # the demo's tickets and 1,580-token prototype prompt
     run = {
         "name": "llamacpp-teacher",
         "run_dir": str(tmp_path / "run"),
