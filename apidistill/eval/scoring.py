@@ -60,6 +60,7 @@ _ALIGN_TOP_K = 20
 class NothingToScore(EvalError):
     """No test record carries a teacher distribution the student can be compared with."""
 
+
 KLFn = Callable[..., "torch.Tensor"]
 RenderFn = Callable[[Any, list[Message], str | None], list[int]]
 
@@ -145,9 +146,7 @@ def record_targets(
         return None
     from apidistill.train.align import align_completion
 
-    al = align_completion(
-        record.completion, record.logprobs, tokenizer, vocab, top_k=_ALIGN_TOP_K
-    )
+    al = align_completion(record.completion, record.logprobs, tokenizer, vocab, top_k=_ALIGN_TOP_K)
     if not al.teacher_text_ok or not al.student_ids:
         return None
     return TeacherTargets(al.student_ids, [t or None for t in al.topk], aligned=True)
@@ -166,6 +165,7 @@ def kl_unavailable_reason(records: Sequence[Record]) -> str | None:
         "there is no teacher distribution to compare with; the verdict uses agreement, task "
         "score and latency"
     )
+
 
 def _prompt_ids(
     tokenizer: Any, record: Record, system_prompt: str | None, render: RenderFn
