@@ -97,16 +97,17 @@ def eval_servers(ctx: RunContext, student_dir: str) -> Iterator[tuple[dict[str, 
     ``student_dir`` is a LoRA adapter (served on the base model) or, after
     ``training.full_finetune``, a whole model folder (served, and scored, as the model)."""
     from apidistill.eval.types import StudentEndpoint
-    from apidistill.serve.launcher import launch_server
+    from apidistill.serve.launcher import launch_servers
 
     cfg = ctx.cfg
     base_model = cfg.student.model
     full = not (Path(student_dir) / "adapter_config.json").is_file()
     model, adapter = (student_dir, None) if full else (base_model, student_dir)
-    with (
-        launch_server(base_model, served_model_name="base") as base,
-        launch_server(model, adapter=adapter, served_model_name="student") as student,
-    ):
+    base, student = launch_servers(  # both load at once: ready in the time of one
+        {"model": base_model, "served_model_name": "base"},
+        {"model": model, "adapter": adapter, "served_model_name": "student"},
+    )
+    with base, student:
         yield (
             {
                 "base (no prompt)": StudentEndpoint(

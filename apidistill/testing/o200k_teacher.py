@@ -28,7 +28,7 @@ reasoning models refuse, with the documented 400 bodies: ``logprobs`` / ``top_lo
 ``usage.completion_tokens_details.reasoning_tokens`` is non-zero, as billed.
 
 The same answers are served in Anthropic's Messages API shape at ``POST /v1/messages``
-(``x-api-key`` and ``anthropic-version`` headers required, ``max_tokens`` required, a
+(an ``x-api-key`` or ``Authorization: Bearer`` key and ``anthropic-version`` required, ``max_tokens`` required, a
 ``message`` object with ``content`` text blocks, ``stop_reason`` and ``usage`` with
 ``input_tokens``, ``output_tokens`` and the cache counters). Anthropic returns no logprobs and
 its tokenizer is not public: token counts there use ``o200k_base`` as a stand-in.
@@ -311,9 +311,7 @@ def anthropic_message(body: dict[str, Any], answers: dict[str, str] | None = Non
     stop = "end_turn"
     if len(tokens) > limit:
         tokens, stop = tokens[:limit], "max_tokens"
-    out["content"] = [
-        {"type": "text", "text": b"".join(tokens).decode("utf-8", errors="replace")}
-    ]
+    out["content"] = [{"type": "text", "text": b"".join(tokens).decode("utf-8", errors="replace")}]
     out["stop_reason"] = stop
     system = body.get("system")
     turns = [{"role": "system", "content": system}] if isinstance(system, str) else []
@@ -326,7 +324,8 @@ def anthropic_message(body: dict[str, Any], answers: dict[str, str] | None = Non
 
 def _anthropic_check(request: web.Request, body: Any) -> tuple[int, str, str] | None:
     """(status, error type, message) for what the Messages API refuses, else None."""
-    if not request.headers.get("x-api-key"):
+    bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+    if not (request.headers.get("x-api-key") or bearer):  # the 2.x SDK sends a Bearer key
         return 401, "authentication_error", "x-api-key header is required"
     if not request.headers.get("anthropic-version"):
         return 400, "invalid_request_error", "anthropic-version: header is required"
