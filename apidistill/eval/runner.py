@@ -145,6 +145,11 @@ def _teacher_eval(
     notes = []
     if len(priced) < len(records):
         notes.append(f"cost known for {len(priced)} of {len(records)} records")
+    if not lat:
+        notes.append(
+            "latency not measured: the harvest recorded no per-request time (Batch API "
+            "answers arrive together when the job ends)"
+        )
     return ModelEval(
         name=name,
         role="teacher",

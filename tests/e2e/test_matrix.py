@@ -129,4 +129,5 @@ def test_batch_api_run(batch_server, tickets: Path, tmp_path: Path) -> None:
     assert sum(batch_server.processed.values()) == N_TICKETS
     assert batch_server.calls  # submitted, polled and downloaded through the batch endpoints
     assert_always_measured(run, teacher_latency=False)
+    assert any(n.startswith("latency not measured") for n in run.result["teacher"]["notes"])
     assert_kl_measured(run, aligned=True)

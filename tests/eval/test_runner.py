@@ -249,6 +249,9 @@ async def test_a_teacher_without_logprobs_still_gets_a_report_and_verdict(
     assert me.metrics["agreement"].value == pytest.approx(5 / 6)
     assert me.metrics["task_score"].value == 1.0 and me.timing.p50_ms > 0
     assert result.teacher.usd_per_1k_requests == Decimal("2.000")
+    # no harvest latency was given (a Batch API run has none): said, not shown as 0
+    assert result.teacher.timing.p50_ms is None
+    assert any(n.startswith("latency not measured") for n in result.teacher.notes)
     v = verdict(result)
     assert v.student == "student" and [c.name for c in v.checks] == [
         "agreement",
