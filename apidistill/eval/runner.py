@@ -434,15 +434,7 @@ async def _add_local_kl(
     me.metrics["kl_nats_per_token"] = MetricValue.of(summary.kl_nats_per_token)
     me.metrics["top1_agreement"] = MetricValue.of(summary.top1_agreement)
     me.kl_coverage = round(summary.coverage, 6)
-    aligned = summary.records_aligned
-    me.kl_basis = (
-        "teacher token ids"
-        if not aligned
-        else "byte-aligned positions (the teacher's tokenizer differs)"
-        if aligned == summary.records_scored
-        else f"teacher token ids ({summary.records_scored - aligned} records) and byte-aligned "
-        f"positions ({aligned} records)"
-    )
+    me.kl_basis = _kl_basis(summary.records_scored, summary.records_aligned)
     me.notes.append(
         f"held-out KL on {summary.scored_positions} of {summary.positions} answer positions "
         f"({summary.coverage:.0%} coverage) of {summary.records_scored} records, scored on "
@@ -454,6 +446,19 @@ async def _add_local_kl(
             "without teacher logprobs that spell the answer skipped)"
         )
     return None
+
+
+def _kl_basis(scored: int, aligned: int) -> str:
+    """What held-out KL was read on: the teacher's own token ids, byte-aligned positions
+    (another tokenizer), or a mix of both."""
+    if not aligned:
+        return "teacher token ids"
+    if aligned == scored:
+        return "byte-aligned positions (the teacher's tokenizer differs)"
+    return (
+        f"teacher token ids ({scored - aligned} records) and byte-aligned positions "
+        f"({aligned} records)"
+    )
 
 
 # --------------------------------------------------------------------------- entry point
