@@ -1,7 +1,7 @@
 """The conformance matrix (issue 18, item 2): for each kind of teacher and each training
 method, ``apidistill run`` goes from prompts to a written report and verdict, and the report
 holds the metrics that kind of teacher allows (held-out KL where it can be measured honestly,
-a one-line reason where it cannot). Shared scaffolding: ``tests/e2e/conftest.py``.
+a one-line reason where it cannot). Shared scaffolding: ``tests/e2e/matrix_kit.py`` (helpers) and ``conftest.py`` (teachers).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import (
+from matrix_kit import (
     N_TICKETS,
     assert_always_measured,
     assert_kl_measured,
