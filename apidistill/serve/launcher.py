@@ -119,12 +119,13 @@ def launch_servers(*specs: Mapping[str, Any], startup_timeout: float = 180.0) ->
     """Start one server per ``specs`` entry (keyword arguments of :func:`launch_server`) at
     the same time and return them once all accept requests, in order. Model loads overlap,
     so two servers are ready in about the time of the slower one; if any fails to start, the
-    others are stopped and its error is raised."""
+    others are stopped and its error is raised. Each may take ``startup_timeout`` seconds
+    per server started: on a saturated machine loads that overlap share the CPU."""
     pending = [_spawn(**spec) for spec in specs]
     handles: list[ServerHandle] = []
     try:
         for p in pending:
-            handles.append(p.wait(startup_timeout))
+            handles.append(p.wait(startup_timeout * len(pending)))
     except BaseException:
         for h in handles:
             h.close()
