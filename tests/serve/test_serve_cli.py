@@ -105,6 +105,21 @@ def test_launch_servers_starts_all_at_once_and_stops_the_rest_when_one_fails(tmp
     assert all(p.proc.poll() is not None for p in spawned)
 
 
+def test_launch_servers_gives_overlapping_loads_time_for_each(monkeypatch):
+    from apidistill.serve import launcher
+
+    waited: list[float] = []
+
+    class _Fake:
+        def wait(self, timeout: float):
+            waited.append(timeout)
+            return object()
+
+    monkeypatch.setattr(launcher, "_spawn", lambda **kw: _Fake())
+    launcher.launch_servers({"model": "a"}, {"model": "b"}, startup_timeout=60)
+    assert waited == [120, 120]  # two loads share the CPU: each may take two loads' time
+
+
 def test_command_checks_limits_before_loading_anything():
     from apidistill.serve.commands import _check_options
 
