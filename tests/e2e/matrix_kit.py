@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-TICKETS = ROOT / "examples" / "demo" / "tickets.jsonl"
+TICKETS = ROOT / "apidistill" / "demo_data" / "tickets.jsonl"
 N_TICKETS = 8  # 4 train, 4 test
 API_KEY = "sk-test-conformance-0123456789"
 STUDENT_SYSTEM = "Extract the order number and product from the support ticket."
