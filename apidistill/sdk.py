@@ -90,10 +90,11 @@ class Distiller:
         return self._train_result
 
     def evaluate(self) -> Any:
-        """Serve base and student, evaluate against the teacher, write the HTML report."""
-        from apidistill.pipeline.run import eval_stage, student_dir_of
+        """Serve base and student (a LoRA adapter, or the whole model after a full
+        fine-tune), evaluate against the teacher, write the HTML report."""
+        from apidistill.pipeline.run import eval_stage, student_dir_of, trained_student_dir
 
         tr = self._train_result
-        adapter = student_dir_of(tr) if tr is not None else str(self.ctx.layout.train / "adapter")
-        result, _ = eval_stage(self.ctx, adapter)
+        student = student_dir_of(tr) if tr is not None else str(trained_student_dir(self.ctx))
+        result, _ = eval_stage(self.ctx, student)
         return result

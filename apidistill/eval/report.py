@@ -100,9 +100,19 @@ def _metrics_table(result: EvalResult) -> str:
     models = _models(result)
     present = {k for m in models for k in m.metrics}
     names = [m for m in _ORDER if m in present] + sorted(present - set(_ORDER))
-    rows = [[esc(m.name), *(_metric_cell(m.metrics.get(k)) for k in names)] for m in models]
+    rows = [[esc(m.name), *(_cell(m, k) for k in names)] for m in models]
     note = "<p class='note'>Value [95% bootstrap interval]. Agreement compares each answer with the teacher's; task score compares with the gold answer.</p>"
-    return table(["model", *(_label(k) for k in names)], rows) + note
+    missing = "".join(f"<p class='note'>{esc(n)}</p>" for n in result.notes)
+    return table(["model", *(_label(k) for k in names)], rows) + note + missing
+
+
+def _cell(m: ModelEval, metric: str) -> str:
+    """A metric cell; held-out KL also says on which share of answer positions it was read
+    (below 100% when the teacher's tokenizer differs and positions were byte-aligned)."""
+    text = _metric_cell(m.metrics.get(metric))
+    if metric == "kl_nats_per_token" and m.kl_coverage is not None:
+        text += f"<br><span class='note'>on {m.kl_coverage:.0%} of answer positions</span>"
+    return text
 
 
 def _speed_cost_table(result: EvalResult) -> str:
@@ -197,7 +207,8 @@ def _plots(result: EvalResult, training_history: Sequence[Mapping[str, Any]] | N
 
 
 def _notes(result: EvalResult) -> str:
-    items = [f"<li><b>{esc(m.name)}</b>: {esc(n)}</li>" for m in _models(result) for n in m.notes]
+    items = [f"<li>{esc(n)}</li>" for n in result.notes]
+    items += [f"<li><b>{esc(m.name)}</b>: {esc(n)}</li>" for m in _models(result) for n in m.notes]
     items += [
         f"<li><b>{esc(m.name)}</b>: answers in <code>{esc(m.predictions_path)}</code></li>"
         for m in result.students.values()

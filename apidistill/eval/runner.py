@@ -32,6 +32,7 @@ from apidistill.data.schema import Message, Record
 from apidistill.errors import ConfigError, EvalError, register_secret
 from apidistill.eval.aggregate import confusion_matrix, output_metrics
 from apidistill.eval.metrics import sequence_confidence
+from apidistill.eval.scoring import kl_unavailable_reason
 from apidistill.eval.types import EvalResult, MetricValue, ModelEval, StudentEndpoint, Timing
 from apidistill.eval.verdict import select_student
 from apidistill.progress import make_progress
@@ -144,6 +145,11 @@ def _teacher_eval(
     notes = []
     if len(priced) < len(records):
         notes.append(f"cost known for {len(priced)} of {len(records)} records")
+    if not lat:
+        notes.append(
+            "latency not measured: the harvest recorded no per-request time (Batch API "
+            "answers arrive together when the job ends)"
+        )
     return ModelEval(
         name=name,
         role="teacher",
@@ -406,25 +412,53 @@ async def _add_local_kl(
     records: Sequence[Record],
     system: str | None,
     cfg: EvalConfig,
-) -> None:
-    from apidistill.eval.scoring import heldout_kl
+    same_vocab: bool,
+) -> str | None:
+    """Held-out KL and top-1 agreement of a local student, with the share of answer positions
+    they were measured on; returns the one-line reason instead when nothing can be scored."""
+    from apidistill.eval.scoring import NothingToScore, heldout_kl
 
-    summary = await asyncio.to_thread(
-        heldout_kl,
-        ep.local_model or "",
-        records,
-        adapter=ep.adapter,
-        system_prompt=system,
-        samples=cfg.bootstrap_samples,
-        seed=cfg.seed,
-    )
+    try:
+        summary = await asyncio.to_thread(
+            heldout_kl,
+            ep.local_model or "",
+            records,
+            adapter=ep.adapter,
+            system_prompt=system,
+            samples=cfg.bootstrap_samples,
+            seed=cfg.seed,
+            same_vocab=same_vocab,
+        )
+    except NothingToScore as exc:
+        return f"held-out KL not measured: {exc.message}"
     me.metrics["kl_nats_per_token"] = MetricValue.of(summary.kl_nats_per_token)
     me.metrics["top1_agreement"] = MetricValue.of(summary.top1_agreement)
+    me.kl_coverage = round(summary.coverage, 6)
+    me.kl_basis = _kl_basis(summary.records_scored, summary.records_aligned)
+    me.notes.append(
+        f"held-out KL on {summary.scored_positions} of {summary.positions} answer positions "
+        f"({summary.coverage:.0%} coverage) of {summary.records_scored} records, scored on "
+        f"{me.kl_basis}"
+    )
     if summary.records_skipped:
         me.notes.append(
             f"held-out KL over {summary.records_scored} records ({summary.records_skipped} "
-            "without teacher token ids skipped)"
+            "without teacher logprobs that spell the answer skipped)"
         )
+    return None
+
+
+def _kl_basis(scored: int, aligned: int) -> str:
+    """What held-out KL was read on: the teacher's own token ids, byte-aligned positions
+    (another tokenizer), or a mix of both."""
+    if not aligned:
+        return "teacher token ids"
+    if aligned == scored:
+        return "byte-aligned positions (the teacher's tokenizer differs)"
+    return (
+        f"teacher token ids ({scored - aligned} records) and byte-aligned positions "
+        f"({aligned} records)"
+    )
 
 
 # --------------------------------------------------------------------------- entry point
@@ -441,12 +475,17 @@ async def run_eval(
     out_dir: Path | None = None,
     teacher_latency_ms: Mapping[str, float] | None = None,
     resume: bool = False,
+    same_vocab: bool = True,
 ) -> EvalResult:
     """Evaluate every student against the teacher's cached answers on the test split.
 
     ``system_prompts`` maps a student name to its short instruction (missing = none).
     ``teacher_latency_ms`` maps record id to the latency measured at harvest, for the
     comparison table. Answers go to ``out_dir/predictions/`` (a temporary folder when ``None``).
+    ``same_vocab=False`` says the teacher's tokenizer is not the students' (held-out KL is
+    then measured on byte-aligned positions only). A metric that cannot be measured for this
+    teacher (held-out KL without logprobs) is left out with a one-line reason in
+    ``EvalResult.notes``; the verdict uses the metrics that exist.
     Raises :class:`EvalError` for an empty split or an endpoint that fails; saved answers stay.
     """
     if concurrency < 1:
@@ -460,6 +499,8 @@ async def run_eval(
         out_dir = Path(tempfile.mkdtemp(prefix="apidistill-eval-"))
     teacher = _teacher_eval(chosen, cfg, teacher_name, teacher_latency_ms)
     evals: dict[str, ModelEval] = {}
+    notes: list[str] = []
+    no_kl = kl_unavailable_reason(chosen)  # known before any model is loaded
     with make_progress(unit="req") as progress:
         for name, ep in students.items():
             path = Path(out_dir) / "predictions" / f"{stems[name]}.jsonl"
@@ -468,9 +509,13 @@ async def run_eval(
                 name, ep, chosen, systems.get(name), cfg, concurrency, sink, progress
             )
             me = _student_eval(name, ep, chosen, answers, sink.segments, cfg, concurrency, path)
-            if ep.local_model:
-                await _add_local_kl(me, ep, chosen, systems.get(name), cfg)
+            if ep.local_model and no_kl is None:
+                why = await _add_local_kl(me, ep, chosen, systems.get(name), cfg, same_vocab)
+                if why is not None and why not in notes:
+                    notes.append(why)
             evals[name] = me
+    if no_kl is not None and any(ep.local_model for ep in students.values()):
+        notes.append(no_kl)
     result = EvalResult(
         scorer=cfg.scorer,
         fields=cfg.fields,
@@ -480,6 +525,7 @@ async def run_eval(
         thresholds=cfg.thresholds,
         teacher=teacher,
         students=evals,
+        notes=notes,
     )
     result.selected = select_student(result)
     return result

@@ -1,11 +1,24 @@
-"""Held-out KL of a local student to the teacher, on the teacher's own tokens.
+"""Held-out KL of a local student to the teacher, on the teacher's answer.
 
 Exact match hides how close a student's distribution is to the teacher's: the demo's logprob-KD
 student matched seq-KD on exact match but halved held-out KL (0.041 vs 0.098 nats/token). This
 needs the student's logits, so it runs the model locally (an HTTP endpoint gives only top
 logprobs of its own tokens): for each test record the student sees its short prompt followed by
-the teacher's completion tokens, one forward pass, and the same top-k + tail KL that logprob KD
-trains on (``apidistill.train.losses.topk_tail_kl``) is read per position.
+the teacher's answer, one forward pass, and the same top-k + tail KL that logprob KD trains on
+(``apidistill.train.losses.topk_tail_kl``) is read per position.
+
+Which positions can be scored honestly depends on the teacher, exactly as in training
+(:func:`apidistill.train.collate.build_examples`):
+
+- same tokenizer, token ids that spell the answer (self-hosted teacher): every position with a
+  top-k, on the teacher's own tokens;
+- another tokenizer (an API teacher's ``o200k_base``, ids missing or from another vocabulary):
+  the answer is tokenized for the student and the teacher's top-k is attached by UTF-8 byte
+  alignment (:func:`apidistill.train.align.align_completion`); only positions where both
+  tokenizers cut at the same byte into the same token are scored, and the share of scored
+  positions (``coverage``) is reported next to the number;
+- no logprobs at all (Anthropic, a reasoning model, sequence KD on text): nothing to compare
+  with; :class:`NothingToScore` says so and the report carries that line instead of a number.
 
 Forward passes block, so :func:`heldout_kl` is synchronous; the runner calls it in a thread.
 """
@@ -26,14 +39,27 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from apidistill.train.align import StudentVocab
+
 __all__ = [
     "KLSummary",
+    "NothingToScore",
     "TeacherTargets",
     "TokenScores",
     "heldout_kl",
+    "kl_unavailable_reason",
+    "record_targets",
     "score_records",
     "teacher_targets",
 ]
+
+# Alternatives kept per aligned position: every provider gives at most 20.
+_ALIGN_TOP_K = 20
+
+
+class NothingToScore(EvalError):
+    """No test record carries a teacher distribution the student can be compared with."""
+
 
 KLFn = Callable[..., "torch.Tensor"]
 RenderFn = Callable[[Any, list[Message], str | None], list[int]]
@@ -45,6 +71,7 @@ class TeacherTargets:
 
     ids: list[int]
     topk: list[list[tuple[int, float]] | None]
+    aligned: bool = False  # student tokens with the teacher's top-k attached by bytes
 
 
 @dataclass(frozen=True)
@@ -54,6 +81,7 @@ class TokenScores:
     record_id: str
     kl: np.ndarray
     top1: np.ndarray
+    aligned: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +91,13 @@ class KLSummary:
     records_scored: int
     records_skipped: int
     positions: int
+    scored_positions: int = 0  # positions with a teacher top-k (KL is their mean)
+    records_aligned: int = 0  # records scored on byte-aligned positions
+
+    @property
+    def coverage(self) -> float:
+        """Share of answer positions the KL was measured on."""
+        return self.scored_positions / self.positions if self.positions else 0.0
 
 
 def teacher_targets(record: Record) -> TeacherTargets | None:
@@ -78,6 +113,58 @@ def teacher_targets(record: Record) -> TeacherTargets | None:
             continue
         topk.append(sorted(alts, key=lambda a: -a[1]))
     return TeacherTargets([int(t.token_id) for t in record.logprobs], topk)  # type: ignore[arg-type]
+
+
+def _spells(ids: Sequence[int], text: str, vocab: StudentVocab) -> bool:
+    """Whether student-vocabulary ``ids`` spell ``text`` (special tokens, such as a trailing
+    end-of-turn, spell nothing): the proof that teacher ids are student ids."""
+    pieces = []
+    for i in ids:
+        if not 0 <= i < len(vocab.token_bytes):
+            return False
+        piece = vocab.token_bytes[i]
+        if piece is not None:
+            pieces.append(piece)
+    return b"".join(pieces) == text.encode("utf-8")
+
+
+def record_targets(
+    record: Record,
+    tokenizer: Any,
+    vocab: StudentVocab | None,
+    *,
+    same_vocab: bool = True,
+) -> TeacherTargets | None:
+    """What the student is scored against on ``record``, or ``None`` when nothing honest is
+    left: teacher ids when they are student ids (``same_vocab`` and, given ``vocab``, they
+    spell the answer), else the student's tokens with byte-aligned teacher top-k (needs
+    ``vocab``), else nothing (no logprobs, or logprob tokens that do not spell the answer)."""
+    direct = teacher_targets(record) if same_vocab else None
+    if direct is not None and (vocab is None or _spells(direct.ids, record.completion, vocab)):
+        return direct
+    if not record.logprobs or vocab is None:
+        return None
+    from apidistill.train.align import align_completion
+
+    al = align_completion(record.completion, record.logprobs, tokenizer, vocab, top_k=_ALIGN_TOP_K)
+    if not al.teacher_text_ok or not al.student_ids:
+        return None
+    return TeacherTargets(al.student_ids, [t or None for t in al.topk], aligned=True)
+
+
+def kl_unavailable_reason(records: Sequence[Record]) -> str | None:
+    """One line saying why held-out KL cannot be measured on ``records`` at all (no record
+    carries teacher logprobs), or ``None`` when some may be scored."""
+    if any(r.logprobs for r in records):
+        return None
+    prov = next((r.provenance for r in records if r.provenance), None)
+    who = f"{prov.provider}:{prov.model}" if prov else "the teacher"
+    return (
+        f"held-out KL not measured: none of the {len(records)} test answers of {who} carries "
+        "logprobs (the teacher gives none, or the run harvested text for sequence KD), so "
+        "there is no teacher distribution to compare with; the verdict uses agreement, task "
+        "score and latency"
+    )
 
 
 def _prompt_ids(
@@ -111,16 +198,23 @@ def score_records(
     batch_size: int = 4,
     kl_fn: KLFn | None = None,
     render_prompt: RenderFn | None = None,
+    vocab: StudentVocab | None = None,
+    same_vocab: bool = True,
 ) -> list[TokenScores]:
-    """Score every record that has teacher token ids; others are left out of the result.
+    """Score every record with targets (:func:`record_targets`); others are left out.
 
     ``kl_fn`` / ``render_prompt`` default to the training stage's ``topk_tail_kl`` and
-    ``render_student_prompt``, so eval measures exactly what training optimizes.
+    ``render_student_prompt``, so eval measures exactly what training optimizes. Without
+    ``vocab`` (the student's vocabulary as bytes) only teacher token ids can be scored.
     """
     import torch
 
     kl_fn, render = _defaults(kl_fn, render_prompt)
-    items = [(r, t) for r in records if (t := teacher_targets(r)) is not None]
+    items = [
+        (r, t)
+        for r in records
+        if (t := record_targets(r, tokenizer, vocab, same_vocab=same_vocab)) is not None
+    ]
     out: list[TokenScores] = []
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
@@ -184,7 +278,8 @@ def _score_batch(model, tokenizer, batch, prompts, kl_fn, torch) -> list[TokenSc
     for i, (rec, tgt) in enumerate(batch):
         n = len(tgt.ids)
         hits = (argmax[i, :n] == torch.tensor(tgt.ids)).numpy().astype(float)
-        result.append(TokenScores(rec.id, kl[i, :n].double().numpy()[mask[i, :n].numpy()], hits))
+        kept = kl[i, :n].double().numpy()[mask[i, :n].numpy()]
+        result.append(TokenScores(rec.id, kept, hits, aligned=tgt.aligned))
     return result
 
 
@@ -199,12 +294,16 @@ def heldout_kl(
     seed: int = 0,
     kl_fn: KLFn | None = None,
     render_prompt: RenderFn | None = None,
+    same_vocab: bool = True,
 ) -> KLSummary:
     """Load ``model_spec`` (+ ``adapter``) and measure its KL to the teacher on ``records``.
 
-    Raises :class:`EvalError` when no record carries teacher token ids.
+    ``same_vocab=False`` says the teacher's tokenizer is another one (its ids, if any, are
+    not student ids): every record is then scored on byte-aligned positions.
+    Raises :class:`NothingToScore` when no record can be scored.
     """
     from apidistill.models import load_model, load_tokenizer
+    from apidistill.train.align import StudentVocab
 
     kl_fn, render = _defaults(kl_fn, render_prompt)
     tokenizer = load_tokenizer(model_spec)
@@ -217,6 +316,8 @@ def heldout_kl(
         batch_size=batch_size,
         kl_fn=kl_fn,
         render_prompt=render,
+        vocab=StudentVocab.build(tokenizer),
+        same_vocab=same_vocab,
     )
     return summarize_scores(scores, len(records), samples=samples, seed=seed)
 
@@ -225,9 +326,11 @@ def summarize_scores(
     scores: Sequence[TokenScores], total_records: int, *, samples: int = 1000, seed: int = 0
 ) -> KLSummary:
     if not scores:
-        raise EvalError(
-            f"none of the {total_records} test records has teacher token ids to score KL on",
-            hint="harvest with logprobs: true from a teacher whose tokenizer is known",
+        raise NothingToScore(
+            f"none of the {total_records} test records has teacher token ids or logprob "
+            "tokens that spell its answer, so held-out KL has nothing to score",
+            hint="harvest with logprobs: true (top_logprobs: 20) from a teacher that returns "
+            "them; the other metrics do not need them",
         )
     kl, top1 = token_kl_estimates(
         [s.kl for s in scores], [s.top1 for s in scores], samples=samples, seed=seed
@@ -238,4 +341,6 @@ def summarize_scores(
         records_scored=len(scores),
         records_skipped=total_records - len(scores),
         positions=int(sum(s.top1.size for s in scores)),
+        scored_positions=int(sum(s.kl.size for s in scores)),
+        records_aligned=sum(s.aligned for s in scores),
     )

@@ -93,6 +93,10 @@ class ModelEval(_Model):
     confusion: Confusion | None = None
     predictions_path: str | None = None
     notes: list[str] = Field(default_factory=list)
+    # Share of answer positions held-out KL was measured on, and on what (teacher ids, or
+    # byte-aligned positions when the teacher's tokenizer differs); None when not measured.
+    kl_coverage: float | None = Field(None, ge=0, le=1)
+    kl_basis: str | None = None
 
 
 class EvalResult(_Model):
@@ -105,4 +109,6 @@ class EvalResult(_Model):
     teacher: ModelEval
     students: dict[str, ModelEval]
     selected: str | None = None
+    # One line per metric that could not be measured for this teacher, and why.
+    notes: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

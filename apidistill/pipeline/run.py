@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from apidistill.config import RunConfig
@@ -34,7 +35,7 @@ from apidistill.pipeline.stages import (
     train_stage,
 )
 
-__all__ = ["RunSummary", "run_pipeline", "teacher_server"]
+__all__ = ["RunSummary", "run_pipeline", "teacher_server", "trained_student_dir"]
 
 
 @dataclass
@@ -94,17 +95,23 @@ def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | Non
 
 
 @contextlib.contextmanager
-def eval_servers(ctx: RunContext, adapter_dir: str) -> Iterator[tuple[dict[str, Any], Any]]:
-    """Serve the untrained base and the distilled student; yield their endpoints."""
+def eval_servers(ctx: RunContext, student_dir: str) -> Iterator[tuple[dict[str, Any], Any]]:
+    """Serve the untrained base and the distilled student; yield their endpoints.
+
+    ``student_dir`` is a LoRA adapter (served on the base model) or, after
+    ``training.full_finetune``, a whole model folder (served, and scored, as the model)."""
     from apidistill.eval.types import StudentEndpoint
-    from apidistill.serve.launcher import launch_server
+    from apidistill.serve.launcher import launch_servers
 
     cfg = ctx.cfg
     base_model = cfg.student.model
-    with (
-        launch_server(base_model, served_model_name="base") as base,
-        launch_server(base_model, adapter=adapter_dir, served_model_name="student") as student,
-    ):
+    full = not (Path(student_dir) / "adapter_config.json").is_file()
+    model, adapter = (student_dir, None) if full else (base_model, student_dir)
+    base, student = launch_servers(  # both load at once: ready in the time of one
+        {"model": base_model, "served_model_name": "base"},
+        {"model": model, "adapter": adapter, "served_model_name": "student"},
+    )
+    with base, student:
         yield (
             {
                 "base (no prompt)": StudentEndpoint(
@@ -113,13 +120,23 @@ def eval_servers(ctx: RunContext, adapter_dir: str) -> Iterator[tuple[dict[str, 
                 "student": StudentEndpoint(
                     base_url=student.base_url,
                     model="student",
-                    kind=effective_training(ctx).method,
-                    local_model=base_model,
-                    adapter=adapter_dir,
+                    kind=effective_training(ctx).method + (" (full fine-tune)" if full else ""),
+                    local_model=model,
+                    adapter=adapter,
                 ),
             },
             student,
         )
+
+
+def trained_student_dir(ctx: RunContext) -> Path:
+    """The folder training left for this run: the one ``train_result.json`` names (adapter or
+    full model), else where the run file's ``training.full_finetune`` puts it."""
+    from apidistill.train.api import RESULT_FILE, TrainResult
+
+    if (ctx.layout.train / RESULT_FILE).is_file():
+        return TrainResult.load(ctx.layout.train).final_dir
+    return ctx.layout.train / ("model" if ctx.cfg.training.full_finetune else "adapter")
 
 
 def run_pipeline(
@@ -162,11 +179,10 @@ def run_pipeline(
         return _run_candidates(ctx, out, stop_after, is_main=gate.is_main, t0=t0)
     tr = train_stage(ctx)
     out.numbers["train_s"] = round(getattr(tr, "train_seconds", 0.0), 1)
-    adapter_dir = str(getattr(tr, "adapter_dir", None) or tr.model_dir)
     if stop_after == "train" or not gate.is_main:
         return out
     out.student_dir = export_stage(ctx, tr)
-    result, switch = eval_stage(ctx, adapter_dir)
+    result, switch = eval_stage(ctx, student_dir_of(tr))
     out.report_path = str(ctx.layout.report / "report.html")
     out.numbers.update(_headline(result))
     out.numbers["drop_in_answer"] = switch
@@ -261,9 +277,12 @@ def export_stage(ctx: RunContext, tr: Any) -> str:
     return str(path)
 
 
-def eval_stage(ctx: RunContext, adapter_dir: str) -> tuple[Any, str | None]:
-    """Evaluate base and distilled student against the teacher; write the report; then make
-    one call through the official openai SDK to show the drop-in switch."""
+def eval_stage(ctx: RunContext, student_dir: str) -> tuple[Any, str | None]:
+    """Evaluate base and distilled student (``student_dir``: adapter or full model) against
+    the teacher; write the report; then make one call through the official openai SDK to
+    show the drop-in switch. Works for every teacher: held-out KL is measured on teacher ids,
+    on byte-aligned positions when the teacher's tokenizer differs, or is left out with its
+    reason when the teacher's answers carry no logprobs."""
     from apidistill.eval.report import write_report
     from apidistill.eval.runner import run_eval
 
@@ -272,7 +291,10 @@ def eval_stage(ctx: RunContext, adapter_dir: str) -> tuple[Any, str | None]:
     latencies = {r.id: r.metadata.get("latency_ms") for r in test if r.metadata.get("latency_ms")}
     system = cfg.student.system_prompt
     switch = None
-    with eval_servers(ctx, adapter_dir) as (students, student_handle):
+    # Teacher ids are student ids only with the student's own tokenizer; any other named
+    # tokenizer (o200k_base, another model) is scored on byte-aligned positions.
+    same_vocab = cfg.teacher.tokenizer in (None, cfg.student.model)
+    with eval_servers(ctx, student_dir) as (students, student_handle):
         result = asyncio.run(
             run_eval(
                 test,
@@ -282,6 +304,7 @@ def eval_stage(ctx: RunContext, adapter_dir: str) -> tuple[Any, str | None]:
                 out_dir=ctx.layout.eval,
                 teacher_latency_ms=latencies,
                 resume=True,
+                same_vocab=same_vocab,
             )
         )
         switch = drop_in_call(student_handle.base_url, test[0], system, cfg.eval.max_tokens)
@@ -298,13 +321,13 @@ def eval_from_config(cfg: RunConfig, *, progress: bool = True) -> Any:
     from apidistill.errors import EvalError
 
     ctx = RunContext.from_config(cfg, progress=progress)
-    adapter = ctx.layout.train / "adapter"
-    if not adapter.is_dir():
+    student = trained_student_dir(ctx)
+    if not student.is_dir():
         raise EvalError(
-            f"no trained student in {adapter}",
+            f"no trained student in {student}",
             hint="train first: apidistill train config.yaml (or apidistill run config.yaml)",
         )
-    result, _ = eval_stage(ctx, str(adapter))
+    result, _ = eval_stage(ctx, str(student))
     return result
 
 
@@ -360,12 +383,20 @@ def _headline(result: Any) -> dict[str, Any]:
         return round(m.value, 4) if m is not None else None
 
     out["teacher_gold"] = metric(result.teacher, "task_score")
+    out["teacher_usd_per_1k"] = (
+        float(result.teacher.usd_per_1k_requests)
+        if result.teacher.usd_per_1k_requests is not None
+        else None
+    )
+    if result.notes:
+        out["eval_notes"] = list(result.notes)
     out["teacher_prompt_tokens"] = result.teacher.prompt_tokens_per_request
     for name, me in result.students.items():
         key = "base" if me.kind == "base" else "student"
         out[f"{key}_agreement"] = metric(me, "agreement")
         out[f"{key}_gold"] = metric(me, "task_score")
         out[f"{key}_kl"] = metric(me, "kl_nats_per_token")
+        out[f"{key}_kl_coverage"] = me.kl_coverage
         out[f"{key}_prompt_tokens"] = me.prompt_tokens_per_request
         out[f"{key}_p50_ms"] = me.timing.p50_ms
         out[f"{key}_s_per_request"] = (

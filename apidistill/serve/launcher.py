@@ -22,10 +22,11 @@ import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 from apidistill.errors import ApidistillError, ModelLoadError
 
-__all__ = ["ServerHandle", "launch_server"]
+__all__ = ["ServerHandle", "launch_server", "launch_servers"]
 
 _READY = re.compile(r"apidistill serve: ready on (http://\S+?)/v1\s*$")
 _KEY_ENV = "APIDISTILL_SERVE_API_KEY"
@@ -101,6 +102,105 @@ def launch_server(
     else) with the child's last stderr lines when it exits or stays silent past
     ``startup_timeout`` seconds.
     """
+    pending = _spawn(
+        model,
+        adapter=adapter,
+        port=port,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        served_model_name=served_model_name,
+        extra_args=extra_args,
+        env=env,
+    )
+    return pending.wait(startup_timeout)
+
+
+def launch_servers(*specs: Mapping[str, Any], startup_timeout: float = 180.0) -> list[ServerHandle]:
+    """Start one server per ``specs`` entry (keyword arguments of :func:`launch_server`) at
+    the same time and return them once all accept requests, in order. Model loads overlap,
+    so two servers are ready in about the time of the slower one; if any fails to start, the
+    others are stopped and its error is raised. Each may take ``startup_timeout`` seconds
+    per server started: on a saturated machine loads that overlap share the CPU."""
+    pending = [_spawn(**spec) for spec in specs]
+    handles: list[ServerHandle] = []
+    try:
+        for p in pending:
+            handles.append(p.wait(startup_timeout * len(pending)))
+    except BaseException:
+        for h in handles:
+            h.close()
+        for p in pending[len(handles) :]:
+            _stop(p.proc)
+        raise
+    return handles
+
+
+class _Pending:
+    """A server child that was started and is not known to be ready yet."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.stderr_tail: deque[str] = deque(maxlen=40)
+        self.ready: list[str] = []
+        self.seen = threading.Event()
+        threading.Thread(target=self._read_stdout, daemon=True, name="apidistill-serve-out").start()
+        self.err_thread = threading.Thread(
+            target=self._read_stderr, daemon=True, name="apidistill-serve-err"
+        )
+        self.err_thread.start()
+        self.started = time.monotonic()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # keep draining after ready so the pipe never fills
+            m = _READY.search(line.strip())
+            if m and not self.ready:
+                self.ready.append(m.group(1))
+                self.seen.set()
+        self.seen.set()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr_tail.append(line.rstrip())
+
+    def wait(self, startup_timeout: float) -> ServerHandle:
+        deadline = self.started + startup_timeout
+        while not self.seen.wait(0.1):
+            if time.monotonic() > deadline:
+                _stop(self.proc)
+                raise ApidistillError(
+                    f"apidistill serve did not become ready within {startup_timeout:.0f} s"
+                    + _tail(self.stderr_tail),
+                    hint="raise startup_timeout on a slow machine (the first load of a GGUF "
+                    "model converts it once, ~20 s)",
+                )
+        if self.ready:
+            return ServerHandle(self.proc, self.ready[0], self.stderr_tail)
+        self.proc.wait(10)
+        self.err_thread.join(2)
+        text = _tail(self.stderr_tail)
+        cls = (
+            ModelLoadError
+            if any(w in text.lower() for w in ("model", "gguf", "tokenizer"))
+            else ApidistillError
+        )
+        raise cls(
+            f"apidistill serve exited with code {self.proc.returncode} before it was ready{text}"
+        )
+
+
+def _spawn(
+    model: str = "smollm2-135m-instruct",
+    *,
+    adapter: str | None = None,
+    port: int = 0,
+    api_key: str | None = None,
+    max_batch_size: int = 16,
+    served_model_name: str | None = None,
+    extra_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> _Pending:
     cmd = [
         sys.executable, "-m", "apidistill", "serve",
         "--model", model,
@@ -128,48 +228,7 @@ def launch_server(
         text=True,
         env=child_env,
     )
-    stderr_tail: deque[str] = deque(maxlen=40)
-    ready: list[str] = []
-    seen = threading.Event()
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # keep draining after ready so the pipe never fills
-            m = _READY.search(line.strip())
-            if m and not ready:
-                ready.append(m.group(1))
-                seen.set()
-        seen.set()
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            stderr_tail.append(line.rstrip())
-
-    threading.Thread(target=read_stdout, daemon=True, name="apidistill-serve-out").start()
-    err_thread = threading.Thread(target=read_stderr, daemon=True, name="apidistill-serve-err")
-    err_thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not seen.wait(0.1):
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise ApidistillError(
-                f"apidistill serve did not become ready within {startup_timeout:.0f} s"
-                + _tail(stderr_tail),
-                hint="raise startup_timeout on a slow machine (the first load of a GGUF "
-                "model converts it once, ~20 s)",
-            )
-    if ready:
-        return ServerHandle(proc, ready[0], stderr_tail)
-    proc.wait(10)
-    err_thread.join(2)
-    text = _tail(stderr_tail)
-    cls = (
-        ModelLoadError
-        if any(w in text.lower() for w in ("model", "gguf", "tokenizer"))
-        else ApidistillError
-    )
-    raise cls(f"apidistill serve exited with code {proc.returncode} before it was ready{text}")
+    return _Pending(proc)
 
 
 def _tail(lines: deque[str]) -> str:

@@ -22,6 +22,17 @@ tiktoken", ``num_tokens_from_messages``), deliberately not with apidistill's own
 (:mod:`apidistill.costs.tokens`): tests compare ``apidistill estimate`` with what this
 teacher bills, and a shared counter would make that comparison circular.
 
+Reasoning models (``o1``, ``o3``, ``o4-mini``, ``gpt-5`` and their variants) refuse what OpenAI's
+reasoning models refuse, with the documented 400 bodies: ``logprobs`` / ``top_logprobs``
+(``unsupported_parameter``) and a ``temperature`` other than 1 (``unsupported_value``); their
+``usage.completion_tokens_details.reasoning_tokens`` is non-zero, as billed.
+
+The same answers are served in Anthropic's Messages API shape at ``POST /v1/messages``
+(an ``x-api-key`` or ``Authorization: Bearer`` key and ``anthropic-version`` required, ``max_tokens`` required, a
+``message`` object with ``content`` text blocks, ``stop_reason`` and ``usage`` with
+``input_tokens``, ``output_tokens`` and the cache counters). Anthropic returns no logprobs and
+its tokenizer is not public: token counts there use ``o200k_base`` as a stand-in.
+
 Run: ``python -m apidistill.testing.o200k_teacher --port 0 --answers answers.json`` (a JSON
 object: user text → answer). Tests use :class:`O200kTeacherProcess`. ``GET /__stats``
 returns how many chat requests arrived, the bodies' generation settings and the
@@ -36,6 +47,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -49,8 +61,10 @@ __all__ = [
     "ENCODING",
     "O200kTeacherProcess",
     "answer_text",
+    "anthropic_message",
     "build_app",
     "chat_completion",
+    "is_reasoning_model",
     "o200k_tokens",
     "prompt_tokens",
 ]
@@ -211,6 +225,35 @@ def chat_completion(body: dict[str, Any], answers: dict[str, str] | None = None)
 # --------------------------------------------------------------------------- server
 
 
+_REASONING = re.compile(r"^(o1|o3|o4-mini|gpt-5)(-[a-z0-9-]+)?$")
+_REASONING_TOKENS = 64  # what a reasoning model bills as hidden reasoning per answer
+
+
+def is_reasoning_model(model: Any) -> bool:
+    """OpenAI's reasoning models: no logprobs, fixed sampling (``gpt-5-chat`` is not one)."""
+    return isinstance(model, str) and bool(_REASONING.match(model)) and "chat" not in model
+
+
+def _reasoning_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's 400 body for what a reasoning model does not accept, else None."""
+    for param in ("logprobs", "top_logprobs"):
+        if body.get(param) is not None:
+            return pp.openai_error(
+                f"Unsupported parameter: '{param}' is not supported with this model.",
+                code="unsupported_parameter",
+                param=param,
+            )
+    temperature = body.get("temperature")
+    if temperature is not None and temperature != 1:
+        return pp.openai_error(
+            f"Unsupported value: 'temperature' does not support {temperature} with this model. "
+            "Only the default (1) value is supported.",
+            code="unsupported_value",
+            param="temperature",
+        )
+    return None
+
+
 def _check(body: Any) -> str | None:
     """What OpenAI would refuse with a 400, for the fields this teacher reads."""
     if not isinstance(body, dict):
@@ -240,11 +283,77 @@ async def _chat(request: web.Request) -> web.Response:
     problem = _check(body)
     if problem is not None:
         return web.json_response(pp.openai_error(problem), status=400)
+    if is_reasoning_model(body.get("model")):
+        refusal = _reasoning_refusal(body)
+        if refusal is not None:
+            state["refused"].append(refusal["error"]["param"])
+            return web.json_response(refusal, status=400)
     state["requests"].append(
         {k: body.get(k) for k in ("model", "logprobs", "top_logprobs", "max_completion_tokens")}
     )
     answer = chat_completion(body, state["answers"])
+    if is_reasoning_model(body.get("model")):
+        details = answer["usage"]["completion_tokens_details"]
+        details["reasoning_tokens"] = _REASONING_TOKENS
+        answer["usage"]["completion_tokens"] += _REASONING_TOKENS
+        answer["usage"]["total_tokens"] += _REASONING_TOKENS
     state["prompt_tokens"].append(answer["usage"]["prompt_tokens"])
+    return web.json_response(answer)
+
+
+def anthropic_message(body: dict[str, Any], answers: dict[str, str] | None = None) -> dict:
+    """A Messages API ``message`` answering ``body`` with the same text as the chat route;
+    the envelope is :func:`provider_payloads.anthropic_message`'s."""
+    out = pp.anthropic_message(body)
+    text = answer_text(body, answers)
+    tokens = o200k_tokens(text)
+    limit = int(body["max_tokens"])
+    stop = "end_turn"
+    if len(tokens) > limit:
+        tokens, stop = tokens[:limit], "max_tokens"
+    out["content"] = [{"type": "text", "text": b"".join(tokens).decode("utf-8", errors="replace")}]
+    out["stop_reason"] = stop
+    system = body.get("system")
+    turns = [{"role": "system", "content": system}] if isinstance(system, str) else []
+    turns += [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    out["usage"]["input_tokens"] = prompt_tokens(turns)
+    out["usage"]["output_tokens"] = len(tokens)
+    out["usage"]["service_tier"] = "standard"
+    return out
+
+
+def _anthropic_check(request: web.Request, body: Any) -> tuple[int, str, str] | None:
+    """(status, error type, message) for what the Messages API refuses, else None."""
+    bearer = request.headers.get("Authorization", "").startswith("Bearer ")
+    if not (request.headers.get("x-api-key") or bearer):  # the 2.x SDK sends a Bearer key
+        return 401, "authentication_error", "x-api-key header is required"
+    if not request.headers.get("anthropic-version"):
+        return 400, "invalid_request_error", "anthropic-version: header is required"
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return 400, "invalid_request_error", "messages: Field required"
+    if not isinstance(body.get("max_tokens"), int) or body["max_tokens"] < 1:
+        return 400, "invalid_request_error", "max_tokens: Field required"
+    for key in ("logprobs", "top_logprobs"):
+        if key in body:
+            return 400, "invalid_request_error", f"{key}: Extra inputs are not permitted"
+    return None
+
+
+async def _messages(request: web.Request) -> web.Response:
+    state = request.app["state"]
+    try:
+        body = json.loads(await request.read())
+    except ValueError as exc:
+        body = exc
+    problem = _anthropic_check(request, body)
+    if problem is not None:
+        status, kind, message = problem
+        return web.json_response(pp.anthropic_error(kind, message), status=status)
+    state["requests"].append(
+        {"model": body.get("model"), "max_tokens": body.get("max_tokens"), "api": "messages"}
+    )
+    answer = anthropic_message(body, state["answers"])
+    state["prompt_tokens"].append(answer["usage"]["input_tokens"])
     return web.json_response(answer)
 
 
@@ -252,14 +361,25 @@ async def _stats(request: web.Request) -> web.Response:
     state = request.app["state"]
     reqs = state["requests"]
     return web.json_response(
-        {"received": len(reqs), "requests": reqs, "prompt_tokens": state["prompt_tokens"]}
+        {
+            "received": len(reqs),
+            "requests": reqs,
+            "prompt_tokens": state["prompt_tokens"],
+            "refused": state["refused"],
+        }
     )
 
 
 def build_app(answers: dict[str, str] | None = None) -> web.Application:
     app = web.Application(client_max_size=16 * 1024 * 1024)
-    app["state"] = {"answers": dict(answers or {}), "requests": [], "prompt_tokens": []}
+    app["state"] = {
+        "answers": dict(answers or {}),
+        "requests": [],
+        "prompt_tokens": [],
+        "refused": [],
+    }
     app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/messages", _messages)
     app.router.add_get("/__stats", _stats)
     return app
 

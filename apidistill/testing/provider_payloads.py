@@ -223,9 +223,13 @@ def openai_text_completion(body: dict[str, Any], *, created: int | None = None) 
 
 
 def openai_error(
-    message: str, *, type: str = "invalid_request_error", code: str | None = None
+    message: str,
+    *,
+    type: str = "invalid_request_error",
+    code: str | None = None,
+    param: str | None = None,
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": None, "code": code}}
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 def anthropic_message(

@@ -220,3 +220,44 @@ async def test_malformed_answer_is_an_endpoint_error(tmp_path: Path) -> None:
             EvalError, match="not an OpenAI chat completion: the answer has no choices"
         ):
             await run_eval(_records(), ep, _cfg(), out_dir=tmp_path)
+
+
+async def test_a_teacher_without_logprobs_still_gets_a_report_and_verdict(
+    fake_server, tmp_path: Path
+) -> None:
+    """Anthropic answers (no logprobs): KL is left out with one line saying why, no model is
+    loaded for it, and every other metric and the verdict are there."""
+    from apidistill.eval.report import write_report
+    from apidistill.eval.verdict import verdict
+
+    records = _records()
+    assert not any(r.logprobs for r in records)
+    with fake_server(answer_by_ticket(_good())) as good:
+        students = {
+            "student": StudentEndpoint(
+                base_url=good.base_url,
+                model="s",
+                # never loaded: there is no teacher distribution to score it against
+                local_model=str(tmp_path / "no-such-model"),
+            )
+        }
+        result = await run_eval(records, students, _cfg(), out_dir=tmp_path)
+    me = result.students["student"]
+    assert "kl_nats_per_token" not in me.metrics and me.kl_coverage is None
+    (why,) = result.notes
+    assert why.startswith("held-out KL not measured") and "no teacher distribution" in why
+    assert me.metrics["agreement"].value == pytest.approx(5 / 6)
+    assert me.metrics["task_score"].value == 1.0 and me.timing.p50_ms > 0
+    assert result.teacher.usd_per_1k_requests == Decimal("2.000")
+    # no harvest latency was given (a Batch API run has none): said, not shown as 0
+    assert result.teacher.timing.p50_ms is None
+    assert any(n.startswith("latency not measured") for n in result.teacher.notes)
+    v = verdict(result)
+    assert v.student == "student" and [c.name for c in v.checks] == [
+        "agreement",
+        "relative_task_score",
+    ]
+    html = write_report(result, tmp_path / "report", title="t").read_text()
+    assert "held-out KL not measured" in html
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["result"]["notes"] == [why]

@@ -128,9 +128,10 @@ def test_harvest_keeps_the_teachers_o200k_tokens(teacher, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_logprob_kd_trains_smollm2_on_o200k_logprobs_by_byte_alignment(
-    teacher, tmp_path, monkeypatch
-):
+def test_the_example_trains_by_byte_alignment_and_reaches_a_report(teacher, tmp_path, monkeypatch):
+    """The documented `apidistill run examples/cross_tokenizer.yaml`, end to end: logprob KD
+    on o200k logprobs aligned by bytes, then a report whose held-out KL is measured on the
+    byte-aligned positions, with their coverage."""
     from apidistill.data.store import load_records
     from apidistill.models import load_tokenizer
     from apidistill.pipeline.run import run_pipeline
@@ -139,7 +140,7 @@ def test_logprob_kd_trains_smollm2_on_o200k_logprobs_by_byte_alignment(
     cfg = _config(tmp_path, teacher.base_url, monkeypatch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run_pipeline(cfg, progress=False, stop_after="train")
+        summary = run_pipeline(cfg, progress=False)
     assert not [w for w in caught if "not loadable" in str(w.message)]
 
     result = json.loads((cfg.run_path / "train" / "train_result.json").read_text())
@@ -164,3 +165,24 @@ def test_logprob_kd_trains_smollm2_on_o200k_logprobs_by_byte_alignment(
     adapter = cfg.run_path / "train" / "adapter"
     assert (adapter / "adapter_config.json").is_file()
     assert (adapter / "adapter_model.safetensors").is_file()
+
+    # ... and evaluation, which used to stop at "none of the test records has teacher token
+    # ids", writes the report with every metric, KL on the byte-aligned positions included.
+    report = json.loads((cfg.run_path / "report" / "report.json").read_text())
+    assert summary.report_path and (cfg.run_path / "report" / "report.html").is_file()
+    res = report["result"]
+    test = load_records(cfg.run_path / "dataset", split="test")
+    assert res["n_records"] == len(test) > 0 and not res["notes"]
+    assert res["teacher"]["metrics"]["task_score"]["value"] == 1.0  # gold answers
+    assert res["teacher"]["usd_per_1k_requests"] is not None
+    for name in ("student", "base (no prompt)"):
+        me = res["students"][name]
+        assert {"agreement", "task_score", "kl_nats_per_token", "top1_agreement"} <= set(
+            me["metrics"]
+        )
+        assert "byte-aligned" in me["kl_basis"] and 0.2 < me["kl_coverage"] < 0.9
+        assert me["timing"]["p50_ms"] > 0
+    v = report["verdict"]
+    assert v["student"] in res["students"] and len(v["checks"]) == 2
+    assert all(c["measured"] is not None for c in v["checks"])
+    assert summary.numbers["student_kl_coverage"] == res["students"]["student"]["kl_coverage"]

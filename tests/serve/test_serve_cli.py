@@ -84,6 +84,42 @@ def test_launcher_raises_model_load_error_with_the_childs_message(tmp_path):
         launch_server(str(missing), startup_timeout=120)
 
 
+def test_launch_servers_starts_all_at_once_and_stops_the_rest_when_one_fails(tmp_path, monkeypatch):
+    """Eval starts base and student together (their loads overlap); a student that cannot
+    start must not leave the base running."""
+    from apidistill.serve import launcher
+
+    spawned = []
+    real = launcher._spawn
+
+    def spawn(**kw):
+        spawned.append(real(**kw))
+        return spawned[-1]
+
+    monkeypatch.setattr(launcher, "_spawn", spawn)
+    with pytest.raises(ModelLoadError, match="gone"):
+        launcher.launch_servers(
+            {"model": str(tmp_path / "gone")}, {"model": "smollm2-135m-instruct"}
+        )
+    assert len(spawned) == 2  # both were started before the first was waited on
+    assert all(p.proc.poll() is not None for p in spawned)
+
+
+def test_launch_servers_gives_overlapping_loads_time_for_each(monkeypatch):
+    from apidistill.serve import launcher
+
+    waited: list[float] = []
+
+    class _Fake:
+        def wait(self, timeout: float):
+            waited.append(timeout)
+            return object()
+
+    monkeypatch.setattr(launcher, "_spawn", lambda **kw: _Fake())
+    launcher.launch_servers({"model": "a"}, {"model": "b"}, startup_timeout=60)
+    assert waited == [120, 120]  # two loads share the CPU: each may take two loads' time
+
+
 def test_command_checks_limits_before_loading_anything():
     from apidistill.serve.commands import _check_options
 
