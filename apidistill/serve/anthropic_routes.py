@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from apidistill.data.schema import GenerationParams, Message
 from apidistill.errors import ApidistillError
 from apidistill.serve.anthropic_schema import (
+    CountTokensRequest,
     MessagesRequest,
     message_response,
     message_start,
@@ -21,6 +22,7 @@ from apidistill.serve.http_common import (
     ServerContext,
     engine_error,
     new_id,
+    off_loop,
     parse_body,
     read_json,
     sse,
@@ -50,10 +52,10 @@ def _messages(req: MessagesRequest) -> tuple[list[Message], bool]:
     return out, prefill
 
 
-def _prompt_ids(ctx: ServerContext, req: MessagesRequest) -> list[int]:
+async def _prompt_ids(ctx: ServerContext, req: MessagesRequest) -> list[int]:
     messages, prefill = _messages(req)
     try:
-        return ctx.engine.encode_messages(messages, continue_final_message=prefill)
+        return await off_loop(ctx.engine.encode_messages, messages, continue_final_message=prefill)
     except ApidistillError as exc:
         raise engine_error(exc) from None
 
@@ -62,12 +64,9 @@ def _prompt_ids(ctx: ServerContext, req: MessagesRequest) -> list[int]:
 async def count_tokens(request: Request) -> Response:
     ctx: ServerContext = request.app.state.ctx
     ctx.authorize(request)
-    data = await read_json(request, ctx.settings.max_body_bytes)
-    if isinstance(data, dict):
-        data.setdefault("max_tokens", 1)
-    req = parse_body(MessagesRequest, data)
+    req = parse_body(CountTokensRequest, await read_json(request, ctx.settings.max_body_bytes))
     ctx.check_model(req.model)
-    return JSONResponse({"input_tokens": len(_prompt_ids(ctx, req))})
+    return JSONResponse({"input_tokens": len(await _prompt_ids(ctx, req))})
 
 
 @router.post("/v1/messages")
@@ -79,7 +78,7 @@ async def messages(request: Request) -> Response:
     if req.tools:
         raise APIError(400, "tools: tool use is not supported by apidistill serve", param="tools")
     ctx.check_max_tokens(req.max_tokens)
-    ids = _prompt_ids(ctx, req)
+    ids = await _prompt_ids(ctx, req)
     extra = {"top_k": req.top_k} if req.top_k else {}
     params = GenerationParams(
         max_tokens=req.max_tokens,
@@ -90,7 +89,7 @@ async def messages(request: Request) -> Response:
     )
     engine = ctx.engine
     try:
-        prepared = engine.prepare(None, None, params, prompt_ids=ids)
+        prepared = await off_loop(engine.prepare, None, None, params, prompt_ids=ids)
     except ApidistillError as exc:
         raise engine_error(exc) from None
     slot = ctx.admit("anthropic")

@@ -17,11 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from apidistill.serve.engine import EngineOutput
 
-__all__ = ["MessagesRequest", "message_response", "stop_reason_of"]
+__all__ = ["CountTokensRequest", "MessagesRequest", "message_response", "stop_reason_of"]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Strict types, as the real APIs check them: ``"logprobs": "yes"`` or ``"n": "2"`` is a
+    400 naming the field, not silently read as true / 2 (an int is still a valid float)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextBlock(_Body):
@@ -58,6 +61,12 @@ class MessagesRequest(_Body):
         if isinstance(self.system, str):
             return self.system
         return "\n".join(b.text for b in self.system)
+
+
+class CountTokensRequest(MessagesRequest):
+    """``/v1/messages/count_tokens``: a Messages body without ``max_tokens``."""
+
+    max_tokens: int = 1
 
 
 def stop_reason_of(out: EngineOutput) -> str:

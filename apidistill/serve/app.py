@@ -1,6 +1,7 @@
 """The HTTP server: OpenAI- and Anthropic-compatible endpoints over one :class:`Engine`.
 
     GET  /health                        liveness (no auth)
+    GET  /openapi.json                  this server's OpenAPI document (no auth)
     GET  /v1/models, /v1/models/{id}    OpenAI shape; Anthropic shape when the request
                                         carries an ``anthropic-version`` header
     POST /v1/chat/completions           OpenAI chat (stream, n, logprobs + top_logprobs ≤ 20)
@@ -23,15 +24,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from apidistill.serve.anthropic_routes import router as anthropic_router
+from apidistill.serve.anthropic_schema import CountTokensRequest, MessagesRequest
 from apidistill.serve.engine import Engine
 from apidistill.serve.http_common import Admission, ServerContext, ServeSettings
 from apidistill.serve.http_errors import APIError, error_body, flavor_of
 from apidistill.serve.openai_routes import router as openai_router
+from apidistill.serve.openai_schema import ChatRequest, CompletionRequest
 
 __all__ = ["create_app", "run_server"]
 
@@ -39,9 +44,9 @@ __all__ = ["create_app", "run_server"]
 def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     app = FastAPI(
         title="apidistill serve",
-        docs_url=None,
+        docs_url=None,  # the HTML pages load scripts from a CDN; the document is enough
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",
     )
     limit = engine.max_batch_size + settings.max_queue
     app.state.ctx = ServerContext(engine, settings, Admission(limit))
@@ -50,7 +55,43 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     app.include_router(anthropic_router)
     _add_model_routes(app)
     _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The server's OpenAPI document, with the request bodies it really validates.
+
+    The POST handlers read their bodies themselves (to bound the size and answer errors in
+    each API's own shape), so FastAPI cannot see them; the pydantic models that validate them
+    are added here, and ``model`` is narrowed to the names this server answers to, so that a
+    schema-driven client (or fuzzer) reaches generation instead of a 404.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    ctx: ServerContext = app.state.ctx
+    bodies = {
+        "/v1/chat/completions": ChatRequest,
+        "/v1/completions": CompletionRequest,
+        "/v1/messages": MessagesRequest,
+        "/v1/messages/count_tokens": CountTokensRequest,
+    }
+    refs, top = models_json_schema(
+        [(m, "validation") for m in bodies.values()], ref_template="#/components/schemas/{model}"
+    )
+    schemas = top.get("$defs", {})
+    for model in bodies.values():
+        props = schemas[model.__name__]["properties"]
+        props["model"] = {**props["model"], "enum": list(ctx.model_names)}
+    doc.setdefault("components", {}).setdefault("schemas", {}).update(schemas)
+    for path, model in bodies.items():
+        doc["paths"][path]["post"]["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": refs[(model, "validation")]}},
+        }
+    app.openapi_schema = doc
+    return doc
 
 
 def _add_model_routes(app: FastAPI) -> None:

@@ -46,7 +46,8 @@ def serve(
     served_model_name: str | None = typer.Option(
         None,
         "--served-model-name",
-        help="Model name clients send (default: --model, or 'student' with --config).",
+        help="Model name clients send (default: a model folder's name, e.g. 'student' for "
+        "runs/<name>/student; else --model).",
     ),
     api_key_env: str | None = typer.Option(
         None,
@@ -186,7 +187,21 @@ def resolve_serve_options(
             served_model_name = served_model_name or "student"
     opts = base.model_copy(update={k: v for k, v in given.items() if v is not None})
     model = model or DEFAULT_MODEL
-    return opts, model, served_model_name or model
+    return opts, model, served_model_name or default_served_name(model)
+
+
+def default_served_name(model: str) -> str:
+    """The name clients send when ``--served-model-name`` is not given.
+
+    A model folder is served under its folder's name, so ``--model runs/tickets/student``
+    answers to ``model="student"`` as the README and quickstart call it (the path the server
+    was started with stays an alias, for clients that send it). An embedded model, hub name or
+    ``.gguf`` file is served under the name given.
+    """
+    path = Path(model).expanduser()
+    if path.suffix != ".gguf" and path.is_dir():
+        return path.resolve().name or model
+    return model
 
 
 def _check_options(port: int, *limits: int) -> None:

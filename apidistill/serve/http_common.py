@@ -14,8 +14,9 @@ import asyncio
 import contextlib
 import hmac
 import json
+import re
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ __all__ = [
     "ServerContext",
     "Slot",
     "new_id",
+    "off_loop",
     "parse_body",
     "sse",
     "unless_disconnected",
@@ -45,6 +47,10 @@ _DISCONNECT_POLL_S = 0.5
 # client, which sends the whole body before reading the answer, gets the 413 instead of a
 # broken connection. Bigger bodies get the connection closed.
 _DRAIN_FACTOR = 16
+
+# A JSON escape of a UTF-16 surrogate (\uD800-\uDFFF): the only way a lone surrogate gets
+# into a parsed body, since the UTF-8 decoder refuses encoded ones.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -192,7 +198,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         raise too_big
     raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise APIError(
             400,
@@ -200,6 +206,45 @@ async def read_json(request: Request, max_bytes: int) -> Any:
             "with Content-Type: application/json.",
             code="invalid_json",
         ) from None
+    except RecursionError:
+        raise APIError(
+            400,
+            "We could not parse the JSON body of your request: it is nested too deeply. "
+            "Send a JSON object shaped as this endpoint documents.",
+            code="invalid_json",
+        ) from None
+    if _SURROGATE_ESCAPE.search(raw):  # only escapes can make one; skip the walk otherwise
+        check_unicode(data)
+    return data
+
+
+def check_unicode(data: Any) -> None:
+    """Refuse strings that are not Unicode text: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no tokenizer or UTF-8 response can carry (they used to crash the
+    handler with a 500). Walks iteratively, so a deep body cannot exhaust the stack."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        where, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                stack.append((f"{where}.{k}" if where else str(k), k))
+                stack.append((f"{where}.{k}" if where else str(k), v))
+        elif isinstance(node, list):
+            stack.extend((f"{where}.{i}" if where else str(i), v) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                name = where.encode("utf-8", "backslashreplace").decode("utf-8")
+                raise APIError(
+                    400,
+                    f"Invalid '{name}': the string holds a lone surrogate "
+                    f"(U+{ord(node[exc.start]):04X} at character {exc.start}), which is not "
+                    "Unicode text. Send valid UTF-8 (escape pairs like \\ud83d\\ude00 must "
+                    "come as a pair).",
+                    param=name or None,
+                    code="invalid_value",
+                ) from None
 
 
 def parse_body(model: type[M], data: Any) -> M:
@@ -208,6 +253,8 @@ def parse_body(model: type[M], data: Any) -> M:
         raise APIError(400, "The request body must be a JSON object.", code="invalid_json")
     try:
         return model.model_validate(data)
+    except RecursionError:
+        raise APIError(400, "The request body is nested too deeply.", code="invalid_json") from None
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
@@ -245,6 +292,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def off_loop(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run CPU work (chat templates, tokenizing a prompt of megabytes) on a worker thread, so
+    the event loop keeps answering ``/health`` and other clients meanwhile: a 3.8 MB prompt
+    tokenized on the loop stalled every connection for ~4 s."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 def new_id(prefix: str) -> str:

@@ -14,11 +14,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from apidistill.data.schema import GenerationParams, Message, TokenLogprob
 from apidistill.errors import ApidistillError
-from apidistill.serve.engine import EngineOutput, StreamDelta
+from apidistill.serve.engine import EngineOutput, StreamDelta, _Prepared
 from apidistill.serve.http_common import (
     ServerContext,
     engine_error,
     new_id,
+    off_loop,
     parse_body,
     read_json,
     sse,
@@ -121,11 +122,15 @@ async def chat_completions(request: Request) -> Response:
         for m in req.messages
     ]
     engine = ctx.engine
-    try:
+
+    def tokenize() -> _Prepared:
         ids = engine.encode_messages(messages, continue_final_message=req.continue_final_message)
         budget = limit if limit is not None else ctx.default_max_tokens(len(ids))
         params = _params(req, budget, logprobs=bool(req.logprobs), top=top)
-        prepared = engine.prepare(None, None, params, n=req.n, prompt_ids=ids)
+        return engine.prepare(None, None, params, n=req.n, prompt_ids=ids)
+
+    try:
+        prepared = await off_loop(tokenize)
     except ApidistillError as exc:
         raise engine_error(exc) from None
     slot = ctx.admit("openai")
@@ -207,8 +212,10 @@ async def completions(request: Request) -> Response:
     if not prompts:
         raise APIError(400, "Invalid 'prompt': must not be empty.", param="prompt")
     engine = ctx.engine
-    prepared, prompt_texts = [], []
-    try:
+    prepared: list[_Prepared] = []
+    prompt_texts: list[str] = []
+
+    def tokenize() -> None:
         for p in prompts:
             ids = engine.encode_prompt(p) if isinstance(p, str) else [int(t) for t in p]
             budget = (
@@ -221,6 +228,9 @@ async def completions(request: Request) -> Response:
                 )
             )
             prompt_texts.append(p if isinstance(p, str) else engine.tokenizer.decode(ids))
+
+    try:
+        await off_loop(tokenize)
     except ApidistillError as exc:
         raise engine_error(exc) from None
     slot = ctx.admit("openai")

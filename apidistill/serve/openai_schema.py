@@ -32,7 +32,10 @@ __all__ = [
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Strict types, as the real APIs check them: ``"logprobs": "yes"`` or ``"n": "2"`` is a
+    400 naming the field, not silently read as true / 2 (an int is still a valid float)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(_Body):

@@ -17,7 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["RowSampler", "SamplingParams", "StepChoice", "choose_tokens"]
+__all__ = ["GREEDY_BELOW", "RowSampler", "SamplingParams", "StepChoice", "choose_tokens"]
+
+# A temperature this small is greedy decoding in all but name (vLLM's _SAMPLING_EPS): dividing
+# the logits by it overflows float32 to inf (inf - inf = nan in softmax) from about 1e-37 on,
+# and one such row used to fail the whole batch it was decoded in.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0 or self.top_k == 1
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
 
 
 @dataclass
@@ -53,7 +58,12 @@ class RowSampler:
         self.generator = torch.Generator().manual_seed(base % (2**63))
 
     def sample(self, logits: torch.Tensor) -> int:
-        """One token from a 1-D logits row, after temperature, top-k and top-p."""
+        """One token from a 1-D logits row, after temperature, top-k and top-p.
+
+        Total over every accepted setting: whatever the temperature and top-p, the most
+        likely token always keeps its probability, so the draw never sees an all-zero or
+        non-finite distribution (a tiny top-p rounds to 0.0 in float32 and used to drop
+        every token)."""
         p = self.params
         if p.greedy:
             return int(torch.argmax(logits))
@@ -66,8 +76,11 @@ class RowSampler:
             sorted_p, order = torch.sort(probs, descending=True)
             # Keep the smallest set whose mass reaches top_p (always at least one token).
             drop = (torch.cumsum(sorted_p, 0) - sorted_p) >= p.top_p
+            drop[0] = False
             sorted_p[drop] = 0.0
             probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
+        if not bool(torch.isfinite(probs).all()) or float(probs.sum()) <= 0.0:
+            return int(torch.argmax(logits))  # degenerate logits (all -inf, nan): be greedy
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
 
