@@ -228,3 +228,55 @@ async def test_health_answers_while_a_huge_prompt_is_tokenized(live, monkeypatch
     assert finished == ["tokenized"]
     err = assert_openai_error(answer)  # 3.8 M byte-tokens: over the tiny model's context
     assert err["param"] == "max_tokens" and "context" in err["message"]
+
+
+# --------------------------------------------------------------------------- schema-driven fuzz
+
+
+def test_the_openapi_document_describes_the_request_bodies(live):
+    doc = httpx2.get(live.root + "/openapi.json", timeout=60).json()
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]
+    ref = chat["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    props = doc["components"]["schemas"][ref]["properties"]
+    assert props["model"]["enum"] == [NAME] and props["logprobs"]["anyOf"][0]["type"] == "boolean"
+    assert {"/v1/completions", "/v1/messages", "/v1/messages/count_tokens", "/health"} <= set(
+        doc["paths"]
+    )
+
+
+FUZZ_EXAMPLES = 40  # per generation mode; bounded so the default suite stays fast
+
+
+def test_schemathesis_fuzzing_finds_no_server_error(live):
+    """Cases generated from the server's own OpenAPI document, fitting it (positive) and
+    breaking it (negative): never a 5xx, and every 4xx in the calling API's error shape."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+
+    schema = schemathesis.openapi.from_url(live.root + "/openapi.json")
+    seen: list[int] = []
+
+    for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+
+        @settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=schema.as_strategy(generation_mode=mode))
+        def fuzz(case) -> None:
+            resp = case.call(base_url=live.root, timeout=60)
+            seen.append(resp.status_code)
+            assert resp.status_code < 500, (case.path, case.body, resp.text)
+            if resp.status_code >= 400:
+                body = resp.json()
+                if case.path.startswith("/v1/messages"):
+                    assert body["type"] == "error" and body["error"]["message"], body
+                else:
+                    assert body["error"]["message"] and "code" in body["error"], body
+
+        fuzz()
+    assert any(s == 200 for s in seen) and any(400 <= s < 500 for s in seen), seen

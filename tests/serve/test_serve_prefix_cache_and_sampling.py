@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from apidistill.serve.prefix_cache import PrefixCache, PrefixKV, common_prefix_len
 from apidistill.serve.sampling import RowSampler, SamplingParams, choose_tokens
@@ -104,3 +106,32 @@ def test_top_k_and_top_p_restrict_the_candidates():
     assert {choose_tokens(logits, [p_85])[0].token_id for _ in range(300)} == {0, 1}
     p_90 = RowSampler(SamplingParams(max_tokens=1, temperature=1.0, top_p=0.9, seed=1))
     assert {choose_tokens(logits, [p_90])[0].token_id for _ in range(400)} == {0, 1, 2}
+
+
+@settings(max_examples=300, deadline=None)
+@example(temperature=1e-40, top_p=None, top_k=None, scale=1.0)
+@example(temperature=1.0, top_p=1e-46, top_k=None, scale=1.0)
+@example(temperature=1e-38, top_p=1e-46, top_k=None, scale=30.0)
+@given(
+    temperature=st.floats(0.0, 2.0, allow_subnormal=True),
+    top_p=st.none() | st.floats(0.0, 1.0, exclude_min=True, allow_subnormal=True),
+    top_k=st.none() | st.integers(0, 40),
+    scale=st.floats(0.01, 1e4),  # distinct logits: one argmax
+)
+def test_sampling_is_total_over_every_accepted_setting(temperature, top_p, top_k, scale):
+    """Any temperature in [0, 2] and top_p in (0, 1] the APIs accept picks a real token; a
+    draw that raised used to fail every other request in its batch. Settings that leave one
+    candidate (temperature ~0, a tiny top_p) pick the argmax."""
+    logits = (
+        torch.linspace(-1.0, 1.0, 32)[
+            torch.randperm(32, generator=torch.Generator().manual_seed(0))
+        ]
+        * scale
+    )
+    row = RowSampler(
+        SamplingParams(max_tokens=1, temperature=temperature, top_p=top_p, top_k=top_k, seed=0)
+    )
+    token = row.sample(logits)
+    assert 0 <= token < 32
+    if temperature < 1e-5 or (top_p is not None and top_p < 1e-30) or top_k == 1:
+        assert token == int(torch.argmax(logits))
