@@ -110,6 +110,9 @@ class FaultConfig:
     usage: str = "words"  # how prompt_tokens is counted: words, chars, bytes, none (omitted)
     extra_prompt_tokens: int = 0  # added to the reported usage (adversarial gateways)
     extra_completion_tokens: int = 0
+    # When set, a completion request whose ``Authorization`` is not ``Bearer <api_key>`` is
+    # refused 401 as OpenAI refuses a wrong key (counted as received, never billed).
+    api_key: str | None = None
 
     def update(self, values: dict[str, Any]) -> None:
         names = {f.name for f in fields(self)}
@@ -270,6 +273,9 @@ async def _completions(request: web.Request) -> web.StreamResponse:
     counter = state.by_digest.setdefault(digest, _Counter())
     counter.received += 1
     counter.times.append(arrived)
+    if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+        message = "Incorrect API key provided. You can find your API key in your account settings."
+        return _json(pp.openai_error(message, code="invalid_api_key"), 401)
     stream = bool(body.get("stream"))
     fault = _draw_fault(cfg, digest, counter.received, stream)
     answer = pp.openai_chat_completion(body) if chat else pp.openai_text_completion(body)
