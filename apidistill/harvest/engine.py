@@ -324,12 +324,17 @@ class Engine:
             for dup in dups:
                 await self._send_out(replace(result, request=dup, from_cache=True))
 
+    def _output_bound(self, req: TeacherRequest) -> int:
+        """The most output tokens the request can be billed for: ``max_tokens`` plus the
+        overrun the teacher's server is known to add (``Capabilities.output_overrun_tokens``)."""
+        return req.params.max_tokens + self.teacher.capabilities.output_overrun_tokens
+
     async def _process(
         self, req: TeacherRequest, key: str, row: CachedRow | None
     ) -> HarvestResult | None:
         est_in = self.count_input_tokens(req)
         worst = (
-            worst_case_cost(self.price, est_in, req.params.max_tokens)
+            worst_case_cost(self.price, est_in, self._output_bound(req))
             if self.price is not None
             else None
         )
@@ -457,7 +462,7 @@ class Engine:
                 await self._unclaim(key)
                 raise _StopBeforeSend() if first else Stopped(self.stop.message or "stopping")
             try:
-                permit = await self.limiter.acquire(est_in + req.params.max_tokens)
+                permit = await self.limiter.acquire(est_in + self._output_bound(req))
             except Stopped:
                 await self._unclaim(key)
                 if first:
@@ -532,7 +537,7 @@ class Engine:
             completion.usage,
             price=self.price,
             input_bound=st.input_bound,
-            max_tokens=req.params.max_tokens,
+            max_tokens=self._output_bound(req),
             reserved=st.worst,
             reported_cost=completion.cost_usd,
         )

@@ -36,6 +36,10 @@ class Capabilities:
     logprobs_requires: tuple[tuple[str, str], ...] = ()
     # Reasoning models accept only their default sampling (temperature 1, no top_p).
     fixed_sampling: bool = False
+    # Output tokens the server generates (and counts) past ``max_tokens``: the budget's worst
+    # case and its usage judge allow for them, so a documented overrun is reserved for rather
+    # than flagged. llama-cpp-python finishes a UTF-8 character cut by the limit first.
+    output_overrun_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,9 @@ SERVER_PROFILES: dict[str, ServerProfile] = {
     "llamacpp": ServerProfile(
         name="llamacpp",
         capabilities=Capabilities(
+            # llama-cpp-python skips its max_tokens check while the text ends in an incomplete
+            # UTF-8 character (up to 4 bytes: 3 more tokens); measured 18 for max_tokens 16.
+            output_overrun_tokens=3,
             output_logprobs=True,
             max_top_logprobs=20,
             token_ids=True,  # each entry carries "id"

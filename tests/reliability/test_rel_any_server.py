@@ -31,14 +31,14 @@ import pytest
 from rel_helpers import cli, cli_env, integrity, journal_counts, run_cli, run_end_summaries
 from rel_target import RelTarget
 
+from apidistill import exit_codes
 from apidistill.costs.ledger import Ledger
 from apidistill.harvest import JournalStore
 
 pytestmark = pytest.mark.slow  # minutes against llama.cpp; seconds against the fault server
 
 CAP = Decimal("1.0")
-# The budget stop's exit code: 4 once apidistill.exit_codes documents it (issue 19), 2 before.
-BUDGET_STOP_EXITS = (2, 4)
+
 _SCRIPTS = (
     "order {i} is late, where is it? ",
     "注文{i}はまだ届いていません。",
@@ -128,7 +128,7 @@ def test_budget_bound_under_the_servers_own_usage(rel_target, tmp_path):
         f"\n[{rel_target.kind}] budget ${CAP}: {done} answered, spent ${total.cost_usd}, "
         f"at risk ${total.total_usd - total.cost_usd}, server received {rel_target.received()}"
     )
-    assert proc.returncode in BUDGET_STOP_EXITS, proc.stderr[-3000:]
+    assert proc.returncode == exit_codes.BUDGET_STOP, proc.stderr[-3000:]
     assert summary["stopped_by"] == "budget", summary
     assert 0 < done < 16
     assert total.total_usd <= CAP  # spend + at risk within the cap
@@ -141,26 +141,19 @@ def test_budget_bound_under_the_servers_own_usage(rel_target, tmp_path):
 # --------------------------------------------------------------------------- retry failed
 
 
-def _has_retry_failed() -> bool:
-    proc = run_cli("harvest", "--help")
-    return "--retry-failed" in proc.stdout
-
-
 def test_retry_failed_sends_only_the_failed_requests(rel_target, tmp_path):
     """3 answered; a wrong key makes the other 3 fail (401, 'rejected'); a re-run with the key
     fixed sends nothing unasked; ``--retry-failed rejected`` sends exactly those 3."""
     if not rel_target.requires_key:
         pytest.skip(f"target {rel_target.kind} takes any key: it cannot refuse a wrong one")
-    if not _has_retry_failed():
-        pytest.skip("this build has no --retry-failed")
     n = 6
     key_env = "REL_RETRY_KEY"
     run = write_target_run(tmp_path, rel_target, texts(n, chars=40), key_env=key_env)
     good = {key_env: rel_target.key or ""}
     first = harvest(run, rel_target, "--max-requests", "3", **good)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == exit_codes.OK, first.stderr[-3000:]
     wrong = harvest(run, rel_target, **{key_env: "wrong-key-0123456789"})
-    assert wrong.returncode == 3, wrong.stderr[-3000:]  # failed requests: documented code 3
+    assert wrong.returncode == exit_codes.SOME_FAILED, wrong.stderr[-3000:]
     journal = tmp_path / "run" / "journal.sqlite"
     assert (
         sorted((r.state, r.reason) for r in rows(journal))
