@@ -62,8 +62,8 @@ def _rel_target_session() -> Iterator[RelTarget]:
     elif spec.kind == "llamacpp":
         try:
             from apidistill.testing.llamacpp_server import EMBEDDED_GGUF_MODEL, LlamaCppServer
-        except ImportError as exc:  # llama-cpp-python or the fixture module missing
-            pytest.skip(f"target llamacpp: {exc}")
+        except ImportError as exc:  # asked for by name: an error, never a silent skip
+            pytest.fail(f"APIDISTILL_REL_TARGET=llamacpp, but the server cannot start: {exc}")
         with LlamaCppServer(alias=EMBEDDED_GGUF_MODEL, n_threads=2) as srv:
             yield RelTarget("llamacpp", srv.base_url, EMBEDDED_GGUF_MODEL, spec.profile, server=srv)
     else:
