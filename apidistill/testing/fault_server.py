@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--usage", choices=USAGE_MODES, help="how prompt_tokens is counted")
     ap.add_argument("--extra-prompt-tokens", dest="extra_prompt_tokens", type=int)
     ap.add_argument("--extra-completion-tokens", dest="extra_completion_tokens", type=int)
+    ap.add_argument("--api-key", dest="api_key", help="refuse other keys with 401")
     args = ap.parse_args(argv)
     if args.fault_rate is not None and not 0 <= args.fault_rate <= 1:
         ap.error("--fault-rate must be between 0 and 1")
