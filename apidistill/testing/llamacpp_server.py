@@ -49,9 +49,11 @@ class LlamaCppServer:
         alias: str = "smollm2",
         n_ctx: int = 2048,
         n_threads: int = 2,
+        api_key: str | None = None,
     ) -> None:
         self.gguf = Path(gguf) if gguf is not None else embedded_gguf()
         self.alias, self.n_ctx, self.n_threads = alias, n_ctx, n_threads
+        self.api_key = api_key  # when set, the server refuses other keys with 401
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the server; closed in __exit__)
@@ -71,6 +73,7 @@ class LlamaCppServer:
             "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.n_threads),
             "--n_threads_batch", str(self.n_threads),
+            *(["--api_key", self.api_key] if self.api_key else []),
         ]  # fmt: skip
 
     def log_tail(self, chars: int = 2000) -> str:
@@ -89,7 +92,9 @@ class LlamaCppServer:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline and self.proc.poll() is None:
                 try:
-                    if httpx2.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+                    models = httpx2.get(f"{self.base_url}/models", headers=headers, timeout=2.0)
+                    if models.status_code == 200:
                         return self
                 except httpx2.HTTPError:
                     pass

@@ -64,8 +64,11 @@ def _rel_target_session() -> Iterator[RelTarget]:
             from apidistill.testing.llamacpp_server import EMBEDDED_GGUF_MODEL, LlamaCppServer
         except ImportError as exc:  # asked for by name: an error, never a silent skip
             pytest.fail(f"APIDISTILL_REL_TARGET=llamacpp, but the server cannot start: {exc}")
-        with LlamaCppServer(alias=EMBEDDED_GGUF_MODEL, n_threads=2) as srv:
-            yield RelTarget("llamacpp", srv.base_url, EMBEDDED_GGUF_MODEL, spec.profile, server=srv)
+        with LlamaCppServer(alias=EMBEDDED_GGUF_MODEL, n_threads=2, api_key=SUITE_KEY) as srv:
+            yield RelTarget(
+                "llamacpp", srv.base_url, EMBEDDED_GGUF_MODEL, spec.profile,
+                "REL_SUITE_KEY", SUITE_KEY, srv,
+            )  # fmt: skip
     else:
         with FaultServerProcess() as srv:
             yield RelTarget(
