@@ -6,34 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import char_tokenizer
+from .helpers import save_tiny_llama
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_dir(tmp_path_factory) -> Path:
     """A folder with a tiny random Llama + the char tokenizer: loads via load_model(path)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = char_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    folder = tmp_path_factory.mktemp("tiny_chat")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_chat"), hidden=32, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from apidistill.models import count_params
 from apidistill.pipeline.run import run_pipeline
 from apidistill.testing.fault_server import FaultServerProcess
 
-from .helpers import char_tokenizer
+from .helpers import save_tiny_llama
 
 PROMPTS = 16
 
@@ -24,28 +24,7 @@ PROMPTS = 16
 @pytest.fixture(scope="module")
 def big_chat_dir(tmp_path_factory) -> Path:
     """A second tiny Llama, twice as wide, on the same tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = char_tokenizer()
-    torch.manual_seed(2)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    folder = tmp_path_factory.mktemp("big_chat")
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_tiny_llama(tmp_path_factory.mktemp("big_chat"), hidden=64, seed=2)
 
 
 def _cfg(root: Path, base_url: str, students: list[str], p95_ms: float) -> RunConfig:

@@ -8,13 +8,13 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, TrainingArguments
+from transformers import LlamaForCausalLM, TrainingArguments
 
 from apidistill.config import KDConfig
 from apidistill.train.collate import DistillCollator, Example
 from apidistill.train.trainer import DistillTrainer
 
-from .helpers import char_tokenizer
+from .helpers import char_tokenizer, tiny_llama
 
 K = 4
 ANSWER_LENGTHS = [1, 2, 3, 5, 8, 13, 2, 21]  # uneven on purpose
@@ -26,21 +26,8 @@ def tok():
 
 
 def _model(tok) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-        bos_token_id=None,
-        tie_word_embeddings=False,
-    )
-    return LlamaForCausalLM(cfg)
+    assert len(tok) == len(char_tokenizer())  # tiny_llama is built on this vocabulary
+    return tiny_llama(hidden=32, seed=0)
 
 
 def _examples(vocab: int) -> list[Example]:
