@@ -257,11 +257,24 @@ def _decide_on(
         checked_on=policy.checked_on,
         obligations=policy.obligations.merged(rule.obligations),
         policy_id=policy.id,
-        policy_file=policy.file,
+        policy_file=_shown_file(policy),
         policy_line=policy.line,
         user_policy=policy.user,
         matched=matched,
     )
+
+
+def _shown_file(policy: Policy) -> str | None:
+    """Where the decision says its policy came from.
+
+    A built-in policy is named inside the package (``apidistill/policies/meta.yaml``), never
+    by this machine's install path: the name travels into datasets and model cards, and the
+    decision id hashes it, so a checkout, a CI clone and an installed wheel must agree. A
+    user's own policy keeps its path (a later re-check loads that folder again).
+    """
+    if policy.file is None or policy.user:
+        return policy.file
+    return f"apidistill/policies/{Path(policy.file).name}"
 
 
 # --------------------------------------------------------------------------- teacher → route

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import apidistill
 from apidistill.config import RunConfig
 from apidistill.data.store import load_records
 from apidistill.errors import DataError
@@ -237,8 +238,16 @@ def test_the_model_card_holds_no_absolute_local_path(llama_run, tiny_chat_dir):
     out = Path(export_stage(ctx, TrainResult.load(ctx.layout.train)))
     card = (out / "README.md").read_text(encoding="utf-8")
     root = Path(llama_run.run_dir).resolve()
-    for local in (str(root), str(root.parent), str(Path(tiny_chat_dir).resolve()), "/tmp/"):
+    package = str(Path(apidistill.__file__).resolve().parent)  # its built-in policy files
+    for local in (
+        str(root),
+        str(root.parent),
+        str(Path(tiny_chat_dir).resolve()),
+        "/tmp/",
+        package,
+    ):
         assert local not in card, (local, card)
+    assert "apidistill/policies/meta.yaml" in card  # the built-in policy, named in the package
     assert "apidistill serve --model student" in card  # from the run folder
     assert "base_model:" in card and f'"{Path(tiny_chat_dir).name}"' in card
     # the vLLM script still works from anywhere: it finds its own folder
