@@ -25,7 +25,8 @@ teacher bills, and a shared counter would make that comparison circular.
 Reasoning models (``o1``, ``o3``, ``o4-mini``, ``gpt-5`` and their variants) refuse what OpenAI's
 reasoning models refuse, with the documented 400 bodies: ``logprobs`` / ``top_logprobs``
 (``unsupported_parameter``) and a ``temperature`` other than 1 (``unsupported_value``); their
-``usage.completion_tokens_details.reasoning_tokens`` is non-zero, as billed.
+``usage.completion_tokens_details.reasoning_tokens`` is non-zero where ``max_completion_tokens``
+leaves room (it bounds visible and reasoning tokens together, as OpenAI documents), as billed.
 
 The same answers are served in Anthropic's Messages API shape at ``POST /v1/messages``
 (an ``x-api-key`` or ``Authorization: Bearer`` key and ``anthropic-version`` required, ``max_tokens`` required, a
@@ -226,7 +227,7 @@ def chat_completion(body: dict[str, Any], answers: dict[str, str] | None = None)
 
 
 _REASONING = re.compile(r"^(o1|o3|o4-mini|gpt-5)(-[a-z0-9-]+)?$")
-_REASONING_TOKENS = 64  # what a reasoning model bills as hidden reasoning per answer
+_REASONING_TOKENS = 64  # hidden reasoning per answer, within max_completion_tokens
 
 
 def is_reasoning_model(model: Any) -> bool:
@@ -293,10 +294,14 @@ async def _chat(request: web.Request) -> web.Response:
     )
     answer = chat_completion(body, state["answers"])
     if is_reasoning_model(body.get("model")):
-        details = answer["usage"]["completion_tokens_details"]
-        details["reasoning_tokens"] = _REASONING_TOKENS
-        answer["usage"]["completion_tokens"] += _REASONING_TOKENS
-        answer["usage"]["total_tokens"] += _REASONING_TOKENS
+        # OpenAI: max_completion_tokens bounds "visible output tokens and reasoning tokens"
+        # together, so hidden reasoning only fills what the visible answer left of it
+        usage, n = answer["usage"], len(answer["choices"])
+        room = pp._max_tokens(body) * n - usage["completion_tokens"]
+        reasoning = max(0, min(_REASONING_TOKENS * n, room))
+        usage["completion_tokens_details"]["reasoning_tokens"] = reasoning
+        usage["completion_tokens"] += reasoning
+        usage["total_tokens"] += reasoning
     state["prompt_tokens"].append(answer["usage"]["prompt_tokens"])
     return web.json_response(answer)
 

@@ -26,7 +26,7 @@ def test_cached_batched_decoding_matches_generate_and_teacher_is_accurate(
     render = lambda text: measure.task.teacher_messages(text, prompt)  # noqa: E731
     rows = [
         json.loads(line)
-        for line in (measure.task.HERE / "tickets.jsonl").read_text().splitlines()[:2]
+        for line in (measure.task.DATA / "tickets.jsonl").read_text().splitlines()[:2]
     ]
     for row, got in zip(rows, teacher["answers"][:2], strict=True):
         ids = torch.tensor([measure._ids(tok, render(row["text"]))])

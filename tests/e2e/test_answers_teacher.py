@@ -47,6 +47,8 @@ def test_a_reasoning_model_refuses_logprobs_and_temperature_like_openai(teacher)
     ok = client.chat.completions.create(model="o3-mini", messages=msgs, max_completion_tokens=64)
     assert ok.choices[0].message.content == GOLD and ok.choices[0].logprobs is None
     assert ok.usage.completion_tokens_details.reasoning_tokens > 0
+    # max_completion_tokens bounds visible + reasoning tokens together (OpenAI's docs)
+    assert ok.usage.completion_tokens <= 64
     assert teacher.stats()["refused"][-2:] == ["logprobs", "temperature"]
 
 
