@@ -48,9 +48,12 @@ def _print_decision(console: Console, d: Decision) -> None:
     if d.checked_on:
         console.print(f"  checked:  {d.checked_on.isoformat()}", highlight=False)
     if d.policy_file:
-        console.print(
-            f"  policy:   {d.policy_id} ({d.policy_file}:{d.policy_line})", highlight=False
-        )
+        # a built-in policy is recorded by its name in the package; the terminal shows the
+        # file this process actually read (which install it came from)
+        shown = d.policy_file
+        if not d.user_policy and shown.startswith("apidistill/policies/"):
+            shown = str(builtin_policy_dir() / Path(shown).name)
+        console.print(f"  policy:   {d.policy_id} ({shown}:{d.policy_line})", highlight=False)
     console.print(f"  reason:   {d.reason}", highlight=False)
     lines = obligation_lines(d.obligations)
     if lines and d.decision not in ("deny", "unknown"):
