@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Self
 
 from apidistill.models import EMBEDDED_MODELS, resolve_model
+from apidistill.testing.loopback import stop_process
 
 __all__ = ["EMBEDDED_GGUF_MODEL", "LlamaCppServer", "embedded_gguf"]
 
@@ -106,13 +107,8 @@ class LlamaCppServer:
         raise RuntimeError(f"llama_cpp.server did not become healthy:\n{self.log_tail()}")
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=15)
         self.proc = None
 
     def __enter__(self) -> Self:

@@ -11,7 +11,18 @@ import sys
 import time
 from typing import Any, Self
 
-__all__ = ["LoopbackServerProcess"]
+__all__ = ["LoopbackServerProcess", "stop_process"]
+
+
+def stop_process(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
+    """SIGTERM a test server, SIGKILL it if it is still running after ``grace_s`` seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class LoopbackServerProcess:
@@ -62,13 +73,8 @@ class LoopbackServerProcess:
             return c.get("/__stats").raise_for_status().json()
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace_s=10)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None
