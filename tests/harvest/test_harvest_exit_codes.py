@@ -11,12 +11,10 @@ file the same way.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,25 +24,22 @@ from aiohttp import web
 
 from apidistill.harvest.journal import JournalStore
 from apidistill.testing.provider_payloads import input_text, openai_chat_completion, openai_error
+from apidistill.testing.threaded_chat import ThreadedChatServer
 
 N = 6
 GOOD, BAD = "good-key-0123456789", "stale-key-0123456789"
 KEY_ENV = "EXIT_TEST_CREDENTIAL"
 
 
-class KeyServer:
+class KeyServer(ThreadedChatServer):
     """Answers with the right bearer token, 401 with any other; counts by input text."""
 
     def __init__(self) -> None:
         self.received: Counter[str] = Counter()
         self.answered: Counter[str] = Counter()
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(30)
+        super().__init__()
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
         text = input_text(body)
         self.received[text] += 1
@@ -53,27 +48,6 @@ class KeyServer:
             return web.json_response(openai_error(message, code="invalid_api_key"), status=401)
         self.answered[text] += 1
         return web.json_response(openai_chat_completion(body))
-
-    def _main(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._chat)
-        self.runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        ready.set()
-        self.loop.run_forever()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from apidistill.pipeline.requests import load_prompts
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.profiles import server_profile
 from apidistill.testing import provider_payloads as pp
+from apidistill.testing.threaded_chat import ThreadedChatServer
 
 FUZZ = settings(
     max_examples=150,
@@ -327,45 +327,18 @@ def test_fuzz_prompt_file_garbage_is_data_error(tmp_path: Path, body, suffix, sk
 # --------------------------------------------------------------------------- provider answers
 
 
-class PayloadServer:
+class PayloadServer(ThreadedChatServer):
     """A loopback server answering every completion with whatever ``next`` holds."""
 
     def __init__(self) -> None:
         self.next: tuple[int, str, bytes] = (200, "application/json", b"{}")
         self.chooser: Any = None  # or a function giving each request its own answer
-        self.loop = asyncio.new_event_loop()
-        self.port = 0
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(30)
+        super().__init__()
 
-    async def _answer(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.Response:
         await request.read()
         status, ctype, body = self.chooser() if self.chooser else self.next
         return web.Response(status=status, body=body, headers={"content-type": ctype})
-
-    def _main(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._answer)
-        runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = runner.addresses[0][1]
-        self.runner = runner
-        ready.set()
-        self.loop.run_forever()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import threading
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import TeacherRejected
 from apidistill.resources import demo_data_dir
 from apidistill.teachers.openai import OpenAITeacher
+from apidistill.testing.threaded_chat import ThreadedChatServer
 
 KEY_ENV = "REL_TEACHER_CREDENTIAL"
 
@@ -48,17 +48,10 @@ def _scan(folder: Path, key: str) -> list[str]:
     return hits
 
 
-class EchoAuthServer:
+class EchoAuthServer(ThreadedChatServer):
     """Answers 401 to every completion, quoting the bearer token it received."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(30)
-
-    async def _deny(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.Response:
         token = request.headers.get("authorization", "")[7:]
         body = {
             "error": {
@@ -69,27 +62,6 @@ class EchoAuthServer:
             }
         }
         return web.json_response(body, status=401)
-
-    def _main(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self._deny)
-        self.runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        ready.set()
-        self.loop.run_forever()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
