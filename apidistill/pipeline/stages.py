@@ -357,7 +357,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
         if cfg.harvest.use_batch_api:  # say that the batches still run and bill, and how to stop
             from rich.markup import escape
 
-            from apidistill.harvest.batch_commands import interrupted_batch_lines
+            from apidistill.harvest.batch_journal import interrupted_batch_lines
 
             for line in interrupted_batch_lines(cfg, ctx.layout.journal):
                 ctx.console.print(f"[yellow]{escape(line)}[/]", highlight=False)

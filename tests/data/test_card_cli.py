@@ -10,10 +10,10 @@ import pytest
 from helpers import make_record
 from typer.testing import CliRunner
 
+from apidistill.cli.data import data_app
 from apidistill.config import BalanceConfig
 from apidistill.data.balance import balance
 from apidistill.data.card import build_card
-from apidistill.data.commands import data_app
 from apidistill.data.store import DatasetWriter, load_records
 from apidistill.errors import ConfigError
 

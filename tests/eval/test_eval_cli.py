@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from apidistill.cli import app
+from apidistill.cli.eval import eval_cmd
 from apidistill.errors import ConfigError, EvalError
-from apidistill.eval.commands import eval_cmd
 
 RUN_FILE = """
 teacher: {provider: openai_compatible, model: m, base_url: "http://127.0.0.1:9/v1"}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from eval_kit import answer_by_ticket, chromium_binary, make_record, render_in_chromium
 
+from apidistill.cli.eval import report as report_cmd
 from apidistill.config import EvalConfig, EvalThresholds
 from apidistill.errors import EvalError
-from apidistill.eval.commands import report as report_cmd
 from apidistill.eval.report import render_html, write_report
 from apidistill.eval.runner import run_eval
 from apidistill.eval.types import EvalResult, StudentEndpoint

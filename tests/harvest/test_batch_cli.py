@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from apidistill.errors import ConfigError
-from apidistill.harvest.batch_commands import journaled_batches
+from apidistill.harvest.batch_journal import journaled_batches
 from apidistill.testing.batch_server import BatchServer
 
 N = 5

@@ -121,7 +121,7 @@ def test_launch_servers_gives_overlapping_loads_time_for_each(monkeypatch):
 
 
 def test_command_checks_limits_before_loading_anything():
-    from apidistill.serve.commands import _check_options
+    from apidistill.cli.serve import _check_options
 
     with pytest.raises(ConfigError, match="--max-batch-size"):
         _check_options(0, 0, 1, 1, 1, 1024)

@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from apidistill.cli.serve import resolve_serve_options
 from apidistill.config import ServeConfig
 from apidistill.errors import ConfigError
-from apidistill.serve.commands import resolve_serve_options
 
 KEY_ENV = "APIDISTILL_TEST_SERVE_CONFIG_KEY"
 KEY = "sk-test-serve-config-0123456789"

@@ -16,7 +16,7 @@ import anthropic
 import openai
 import pytest
 
-from apidistill.serve.commands import default_served_name
+from apidistill.cli.serve import default_served_name
 
 
 @pytest.fixture(scope="module")

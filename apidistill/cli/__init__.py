@@ -1,7 +1,8 @@
 """The ``apidistill`` command line: one typer app, one sub-module of commands per stage.
 
-Each stage owns its commands in ``<stage>/commands.py``; this file only wires them so that
-``apidistill --help`` lists the whole flow. Heavy libraries (torch, transformers) are imported
+The CLI is its own layer above the stages: each command group has its own module in this
+package (``cli/<group>.py``) and no stage package imports the CLI. This file only wires the
+groups so that ``apidistill --help`` lists the whole flow. Heavy libraries (torch, transformers) are imported
 inside the commands, so ``--help`` stays fast.
 """
 
@@ -13,17 +14,17 @@ from typing import NoReturn
 import typer
 
 from apidistill import exit_codes
-from apidistill.costs.commands import estimate
-from apidistill.data.commands import data_app
-from apidistill.data.synth_commands import synth
+from apidistill.cli.batch import batch_app
+from apidistill.cli.data import data_app
+from apidistill.cli.estimate import estimate
+from apidistill.cli.eval import eval_cmd, report
+from apidistill.cli.harvest import harvest, journal_app
+from apidistill.cli.policy import policy_app
+from apidistill.cli.run import bench, demo, run
+from apidistill.cli.serve import serve
+from apidistill.cli.synth import synth
+from apidistill.cli.train import train
 from apidistill.errors import ApidistillError, BudgetExceeded, redact
-from apidistill.eval.commands import eval_cmd, report
-from apidistill.harvest.batch_commands import batch_app
-from apidistill.harvest.commands import harvest, journal_app
-from apidistill.pipeline.commands import bench, demo, run
-from apidistill.policy.commands import policy_app
-from apidistill.serve.commands import serve
-from apidistill.train.commands import train
 
 app = typer.Typer(
     name="apidistill",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from apidistill.cli_options import (
+from apidistill.cli.options import (
     apply_retry_failed,
     apply_skip_invalid,
     fresh_option,

@@ -1,4 +1,4 @@
-"""CLI commands of this stage (wired in apidistill/cli.py).
+"""CLI commands of this stage (wired in apidistill/cli/__init__.py).
 
 ``eval_cmd`` stays thin: the pipeline owns how a run file becomes records, endpoints and a run
 folder (``apidistill.pipeline.run.eval_from_config``); this stage owns the measuring.

@@ -1,4 +1,4 @@
-"""``apidistill estimate config.yaml`` (wired in apidistill/cli.py): tokens, dollars and time
+"""``apidistill estimate config.yaml`` (wired in apidistill/cli/__init__.py): tokens, dollars and time
 for a run file, computed locally; no request is sent to any teacher."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from apidistill.cli_options import apply_skip_invalid, skip_invalid_option
+from apidistill.cli.options import apply_skip_invalid, skip_invalid_option
 
 
 def estimate(

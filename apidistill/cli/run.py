@@ -1,4 +1,4 @@
-"""CLI commands for whole runs: ``run``, ``demo``, ``bench`` (wired in apidistill/cli.py)."""
+"""CLI commands for whole runs: ``run``, ``demo``, ``bench`` (wired in apidistill/cli/__init__.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from apidistill.cli_options import (
+from apidistill.cli.options import (
     apply_retry_failed,
     apply_skip_invalid,
     fresh_option,
@@ -56,7 +56,7 @@ def run(
     )
     if summary.is_main:
         print_summary(summary.numbers, summary.report_path, summary.student_dir)
-    from apidistill.harvest.commands import exit_if_failed
+    from apidistill.cli.harvest import exit_if_failed
     from apidistill.progress import console
 
     exit_if_failed(console, summary.harvest_failed)

@@ -1,4 +1,4 @@
-"""``apidistill policy check | list | validate`` (wired in apidistill/cli.py).
+"""``apidistill policy check | list | validate`` (wired in apidistill/cli/__init__.py).
 
 ``check`` exits 0 when the terms allow the use and 1 when they do not (deny, authorization
 needed, unknown), so scripts and CI can gate on it; bad arguments exit 2 through the CLI's
