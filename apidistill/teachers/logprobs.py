@@ -42,6 +42,7 @@ from typing import Any
 from apidistill.data.schema import TokenLogprob, TopLogprob
 from apidistill.errors import TeacherUnavailable
 from apidistill.teachers.failures import malformed_body
+from apidistill.vocab import piece_bytes, scheme_of_pieces, token_bytes_table, unique_index
 
 __all__ = [
     "MASK_THRESHOLD",
@@ -73,32 +74,12 @@ class NormalizedLogprobs:
 # ----------------------------------------------------------------------------- vocabulary
 
 
-def _byte_level_alphabet() -> dict[str, int]:
-    """The printable stand-ins byte-level BPE vocabularies (GPT-2 family) use for bytes.
-
-    Printable Latin-1 bytes stand for themselves; the 68 others are shifted, in byte order,
-    to code points from 256 up.
-    """
-    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
-    kept = set(printable)
-    mapping = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in kept:
-            mapping[chr(256 + shifted)] = b
-            shifted += 1
-    return mapping
-
-
-_BYTE_LEVEL = _byte_level_alphabet()
-_SP_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
-
-
 @dataclass
 class TokenVocab:
     """A teacher's vocabulary as bytes, to turn provider strings into token ids and back."""
 
     id_to_bytes: dict[int, bytes]
+    # ``bytes -> id``; None marks a spelling two ids share (no id can be read from it).
     bytes_to_id: dict[bytes, int | None] = field(default_factory=dict)
     # The tokenizer's own tokenization (text -> ids), when built from one: it breaks ties
     # when a lossy server's token texts fit the completion more than one way.
@@ -106,32 +87,20 @@ class TokenVocab:
 
     def __post_init__(self) -> None:
         if not self.bytes_to_id:
-            index: dict[bytes, int | None] = {}
-            for tid, b in self.id_to_bytes.items():
-                index[b] = None if b in index else tid  # None marks an ambiguous spelling
-            self.bytes_to_id = index
+            self.bytes_to_id = unique_index(self.id_to_bytes.items())
 
     @classmethod
     def from_pieces(cls, pieces: Mapping[str, int]) -> TokenVocab:
-        """Build from ``{token string: id}`` as ``tokenizer.get_vocab()`` gives it, detecting
-        byte-level BPE (GPT-2 alphabet) versus SentencePiece (``▁`` and ``<0xNN>``)."""
-        items = list(pieces.items())
-        in_alphabet = sum(all(c in _BYTE_LEVEL for c in s) for s, _ in items)
-        byte_level = bool(items) and in_alphabet >= 0.99 * len(items)
-        out: dict[int, bytes] = {}
-        for text, tid in items:
-            if byte_level and all(c in _BYTE_LEVEL for c in text):
-                out[tid] = bytes(_BYTE_LEVEL[c] for c in text)
-            elif m := _SP_BYTE.fullmatch(text):
-                out[tid] = bytes([int(m.group(1), 16)])
-            else:
-                out[tid] = text.replace("▁", " ").encode("utf-8", "replace")
-        return cls(out)
+        """Build from ``{token string: id}`` as ``tokenizer.get_vocab()`` gives it, in the
+        scheme the pieces are written in (:func:`apidistill.vocab.scheme_of_pieces`)."""
+        scheme = scheme_of_pieces(pieces)
+        return cls({tid: piece_bytes(text, scheme) for text, tid in pieces.items()})
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Any) -> TokenVocab:
-        """From a transformers tokenizer (``get_vocab()``)."""
-        vocab = cls.from_pieces(tokenizer.get_vocab())
+        """From a transformers tokenizer, by :func:`apidistill.vocab.token_bytes_table`."""
+        table = token_bytes_table(tokenizer).table
+        vocab = cls({tid: b for tid, b in enumerate(table) if b is not None})
         vocab.encode = lambda text: list(tokenizer.encode(text, add_special_tokens=False))
         return vocab
 

@@ -18,13 +18,13 @@ so the trainer can warn once.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from apidistill.data.schema import TokenLogprob, TopLogprob
+from apidistill.vocab import token_bytes_table, unique_index
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -45,38 +45,6 @@ _DIGITS = re.compile(rb"[0-9]{2,}")
 # --------------------------------------------------------------------------- vocab bytes
 
 
-def _byte_level_decoding() -> dict[str, int]:
-    """The GPT-2 byte-level alphabet, inverted: printable Latin-1 bytes stand for themselves,
-    the other 68 bytes are shifted to code points 256+ so every token is printable text."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
-    table: dict[str, int] = {chr(b): b for b in printable}
-    shift = 0
-    for b in range(256):
-        if b not in table.values():
-            table[chr(256 + shift)] = b
-            shift += 1
-    return table
-
-
-def _decoder_types(tokenizer: PreTrainedTokenizerBase) -> set[str]:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return set()
-    try:
-        spec = json.loads(backend.to_str()).get("decoder") or {}
-    except (ValueError, AttributeError):
-        return set()
-    found: set[str] = set()
-    stack = [spec]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            if "type" in node:
-                found.add(str(node["type"]))
-            stack.extend(node.get("decoders") or [])
-    return found
-
-
 @dataclass
 class StudentVocab:
     """The student's vocabulary as bytes: ``id → bytes`` and the unique ``bytes → id``.
@@ -90,30 +58,11 @@ class StudentVocab:
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase) -> StudentVocab:
-        size = len(tokenizer)
-        tokens = tokenizer.convert_ids_to_tokens(list(range(size)))
-        special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        kinds = _decoder_types(tokenizer)
-        byte_level = _byte_level_decoding() if "ByteLevel" in kinds else None
-        table: list[bytes | None] = []
-        for i, tok in enumerate(tokens):
-            if tok is None or i in special:
-                table.append(None)
-            elif byte_level is not None:
-                try:
-                    table.append(bytes(byte_level[c] for c in tok))
-                except KeyError:  # an added token outside the byte alphabet
-                    table.append(tok.encode("utf-8"))
-            elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", tok):  # SentencePiece byte fallback
-                table.append(bytes([int(tok[3:5], 16)]))
-            else:
-                table.append(tok.replace("▁", " ").encode("utf-8"))
-        counts: dict[bytes, int] = {}
-        for b in table:
-            if b:
-                counts[b] = counts.get(b, 0) + 1
-        index = {b: i for i, b in enumerate(table) if b and counts[b] == 1}
-        return cls(table, index)
+        """From :func:`apidistill.vocab.token_bytes_table`, special tokens blanked."""
+        vocab = token_bytes_table(tokenizer)
+        table = [None if i in vocab.special else b for i, b in enumerate(vocab.table)]
+        index = unique_index(enumerate(table))
+        return cls(table, {b: i for b, i in index.items() if i is not None})
 
 
 # --------------------------------------------------------------------------- spans

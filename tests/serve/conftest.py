@@ -29,9 +29,9 @@ def build_byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from apidistill.serve.tokens import _byte_level_alphabet
+    from apidistill.vocab import BYTE_LEVEL_ALPHABET
 
-    alphabet = sorted(_byte_level_alphabet().items(), key=lambda kv: kv[1])
+    alphabet = sorted(BYTE_LEVEL_ALPHABET.items(), key=lambda kv: kv[1])
     vocab = {ch: i for i, (ch, _) in enumerate(alphabet)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)

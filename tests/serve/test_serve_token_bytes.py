@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from apidistill.serve.tokens import TokenRenderer, _byte_level_alphabet
+from apidistill.serve.tokens import TokenRenderer
+from apidistill.vocab import BYTE_LEVEL_ALPHABET
 
 
 def test_byte_level_alphabet_is_a_bijection_over_bytes():
-    table = _byte_level_alphabet()
+    table = BYTE_LEVEL_ALPHABET
     assert sorted(table.values()) == list(range(256))
     assert table["A"] == 65 and table["\u0120"] == 32  # 'Ġ' stands for a space
 
