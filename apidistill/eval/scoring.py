@@ -5,7 +5,9 @@ student matched seq-KD on exact match but halved held-out KL (0.041 vs 0.098 nat
 needs the student's logits, so it runs the model locally (an HTTP endpoint gives only top
 logprobs of its own tokens): for each test record the student sees its short prompt followed by
 the teacher's answer, one forward pass, and the same top-k + tail KL that logprob KD trains on
-(``apidistill.train.losses.topk_tail_kl``) is read per position.
+is read per position by :func:`apidistill.train.token_loss.teacher_forced_scores` (the one
+held-out-KL computation; training's ``teacher_fit`` uses it too), a chunk of positions at a
+time so no ``[N, V]`` log-softmax is held at once.
 
 Which positions can be scored honestly depends on the teacher, exactly as in training
 (:func:`apidistill.train.collate.build_examples`):
@@ -36,7 +38,6 @@ from apidistill.errors import EvalError
 from apidistill.eval.metrics import Estimate, token_kl_estimates
 
 if TYPE_CHECKING:
-    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from apidistill.train.align import StudentVocab
@@ -61,7 +62,7 @@ class NothingToScore(EvalError):
     """No test record carries a teacher distribution the student can be compared with."""
 
 
-KLFn = Callable[..., "torch.Tensor"]
+ScoreFn = Callable[..., Any]
 RenderFn = Callable[[Any, list[Message], str | None], list[int]]
 
 
@@ -175,10 +176,12 @@ def _prompt_ids(
     return list(render(tokenizer, record_messages(record), system_prompt))
 
 
-def _defaults(kl_fn: KLFn | None, render: RenderFn | None) -> tuple[KLFn, RenderFn]:
+def _defaults(render: RenderFn | None) -> tuple[ScoreFn, RenderFn]:
+    """Training's scoring function and prompt renderer (eval measures what training
+    optimizes), or an :class:`EvalError` saying to install them."""
     try:
-        if kl_fn is None:
-            from apidistill.train.losses import topk_tail_kl as kl_fn
+        from apidistill.train.token_loss import teacher_forced_scores
+
         if render is None:
             from apidistill.train.collate import render_student_prompt as render
     except ImportError as exc:
@@ -186,7 +189,7 @@ def _defaults(kl_fn: KLFn | None, render: RenderFn | None) -> tuple[KLFn, Render
             f"held-out KL needs apidistill.train ({exc})",
             hint="install apidistill[train], or evaluate without a local model",
         ) from None
-    return kl_fn, render
+    return teacher_forced_scores, render
 
 
 def score_records(
@@ -196,20 +199,20 @@ def score_records(
     *,
     system_prompt: str | None = None,
     batch_size: int = 4,
-    kl_fn: KLFn | None = None,
     render_prompt: RenderFn | None = None,
     vocab: StudentVocab | None = None,
     same_vocab: bool = True,
 ) -> list[TokenScores]:
     """Score every record with targets (:func:`record_targets`); others are left out.
 
-    ``kl_fn`` / ``render_prompt`` default to the training stage's ``topk_tail_kl`` and
-    ``render_student_prompt``, so eval measures exactly what training optimizes. Without
+    The KL is training's :func:`apidistill.train.token_loss.teacher_forced_scores` (the one
+    held-out-KL computation) and ``render_prompt`` defaults to ``render_student_prompt``, so
+    eval measures exactly what training optimizes. Without
     ``vocab`` (the student's vocabulary as bytes) only teacher token ids can be scored.
     """
     import torch
 
-    kl_fn, render = _defaults(kl_fn, render_prompt)
+    score_fn, render = _defaults(render_prompt)
     items = [
         (r, t)
         for r in records
@@ -219,7 +222,7 @@ def score_records(
     for start in range(0, len(items), batch_size):
         batch = items[start : start + batch_size]
         prompts = [_prompt_ids(tokenizer, r, system_prompt, render) for r, _ in batch]
-        out.extend(_score_batch(model, tokenizer, batch, prompts, kl_fn, torch))
+        out.extend(_score_batch(model, tokenizer, batch, prompts, score_fn, torch))
     return out
 
 
@@ -255,31 +258,41 @@ def _teacher_tensors(
     return top_ids, top_lp, mask
 
 
-def _score_batch(model, tokenizer, batch, prompts, kl_fn, torch) -> list[TokenScores]:
+def _score_batch(model, tokenizer, batch, prompts, score_fn, torch) -> list[TokenScores]:
     _check_vocab(batch, model.get_input_embeddings().num_embeddings)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     seqs = [p + t.ids for p, (_, t) in zip(prompts, batch, strict=True)]
-    input_ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad, dtype=torch.long)
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attn = torch.zeros_like(input_ids)
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
     with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attn).logits.float()
+        logits = model(input_ids=input_ids, attention_mask=attn).logits
     top_ids, top_lp, mask = _teacher_tensors(batch, torch)
-    # Logits at position P-1+t predict the teacher's token t (right padding keeps P per row).
-    student = torch.zeros((len(batch), mask.shape[1], logits.shape[-1]))
+    # Logits at row i, position P-1+t predict the teacher's token t (right padding keeps P).
+    rows, at = [], []
     for i, ((_, tgt), p) in enumerate(zip(batch, prompts, strict=True)):
-        student[i, : len(tgt.ids)] = logits[i, len(p) - 1 : len(p) - 1 + len(tgt.ids)]
+        rows.extend(i * width + len(p) - 1 + j for j in range(len(tgt.ids)))
+        at.extend((i, j) for j in range(len(tgt.ids)))
+    b, t = torch.tensor(at).T
+    from apidistill.train.token_loss import TokenTargets
+
+    labels = torch.tensor([x for _, tgt in batch for x in tgt.ids])
     with torch.inference_mode():
-        kl = kl_fn(student, top_ids, top_lp, mask, reduction="none")
-    argmax = student.argmax(dim=-1)
-    result = []
-    for i, (rec, tgt) in enumerate(batch):
-        n = len(tgt.ids)
-        hits = (argmax[i, :n] == torch.tensor(tgt.ids)).numpy().astype(float)
-        kept = kl[i, :n].double().numpy()[mask[i, :n].numpy()]
+        scores = score_fn(
+            logits,
+            torch.tensor(rows),
+            TokenTargets(labels, top_ids[b, t], top_lp[b, t], mask[b, t]),
+        )
+    result, start = [], 0
+    for rec, tgt in batch:
+        end = start + len(tgt.ids)
+        hits = scores.top1[start:end].numpy().astype(float)
+        kept = scores.kl[start:end].double().numpy()[mask[b[start:end], t[start:end]].numpy()]
         result.append(TokenScores(rec.id, kept, hits, aligned=tgt.aligned))
+        start = end
     return result
 
 
@@ -292,7 +305,6 @@ def heldout_kl(
     batch_size: int = 4,
     samples: int = 1000,
     seed: int = 0,
-    kl_fn: KLFn | None = None,
     render_prompt: RenderFn | None = None,
     same_vocab: bool = True,
 ) -> KLSummary:
@@ -305,7 +317,7 @@ def heldout_kl(
     from apidistill.models import load_model, load_tokenizer
     from apidistill.train.align import StudentVocab
 
-    kl_fn, render = _defaults(kl_fn, render_prompt)
+    _, render = _defaults(render_prompt)
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec, adapter=adapter)
     scores = score_records(
@@ -314,7 +326,6 @@ def heldout_kl(
         records,
         system_prompt=system_prompt,
         batch_size=batch_size,
-        kl_fn=kl_fn,
         render_prompt=render,
         vocab=StudentVocab.build(tokenizer),
         same_vocab=same_vocab,

@@ -3,7 +3,9 @@
 One forward pass per batch over the teacher's own answers gives, at every answer token:
 the top-k + tail KL to the teacher (the DEMO-NOTES "held-out KL", nats/token), whether the
 student's argmax is the teacher's token (top-1 agreement), and the CE on the teacher's
-tokens. Cheap next to generation, and the number the logprob-KD benchmark compares.
+tokens. Cheap next to generation, and the number the logprob-KD benchmark compares. The
+per-position maths is :func:`apidistill.train.token_loss.teacher_forced_scores`, the same
+function eval's held-out KL uses, chunked so no ``[N, V]`` log-softmax is held at once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import torch
 
 from apidistill.data.schema import Record
 from apidistill.train.collate import DistillCollator, build_examples
-from apidistill.train.losses import IGNORE_INDEX, bucket_divergence
+from apidistill.train.losses import IGNORE_INDEX
+from apidistill.train.token_loss import TokenTargets, teacher_forced_scores
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -57,19 +60,24 @@ def teacher_fit(
         batch = collate(built.examples[start : start + batch_size])
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        sel = labels != IGNORE_INDEX
-        logq = logits[:, :-1][sel].float().log_softmax(-1)
-        tgt = labels[sel]
-        ce_sum += float(-logq.gather(-1, tgt[:, None]).sum())
-        agree += float((logq.argmax(-1) == tgt).sum())
-        n += tgt.numel()
-        value, has = bucket_divergence(
-            logq, batch["teacher_topk_ids"][:, 1:][sel], batch["teacher_topk_logprobs"][:, 1:][sel]
+        # Logits at (b, t) predict the token at (b, t + 1): shift the targets, not the logits.
+        sel = batch["labels"][:, 1:] != IGNORE_INDEX
+        b, t = sel.nonzero(as_tuple=True)
+        scores = teacher_forced_scores(
+            logits,
+            b * logits.shape[1] + t,
+            TokenTargets(
+                batch["labels"][:, 1:][sel],
+                batch["teacher_topk_ids"][:, 1:][sel],
+                batch["teacher_topk_logprobs"][:, 1:][sel],
+                batch["kd_mask"][:, 1:][sel],
+            ),
         )
-        m = has & batch["kd_mask"][:, 1:][sel]
-        kl_sum += float(value[m].sum())
-        n_kl += float(m.sum())
+        ce_sum += float(scores.ce.sum())
+        agree += float(scores.top1.sum())
+        n += int(sel.sum())
+        kl_sum += float(scores.kl.sum())
+        n_kl += float(scores.has_kl.sum())
     if was_training:
         model.train()
     return {

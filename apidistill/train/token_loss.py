@@ -31,10 +31,12 @@ __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "LossSpec",
     "LossSums",
+    "PositionScores",
     "TokenTargets",
     "chunk_rows_for",
     "chunked_loss_sums",
     "logits_loss_sums",
+    "teacher_forced_scores",
 ]
 
 KDLoss = Literal["forward_kl", "reverse_kl", "jsd", "unbiased"]
@@ -143,3 +145,52 @@ def chunked_loss_sums(
         total = sums if total is None else total + sums
     assert total is not None
     return total
+
+
+class PositionScores(NamedTuple):
+    """Per-position scores of a student against the teacher on the teacher's own answer.
+
+    ``kl [N]`` is the forward top-k + tail KL (0 where ``has_kl`` is False), ``ce [N]`` the
+    CE on the label, ``top1 [N]`` whether the student's argmax is the label.
+    """
+
+    kl: Tensor
+    has_kl: Tensor
+    ce: Tensor
+    top1: Tensor
+
+
+@torch.no_grad()
+def teacher_forced_scores(
+    logits: Tensor, rows: Tensor, targets: TokenTargets, *, chunk_rows: int | None = None
+) -> PositionScores:
+    """Held-out KL, CE and top-1 agreement of the positions ``rows`` of ``logits [..., V]``.
+
+    The one held-out-KL computation: training's :func:`apidistill.train.heldout.teacher_fit`
+    and eval's :func:`apidistill.eval.scoring.score_records` both call it, so the number the
+    benchmark compares is the one the report shows. ``rows [N]`` index
+    ``logits.reshape(-1, V)``; ``targets`` holds the N labels, the teacher's ``[N, K]`` top-k
+    (``-inf`` for padded slots) and ``kd_mask [N]``. The KL is
+    :func:`.losses.ce_and_kd`'s forward bucket divergence at T = 1, exactly what logprob KD
+    trains on. Positions are taken ``chunk_rows`` at a time (default
+    :func:`chunk_rows_for` V), so no ``[N, V]`` copy or log-softmax is ever held at once.
+    """
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    step = chunk_rows or chunk_rows_for(vocab)
+    parts: list[PositionScores] = []
+    for start in range(0, rows.numel(), step):
+        x = flat[rows[start : start + step]]
+        part = targets.rows(start, start + step)
+        ce, kl, has = ce_and_kd(
+            x, part.labels, part.topk_ids, part.topk_logprobs, kind="forward", temperature=1.0
+        )
+        if part.kd_mask is not None:
+            has = has & part.kd_mask
+        parts.append(
+            PositionScores(torch.where(has, kl, 0.0), has, ce, x.argmax(-1) == part.labels)
+        )
+    if not parts:
+        empty = logits.new_zeros(0, dtype=torch.float32)
+        return PositionScores(empty, empty.bool(), empty, empty.bool())
+    return PositionScores(*(torch.cat(field) for field in zip(*parts, strict=True)))

@@ -219,3 +219,76 @@ def test_fused_op_matches_the_plain_formulation_everywhere(vocab, k, kind, t, sc
     torch.testing.assert_close(ce, ce_r, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(kd, kd_r, rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-3, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- held-out scores
+
+
+def _full_vocabulary_kl(logits_row, ids, lps):
+    """KL(P‖Q) over the k + 1 buckets, written out from the full softmax (no shared code):
+    P = the teacher's listed probabilities + the rest in one tail; Q = the student's softmax
+    over the whole vocabulary, summed into the same buckets."""
+    q = logits_row.double().softmax(-1)
+    keep = [(int(i), float(lp)) for i, lp in zip(ids, lps, strict=True) if lp > -math.inf]
+    keep = list({i: lp for i, lp in keep}.items())
+    p_top = [math.exp(lp) for _, lp in keep]
+    q_top = [float(q[i]) for i, _ in keep]
+    p_tail, q_tail = max(0.0, 1 - sum(p_top)), max(0.0, 1 - sum(q_top))
+    kl = sum(p * math.log(p / qq) for p, qq in zip(p_top, q_top, strict=True) if p > 0)
+    return kl + (p_tail * math.log(p_tail / q_tail) if p_tail > 1e-12 else 0.0)
+
+
+def test_teacher_forced_scores_match_a_full_vocabulary_reference():
+    """The one held-out KL (train's teacher_fit and eval's score_records both call it), in
+    chunks of 4 rows picked anywhere in ``[B, L, V]`` logits."""
+    from apidistill.train.token_loss import teacher_forced_scores
+
+    g = torch.Generator().manual_seed(5)
+    b, length = 3, 9
+    logits = torch.randn(b, length, V, generator=g) * 2
+    rows = torch.tensor([0, 2, 3, 5, 8, 9, 10, 17, 20, 21, 22, 25, 26])
+    n = rows.numel()
+    t_lp = (torch.randn(n, V, generator=g) * 3).log_softmax(-1)
+    vals, ids = t_lp.topk(K, -1)
+    vals[1, 3:] = -math.inf  # padded slots
+    vals[4] = -math.inf  # no teacher slot
+    labels = torch.randint(0, V, (n,), generator=g)
+    kd_mask = torch.ones(n, dtype=torch.bool)
+    kd_mask[6] = False
+    got = teacher_forced_scores(
+        logits, rows, TokenTargets(labels, ids, vals, kd_mask), chunk_rows=4
+    )
+    flat = logits.reshape(-1, V)
+    for j, r in enumerate(rows.tolist()):
+        has = j not in (4, 6)
+        assert bool(got.has_kl[j]) is has
+        want = _full_vocabulary_kl(flat[r], ids[j], vals[j]) if has else 0.0
+        assert float(got.kl[j]) == pytest.approx(want, rel=1e-4, abs=1e-6)
+        assert float(got.ce[j]) == pytest.approx(-float(flat[r].log_softmax(-1)[labels[j]]))
+        assert bool(got.top1[j]) is (int(flat[r].argmax()) == int(labels[j]))
+
+
+class _LargestAllocation(_LargestTensor):
+    """Like :class:`_LargestTensor`, but views (outputs aliasing an input) allocate nothing."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(r.alias_info is not None for r in func._schema.returns):
+            return out
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def test_teacher_forced_scores_never_hold_n_by_v():
+    from apidistill.train.token_loss import teacher_forced_scores
+
+    _, _, targets = _problem(3)
+    logits = torch.randn(1, N, V)
+    with _LargestAllocation() as control:
+        logits[0].log_softmax(-1)
+    assert control.largest == N * V  # the control: the plain formulation allocates N × V
+    with _LargestAllocation() as mode:
+        teacher_forced_scores(logits, torch.arange(N), targets, chunk_rows=4)
+    assert mode.largest <= 4 * V  # the input logits exist already; nothing N × V is made
