@@ -4,8 +4,9 @@ The property: for a real tokenizer, the bytes of the tokens of any text concaten
 text's UTF-8. It is checked over arbitrary Unicode for the embedded SmolLM2 tokenizer
 (byte-level BPE, read from its GGUF through transformers, and cross-checked against
 llama.cpp's own reading of the same GGUF) and for a SentencePiece-style tokenizer with byte
-fallback built with the ``tokenizers`` library. tiktoken is not installed here (its
-encodings download at first use), so those tests skip unless it and its files are present.
+fallback built with the ``tokenizers`` library, and for OpenAI's o200k_base and
+cl100k_base as the bpe-openai package ships them (tiktoken's encodings download at first
+use; bpe-openai's are inside the package).
 Teachers, training and serving all read the one table, so they agree on every id.
 """
 
@@ -220,42 +221,36 @@ def test_sentencepiece_token_bytes_spell_any_text(text):
     assert _spelled(table, ids) == text.encode("utf-8")
 
 
-@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
-def test_tiktoken_token_bytes_spell_any_text(name):
-    """tiktoken keeps its vocabulary as bytes already; the check is that the byte-level rule
-    reads its GPT-2 style pieces the same way. Skipped where tiktoken or its file is absent."""
-    tiktoken = pytest.importorskip("tiktoken")
-    try:
-        enc = tiktoken.get_encoding(name)
-    except Exception as exc:  # the encoding file is downloaded at first use
-        pytest.skip(f"{name} is not available offline: {exc}")
-    pieces = {
-        "".join(_TO_CHAR[b] for b in enc.decode_single_token_bytes(i)): i
-        for i in range(enc.n_vocab)
-        if _decodable(enc, i)
-    }
-    assert scheme_of_pieces(pieces) == "byte_level"
-
-    @PROPERTY
-    @given(text=st.text(max_size=64))
-    def spelled(text: str) -> None:
-        ids = enc.encode(text, disallowed_special=())
-        data = b"".join(piece_bytes(_piece(enc, i), "byte_level") for i in ids)
-        assert data == text.encode("utf-8")
-
-    spelled()
+@pytest.fixture(scope="module", params=["o200k_base", "cl100k_base"])
+def openai_encoding(request):
+    """OpenAI's encodings as bpe-openai ships them (tiktoken-compatible, no download)."""
+    bpe_openai = pytest.importorskip("bpe_openai")
+    return bpe_openai.get_encoding(request.param)
 
 
 _TO_CHAR = {b: ch for ch, b in BYTE_LEVEL_ALPHABET.items()}
 
 
-def _decodable(enc, i: int) -> bool:
-    try:
-        enc.decode_single_token_bytes(i)
-    except KeyError:
-        return False
-    return True
-
-
 def _piece(enc, i: int) -> str:
+    """Token ``i`` spelled as a GPT-2-style vocabulary piece (what its HF export holds)."""
     return "".join(_TO_CHAR[b] for b in enc.decode_single_token_bytes(i))
+
+
+def test_openai_encodings_read_as_byte_level(openai_encoding):
+    enc = openai_encoding
+    pieces = {}
+    for i in range(enc.n_vocab):
+        try:
+            pieces[_piece(enc, i)] = i
+        except (KeyError, ValueError):  # ids with no token (gaps before the specials)
+            continue
+    assert len(pieces) > 100_000
+    assert scheme_of_pieces(pieces) == "byte_level"
+
+
+@PROPERTY
+@given(text=st.text(max_size=64))
+def test_openai_token_bytes_spell_any_text(openai_encoding, text):
+    ids = openai_encoding.encode_ordinary(text)
+    spelled = b"".join(piece_bytes(_piece(openai_encoding, i), "byte_level") for i in ids)
+    assert spelled == text.encode("utf-8")
