@@ -383,6 +383,16 @@ class ShardRows:
                 rec.logprobs = from_arrays(self._decode(enc, n), self.table)
             yield rec
 
+    def compact_records(
+        self, split: str | None = None
+    ) -> Iterator[tuple[Record, LogprobArrays | None]]:
+        """Records without logprobs, each with its logprob arrays (index into ``table``)."""
+        for n, row, enc in self._rows(split):
+            yield (
+                decode_row(row, f"{self.path} row {n}"),
+                (self._decode(enc, n) if enc is not None else None),
+            )
+
     def arrays(self, split: str | None = None) -> Iterator[tuple[str, LogprobArrays | None]]:
         for n, row, enc in self._rows(split):
             yield row["id"], self._decode(enc, n) if enc is not None else None

@@ -59,6 +59,7 @@ __all__ = [
     "DatasetWriter",
     "StoreWarning",
     "dataset_status",
+    "iter_compact_records",
     "iter_provenance",
     "iter_records",
     "iter_token_arrays",
@@ -389,6 +390,26 @@ def load_records(
     on_damage: Callable[[str], None] | None = None,
 ) -> list[Record]:
     return list(iter_records(folder, split, verify=verify, on_damage=on_damage))
+
+
+def iter_compact_records(
+    folder: str | Path, split: str | None = None, *, verify: bool = True
+) -> Iterator[tuple[Record, LogprobArrays | None, TokenTable | None]]:
+    """Every record as :func:`iter_records` yields it but with its logprobs left in the
+    compact arrays (``record.logprobs`` is None): the training fast path reads them straight
+    into tensors, and :func:`~apidistill.data.compact.from_arrays` rebuilds one record's
+    ``TokenLogprob`` list only where it is needed. The table is shared by a shard's rows."""
+    folder = Path(folder)
+    _check_split(split)
+    manifest = _require_dataset(folder)
+    for info in _shards_for(manifest, split):
+        shard = read_shard(folder / info.file, info, verify=verify)
+        for rec, arr in shard.compact_records(split):
+            yield rec, arr, shard.table if arr is not None else None
+    for path in _pending_wal(folder, manifest, set()):
+        for item in _read_wal(path, _warn):
+            if split is None or item.record.split == split:
+                yield item.record, item.arrays, item.table
 
 
 def _token_arrays(arr: LogprobArrays, ids: np.ndarray) -> TokenArrays:

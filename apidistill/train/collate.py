@@ -25,15 +25,23 @@ teach the student to stop there.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from apidistill.data.compact import from_arrays
 from apidistill.data.schema import Message, Record, TokenLogprob
 from apidistill.errors import TrainingError
 from apidistill.train.align import StudentVocab, align_completion, teacher_token_bytes
+from apidistill.train.compact_targets import (
+    CompactLogprobs,
+    CompactTargets,
+    TableCache,
+    compact_targets,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -239,23 +247,39 @@ def build_examples(
     with_kd: bool = False,
     same_vocab: bool = True,
     vocab: StudentVocab | None = None,
+    compact: Mapping[str, CompactLogprobs] | None = None,
 ) -> BuiltDataset:
     """Tokenize records into :class:`Example` rows.
 
     ``with_kd`` attaches teacher top-k targets; ``same_vocab`` allows using the teacher's
     token ids as they are (checked per record: they must spell the completion).
     Prompts longer than ``max_length − 1`` are dropped (counted); long answers are cut.
+    ``compact`` holds, by record id, logprobs still in the dataset's compact arrays
+    (:func:`apidistill.data.store.iter_compact_records`, whose records carry none): on the
+    same-tokenizer path they go straight into tensors (:mod:`.compact_targets`), elsewhere
+    they are rebuilt for that one record. The examples are the same either way.
     """
     vocab = vocab or StudentVocab.build(tokenizer)
     eot = end_of_turn_id(tokenizer)
+    cache = TableCache(vocab)
     out = BuiltDataset([])
     for rec in records:
         prompt = render_student_prompt(tokenizer, record_messages(rec), system_prompt)
         if len(prompt) >= max_length:
             out.dropped_long_prompt += 1
             continue
+        stored = compact.get(rec.id) if compact is not None else None
+        if stored is not None and same_vocab and stored.arrays.idx.size:
+            fast = compact_targets(stored, rec.completion, vocab, cache, eot, top_k)
+            if fast is not None:
+                out.examples.append(
+                    _compact_example(out, rec, prompt, fast, eot, max_length, with_kd)
+                )
+                continue
         direct = None
         lps = rec.logprobs
+        if stored is not None and lps is None:
+            lps = from_arrays(stored.arrays, stored.table)
         if lps and same_vocab:
             direct = _same_vocab_targets(lps, rec.completion, vocab, eot, top_k)
         eot_top: list[tuple[int, float]] = []
@@ -284,6 +308,40 @@ def build_examples(
         out.examples.append(_to_tensors(prompt, target, tops if with_kd else None, top_k))
     _summarize_warnings(out, len(records))
     return out
+
+
+def _compact_example(
+    out: BuiltDataset,
+    rec: Record,
+    prompt: list[int],
+    fast: CompactTargets,
+    eot: int,
+    max_length: int,
+    with_kd: bool,
+) -> Example:
+    """:func:`build_examples`' same-tokenizer branch on arrays: the same cut, counts and
+    tensors as the object path, without a Python object per position."""
+    n = fast.ids.size
+    rows = n + (rec.finish_reason != "length")  # a cut-off answer must not teach stopping
+    room = max_length - len(prompt)
+    if rows > room:
+        out.truncated += 1
+        rows = room
+    body = min(n, rows)
+    out.completion_tokens += body
+    out.supervised_tokens += int((fast.filled[:body] > 0).sum())
+    target = np.concatenate([fast.ids, np.array([eot], np.int64)])[:rows]
+    ids = torch.cat([torch.tensor(prompt, dtype=torch.long), torch.from_numpy(target)])
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[len(prompt) :] = ids[len(prompt) :]
+    if not with_kd:
+        return Example(ids, labels)
+    k = fast.top_ids.shape[1]
+    top_ids = torch.zeros(len(ids), k, dtype=torch.long)
+    top_lps = torch.full((len(ids), k), -math.inf)
+    top_ids[len(prompt) :] = torch.from_numpy(fast.top_ids[:rows])
+    top_lps[len(prompt) :] = torch.from_numpy(fast.top_logprobs[:rows])
+    return Example(ids, labels, top_ids, top_lps, torch.isfinite(top_lps).any(-1))
 
 
 def _summarize_warnings(out: BuiltDataset, total: int) -> None:
