@@ -455,17 +455,19 @@ def train_stage(
     ctx: RunContext, *, resume: bool = True, student: Any = None, out_dir: Path | None = None
 ):
     """Train ``student`` (default: the run file's) into ``out_dir`` (default: <run>/train)."""
-    from apidistill.data.store import load_records
     from apidistill.pipeline.preflight import recheck_training_terms
     from apidistill.train.api import train_student
+    from apidistill.train.compact_targets import load_compact_split
 
     # The terms the data was bought under, for this run's use, before any training starts.
     recheck_training_terms(ctx.cfg, ctx.layout.dataset)
-    train = load_records(ctx.layout.dataset, split="train")
-    val = load_records(ctx.layout.dataset, split="validation") or None
+    # Logprobs stay in the dataset's compact arrays; training reads them into tensors.
+    train, compact = load_compact_split(ctx.layout.dataset, "train")
+    val, val_compact = load_compact_split(ctx.layout.dataset, "validation")
     return train_student(
         train,
-        val,
+        val or None,
+        compact=compact | val_compact,
         student=student or ctx.cfg.student,
         training=effective_training(ctx),
         out_dir=out_dir or ctx.layout.train,

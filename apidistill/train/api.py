@@ -24,14 +24,18 @@ import json
 import shutil
 import time
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from apidistill.config import StudentConfig, TrainingConfig
 from apidistill.data.schema import Record
 from apidistill.errors import TrainingError
+
+if TYPE_CHECKING:
+    from apidistill.train.compact_targets import CompactLogprobs
 
 __all__ = ["TrainResult", "train_student"]
 
@@ -83,7 +87,12 @@ class TrainResult(BaseModel):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_inputs(train: list[Record], training: TrainingConfig, has_val: bool) -> list[str]:
+def _check_inputs(
+    train: list[Record],
+    training: TrainingConfig,
+    has_val: bool,
+    compact: Mapping[str, CompactLogprobs],
+) -> list[str]:
     if not train:
         raise TrainingError(
             "the training set is empty",
@@ -91,7 +100,7 @@ def _check_inputs(train: list[Record], training: TrainingConfig, has_val: bool) 
         )
     notes = []
     if training.method == "logprob_kd":
-        lacking = [r.id for r in train if not r.logprobs]
+        lacking = [r.id for r in train if not r.logprobs and not _stored(compact, r.id)]
         if len(lacking) == len(train):
             raise TrainingError(
                 "training.method is logprob_kd but no training record has teacher logprobs "
@@ -105,7 +114,9 @@ def _check_inputs(train: list[Record], training: TrainingConfig, has_val: bool) 
                 f"{len(lacking)} of {len(train)} records have no teacher logprobs (e.g. "
                 f"{lacking[0]!r}); they train on sequence loss only"
             )
-        if not any(t.top for r in train for t in (r.logprobs or [])):
+        if not any(t.top for r in train for t in (r.logprobs or [])) and not any(
+            bool(compact[r.id].arrays.top_idx.any()) for r in train if _stored(compact, r.id)
+        ):
             notes.append(
                 "the teacher logprobs carry no top alternatives (harvest.top_logprobs was 0): "
                 "logprob KD sees only the sampled token and the tail"
@@ -169,12 +180,70 @@ def _settings(section: Any) -> dict[str, Any]:
     }
 
 
+def _stored(compact: Mapping[str, CompactLogprobs], rid: str) -> bool:
+    c = compact.get(rid)
+    return c is not None and bool(c.arrays.idx.size)
+
+
 def _fingerprint(train: list[Record], validation: list[Record] | None, **parts: Any) -> str:
-    h = hashlib.sha256()
-    for rec in [*train, None, *(validation or [])]:
-        h.update(b"|" if rec is None else rec.model_dump_json(exclude={"provenance"}).encode())
-    h.update(json.dumps(parts, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    """The fingerprint of full records (see :class:`_Fingerprint`)."""
+    return _Fingerprint(train, validation, {}, parts).value
+
+
+class _Fingerprint:
+    """What a run folder's checkpoints were trained on.
+
+    ``value`` hashes each record's JSON; a record whose logprobs are still in the compact
+    arrays contributes its arrays instead (:func:`compact_digest`: the same data gives the
+    same hash however the dataset was sharded). A folder written before the compact path
+    existed holds the hash of the full records' JSON: :meth:`matches` accepts that too,
+    rebuilding the records' logprobs once to compute it.
+    """
+
+    def __init__(
+        self,
+        train: list[Record],
+        validation: list[Record] | None,
+        compact: Mapping[str, CompactLogprobs],
+        parts: dict[str, Any],
+    ) -> None:
+        self._records = (train, validation)
+        self._compact = compact
+        self._parts = parts
+        self.value = self._hash(full=False)
+
+    def _hash(self, *, full: bool) -> str:
+        from apidistill.data.compact import from_arrays
+        from apidistill.train.compact_targets import compact_digest
+
+        train, validation = self._records
+        h = hashlib.sha256()
+        for rec in [*train, None, *(validation or [])]:
+            if rec is None:
+                h.update(b"|")
+                continue
+            stored = self._compact.get(rec.id) if rec.logprobs is None else None
+            if stored is not None and full:
+                rec = rec.model_copy(update={"logprobs": from_arrays(stored.arrays, stored.table)})
+                stored = None
+            h.update(rec.model_dump_json(exclude={"provenance"}).encode())
+            if stored is not None:
+                h.update(b"#" + compact_digest(stored))
+        h.update(json.dumps(self._parts, sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def matches(self, stored: str | None) -> bool:
+        if stored is None:
+            return False
+        if stored == self.value:
+            return True
+        if not any(r.logprobs is None and r.id in self._compact for r in self._all()):
+            return False
+        return stored == self._hash(full=True)
+
+    def _all(self) -> list[Record]:
+        train, validation = self._records
+        return [*train, *(validation or [])]
 
 
 # --------------------------------------------------------------------------- main
@@ -190,6 +259,7 @@ def train_student(
     teacher_tokenizer: str | None = None,
     resume: bool = True,
     progress: bool = True,
+    compact: Mapping[str, CompactLogprobs] | None = None,
 ) -> TrainResult:
     """Distill ``train`` into ``student`` (LoRA or full fine-tuning) under ``out_dir``.
 
@@ -197,7 +267,9 @@ def train_student(
     OpenAI encoding name such as ``o200k_base``) switches logprob targets to byte alignment;
     records whose logprobs carry no token ids (API teachers) are aligned by bytes anyway.
     ``resume`` continues an interrupted run (or returns a finished one) with the same data
-    and settings; ``resume=False`` starts over.
+    and settings; ``resume=False`` starts over. ``compact`` holds, by record id, logprobs
+    left in the dataset's compact arrays (:func:`.compact_targets.load_compact_split`; those
+    records carry none): same-tokenizer targets are read from them straight into tensors.
     """
     from apidistill.models import load_tokenizer
     from apidistill.train.align import StudentVocab
@@ -205,7 +277,8 @@ def train_student(
     from apidistill.train.student_model import check_student_settings
 
     out_dir = Path(out_dir)
-    notes = _check_inputs(train, training, bool(validation))
+    compact = compact or {}
+    notes = _check_inputs(train, training, bool(validation), compact)
     check_student_settings(training)  # QLoRA/kernels this machine lacks: before any load
     tok = load_tokenizer(student.model)
     render_student_prompt(tok, record_messages(train[0]), student.system_prompt)  # template?
@@ -219,6 +292,7 @@ def train_student(
         with_kd=use_kd,
         same_vocab=same,
         vocab=vocab,
+        compact=compact,
     )
     built = build_examples(train, tok, **kw)  # type: ignore[arg-type]
     if not built.examples:
@@ -232,12 +306,15 @@ def train_student(
     for note in notes:
         warnings.warn(note, stacklevel=2)
 
-    fp = _fingerprint(
+    fp = _Fingerprint(
         train,
         validation,
-        student=_settings(student),
-        training=_settings(training),
-        teacher_tokenizer=teacher_tokenizer,
+        compact,
+        dict(
+            student=_settings(student),
+            training=_settings(training),
+            teacher_tokenizer=teacher_tokenizer,
+        ),
     )
     done = _finished(out_dir, fp) if resume else None
     if done is not None:
@@ -279,11 +356,11 @@ def train_student(
     return result
 
 
-def _finished(out_dir: Path, fp: str) -> TrainResult | None:
+def _finished(out_dir: Path, fp: _Fingerprint) -> TrainResult | None:
     res, fpf = out_dir / RESULT_FILE, out_dir / FINGERPRINT_FILE
     if not (res.is_file() and fpf.is_file()):
         return None
-    if json.loads(fpf.read_text()).get("fingerprint") != fp:
+    if not fp.matches(json.loads(fpf.read_text()).get("fingerprint")):
         return None
     result = TrainResult.load(out_dir)
     return (
@@ -294,7 +371,7 @@ def _finished(out_dir: Path, fp: str) -> TrainResult | None:
     )
 
 
-def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
+def _prepare_out_dir(out_dir: Path, fp: _Fingerprint, resume: bool) -> Path | None:
     """Return the checkpoint to resume from (or None), after checking it is ours.
 
     Under ``accelerate launch`` every process runs this: all check, only the main process
@@ -310,7 +387,7 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
     latest = _latest_checkpoint(ckpts) if resume else None
     if latest is not None:
         old = json.loads(fpf.read_text()).get("fingerprint") if fpf.is_file() else None
-        if old != fp:
+        if not fp.matches(old):
             raise TrainingError(
                 f"{ckpts}: checkpoints from a run with different data or settings",
                 hint="resume with the original settings, pass --no-resume to start over, "
@@ -321,7 +398,7 @@ def _prepare_out_dir(out_dir: Path, fp: str, resume: bool) -> Path | None:
             shutil.rmtree(ckpts, ignore_errors=True)
             (out_dir / RESULT_FILE).unlink(missing_ok=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        fpf.write_text(json.dumps({"fingerprint": fp}), encoding="utf-8")
+        fpf.write_text(json.dumps({"fingerprint": fp.value}), encoding="utf-8")
     state.wait_for_everyone()
     return latest
 

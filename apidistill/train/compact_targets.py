@@ -14,18 +14,24 @@ missing, or ids that do not spell the completion) return None and go the object 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from apidistill.data.compact import LogprobArrays, TokenTable
+from apidistill.data.schema import Record
 from apidistill.train.align import StudentVocab
 
 __all__ = [
     "CompactLogprobs",
     "CompactTargets",
     "TableCache",
+    "compact_digest",
     "compact_targets",
+    "load_compact_split",
     "student_ids_of_table",
 ]
 
@@ -36,6 +42,41 @@ class CompactLogprobs:
 
     arrays: LogprobArrays
     table: TokenTable
+
+
+def load_compact_split(
+    folder: str | Path, split: str | None = None
+) -> tuple[list[Record], dict[str, CompactLogprobs]]:
+    """A dataset split as records without logprobs plus their compact logprobs by id."""
+    from apidistill.data.store import iter_compact_records
+
+    records: list[Record] = []
+    compact: dict[str, CompactLogprobs] = {}
+    for rec, arrays, table in iter_compact_records(folder, split):
+        records.append(rec)
+        if arrays is not None and table is not None:
+            compact[rec.id] = CompactLogprobs(arrays, table)
+    return records, compact
+
+
+def compact_digest(compact: CompactLogprobs) -> bytes:
+    """SHA-256 of one record's stored logprobs that does not depend on the shard's table
+    numbering: the tokens it uses, in order of first use, and the values."""
+    arr = compact.arrays
+    k = int((arr.top_idx != 0).sum(1).max(initial=0)) if arr.top_idx.size else 0
+    grid = np.column_stack([arr.idx, arr.top_idx[:, :k]]).ravel()
+    used, first, inverse = np.unique(grid, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(used), np.int64)
+    rank[order] = np.arange(len(used))
+    local = rank[inverse]
+    entries = [compact.table.entries[int(j)] for j in used[order]]
+    h = hashlib.sha256()
+    h.update(json.dumps(entries, ensure_ascii=False, default=list).encode("utf-8", "replace"))
+    h.update(local.astype("<i8").tobytes())
+    h.update(np.ascontiguousarray(arr.logprobs, "<f8").tobytes())
+    h.update(np.ascontiguousarray(arr.top_logprobs[:, :k], "<f8").tobytes())
+    return h.digest()
 
 
 @dataclass(frozen=True)

@@ -304,3 +304,36 @@ def test_early_stopping_stops_and_keeps_the_best(tiny_chat_dir, tiny_teacher_rec
             break
     assert res.steps == expected_stop
     assert res.eval_metrics["eval_loss"] == pytest.approx(min(e for _, e in evals), rel=1e-5)
+
+
+def test_compact_records_resume_a_run_trained_on_full_records(
+    tiny_chat_dir, tiny_teacher_records, tmp_path
+):
+    """The pipeline now hands training records whose logprobs stay in the dataset's compact
+    arrays. A run folder written from the full records of the same dataset (every pipeline
+    run before that) is still recognised: its fingerprint is recomputed from the rebuilt
+    records and the finished run is returned as is; a changed record is still refused."""
+    from apidistill.data.store import load_records, save_records
+    from apidistill.train.api import _Fingerprint
+    from apidistill.train.compact_targets import load_compact_split
+
+    save_records(tiny_teacher_records[:8], tmp_path / "ds")
+    full = load_records(tmp_path / "ds")
+    light, compact = load_compact_split(tmp_path / "ds")
+    assert all(r.logprobs is None for r in light) and len(compact) == 8
+    kw = dict(
+        student=StudentConfig(model=str(tiny_chat_dir)),
+        training=_cfg(epochs=1, save_steps=1),
+        progress=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        before = train_student(full, None, out_dir=tmp_path / "run", **kw)
+        again = train_student(light, None, out_dir=tmp_path / "run", compact=compact, **kw)
+    assert again == before
+
+    legacy = _Fingerprint(full, None, {}, {}).value
+    now = _Fingerprint(light, None, compact, {})
+    assert now.value != legacy and now.matches(legacy) and now.matches(now.value)
+    edited = [light[0].model_copy(update={"completion": light[0].completion + "!"}), *light[1:]]
+    assert not _Fingerprint(edited, None, compact, {}).matches(legacy)
