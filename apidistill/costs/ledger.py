@@ -1,7 +1,7 @@
 """What a run cost, read from its journal: totals and breakdowns as exact Decimals.
 
 Every request's usage, settled cost and at-risk money live in the harvest journal
-(:mod:`apidistill.harvest.journal`); the ledger is a read-only view of it, grouped by
+(:mod:`apidistill.storage.journal`); the ledger is a read-only view of it, grouped by
 teacher, model, label or split (labels and splits come from ``TeacherRequest.metadata``).
 The progress bar shows the running spend and the dataset card embeds :meth:`Ledger.card`.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from apidistill.errors import ConfigError
-from apidistill.harvest.journal import JournalRow, JournalStore
+from apidistill.storage.journal import JournalRow, JournalStore
 
 __all__ = ["GroupBy", "Ledger", "LedgerLine"]
 

@@ -5,12 +5,12 @@ Public API: :func:`harvest`, :func:`harvest_sync`, :class:`HarvestResult`,
 """
 
 from apidistill.harvest.api import HarvestStream, harvest, harvest_sync
-from apidistill.harvest.journal import JournalRow, JournalStore, check_integrity
 from apidistill.harvest.limits import RateLimiter
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
+from apidistill.storage.journal import JournalRow, JournalStore, check_integrity
 
 __all__ = [
     "HarvestInterrupted",

@@ -31,11 +31,11 @@ from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_fla
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, TeacherError, redact
 from apidistill.harvest.engine import StopSignal, _check_item, _meta_str, upper_bound_input_tokens
-from apidistill.harvest.journal import JournalStore
 from apidistill.harvest.results import HarvestResult, HarvestSummary
 from apidistill.harvest.retry import classify
 from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
+from apidistill.storage.journal import JournalStore
 from apidistill.teachers.base import Teacher
 from apidistill.teachers.batch import BatchClient, chunk_key_for
 

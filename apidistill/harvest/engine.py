@@ -26,12 +26,12 @@ from apidistill.costs.tokens import byte_bound_tokens
 from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_flag_message
 from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError, DataError, TeacherTimeout, redact
-from apidistill.harvest.journal import CachedRow, JournalStore, JournalWriteError
 from apidistill.harvest.limits import RateLimiter, Stopped
 from apidistill.harvest.results import HarvestResult, HarvestSummary, StopReason
 from apidistill.harvest.retry import Failure, RetryPolicy, classify
 from apidistill.harvest.retry_failed import RetryFailed
 from apidistill.harvest.writer import Journal
+from apidistill.storage.journal import CachedRow, JournalStore, JournalWriteError
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
     from apidistill.teachers.base import Teacher

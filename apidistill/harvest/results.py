@@ -9,7 +9,7 @@ from typing import Literal
 
 from apidistill.costs.budget import format_usd
 from apidistill.data.schema import Completion, TeacherRequest
-from apidistill.harvest.journal import RETRYABLE_REASONS
+from apidistill.storage.journal import RETRYABLE_REASONS
 
 # Reasons a re-run retries on its own (outcome_unknown: resend_unknown decides).
 _RETRIED_ANYWAY = RETRYABLE_REASONS | {"outcome_unknown"}

@@ -14,7 +14,7 @@ What stays true whatever is asked:
   also names ``at_risk``: re-sending it may pay twice for one answer.
 
 Failures for reasons a later run retries anyway (``stopped``, ``rate_limited``, ``timeout``,
-``unavailable``...; :data:`~apidistill.harvest.journal.RETRYABLE_REASONS`) need no flag.
+``unavailable``...; :data:`~apidistill.storage.journal.RETRYABLE_REASONS`) need no flag.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from apidistill.errors import ConfigError
-from apidistill.harvest.journal import RETRYABLE_REASONS, CachedRow
+from apidistill.storage.journal import RETRYABLE_REASONS, CachedRow
 
 __all__ = ["FINAL_REASONS", "RetryFailed"]
 

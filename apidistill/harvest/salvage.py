@@ -26,7 +26,7 @@ from typing import Any
 
 from apidistill.data.schema import Completion
 from apidistill.errors import ConfigError
-from apidistill.harvest.journal import JournalStore
+from apidistill.storage.journal import JournalStore
 
 __all__ = ["SalvageReport", "salvage_journal"]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from apidistill.harvest.journal import JournalStore, JournalWriteError, Recovery
+from apidistill.storage.journal import JournalStore, JournalWriteError, Recovery
 
 __all__ = ["Journal"]
 

@@ -57,7 +57,7 @@ def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
     teacher server need not even be started (a second demo run loads no teacher)."""
     if cfg.teacher.serve is None or not journal.is_file():
         return False
-    from apidistill.harvest.journal import JournalStore
+    from apidistill.storage.journal import JournalStore
     from apidistill.teachers import make_teacher
 
     teacher = make_teacher(cfg.teacher, base_url=_UNUSED_URL)

@@ -149,7 +149,7 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
     """Refuse a harvest that would lose, mix or re-buy state; return this run's identity.
 
     ``fresh``: move the old state aside first (:func:`move_aside`)."""
-    from apidistill.harvest.journal import JournalStore
+    from apidistill.storage.journal import JournalStore
 
     if fresh:
         move_aside(layout)
@@ -215,7 +215,7 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
 
 def _journal_facts(journal: Path) -> tuple[str | None, int]:
     """The journal's run id and its number of requests, read without changing the folder."""
-    from apidistill.harvest.journal import JournalStore
+    from apidistill.storage.journal import JournalStore
 
     existed = {p for p in _side_files(journal) if p.exists()}
     try:

@@ -30,8 +30,8 @@ import pytest
 import yaml
 
 from apidistill.costs.ledger import Ledger
-from apidistill.harvest.journal import JournalStore
 from apidistill.resources import demo_run_file
+from apidistill.storage.journal import JournalStore
 from apidistill.testing.o200k_teacher import O200kTeacherProcess
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.costs.ledger import Ledger
-from apidistill.harvest.journal import JournalStore
+from apidistill.storage.journal import JournalStore
 
 N = 120
 IN_PER_MTOK, OUT_PER_MTOK = Decimal(100), Decimal(400)

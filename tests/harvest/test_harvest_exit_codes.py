@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from apidistill.harvest.journal import JournalStore
+from apidistill.storage.journal import JournalStore
 from apidistill.testing.provider_payloads import input_text, openai_chat_completion, openai_error
 from apidistill.testing.threaded_chat import ThreadedChatServer
 

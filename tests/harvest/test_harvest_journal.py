@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 
 from apidistill.errors import ConfigError
-from apidistill.harvest.journal import JournalStore, JournalWriteError, check_integrity
 from apidistill.harvest.writer import Journal
+from apidistill.storage.journal import JournalStore, JournalWriteError, check_integrity
 
 
 def _claim(store: JournalStore, key: str, usd: str | None = "0.5", **kw) -> object:

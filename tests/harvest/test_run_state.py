@@ -76,7 +76,7 @@ def test_deleted_journal_is_refused_until_fresh_which_moves_state_aside(fault, t
     assert srv.stats()["received"] == N  # nothing re-bought
 
     # an empty journal (re-created by hand or by a tool) is refused the same way
-    from apidistill.harvest.journal import JournalStore
+    from apidistill.storage.journal import JournalStore
 
     JournalStore(root / "journal.sqlite").close()
     empty = harvest(run)

@@ -30,8 +30,8 @@ from apidistill.costs.prices import price_for_teacher
 from apidistill.costs.tokens import TokenCounter
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import harvest_sync
-from apidistill.harvest.journal import JournalStore
 from apidistill.harvest.retry import RetryPolicy
+from apidistill.storage.journal import JournalStore
 from apidistill.teachers import make_teacher
 
 KEY = "sk-test-budget-bound-0123456789"

@@ -299,8 +299,8 @@ def test_the_writers_of_journal_summaries_and_reports_redact_configured_keys(tmp
     whoever composed the text."""
     from apidistill.errors import register_secret
     from apidistill.eval.report import _atomic_write
-    from apidistill.harvest.journal import JournalStore
     from apidistill.pipeline.stages import _write_json
+    from apidistill.storage.journal import JournalStore
 
     key = f"q7{secrets.token_hex(10)}"
     register_secret(key)
