@@ -1,9 +1,11 @@
 """What a run cost, read from its journal: totals and breakdowns as exact Decimals.
 
-Every request's usage, settled cost and at-risk money live in the harvest journal
+Every request's usage, settled cost and at-risk money live in the run's journal
 (:mod:`apidistill.storage.journal`); the ledger is a read-only view of it, grouped by
 teacher, model, label or split (labels and splits come from ``TeacherRequest.metadata``).
-The progress bar shows the running spend and the dataset card embeds :meth:`Ledger.card`.
+It reads the storage module only (cost math knows no engine). The dataset card embeds
+:meth:`Ledger.card` and the eval report :meth:`Ledger.spend`, so both state the same money:
+settled answers plus what failed, unknown and re-sent sends may have cost (money at risk).
 
 Prompt caching: ``cached_input_tokens`` are the input tokens read from a provider's prompt
 cache (OpenAI ``cached_tokens``, Anthropic ``cache_read_input_tokens``) and
@@ -88,6 +90,7 @@ class LedgerLine:
         return self.cost_usd + self.at_risk_usd
 
     def as_dict(self) -> dict[str, object]:
+        """JSON-safe form; money as exact Decimal strings (``total_usd`` = cost + at risk)."""
         return {
             **{f"by_{k}": v for k, v in self.group.items()},
             "requests": self.requests,
@@ -102,6 +105,7 @@ class LedgerLine:
             "cache_write_input_tokens": self.cache_write_input_tokens,
             "cost_usd": str(self.cost_usd),
             "at_risk_usd": str(self.at_risk_usd),
+            "total_usd": str(self.total_usd),
             "unpriced": self.unpriced,
             "batch": self.batch,
         }
@@ -143,6 +147,10 @@ class Ledger:
                 line = lines[key] = LedgerLine(group=dict(zip(by, key, strict=True)))
             line.add(row)
         return sorted(lines.values(), key=lambda ln: (-ln.total_usd, str(ln.group)))
+
+    def spend(self) -> dict[str, object]:
+        """What the run spent, for a card or report: the totals line of :meth:`card`."""
+        return self.totals().as_dict()
 
     def card(self) -> dict[str, object]:
         """The cost section of a dataset card: totals plus the split by label and split."""

@@ -5,6 +5,11 @@ split histograms, every drop by reason, dedupe and balance effects, token statis
 the teachers and the terms decisions under which the data was harvested, as Markdown for
 people and JSON for tools. Facts the records cannot tell (drops, cost ledger totals, policy
 decisions) are passed in by the caller; the rest is computed from the records.
+
+Spend comes from the run's ledger (:meth:`apidistill.costs.ledger.Ledger.card`), not from
+the records: a record only carries the cost of its own answer, while the ledger also holds
+failed, outcome-unknown and re-sent sends and the money still at risk. The card shows the
+ledger's ``total_usd`` (settled + at risk) as the run's spend.
 """
 
 from __future__ import annotations
@@ -88,6 +93,27 @@ def _provenance(records: Sequence[Record]) -> dict[str, Any]:
     }
 
 
+def _ledger_totals(ledger: Mapping[str, Any]) -> dict[str, str]:
+    """The USD rows of the card from the ledger's totals line (exact Decimal strings)."""
+    total = ledger["total"]
+    return {
+        "settled_usd": str(total["cost_usd"]),
+        "at_risk_usd": str(total["at_risk_usd"]),
+        "total_usd": str(total["total_usd"]),
+    }
+
+
+def _ledger_note(ledger: Mapping[str, Any]) -> list[str]:
+    t = ledger["total"]
+    return [
+        f"Ledger: {t['requests']} requests, {t['sends']} sends ({t['resends']} re-sent), "
+        f"{t['done']} answered, {t['failed']} failed, {t['unknown']} outcome unknown, "
+        f"{t['unpriced']} unpriced. Spend is settled cost plus money at risk "
+        "(sends that may have been billed without an answer).",
+        "",
+    ]
+
+
 def _record_cost(records: Sequence[Record]) -> dict[str, Any]:
     known = [r.cost_usd for r in records if r.cost_usd is not None]
     return {
@@ -143,6 +169,8 @@ class DatasetCard:
         rows = [(k, f"${v}") for k, v in cost["totals_usd"].items()]
         rows.append(("sum of record costs", f"${cost['records']['sum_usd']}"))
         out += _table("Cost", ["item", "USD"], rows)
+        if cost.get("ledger"):
+            out += _ledger_note(cost["ledger"])
         if cost["records"]["records_with_unknown_cost"]:
             out += [
                 f"{cost['records']['records_with_unknown_cost']} records have an unknown cost "
@@ -206,10 +234,15 @@ def build_card(
     policy: Sequence[Mapping[str, Any]] = (),
     policy_markdown: str | None = None,
     notes: Mapping[str, str] | None = None,
+    ledger: Mapping[str, Any] | None = None,
 ) -> DatasetCard:
-    """Compute the card of ``records``. ``balance`` is a ``BalanceResult``; ``cost_totals``
-    are the ledger's Decimal totals (e.g. ``{"harvest": Decimal("1.20")}``); ``teachers`` and
-    ``policy`` are dicts shown as given (e.g. a policy Decision dumped to a dict)."""
+    """Compute the card of ``records``. ``balance`` is a ``BalanceResult``; ``ledger`` is
+    :meth:`Ledger.card` of the run's journal (its totals become the card's spend);
+    ``cost_totals`` are further Decimal totals shown as given (e.g. ``{"harvest":
+    Decimal("1.20")}``); ``teachers`` and ``policy`` are dicts shown as given (e.g. a policy
+    Decision dumped to a dict)."""
+    totals_usd = _ledger_totals(ledger) if ledger else {}
+    totals_usd.update({k: str(v) for k, v in (cost_totals or {}).items()})
     labels = Counter(r.label if r.label is not None else "(none)" for r in records)
     splits = Counter(r.split or "unsplit" for r in records)
     data: dict[str, Any] = {
@@ -230,8 +263,9 @@ def build_card(
         else None,
         "tokens": token_stats(records),
         "cost": {
-            "totals_usd": {k: str(v) for k, v in (cost_totals or {}).items()},
+            "totals_usd": totals_usd,
             "records": _record_cost(records),
+            "ledger": dict(ledger) if ledger else None,
         },
         "provenance": _provenance(records),
         "teachers": [dict(t) for t in teachers],

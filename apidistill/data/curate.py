@@ -42,6 +42,7 @@ class CurateResult:
         teachers: Sequence[dict[str, Any]] = (),
         policy: Sequence[dict[str, Any]] = (),
         policy_markdown: str | None = None,
+        ledger: dict[str, Any] | None = None,
     ) -> DatasetCard:
         return build_card(
             self.records,
@@ -53,6 +54,7 @@ class CurateResult:
             teachers=teachers,
             policy=policy,
             policy_markdown=policy_markdown,
+            ledger=ledger,
         )
 
     def save(self, folder: str | Path, *, overwrite: bool = False) -> dict[str, int]:

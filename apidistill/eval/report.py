@@ -206,6 +206,30 @@ def _plots(result: EvalResult, training_history: Sequence[Mapping[str, Any]] | N
     return out
 
 
+_SPEND_ROWS = (
+    ("settled (answers)", "cost_usd"),
+    ("at risk (sends without a known outcome)", "at_risk_usd"),
+    ("total spend", "total_usd"),
+)
+
+
+def _spend_section(spend: Mapping[str, Any] | None) -> str:
+    """The harvest's spend as the run's ledger states it (:meth:`Ledger.spend`): settled
+    answers plus money at risk, with the failed, unknown and re-sent sends behind it."""
+    if not spend:
+        return ""
+    rows = "".join(
+        f"<tr><td>{esc(label)}</td><td>${esc(str(spend[k]))}</td></tr>" for label, k in _SPEND_ROWS
+    )
+    counts = ", ".join(
+        f"{spend[k]} {label}"
+        for k, label in (("sends", "sends"), ("resends", "re-sent"), ("failed", "failed"),
+                         ("unknown", "outcome unknown"), ("unpriced", "unpriced"))
+    )  # fmt: skip
+    body = f"<table><tr><th>item</th><th>USD</th></tr>{rows}</table><p>{esc(counts)}</p>"
+    return section("Harvest spend (ledger)", body, anchor="spend")
+
+
 def _notes(result: EvalResult) -> str:
     items = [f"<li>{esc(n)}</li>" for n in result.notes]
     items += [f"<li><b>{esc(m.name)}</b>: {esc(n)}</li>" for m in _models(result) for n in m.notes]
@@ -224,9 +248,11 @@ def render_html(
     thresholds: EvalThresholds | None = None,
     training_history: Sequence[Mapping[str, Any]] | None = None,
     extra_sections: Mapping[str, str] | None = None,
+    spend: Mapping[str, Any] | None = None,
 ) -> str:
     """The report page as a string. ``extra_sections`` maps a heading to an HTML fragment that
-    is inserted as given (the caller's own markup, e.g. the data card summary)."""
+    is inserted as given (the caller's own markup, e.g. the data card summary); ``spend`` is
+    the run ledger's totals (:meth:`apidistill.costs.ledger.Ledger.spend`)."""
     v = verdict(result, thresholds)
     when = result.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sub = (
@@ -241,6 +267,7 @@ def render_html(
         section("Thresholds", _checks_table(v), anchor="checks"),
         section("Metrics", _metrics_table(result), anchor="metrics"),
         section("Speed and cost", _speed_cost_table(result), anchor="speed"),
+        _spend_section(spend),
         *_plots(result, training_history),
         *(section(heading, body) for heading, body in (extra_sections or {}).items()),
         _notes(result),
@@ -255,13 +282,20 @@ def write_report(
     title: str,
     training_history: Sequence[Mapping[str, Any]] | None = None,
     extra_sections: Mapping[str, str] | None = None,
+    spend: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` and ``out_dir/report.json``; returns the HTML path."""
+    """Write ``out_dir/report.html`` and ``out_dir/report.json``; returns the HTML path.
+    ``spend`` (the run ledger's totals) is shown and stored as given, so the report and the
+    dataset card state the same money."""
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
         html_text = render_html(
-            result, title=title, training_history=training_history, extra_sections=extra_sections
+            result,
+            title=title,
+            training_history=training_history,
+            extra_sections=extra_sections,
+            spend=spend,
         )
         v = verdict(result)
         payload = {
@@ -269,6 +303,7 @@ def write_report(
             "written_at": datetime.now(UTC).isoformat(),
             "verdict": v.model_dump(mode="json"),
             "result": result.model_dump(mode="json"),
+            "spend": dict(spend) if spend else None,
         }
         _atomic_write(out / "report.json", json.dumps(payload, indent=2, ensure_ascii=False))
         _atomic_write(out / "report.html", html_text)

@@ -23,6 +23,7 @@ from apidistill.pipeline.stages import (
     _write_json,
     effective_training,
     load_split,
+    run_spend,
     train_stage,
 )
 
@@ -102,7 +103,12 @@ def evaluate_candidates(
                 resume=True,
             )
         )
-    path = write_report(result, ctx.layout.report, title=f"apidistill: {cfg.name} (candidates)")
+    path = write_report(
+        result,
+        ctx.layout.report,
+        title=f"apidistill: {cfg.name} (candidates)",
+        spend=run_spend(ctx),
+    )
     chosen = next((c for c in candidates if c.name == result.selected), None)
     rows = []
     for c in candidates:

@@ -5,10 +5,10 @@
     runs/<name>/
       policy.json          the terms decision the harvest ran under
       estimate.json        pre-flight estimate
-      journal.sqlite       harvest cache + journal (never pay twice)
+      journal.sqlite       harvest cache + journal (never pay twice): every answer lives here
+      answers.jsonl        which journaled answers the last harvest returned (keys + metadata)
       logprob_fallback.json  written when the teacher gave no usable logprobs and the run falls
                            back to sequence KD (harvest.on_missing_logprobs): train reads it
-      harvest/             every harvested record (crash-safe store)
       dataset/             filtered, deduplicated, balanced, split records + card.md/card.json
       train/               checkpoints and the trained adapter
       student/             exported student (adapter, merged weights, model card)
@@ -48,7 +48,13 @@ class RunLayout:
         return self.root / "logprob_fallback.json"
 
     @property
+    def answers(self) -> Path:
+        return self.root / "answers.jsonl"
+
+    @property
     def harvest(self) -> Path:
+        """Where runs before the one-journal change kept a copy of every answer (no longer
+        written; the run-state guard still knows it)."""
         return self.root / "harvest"
 
     @property

@@ -32,6 +32,7 @@ from apidistill.pipeline.stages import (
     load_split,
     policy_stage,
     retry_failed_of,
+    run_spend,
     train_stage,
 )
 
@@ -310,7 +311,11 @@ def eval_stage(ctx: RunContext, student_dir: str) -> tuple[Any, str | None]:
         switch = drop_in_call(student_handle.base_url, test[0], system, cfg.eval.max_tokens)
     history = _training_history(ctx)
     path = write_report(
-        result, ctx.layout.report, title=f"apidistill: {cfg.name}", training_history=history
+        result,
+        ctx.layout.report,
+        title=f"apidistill: {cfg.name}",
+        training_history=history,
+        spend=run_spend(ctx),
     )
     ctx.console.print(f"[bold]report[/]: {path}")
     return result, switch

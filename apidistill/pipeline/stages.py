@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -40,8 +39,11 @@ __all__ = [
     "effective_training",
     "estimate_stage",
     "harvest_stage",
+    "harvested_records",
     "policy_stage",
     "record_from_result",
+    "run_ledger",
+    "run_spend",
     "train_stage",
 ]
 
@@ -257,7 +259,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     from apidistill.costs.budget import Budget
     from apidistill.costs.prices import price_for_teacher
     from apidistill.costs.tokens import TokenCounter
-    from apidistill.data.store import DatasetWriter
+    from apidistill.data.answers import AnswerRef, write_answer_refs
     from apidistill.harvest import harvest
     from apidistill.teachers import make_teacher
     from apidistill.teachers.token_recovery import lossy_text_warning
@@ -296,15 +298,12 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             prompt_cache=cfg.teacher.marks_prompt_cache,
         )
 
-    tmp_dir = ctx.layout.harvest.with_name("harvest.partial")
-    # Left by a run that was killed or stopped: the journal answers all of it again from its
-    # cache, so start the folder afresh (else those records would be written twice).
-    shutil.rmtree(tmp_dir, ignore_errors=True)
     n_ok = n_failed = 0
     t0 = time.perf_counter()
 
     streams: list[Any] = []
     budget_stop: list[BudgetExceeded] = []
+    answered: list[AnswerRef] = []  # the journal holds each answer; this is its index
 
     async def _run():
         nonlocal n_ok, n_failed
@@ -330,19 +329,19 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             retry_failed=retry_failed_of(cfg),
         )
         streams.append(gen)
-        with DatasetWriter(tmp_dir) as writer:
-            try:
-                async for res in gen:
-                    if res.completion is None:
-                        n_failed += 1
-                        continue
-                    writer.write(record_from_result(res, decision, cfg.teacher))
-                    n_ok += 1
-            except BudgetExceeded as exc:  # after the last result: keep what was answered
-                budget_stop.append(exc)
-            finally:
-                await gen.aclose()
-                await teacher.aclose()
+        try:
+            async for res in gen:
+                if res.completion is None:
+                    n_failed += 1
+                    continue
+                req = res.request
+                answered.append(AnswerRef(res.key, req.sample_index, dict(req.metadata)))
+                n_ok += 1
+        except BudgetExceeded as exc:  # after the last result: keep what was answered
+            budget_stop.append(exc)
+        finally:
+            await gen.aclose()
+            await teacher.aclose()
         return getattr(gen, "summary", None)
 
     try:
@@ -362,7 +361,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             for line in interrupted_batch_lines(cfg, ctx.layout.journal):
                 ctx.console.print(f"[yellow]{escape(line)}[/]", highlight=False)
         raise
-    _replace_dir(tmp_dir, ctx.layout.harvest)
+    write_answer_refs(ctx.layout.answers, answered)
     wall = time.perf_counter() - t0
     ctx.console.print(f"[bold]harvest[/]: {n_ok} answers, {n_failed} failed, {wall:.0f} s")
     if summary is not None:
@@ -381,46 +380,42 @@ def retry_failed_of(cfg: RunConfig) -> Any:
     return RetryFailed.parse(cfg.harvest.retry_failed, key="harvest.retry_failed")
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    import shutil
-
-    old = dst.with_name(dst.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 # --------------------------------------------------------------------------- dataset
 
 
-def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
-    """Filter, dedupe, balance and split the harvested records; write the data card."""
-    from apidistill.data.curate import curate
-    from apidistill.data.store import load_records
+def harvested_records(ctx: RunContext, decision: Any = None) -> list[Record]:
+    """The last harvest's answers as records, read from the journal (the one copy of every
+    answer) through the harvest's index ``answers.jsonl``, in the order they arrived."""
+    from apidistill.data.answers import journal_answers, read_answer_refs
 
-    records = load_records(ctx.layout.harvest)
+    refs = read_answer_refs(ctx.layout.answers)
+    answers = journal_answers(ctx.layout.journal, refs)
+    return [record_from_result(a, decision, ctx.cfg.teacher) for a in answers]
+
+
+def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
+    """Build the records from the journal; filter, dedupe, balance and split them; write
+    each split once (compact codec) and the data card, whose spend is the run's ledger."""
+    from apidistill.data.curate import curate
+
+    records = harvested_records(ctx, decision)
     if not records:
         raise DataError(
             "no harvested records to build a dataset from",
-            file=str(ctx.layout.harvest),
+            file=str(ctx.layout.answers),
             hint="run the harvest first (apidistill harvest config.yaml)",
         )
     result = curate(records, ctx.cfg.dataset)
     if not result.records:
         raise DataError(
             f"every harvested record was dropped ({result.filtered.dropped_by_reason})",
-            file=str(ctx.layout.harvest),
+            file=str(ctx.layout.answers),
             hint="check dataset.filters against a few teacher answers (apidistill data inspect)",
         )
     result.save(ctx.layout.dataset, overwrite=True)
-    spent = sum((r.cost_usd for r in records if r.cost_usd is not None), Decimal(0))
     card = result.card(
         name=ctx.cfg.name,
-        cost_totals={"teacher_usd": spent},
+        ledger=run_ledger(ctx),
         teachers=[
             {
                 "provider": ctx.cfg.teacher.provider,
@@ -438,6 +433,22 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
         f"→ {len(result.records)} after dedupe/balance; splits {counts}"
     )
     return {"harvested": len(records), "kept": len(result.records), "splits": counts}
+
+
+def run_ledger(ctx: RunContext) -> dict[str, Any] | None:
+    """The run journal's ledger (:meth:`Ledger.card`): the one source of the spend that the
+    dataset card and the eval report show. ``None`` before anything was harvested."""
+    from apidistill.costs.ledger import Ledger
+
+    if not ctx.layout.journal.is_file():
+        return None
+    return Ledger(ctx.layout.journal).card()
+
+
+def run_spend(ctx: RunContext) -> dict[str, Any] | None:
+    """The ledger's totals line of the run (settled, at risk, sends), for the report."""
+    ledger = run_ledger(ctx)
+    return ledger["total"] if ledger else None  # type: ignore[return-value]
 
 
 def _obligations_md(decision: Any) -> str | None:

@@ -56,6 +56,7 @@ _RUN_STATE = (
     "harvest.partial",
     "harvest.old",
     "harvest_summary.json",
+    "answers.jsonl",
     "teacher_timing.json",
     "estimate.json",
     "policy.json",

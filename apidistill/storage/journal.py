@@ -360,6 +360,21 @@ class JournalStore:
             spent, at_risk, today, counts["done"], counts["failed"], counts["unknown"], unpriced
         )
 
+    def answers(self, keys: list[str]) -> dict[str, str]:
+        """The stored answer (``completion_json``) of each of ``keys`` that is ``done``; the
+        dataset stage builds its records from these, so answers live in one place."""
+        out: dict[str, str] = {}
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for key, completion in self.conn.execute(
+                "SELECT key, completion_json FROM requests "
+                f"WHERE state='done' AND completion_json IS NOT NULL AND key IN ({marks})",
+                part,
+            ):
+                out[key] = completion
+        return out
+
     def rows(self, *, state: str | None = None) -> Iterator[JournalRow]:
         """Every request (or those in ``state``), in insertion order; streams."""
         sql = f"SELECT {_ROW_COLS} FROM requests"

@@ -26,6 +26,7 @@ from apidistill.config import load_config
 from apidistill.data.store import load_records
 from apidistill.errors import ConfigError
 from apidistill.pipeline.run import run_pipeline
+from apidistill.pipeline.stages import RunContext, harvested_records
 from apidistill.testing.fault_server import FaultServerProcess
 
 PROMPTS = 10
@@ -92,7 +93,7 @@ def test_top_k_store_sets_the_alternatives_the_dataset_keeps(tmp_path, teacher, 
     )
     cfg = load_config(run)
     run_pipeline(cfg, progress=False, stop_after="dataset")
-    harvested = load_records(Path(cfg.run_dir) / "harvest")
+    harvested = harvested_records(RunContext.from_config(cfg))  # from the journal
     assert {len(p.top) for r in harvested for p in r.logprobs} == {20}  # paid for 20
     stored = load_records(Path(cfg.run_dir) / "dataset", split="train")
     assert stored and {len(p.top) for r in stored for p in r.logprobs} == {keep}
@@ -140,9 +141,11 @@ def test_sequence_kd_fallback_is_written_and_a_later_train_process_follows_it(
     fallback = json.loads((folder / "logprob_fallback.json").read_text(encoding="utf-8"))
     assert fallback["configured"] == "logprob_kd" and fallback["method"] == "sequence_kd"
     assert "top-5" in fallback["reason"]
-    assert all(r.logprobs is None for r in load_records(folder / "harvest"))  # text only
+    assert all(
+        r.logprobs is None for r in harvested_records(RunContext.from_config(load_config(run)))
+    )
 
-    from apidistill.pipeline.stages import RunContext, dataset_stage
+    from apidistill.pipeline.stages import dataset_stage
 
     dataset_stage(RunContext.from_config(load_config(run), progress=False))
     seen: dict[str, Any] = {}
@@ -177,6 +180,6 @@ def test_a_harvest_that_gets_logprobs_removes_its_old_fallback(tmp_path, teacher
     cfg = load_config(_run_file(tmp_path, teacher.base_url, **sections))  # generic: top-20
     run_pipeline(cfg, progress=False, stop_after="harvest")
     assert not marker.exists()
-    from apidistill.pipeline.stages import RunContext, effective_training
+    from apidistill.pipeline.stages import effective_training
 
     assert effective_training(RunContext.from_config(cfg, progress=False)).method == "logprob_kd"
