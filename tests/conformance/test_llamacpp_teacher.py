@@ -240,16 +240,18 @@ def test_apidistill_run_with_a_real_llamacpp_teacher_reaches_a_report(server, tm
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_run_reached_its_report(tmp_path / "run")
+    assert_run_reached_its_report(tmp_path / "run", cfg_path)
 
 
-def assert_run_reached_its_report(run: Path) -> None:
+def assert_run_reached_its_report(run: Path, run_file: Path) -> None:
     """What the run wrote: records with every token's id and bytes, and a report whose
     metrics exist for teacher and students (measured on a 2-core machine: teacher task score
     1.0 on 3 test tickets; held-out KL 1.24 for the base model, 1.05 after 2 KD steps)."""
+    from apidistill.config import load_config
     from apidistill.data.store import load_records
+    from apidistill.pipeline.stages import RunContext, harvested_records
 
-    records = load_records(run / "harvest")
+    records = harvested_records(RunContext.from_config(load_config(run_file), progress=False))
     assert len(records) == 6
     for rec in records:  # every position kept its id and bytes; the tokens spell the answer
         assert rec.metadata["sampling"] == {"temperature": 0.0, **LLAMACPP_NEUTRAL_SAMPLING}

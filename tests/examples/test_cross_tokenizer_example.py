@@ -91,7 +91,6 @@ def test_the_loopback_teacher_answers_in_openais_shape_with_o200k_tokens():
 
 
 def test_harvest_keeps_the_teachers_o200k_tokens(teacher, tmp_path, monkeypatch):
-    from apidistill.data.store import load_records
     from apidistill.models import load_tokenizer
     from apidistill.pipeline.run import run_pipeline
     from apidistill.train.align import StudentVocab, student_spans
@@ -110,7 +109,9 @@ def test_harvest_keeps_the_teachers_o200k_tokens(teacher, tmp_path, monkeypatch)
     policy = json.loads((cfg.run_path / "policy.json").read_text())
     assert policy["decision"] == "allow_with_obligations"  # OpenAI's terms, through a gateway
 
-    records = load_records(cfg.run_path / "harvest")
+    from apidistill.pipeline.stages import RunContext, harvested_records
+
+    records = harvested_records(RunContext.from_config(cfg, progress=False))
     assert len(records) == PROMPTS
     tok = load_tokenizer("smollm2-135m-instruct")
     vocab = StudentVocab.build(tok)

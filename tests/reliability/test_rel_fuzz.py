@@ -511,8 +511,6 @@ def test_unusable_logprobs_are_counted_in_records_and_summary(payload_server, tm
     for answers a re-run takes from the journal."""
     from rel_helpers import run_cli, write_run
 
-    from apidistill.data.store import load_records
-
     data = _base_answer(top=5)
     content = data["choices"][0]["logprobs"]["content"]
     assert len(content) >= 2 and all(len(p["top_logprobs"]) >= 3 for p in content[:2])
@@ -538,7 +536,10 @@ def test_unusable_logprobs_are_counted_in_records_and_summary(payload_server, tm
         assert (summary["logprobs_invalid"], summary["logprobs_dropped"]) == (6, 9), summary
         out = " ".join((done.stdout + done.stderr).split())
         assert "6 sampled token(s) stored as -100, 9 top alternative(s) left out" in out, out
-    records = load_records(root / "harvest")
+    from apidistill.config import load_config
+    from apidistill.pipeline.stages import RunContext, harvested_records
+
+    records = harvested_records(RunContext.from_config(load_config(run), progress=False))
     assert len(records) == 3
     for rec in records:
         assert (rec.metadata["logprobs_invalid"], rec.metadata["logprobs_dropped"]) == (2, 3)

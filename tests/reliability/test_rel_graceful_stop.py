@@ -16,8 +16,6 @@ from pathlib import Path
 import pytest
 from rel_helpers import cli, cli_env, integrity, journal_counts, run_end_summaries, write_run
 
-from apidistill.data.store import load_records
-
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_drains_and_resume_resends_nothing(fault, tmp_path: Path, sig: int) -> None:
@@ -76,5 +74,10 @@ def test_signal_drains_and_resume_resends_nothing(fault, tmp_path: Path, sig: in
     resumed = run_end_summaries(journal)[-1]
     assert resumed["resent"] == 0 and resumed["unknown_found"] == 0, resumed
     assert resumed["cached"] == counts["done"] and resumed["done"] == n - counts["done"]
-    ids = sorted(r.id for r in load_records(root / "harvest"))
+    from apidistill.config import load_config
+    from apidistill.pipeline.stages import RunContext, harvested_records
+
+    ids = sorted(
+        r.id for r in harvested_records(RunContext.from_config(load_config(run), progress=False))
+    )
     assert ids == sorted(f"t{i}" for i in range(n))

@@ -184,10 +184,14 @@ def test_harvest_under_a_launcher_runs_on_rank_zero_only(rank, tiny_chat_dir, tm
     if rank:
         assert received == 0
         assert "rank 1 of 2: the harvest runs on rank 0 only" in out.stdout
-        assert not (tmp_path / "run" / "harvest").exists()
+        assert not (tmp_path / "run" / "answers.jsonl").exists()
     else:
         assert received == PROMPTS
-        assert len(load_records(tmp_path / "run" / "harvest")) == PROMPTS
+        from apidistill.config import load_config
+        from apidistill.pipeline.stages import RunContext, harvested_records
+
+        ctx = RunContext.from_config(load_config(run_file), progress=False)
+        assert len(harvested_records(ctx)) == PROMPTS
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "accelerate"
