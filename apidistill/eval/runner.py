@@ -6,16 +6,21 @@ code will call it after the migration, so latency includes the HTTP hop and the 
 batching. Students run one after another (never at the same time) so they do not share the CPU
 while being timed.
 
-Answers are appended to ``out_dir/predictions/<student>.jsonl`` as they arrive. If an endpoint
-goes down, what it answered stays on disk, the error names the endpoint and the file, and
-``resume=True`` reuses those answers on the next run. Nothing retries here: a failed request is
-a finding about the endpoint, not something to hide.
+Students are asked through the harvest engine (:func:`apidistill.harvest.harvest`), the one
+loop that sends requests: each student is an OpenAI-compatible "teacher" with its own journal,
+``out_dir/predictions/<student>.sqlite``, so retries (transient 429/5xx/connection faults,
+with backoff), concurrency limits and the journal work exactly as they do for a harvest, and
+evaluation answers never mix with the training harvest. The journal is the durable record:
+``resume=True`` answers every request it already holds without sending it again. Answers
+are also appended to ``out_dir/predictions/<student>.jsonl`` as they arrive (a readable copy
+for people and the report, with the wall time of each run for throughput). If an endpoint
+still fails after the retries, what it answered stays in its journal and the error names the
+endpoint, the record and the file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import re
 import time
@@ -28,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from apidistill.config import EvalConfig
-from apidistill.data.schema import Message, Record
+from apidistill.data.schema import Completion, GenerationParams, Message, Record, TeacherRequest
 from apidistill.errors import ConfigError, EvalError, register_secret
 from apidistill.eval.aggregate import confusion_matrix, output_metrics
 from apidistill.eval.metrics import sequence_confidence
@@ -53,16 +58,6 @@ class Answer:
     prompt_tokens: int | None
     completion_tokens: int | None
     confidence: float | None
-
-
-class _MalformedAnswer(Exception):
-    """A 200 answer without the fields of a chat completion."""
-
-
-class _EndpointFailed(Exception):
-    def __init__(self, record_id: str, cause: BaseException) -> None:
-        super().__init__(record_id)
-        self.record_id, self.cause = record_id, cause
 
 
 # --------------------------------------------------------------------------- inputs
@@ -173,23 +168,6 @@ def _teacher_eval(
 # --------------------------------------------------------------------------- student queries
 
 
-def _answer_key(
-    ep: StudentEndpoint, rec: Record, system_prompt: str | None, cfg: EvalConfig
-) -> str:
-    """Everything that changes a student's answer; a saved answer is reused only on a match."""
-    body = {
-        "base_url": ep.base_url,
-        "model": ep.model,
-        "system": system_prompt,
-        "max_tokens": cfg.max_tokens,
-        "messages": [m.model_dump() for m in rec.messages] if rec.messages else None,
-        "prompt": rec.prompt,
-        "logprobs": cfg.scorer == "label",
-    }
-    blob = json.dumps(body, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
-
-
 def _chat_messages(rec: Record, system: str | None) -> list[dict[str, str]]:
     """The request the student gets: its system prompt (if any), then the record's turns; a
     plain ``prompt`` is one user turn, as in training (``train.collate.record_messages``), so
@@ -203,40 +181,35 @@ def _chat_messages(rec: Record, system: str | None) -> list[dict[str, str]]:
     return msgs + [{"role": m.role, "content": m.content} for m in turns]
 
 
-async def _ask(
-    client: Any, ep: StudentEndpoint, rec: Record, system: str | None, cfg: EvalConfig
-) -> Answer:
-    """One greedy request, timed from send to full answer (HTTP and server queue included).
-    Label tasks ask for logprobs: the answer's probability is the confidence ECE bins by."""
-    extra = {"logprobs": True} if cfg.scorer == "label" else {}
-    start = time.perf_counter()
-    resp = await client.chat.completions.create(
-        model=ep.model,
-        messages=_chat_messages(rec, system),
-        temperature=0,
-        max_tokens=cfg.max_tokens,
-        **extra,
+def _student_request(rec: Record, system: str | None, cfg: EvalConfig) -> TeacherRequest:
+    """One greedy request as the engine sends it. Label tasks ask for the sampled tokens'
+    logprobs: the answer's probability is the confidence ECE bins by."""
+    return TeacherRequest(
+        messages=[Message.model_validate(m) for m in _chat_messages(rec, system)],
+        params=GenerationParams(
+            max_tokens=cfg.max_tokens, temperature=0.0, logprobs=cfg.scorer == "label"
+        ),
+        prompt_id=rec.id,
     )
-    latency = (time.perf_counter() - start) * 1000
-    if not getattr(resp, "choices", None):
-        raise _MalformedAnswer("the answer has no choices")
-    choice = resp.choices[0]
-    content = choice.logprobs.content if choice.logprobs else None
-    lps = [t.logprob for t in content] if content else None
-    usage = resp.usage
+
+
+def _answer_of(rec: Record, key: str, comp: Completion) -> Answer:
+    """What the eval keeps of one student answer."""
+    lps = [t.logprob for t in comp.logprobs] if comp.logprobs else None
+    has_usage = comp.usage.input_tokens or comp.usage.output_tokens
     return Answer(
         record_id=rec.id,
-        key="",
-        output=choice.message.content or "",
-        latency_ms=latency,
-        prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
+        key=key,
+        output=comp.text,
+        latency_ms=comp.latency_ms,
+        prompt_tokens=comp.usage.input_tokens if has_usage else None,
+        completion_tokens=comp.usage.output_tokens if has_usage else None,
         confidence=sequence_confidence(lps) if lps else None,
     )
 
 
 class _Sink:
-    """Append-only JSONL of answers, flushed per line so a crash loses at most one answer.
+    """Append-only JSONL copy of the answers, flushed per line (the journal is the record).
 
     A ``segment`` line closes every run with its wall time, so throughput over resumed runs is
     the sum of the segments rather than a guess."""
@@ -244,7 +217,6 @@ class _Sink:
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.saved: dict[str, Answer] = {}
         self.segments: list[tuple[float, int]] = []
         if resume and path.is_file():
             self._load()
@@ -262,11 +234,6 @@ class _Sink:
                 self.segments.append(
                     (float(row["segment"]["wall_s"]), int(row["segment"]["requests"]))
                 )
-            elif "record_id" in row:
-                try:
-                    self.saved[row["key"]] = Answer(**row)
-                except (TypeError, KeyError):
-                    continue  # a row from another version: ask again rather than guess
 
     def write(self, ans: Answer) -> None:
         self._fh.write(json.dumps(ans.__dict__, ensure_ascii=False) + "\n")
@@ -287,66 +254,70 @@ async def _query_student(
     concurrency: int,
     sink: _Sink,
     progress: Any,
-) -> dict[str, Answer]:
-    """Answers by record id: reused ones (``resume``) and new ones."""
-    from openai import APIError, AsyncOpenAI
+    journal: Path,
+    max_retries: int,
+) -> tuple[dict[str, Answer], Any]:
+    """Answers by record id (from the journal when ``resume`` kept it, else sent through
+    the harvest engine), and the engine's summary of this run."""
+    from apidistill.config import TeacherConfig
+    from apidistill.harvest import harvest
+    from apidistill.teachers import make_teacher
 
-    keys = {r.id: _answer_key(ep, r, system, cfg) for r in records}
-    answers = {r.id: sink.saved[keys[r.id]] for r in records if keys[r.id] in sink.saved}
-    todo = [r for r in records if r.id not in answers]
-    task = progress.add_task(f"eval {name}", total=len(records), completed=len(answers))
-    queue: asyncio.Queue[Record] = asyncio.Queue()
-    for r in todo:
-        queue.put_nowait(r)
+    by_id = {r.id: r for r in records}
+    requests = [_student_request(r, system, cfg) for r in records]
+    task = progress.add_task(f"eval {name}", total=len(records))
     register_secret(ep.api_key)  # redacted by value in every message
-    client = AsyncOpenAI(
-        base_url=ep.base_url, api_key=ep.api_key or "unused", max_retries=0, timeout=ep.timeout_s
-    )
-
-    async def worker() -> None:
-        while not queue.empty():
-            rec = queue.get_nowait()
-            try:
-                ans = await _ask(client, ep, rec, system, cfg)
-            except (APIError, _MalformedAnswer) as exc:
-                raise _EndpointFailed(rec.id, exc) from exc
-            ans = Answer(**{**ans.__dict__, "key": keys[rec.id]})
-            sink.write(ans)
-            answers[rec.id] = ans
-            progress.advance(task)
-
-    reused = len(answers)
-    failed: _EndpointFailed | None = None
+    teacher = make_teacher(
+        TeacherConfig(provider="openai_compatible", profile="generic", model=ep.model,
+                      base_url=ep.base_url),
+        api_key=ep.api_key or "unused",
+        timeout_s=ep.timeout_s,
+    )  # fmt: skip
+    answers: dict[str, Answer] = {}
+    failed: list[Any] = []
+    sent = 0
+    stream = harvest(
+        requests, teacher=teacher, journal=journal, concurrency=concurrency,
+        max_retries=max_retries, timeout_s=ep.timeout_s, progress=False,
+    )  # fmt: skip
     start = time.perf_counter()
     try:
-        async with client, asyncio.TaskGroup() as tg:
-            for _ in range(min(concurrency, len(todo))):
-                tg.create_task(worker())
-    except* _EndpointFailed as group:
-        failed = group.exceptions[0]  # type: ignore[assignment]
+        async for res in stream:
+            rec = by_id[res.request.prompt_id or ""]
+            if res.completion is None:
+                failed.append(res)
+                continue
+            ans = answers[rec.id] = _answer_of(rec, res.key, res.completion)
+            if not res.from_cache:
+                sink.write(ans)
+                sent += 1
+            progress.advance(task)
     finally:  # also on cancellation: the segment keeps throughput honest on resume
         wall = time.perf_counter() - start
-        sink.close_segment(wall, len(answers) - reused)
-    if failed is not None:
-        _raise_endpoint_error(name, ep, failed, len(answers), len(records), sink.path)
-    return answers
+        sink.close_segment(wall, sent)
+        await teacher.aclose()
+    if failed:
+        first = next(f for r in records for f in failed if f.request.prompt_id == r.id)
+        _raise_endpoint_error(name, ep, first, len(answers), len(records), journal)
+    return answers, stream.summary
+
+
+def _first_line(text: str) -> str:
+    """The engine's error without its harvest-specific hint lines (the eval gives its own)."""
+    return text.splitlines()[0][:300] if text else "failed"
 
 
 def _raise_endpoint_error(
-    name: str, ep: StudentEndpoint, failed: _EndpointFailed, done: int, total: int, path: Path
+    name: str, ep: StudentEndpoint, failed: Any, done: int, total: int, path: Path
 ) -> None:
-    cause = failed.cause
-    status = getattr(cause, "status_code", None)
-    what = f"HTTP {status}" if status else type(cause).__name__
-    if isinstance(cause, _MalformedAnswer):
-        what = "not an OpenAI chat completion"
+    tries = f" after {failed.attempts} attempts" if failed.attempts > 1 else ""
     raise EvalError(
         f"student {name!r} at {ep.base_url} (model {ep.model!r}) failed on record "
-        f"{failed.record_id!r}: {what}: {str(cause)[:200]}; {done} of {total} answers are saved "
-        f"in {path}",
+        f"{failed.request.prompt_id!r}{tries}: {_first_line(failed.error or failed.reason)}; "
+        f"{done} of {total} answers are saved in {path}",
         hint="check that the endpoint is up (apidistill serve ...) and re-run with resume "
         "to keep the saved answers",
-    ) from cause
+    )
 
 
 # --------------------------------------------------------------------------- student metrics
@@ -464,6 +435,17 @@ def _kl_basis(scored: int, aligned: int) -> str:
 # --------------------------------------------------------------------------- entry point
 
 
+def _student_journal(predictions: Path, resume: bool) -> Path:
+    """The student's own journal next to its predictions; without ``resume`` a fresh one
+    (its answers cost nothing to ask again, and must not be reused)."""
+    journal = predictions.with_suffix(".sqlite")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for p in (journal, *(Path(f"{journal}{s}") for s in ("-wal", "-shm", ".lock"))):
+            p.unlink(missing_ok=True)
+    return journal
+
+
 async def run_eval(
     records: list[Record],
     students: dict[str, StudentEndpoint],
@@ -476,6 +458,7 @@ async def run_eval(
     teacher_latency_ms: Mapping[str, float] | None = None,
     resume: bool = False,
     same_vocab: bool = True,
+    max_retries: int = 2,
 ) -> EvalResult:
     """Evaluate every student against the teacher's cached answers on the test split.
 
@@ -485,8 +468,10 @@ async def run_eval(
     ``same_vocab=False`` says the teacher's tokenizer is not the students' (held-out KL is
     then measured on byte-aligned positions only). A metric that cannot be measured for this
     teacher (held-out KL without logprobs) is left out with a one-line reason in
-    ``EvalResult.notes``; the verdict uses the metrics that exist.
-    Raises :class:`EvalError` for an empty split or an endpoint that fails; saved answers stay.
+    ``EvalResult.notes``; the verdict uses the metrics that exist. ``max_retries``: retries of
+    a transient failure per request (the harvest engine's policy and backoff).
+    Raises :class:`EvalError` for an empty split or an endpoint that still fails after its
+    retries; its answers stay in its journal and ``resume=True`` reuses them.
     """
     if concurrency < 1:
         raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
@@ -504,11 +489,18 @@ async def run_eval(
     with make_progress(unit="req") as progress:
         for name, ep in students.items():
             path = Path(out_dir) / "predictions" / f"{stems[name]}.jsonl"
+            journal = _student_journal(path, resume)
             sink = _Sink(path, resume)
-            answers = await _query_student(
-                name, ep, chosen, systems.get(name), cfg, concurrency, sink, progress
-            )
+            answers, summary = await _query_student(
+                name, ep, chosen, systems.get(name), cfg, concurrency, sink, progress,
+                journal, max_retries,
+            )  # fmt: skip
             me = _student_eval(name, ep, chosen, answers, sink.segments, cfg, concurrency, path)
+            if summary is not None and summary.sends > summary.done:
+                me.notes.append(
+                    f"{summary.sends - summary.done} of {summary.sends} requests were sent "
+                    "again after a transient failure (retries with backoff)"
+                )
             if ep.local_model and no_kl is None:
                 why = await _add_local_kl(me, ep, chosen, systems.get(name), cfg, same_vocab)
                 if why is not None and why not in notes:

@@ -31,11 +31,13 @@ Responder = Callable[[list[dict]], str]
 @dataclass
 class FakeServer:
     """Answers chat completions with ``respond(messages)``; after ``fail_after`` answers it
-    returns 503 (``fail_mode="503"``) or shuts itself down (``"shutdown"``)."""
+    returns 503 (``fail_mode="503"``) or shuts itself down (``"shutdown"``); the first
+    ``fail_first`` requests get a 503 before it answers normally."""
 
     respond: Responder
     fail_after: int | None = None
     fail_mode: str = "503"
+    fail_first: int = 0  # the first requests answer 503 (a transient fault), then it recovers
     confidence: float = 0.8
     delay_s: float = 0.0
     served: int = 0
@@ -49,6 +51,9 @@ class FakeServer:
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
             body = await request.json()
+            if self.fail_first > 0:
+                self.fail_first -= 1
+                return JSONResponse({"error": {"message": "warming up"}}, status_code=503)
             if self.fail_after is not None and self.served >= self.fail_after:
                 if self.fail_mode == "shutdown":
                     self.server.should_exit = True

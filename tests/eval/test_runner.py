@@ -139,7 +139,8 @@ async def test_endpoint_down_from_the_start(tmp_path: Path) -> None:
         await run_eval(_records(), ep, _cfg(), out_dir=tmp_path, concurrency=2)
     msg = str(info.value)
     assert f"student 'student' at {url}" in msg
-    assert "APIConnectionError" in msg and "0 of 6 answers are saved" in msg
+    assert "after 3 attempts" in msg  # retried (max_retries=2) like any harvest request
+    assert "cannot connect" in msg and "0 of 6 answers are saved" in msg
     assert "re-run with resume" in msg
 
 
@@ -148,7 +149,7 @@ async def test_endpoint_failing_midway_keeps_answers_and_resume_reuses_them(
 ) -> None:
     with fake_server(answer_by_ticket(_good()), fail_after=3) as srv:
         ep = {"s": StudentEndpoint(base_url=srv.base_url, model="s")}
-        with pytest.raises(EvalError, match=r"HTTP 503.*3 of 6 answers are saved"):
+        with pytest.raises(EvalError, match=r"answered 503: overloaded; 3 of 6 answers are saved"):
             await run_eval(_records(), ep, _cfg(), out_dir=tmp_path, concurrency=1)
         saved = (tmp_path / "predictions" / "s.jsonl").read_text().splitlines()
         assert sum("record_id" in json.loads(r) for r in saved) == 3
@@ -217,7 +218,7 @@ async def test_malformed_answer_is_an_endpoint_error(tmp_path: Path) -> None:
     with serve_fake(NoChoices(answer_by_ticket(_good()))) as srv:
         ep = {"s": StudentEndpoint(base_url=srv.base_url.replace("/v1", "/v2"), model="s")}
         with pytest.raises(
-            EvalError, match="not an OpenAI chat completion: the answer has no choices"
+            EvalError, match="a body that cannot be read: no 'choices' in the answer"
         ):
             await run_eval(_records(), ep, _cfg(), out_dir=tmp_path)
 
@@ -261,3 +262,37 @@ async def test_a_teacher_without_logprobs_still_gets_a_report_and_verdict(
     assert "held-out KL not measured" in html
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["result"]["notes"] == [why]
+
+
+async def test_a_transient_fault_is_retried_and_the_answers_are_the_same(
+    fake_server, tmp_path: Path
+) -> None:
+    """Students are asked through the harvest engine: a 503 is retried with backoff, and the
+    result equals the one of an endpoint that never failed."""
+    with fake_server(answer_by_ticket(_good())) as clean:
+        ep = {"s": StudentEndpoint(base_url=clean.base_url, model="s")}
+        want = await run_eval(_records(), ep, _cfg(), out_dir=tmp_path / "a", concurrency=1)
+    with fake_server(answer_by_ticket(_good()), fail_first=2) as flaky:
+        ep = {"s": StudentEndpoint(base_url=flaky.base_url, model="s")}
+        got = await run_eval(_records(), ep, _cfg(), out_dir=tmp_path / "b", concurrency=1)
+    assert flaky.served == 6 and flaky.fail_first == 0
+    assert got.students["s"].metrics == want.students["s"].metrics
+    assert any("sent again after a transient failure" in n for n in got.students["s"].notes)
+
+
+async def test_the_students_journal_is_the_record_resume_reads(fake_server, tmp_path: Path) -> None:
+    """Each answer is journaled (its own file, not the training harvest's); a resumed eval
+    answers from the journal even when the readable JSONL copy is gone."""
+    from apidistill.storage.journal import JournalStore
+
+    with fake_server(answer_by_ticket(_good())) as srv:
+        ep = {"s": StudentEndpoint(base_url=srv.base_url, model="s")}
+        first = await run_eval(_records(), ep, _cfg(), out_dir=tmp_path)
+        journal = tmp_path / "predictions" / "s.sqlite"
+        store = JournalStore(journal, readonly=True)
+        assert store.count("done") == 6
+        store.close()
+        (tmp_path / "predictions" / "s.jsonl").unlink()
+        again = await run_eval(_records(), ep, _cfg(), out_dir=tmp_path, resume=True)
+    assert srv.served == 6  # nothing asked twice
+    assert again.students["s"].metrics == first.students["s"].metrics
