@@ -65,18 +65,16 @@ def inspect(
     split: Annotated[str | None, typer.Option(help="Only this split.")] = None,
     show: Annotated[int, typer.Option(help="Print this many example records.")] = 3,
 ) -> None:
-    """Show what a dataset holds: files, splits, labels, tokens, damage, examples."""
+    """Show what a dataset holds: files, splits, labels, tokens, examples."""
     from apidistill.data.card import token_stats
     from apidistill.data.store import dataset_status, load_records
 
     status = dataset_status(path)
-    seen: list[str] = []
-    records = load_records(path, split, on_damage=seen.append)
+    records = load_records(path, split)
     bpt = status.bytes_per_token
     rows = [
         ("shards", len(status.shards)),
         ("records in shards", status.shard_rows),
-        ("records pending (write-ahead)", status.pending_records),
         ("bytes on disk", f"{status.bytes:,}"),
         ("bytes per logprob token", f"{bpt:.1f}" if bpt else "—"),
         ("codecs", ", ".join(sorted({s.codec for s in status.shards})) or "—"),
@@ -92,8 +90,6 @@ def inspect(
     if ts.get("count"):
         keys = ("total", "mean", "median", "p95", "max")
         out.print(_counts_table("Output tokens", keys, [tuple(ts[k] for k in keys)]))
-    for msg in [*status.damage, *[m for m in seen if m not in status.damage]]:
-        out.print(f"[yellow]damaged:[/] {msg}")
     for rec in records[:show]:
         text = rec.prompt if rec.prompt is not None else (rec.messages or [])[-1].content
         out.print(

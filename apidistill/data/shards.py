@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -221,8 +221,6 @@ class ShardInfo:
 @dataclass
 class Manifest:
     shards: list[ShardInfo]
-    # Write-ahead files already turned into shards; they are deleted, and never read again.
-    compacted_wal: list[str] = field(default_factory=list)
     store_version: int = STORE_VERSION
     schema_version: int = SCHEMA_VERSION
     updated_at: str = ""
@@ -243,8 +241,9 @@ def read_manifest(folder: Path) -> Manifest:
             hint="restore manifest.json; shards not listed in it are ignored",
         ) from None
     _check_version(version, str(path))
-    wal_names = list(data.get("compacted_wal", []))
-    for name in [s.file for s in shards] + wal_names:  # files are opened and deleted by name
+    # files are opened and deleted by name (an older manifest's ``compacted_wal`` list names
+    # write-ahead files that are never opened again: it is ignored)
+    for name in [s.file for s in shards]:
         if not isinstance(name, str) or not _plain_name(name):
             raise DataError(
                 f"dataset manifest names a file outside its folder: {name!r}",
@@ -253,7 +252,6 @@ def read_manifest(folder: Path) -> Manifest:
             )
     return Manifest(
         shards,
-        wal_names,
         version,
         int(data.get("schema_version", 1)),
         data.get("updated_at", ""),
@@ -271,7 +269,6 @@ def write_manifest(folder: Path, manifest: Manifest) -> None:
         "schema_version": manifest.schema_version,
         "updated_at": manifest.updated_at,
         "shards": [s.to_json() for s in manifest.shards],
-        "compacted_wal": manifest.compacted_wal,
     }
     text = json.dumps(body, indent=1)
     atomic_write(folder / MANIFEST, lambda p: p.write_text(text, encoding="utf-8"))

@@ -1,63 +1,48 @@
-"""The dataset store: a folder of Parquet shards fed through a write-ahead file.
+"""The dataset store: a folder of Parquet shards written once, from finished records.
 
 Layout of a dataset folder::
 
-    manifest.json          shards (size, SHA-256, rows per split) + compacted write-ahead files
-    shard-00000-<id>.parquet   records, zstd; logprobs in the compact layout of compact.py
-    wal/<time>-<pid>.wal   records appended during a harvest, not yet in a shard
+    manifest.json              shards (size, SHA-256, rows per split)
+    train-00000-<id>.parquet   records, zstd; logprobs in the compact layout of compact.py
 
-Harvest appends each record to the write-ahead file the moment it arrives (a crash loses at
-most the frame being written); :meth:`DatasetWriter.flush` turns pending records into a
-shard. Readers see the shards listed in the manifest plus every intact frame of write-ahead
-files not yet compacted, so a dataset is readable mid-harvest and after a crash; damaged
-frames are reported (a :class:`StoreWarning`) and never returned as half records.
+There is no incremental writer: harvested answers are durable in the run's journal
+(:mod:`apidistill.storage.journal`) the moment they arrive, and the dataset stage writes
+each split once from them (:func:`save_splits`). A folder written by an older apidistill
+that still holds write-ahead files (``wal/*.wal``) is refused by name: its records are in
+that run's journal, and the dataset stage rebuilds the folder from there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import uuid
-import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from apidistill.data.compact import (
-    EncodedLogprobs,
     LogprobArrays,
     LogprobCodec,
     TokenArrays,
-    TokenTable,
-    decode_logprobs,
-    encode_logprobs,
-    from_arrays,
 )
-from apidistill.data.schema import Provenance, Record, TokenLogprob
+from apidistill.data.schema import Provenance, Record
 from apidistill.data.shards import (
     MANIFEST,
     Manifest,
     ShardInfo,
-    decode_row,
     read_manifest,
     read_shard,
     record_arrays,
-    record_to_row,
     write_manifest,
     write_shard,
 )
-from apidistill.data.wal import WalFile, scan_wal
 from apidistill.errors import DataError
 
 __all__ = [
     "DatasetStatus",
-    "DatasetWriter",
-    "StoreWarning",
     "dataset_status",
     "iter_compact_records",
     "iter_provenance",
@@ -69,271 +54,8 @@ __all__ = [
     "save_splits",
 ]
 
-WAL_DIR = "wal"
+_OLD_WAL_DIR = "wal"  # write-ahead files of an older apidistill (refused, never read)
 SPLITS = ("train", "validation", "test")
-
-
-class StoreWarning(UserWarning):
-    """Part of a dataset could not be read (e.g. a write cut short by a crash) and was skipped."""
-
-
-# --------------------------------------------------------------------------- WAL payloads
-
-
-def _payload(rec: Record, codec: LogprobCodec, top_k: int | None) -> dict[str, Any]:
-    if top_k is not None and rec.logprobs:
-        rec = rec.model_copy(update={"logprobs": _truncate(rec.logprobs, top_k)})
-    arr, table = record_arrays(rec)
-    out: dict[str, Any] = {"row": record_to_row(rec), "codec": codec}
-    if arr is not None and table is not None:
-        out["lp"] = encode_logprobs(arr, codec, len(table)).to_wire()
-        out["table"] = table.to_json()
-    return out
-
-
-def _truncate(lps: list[TokenLogprob], k: int) -> list[TokenLogprob]:
-    return [p.model_copy(update={"top": p.top[:k]}) if len(p.top) > k else p for p in lps]
-
-
-@dataclass
-class _Pending:
-    record: Record  # logprobs not attached (they stay as arrays until needed)
-    arrays: LogprobArrays | None
-    table: TokenTable | None
-
-    def full(self) -> Record:
-        if self.arrays is not None and self.table is not None:
-            self.record.logprobs = from_arrays(self.arrays, self.table)
-        return self.record
-
-
-def _unpack(payload: dict[str, Any], where: str) -> _Pending:
-    rec = decode_row(payload.get("row") or {}, where)
-    if "lp" not in payload:
-        return _Pending(rec, None, None)
-    try:
-        table = TokenTable.from_json(payload["table"])
-        arr = decode_logprobs(EncodedLogprobs.from_wire(payload["lp"]), payload["codec"])
-    except (KeyError, TypeError, ValueError, DataError) as exc:
-        raise DataError(f"{where}: stored logprobs are malformed ({exc})") from None
-    return _Pending(rec, arr, table)
-
-
-def _pending_wal(folder: Path, manifest: Manifest, skip: set[str]) -> list[Path]:
-    wal_dir = folder / WAL_DIR
-    if not wal_dir.is_dir():
-        return []
-    done = set(manifest.compacted_wal) | skip
-    return sorted(p for p in wal_dir.glob("*.wal") if p.name not in done)
-
-
-def _read_wal(path: Path, report: Callable[[str], None]) -> list[_Pending]:
-    scan = scan_wal(path)
-    for dmg in scan.damage:
-        report(str(dmg))
-    out = []
-    for n, payload in enumerate(scan.payloads, start=1):
-        try:
-            out.append(_unpack(payload, f"{path} frame {n}"))
-        except DataError as exc:
-            report(f"{exc.message}; skipped")
-    return out
-
-
-def _write_error(exc: OSError, folder: Path) -> DataError:
-    return DataError(
-        f"cannot write the dataset: {exc.strerror or exc}",
-        file=str(exc.filename or folder),
-        hint="free disk space or make the folder writable; records written so far are kept "
-        "and recovered when the folder is opened again",
-    )
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, StoreWarning, stacklevel=3)
-
-
-# --------------------------------------------------------------------------- writer
-
-
-class DatasetWriter:
-    """Append-only, crash-safe writer for one dataset folder (one writer at a time).
-
-    ``write`` appends to the write-ahead file at once; every ``shard_records`` records (and on
-    ``flush``/exit) pending records become one Parquet shard. Opening a folder left by a crash
-    first turns its intact write-ahead frames into a shard and reports the damaged ones.
-    ``top_k`` keeps only the first k alternatives per token (``dataset.top_k_store``).
-    """
-
-    def __init__(
-        self,
-        folder: str | Path,
-        *,
-        codec: LogprobCodec = "fp16",
-        shard_records: int = 2000,
-        top_k: int | None = None,
-        on_damage: Callable[[str], None] | None = None,
-    ) -> None:
-        if codec not in ("fp16", "q8"):
-            raise DataError(f"unknown logprob codec {codec!r}", hint="use 'fp16' or 'q8'")
-        self.folder = Path(folder)
-        self.codec: LogprobCodec = codec
-        self.shard_records = max(1, shard_records)
-        self.top_k = top_k
-        self._report = on_damage or _warn
-        self._wal: WalFile | None = None
-        self._pending: list[dict[str, Any]] = []
-        self._lock_fh: Any = None
-        self.written = 0
-        self.recovered = 0
-
-    # -- lifecycle
-
-    def __enter__(self) -> DatasetWriter:
-        self.open()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def open(self) -> None:
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / WAL_DIR).mkdir(exist_ok=True)
-            self._lock()
-            self._recover()
-        except OSError as exc:  # read-only folder, disk full: say where, never a traceback
-            self._unlock()
-            raise _write_error(exc, self.folder) from exc
-
-    def close(self) -> None:
-        try:
-            self.flush()
-        finally:
-            if self._wal is not None:
-                self._wal.close()
-            self._unlock()
-
-    def _lock(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: single-writer is the caller's duty
-            return
-        fh = (self.folder / ".lock").open("a")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise DataError(
-                "another process is writing this dataset",
-                file=str(self.folder),
-                hint="wait for it to finish, or write to another folder",
-            ) from None
-        self._lock_fh = fh
-
-    def _unlock(self) -> None:
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
-
-    # -- writing
-
-    def write(self, record: Record) -> None:
-        """Append one record durably enough to survive a crash of this process."""
-        if self._lock_fh is None:
-            raise DataError(
-                "DatasetWriter is not open", hint="use it as `with DatasetWriter(dir) as w:`"
-            )
-        payload = _payload(record, self.codec, self.top_k)
-        try:
-            if self._wal is None:
-                stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
-                name = f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}.wal"
-                self._wal = WalFile(self.folder / WAL_DIR / name)
-            self._wal.append(payload)
-        except OSError as exc:
-            self._drop_wal()
-            raise _write_error(exc, self.folder) from exc
-        self._pending.append(payload)
-        self.written += 1
-        if len(self._pending) >= self.shard_records:
-            self.flush()
-
-    def write_many(self, records: Iterable[Record]) -> None:
-        for rec in records:
-            self.write(rec)
-
-    def flush(self) -> ShardInfo | None:
-        """Turn pending records into a shard; then their write-ahead file is deleted."""
-        if self._wal is None or not self._pending:
-            return None
-        wal_path = self._wal.path
-        try:
-            self._wal.close()
-            self._wal = None
-            items = [_unpack(p, str(wal_path)) for p in self._pending]
-            info = self._commit([wal_path], items)
-        except OSError as exc:
-            self._drop_wal()
-            raise _write_error(exc, self.folder) from exc
-        self._pending = []
-        return info
-
-    def _drop_wal(self) -> None:
-        """After a failed write: leave the write-ahead file and its records to the next
-        open()'s recovery (never to this writer's next shard: that would store them twice)."""
-        if self._wal is not None:
-            with contextlib.suppress(OSError):
-                self._wal.close()
-        self._wal, self._pending = None, []
-
-    def _commit(self, wal_paths: list[Path], items: list[_Pending]) -> ShardInfo | None:
-        manifest = read_manifest(self.folder)
-        info = None
-        if items:
-            name = f"shard-{len(manifest.shards):05d}-{uuid.uuid4().hex[:8]}.parquet"
-            info = write_shard(
-                self.folder / name, ((p.record, p.arrays, p.table) for p in items), self.codec
-            )
-            manifest.shards.append(info)
-        manifest.compacted_wal.extend(p.name for p in wal_paths)
-        write_manifest(self.folder, manifest)
-        for p in wal_paths:
-            p.unlink(missing_ok=True)
-        # Names of deleted files need not be remembered any longer.
-        manifest.compacted_wal = [
-            n for n in manifest.compacted_wal if (self.folder / WAL_DIR / n).exists()
-        ]
-        write_manifest(self.folder, manifest)
-        return info
-
-    def _recover(self) -> None:
-        manifest = read_manifest(self.folder)
-        listed = {s.file for s in manifest.shards}
-        for orphan in self.folder.glob("shard-*.parquet"):
-            if orphan.name not in listed:  # written, but the crash came before the manifest
-                orphan.unlink()
-        for stale in self.folder.glob(".*.tmp*"):
-            stale.unlink()
-        for name in manifest.compacted_wal:
-            (self.folder / WAL_DIR / name).unlink(missing_ok=True)
-        leftovers = _pending_wal(self.folder, manifest, set())
-        if not leftovers and not manifest.compacted_wal:
-            return
-        items = [item for path in leftovers for item in _read_wal(path, self._report)]
-        self.recovered = len(items)
-        self._commit(leftovers, items)
-
-    def ids(self) -> set[str]:
-        """Ids already stored (shards, pending and recovered), for resuming a harvest."""
-        out = record_ids(self.folder)
-        out.update(p["row"]["id"] for p in self._pending)
-        return out
 
 
 # --------------------------------------------------------------------------- reading
@@ -342,13 +64,28 @@ class DatasetWriter:
 def _require_dataset(folder: Path) -> Manifest:
     if not folder.is_dir():
         raise DataError("dataset folder not found", file=str(folder), hint="check the path")
-    if not (folder / MANIFEST).is_file() and not (folder / WAL_DIR).is_dir():
+    _refuse_write_ahead(folder)
+    if not (folder / MANIFEST).is_file():
         raise DataError(
-            "not an apidistill dataset folder (no manifest.json, no wal/)",
+            "not an apidistill dataset folder (no manifest.json)",
             file=str(folder),
-            hint="point at the folder a harvest or `apidistill data split` wrote",
+            hint="point at the folder the dataset stage or `apidistill data split` wrote",
         )
     return read_manifest(folder)
+
+
+def _refuse_write_ahead(folder: Path) -> None:
+    """A record-store folder of an older apidistill with records still in write-ahead files:
+    never read as if it were whole (those records would be silently missing)."""
+    wal = folder / _OLD_WAL_DIR
+    if wal.is_dir() and any(wal.glob("*.wal")):
+        raise DataError(
+            "holds write-ahead files of an older apidistill (wal/*.wal): records not yet in "
+            "a shard",
+            file=str(wal),
+            hint="rebuild the dataset from the run's journal (apidistill run config.yaml "
+            "--stop-after dataset): every harvested answer is there",
+        )
 
 
 def _check_split(split: str | None) -> None:
@@ -365,21 +102,15 @@ def iter_records(
     split: str | None = None,
     *,
     verify: bool = True,
-    on_damage: Callable[[str], None] | None = None,
 ) -> Iterator[Record]:
-    """Every record (logprobs rebuilt, token ids set where known), shards first, then
-    records still in write-ahead files. Damage is passed to ``on_damage`` (default: a
-    :class:`StoreWarning`); ``verify`` checks each shard's SHA-256 against the manifest."""
+    """Every record (logprobs rebuilt, token ids set where known), shard by shard.
+    ``verify`` checks each shard's SHA-256 against the manifest; a damaged shard raises a
+    :class:`DataError` naming it."""
     folder = Path(folder)
     _check_split(split)
-    report = on_damage or _warn
     manifest = _require_dataset(folder)
     for info in _shards_for(manifest, split):
         yield from read_shard(folder / info.file, info, verify=verify).records(split)
-    for path in _pending_wal(folder, manifest, set()):
-        for item in _read_wal(path, report):
-            if split is None or item.record.split == split:
-                yield item.full()
 
 
 def load_records(
@@ -387,9 +118,8 @@ def load_records(
     split: str | None = None,
     *,
     verify: bool = True,
-    on_damage: Callable[[str], None] | None = None,
 ) -> list[Record]:
-    return list(iter_records(folder, split, verify=verify, on_damage=on_damage))
+    return list(iter_records(folder, split, verify=verify))
 
 
 def iter_compact_records(
@@ -435,34 +165,23 @@ def iter_token_arrays(
         ids = shard.table.token_ids()
         for rid, arr in shard.arrays(split):
             yield rid, _token_arrays(arr, ids) if arr is not None else None
-    for path in _pending_wal(folder, manifest, set()):
-        for item in _read_wal(path, _warn):
-            if split is not None and item.record.split != split:
-                continue
-            if item.arrays is None or item.table is None:
-                yield item.record.id, None
-            else:
-                yield item.record.id, _token_arrays(item.arrays, item.table.token_ids())
 
 
 def _stored_column(folder: Path, manifest: Manifest, column: str) -> Iterator[tuple[str, Any]]:
     """``(where, value)`` of one row field for every stored record, reading only that column
-    of each shard, then the records still in write-ahead files; ``where`` names the place."""
+    of each shard; ``where`` names the place."""
     import pyarrow.parquet as pq
 
     for info in manifest.shards:
         values = pq.read_table(folder / info.file, columns=[column]).column(column).to_pylist()
         for n, value in enumerate(values, start=1):
             yield f"{folder / info.file} row {n}", value
-    for path in _pending_wal(folder, manifest, set()):
-        for n, payload in enumerate(scan_wal(path).payloads, start=1):
-            yield f"{path} frame {n}", (payload.get("row") or {}).get(column)
 
 
 def record_ids(folder: str | Path) -> set[str]:
     """Ids of every stored record, reading only the id column of each shard."""
     folder = Path(folder)
-    if not (folder / MANIFEST).is_file() and not (folder / WAL_DIR).is_dir():
+    if not (folder / MANIFEST).is_file():
         return set()
     return {rid for _, rid in _stored_column(folder, read_manifest(folder), "id") if rid}
 
@@ -470,7 +189,7 @@ def record_ids(folder: str | Path) -> set[str]:
 def iter_provenance(folder: str | Path) -> Iterator[Provenance | None]:
     """Each stored record's provenance, reading only that column of each shard: what a
     terms check needs, without decoding millions of logprob rows. A row whose provenance
-    does not parse raises a :class:`DataError` naming its shard (or write-ahead file)."""
+    does not parse raises a :class:`DataError` naming its shard."""
     folder = Path(folder)
     for where, raw in _stored_column(folder, _require_dataset(folder), "provenance"):
         yield _parse_provenance(raw, where)
@@ -495,8 +214,6 @@ class DatasetStatus:
     folder: Path
     shards: list[ShardInfo]
     shard_rows: int
-    pending_records: int
-    damage: list[str] = field(default_factory=list)
     splits: dict[str, int] = field(default_factory=dict)
     logprob_tokens: int = 0
     bytes: int = 0
@@ -509,11 +226,6 @@ class DatasetStatus:
 def dataset_status(folder: str | Path) -> DatasetStatus:
     folder = Path(folder)
     manifest = _require_dataset(folder)
-    pending, damage = 0, []
-    for path in _pending_wal(folder, manifest, set()):
-        scan = scan_wal(path)
-        pending += len(scan.payloads)
-        damage.extend(str(d) for d in scan.damage)
     splits: dict[str, int] = {}
     for s in manifest.shards:
         for k, v in s.splits.items():
@@ -522,8 +234,6 @@ def dataset_status(folder: str | Path) -> DatasetStatus:
         folder=folder,
         shards=manifest.shards,
         shard_rows=sum(s.rows for s in manifest.shards),
-        pending_records=pending,
-        damage=damage,
         splits=splits,
         logprob_tokens=sum(s.logprob_tokens for s in manifest.shards),
         bytes=sum(s.bytes for s in manifest.shards),
@@ -542,13 +252,39 @@ def save_records(
     overwrite: bool = False,
     by_split: bool = False,
 ) -> list[ShardInfo]:
-    """Write a finished set of records as a fresh dataset (no write-ahead file needed).
+    """Write a finished set of records as a fresh dataset, each shard once.
 
     ``by_split`` writes each split to its own shards (``train-00000-….parquet``), so loading
-    one split reads only its files.
+    one split reads only its files. A write that fails (disk full, read-only folder) is a
+    :class:`DataError` naming the file; the manifest is written last, so readers never see
+    a half-written dataset.
     """
     folder = Path(folder)
-    if (folder / MANIFEST).is_file() or (folder / WAL_DIR).is_dir():
+    written: list[Path] = []
+    try:
+        return _save_records(records, folder, codec, shard_records, overwrite, by_split, written)
+    except OSError as exc:
+        for path in written:  # shards of this write that no manifest lists: never read
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot write the dataset: {exc.strerror or exc}",
+            file=str(exc.filename or folder),
+            hint="free disk space or make the folder writable, then write it again (the "
+            "dataset stage rebuilds it from the run's journal)",
+        ) from None
+
+
+def _save_records(
+    records: Iterable[Record],
+    folder: Path,
+    codec: LogprobCodec,
+    shard_records: int,
+    overwrite: bool,
+    by_split: bool,
+    written: list[Path],
+) -> list[ShardInfo]:
+    if (folder / MANIFEST).is_file():
         if not overwrite:
             raise DataError(
                 "dataset folder already holds a dataset",
@@ -564,6 +300,7 @@ def save_records(
         batch = batches.pop(prefix)
         name = f"{prefix}-{len(manifest.shards):05d}-{uuid.uuid4().hex[:8]}.parquet"
         items = ((r, *record_arrays(r)) for r in batch)
+        written.append(folder / name)
         manifest.shards.append(write_shard(folder / name, items, codec))
 
     for rec in records:
@@ -584,11 +321,6 @@ def _clear(folder: Path) -> None:
     write_manifest(folder, Manifest(shards=[]))  # readers see an empty set, never a mix
     for info in manifest.shards:
         (folder / info.file).unlink(missing_ok=True)
-    wal_dir = folder / WAL_DIR
-    if wal_dir.is_dir():
-        for p in wal_dir.glob("*.wal"):
-            p.unlink()
-        wal_dir.rmdir()
 
 
 def save_splits(

@@ -150,12 +150,12 @@ def _dir_bytes(folder: Path) -> int:
 
 
 def test_store_meets_130_bytes_per_token_at_k20(tmp_path: Path) -> None:
-    """3,000 generated tokens with top-20 logprobs, written the way harvest writes them
-    (DatasetWriter: write-ahead file, then a Parquet shard; default fp16 codec), for a
+    """3,000 generated tokens with top-20 logprobs, written the way the dataset stage writes
+    them (save_records: one Parquet shard; default fp16 codec), for a
     self-hosted teacher (token ids known) and an API teacher (token text + bytes only): the
     whole dataset folder on disk is ≤ 130 B per generated token and under a tenth of the same
     data as provider JSON; every position and alternative reads back."""
-    from apidistill.data.store import DatasetWriter, iter_records, iter_token_arrays
+    from apidistill.data.store import iter_records, iter_token_arrays, save_records
 
     bench = _load_bench()
     arrays = _softmaxes(3_000)
@@ -164,8 +164,7 @@ def test_store_meets_130_bytes_per_token_at_k20(tmp_path: Path) -> None:
     for ids_known in (True, False):
         recs = _records(arrays, 6, ids_known=ids_known)
         folder = tmp_path / f"ds-{ids_known}"
-        with DatasetWriter(folder) as writer:
-            writer.write_many(recs)
+        save_records(recs, folder)
         per_token = _dir_bytes(folder) / tokens
         if json_per_token is None:  # the same for both: provider JSON carries no token ids
             json_per_token = bench.provider_json_bytes(recs) / tokens

@@ -14,7 +14,7 @@ from apidistill.cli.data import data_app
 from apidistill.config import BalanceConfig
 from apidistill.data.balance import balance
 from apidistill.data.card import build_card
-from apidistill.data.store import DatasetWriter, load_records
+from apidistill.data.store import load_records, save_records
 from apidistill.errors import ConfigError
 
 runner = CliRunner()
@@ -31,8 +31,7 @@ def _dataset(folder: Path) -> list:
         if i in (9, 10):
             r = r.model_copy(update={"cost_usd": Decimal("0.25")})
         recs.append(r)
-    with DatasetWriter(folder) as w:
-        w.write_many(recs)
+    save_records(recs, folder)
     return recs
 
 

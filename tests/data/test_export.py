@@ -8,14 +8,13 @@ import pytest
 from helpers import make_record
 
 from apidistill.data.export import export_local, to_hf_dataset, to_hf_dataset_dict
-from apidistill.data.store import DatasetWriter, save_splits
+from apidistill.data.store import save_records, save_splits
 from apidistill.errors import DataError
 
 
 def test_hf_dataset_columns(tmp_path: Path) -> None:
     recs = [make_record(i, label="x", t=5, k=4) for i in range(3)] + [make_record(3)]
-    with DatasetWriter(tmp_path / "ds") as w:
-        w.write_many(recs)
+    save_records(recs, tmp_path / "ds")
     ds = to_hf_dataset(tmp_path / "ds")
     assert ds.num_rows == 4 and ds["id"] == ["r0", "r1", "r2", "r3"]
     row = ds[0]
@@ -44,7 +43,6 @@ def test_dataset_dict_and_local_export(tmp_path: Path) -> None:
 def test_mixed_split_dataset_is_refused(tmp_path: Path) -> None:
     recs = [make_record(0), make_record(1)]
     recs[0].split = "train"
-    with DatasetWriter(tmp_path / "ds") as w:
-        w.write_many(recs)
+    save_records(recs, tmp_path / "ds")
     with pytest.raises(DataError, match="mixes split and unsplit"):
         to_hf_dataset_dict(tmp_path / "ds")

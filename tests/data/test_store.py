@@ -1,9 +1,8 @@
-"""Dataset store: round trip, crash safety (truncated write-ahead file), checksums, versions."""
+"""Dataset store: round trip, checksums, versions, and folders of the write-ahead era."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,12 @@ from helpers import make_record
 
 from apidistill.data.schema import Record
 from apidistill.data.store import (
-    DatasetWriter,
-    StoreWarning,
     dataset_status,
     iter_provenance,
     iter_token_arrays,
     load_records,
     record_ids,
+    save_records,
     save_splits,
 )
 from apidistill.errors import DataError
@@ -44,14 +42,13 @@ def test_round_trip_top20_within_float16(tmp_path: Path) -> None:
     recs = [make_record(i, t=40, k=20, label="a") for i in range(12)]
     recs.append(make_record(50, t=25, k=20, with_ids=False))  # API teacher: bytes, no ids
     recs.append(make_record(51))  # no logprobs at all
-    with DatasetWriter(tmp_path / "ds", shard_records=5) as w:
-        w.write_many(recs)
+    save_records(recs, tmp_path / "ds", shard_records=5)
     back = load_records(tmp_path / "ds")
     assert [r.id for r in back] == [r.id for r in recs]
     for a, b in zip(recs, back, strict=True):
         _assert_same(a, b)
     status = dataset_status(tmp_path / "ds")
-    assert len(status.shards) == 3 and status.shard_rows == 14 and status.pending_records == 0
+    assert len(status.shards) == 3 and status.shard_rows == 14
     assert status.logprob_tokens == 12 * 40 + 25
 
 
@@ -73,95 +70,23 @@ def test_quirky_tokens_round_trip(tmp_path: Path) -> None:
         TokenLogprob(token="z", bytes=[122], logprob=-3.0, top=[]),
     ]
     rec = Record(id="q", messages=[Message(role="user", content="hi")], completion="z", logprobs=lp)
-    with DatasetWriter(tmp_path / "ds") as w:
-        w.write(rec)
+    save_records([rec], tmp_path / "ds")
     _assert_same(rec, load_records(tmp_path / "ds")[0])
 
 
-def test_truncated_write_ahead_file_loads_prefix_and_reports(tmp_path: Path) -> None:
-    """Simulated crash: the process dies mid-frame; no shard was ever written."""
-    folder = tmp_path / "ds"
-    recs = [make_record(i, t=10, k=5) for i in range(6)]
-    w = DatasetWriter(folder, shard_records=1000)
-    w.open()
-    w.write_many(recs)
-    wal = w._wal.path  # the process "crashes" here: no flush, no close
-    w._wal._fh.flush()
-    data = wal.read_bytes()
-    frames = data.split(b"\n")
-    cut = sum(len(f) + 1 for f in frames[:4]) + len(frames[4]) // 2
-    wal.write_bytes(data[:cut])
-    w._unlock()
-
-    seen: list[str] = []
-    back = load_records(folder, on_damage=seen.append)
-    assert [r.id for r in back] == ["r0", "r1", "r2", "r3"]
-    for a, b in zip(recs, back, strict=False):
-        _assert_same(a, b)
-    assert len(seen) == 1 and "truncated" in seen[0] and wal.name in seen[0]
-    with pytest.warns(StoreWarning, match="truncated"):
-        load_records(folder)
-
-    # Re-opening as a writer compacts the intact frames into a shard, reports the break once.
-    reported: list[str] = []
-    with DatasetWriter(folder, on_damage=reported.append) as w2:
-        assert w2.recovered == 4
-        w2.write(make_record(9))
-    assert len(reported) == 1
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert [r.id for r in load_records(folder)] == ["r0", "r1", "r2", "r3", "r9"]
-    assert not list((folder / "wal").glob("*.wal"))
-
-
-def test_every_truncation_point_is_safe(tmp_path: Path) -> None:
-    folder = tmp_path / "ds"
-    with DatasetWriter(folder, shard_records=1000) as w:
-        w.write_many([make_record(i, t=3, k=3) for i in range(3)])
-        w._wal._fh.flush()
-        data = w._wal.path.read_bytes()
-        w._pending.clear()  # keep the write-ahead file as the only copy
-        original = w._wal.path
-    wal = folder / "wal" / "x.wal"
-    original.rename(wal)
-    ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
-    for cut in range(0, len(data) + 1, 7):
-        wal.write_bytes(data[:cut])
-        got = load_records(folder, on_damage=lambda _m: None)
-        assert len(got) == sum(1 for e in ends if e <= cut)
-
-
 def test_crash_after_shard_before_manifest(tmp_path: Path) -> None:
-    """An orphan shard (renamed, but not yet in the manifest) is never read, then removed."""
+    """An orphan shard (renamed, but not yet in the manifest) is never read."""
     folder = tmp_path / "ds"
-    with DatasetWriter(folder) as w:
-        w.write(make_record(1))
+    save_records([make_record(1)], folder)
     shard = next(folder.glob("shard-*.parquet"))
     orphan = folder / "shard-00001-deadbeef.parquet"
     orphan.write_bytes(shard.read_bytes())
     assert [r.id for r in load_records(folder)] == ["r1"]
-    with DatasetWriter(folder):
-        pass
-    assert not orphan.exists()
-
-
-def test_crash_after_manifest_before_wal_delete(tmp_path: Path) -> None:
-    folder = tmp_path / "ds"
-    with DatasetWriter(folder) as w:
-        w.write(make_record(1))
-        w._wal._fh.flush()
-        copy = w._wal.path.read_bytes(), w._wal.path.name
-    (folder / "wal" / copy[1]).write_bytes(copy[0])  # the delete "did not happen"
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["compacted_wal"] = [copy[1]]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert [r.id for r in load_records(folder)] == ["r1"]  # not twice
 
 
 def test_damaged_shard_checksum_is_named(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
-    with DatasetWriter(folder) as w:
-        w.write(make_record(1))
+    save_records([make_record(1)], folder)
     shard = next(folder.glob("shard-*.parquet"))
     blob = bytearray(shard.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -173,8 +98,7 @@ def test_damaged_shard_checksum_is_named(tmp_path: Path) -> None:
 
 def test_newer_store_version_fails_with_message(tmp_path: Path) -> None:
     folder = tmp_path / "ds"
-    with DatasetWriter(folder) as w:
-        w.write(make_record(1))
+    save_records([make_record(1)], folder)
     shard = next(folder.glob("shard-*.parquet"))
     pf = pq.ParquetFile(shard)
     meta = dict(pf.metadata.metadata)
@@ -192,9 +116,18 @@ def test_newer_store_version_fails_with_message(tmp_path: Path) -> None:
         load_records(folder)
 
 
-def test_second_writer_is_refused(tmp_path: Path) -> None:
-    with DatasetWriter(tmp_path / "ds"), pytest.raises(DataError, match="another process"):
-        DatasetWriter(tmp_path / "ds").open()
+def test_a_folder_with_write_ahead_files_of_an_older_version_is_refused(tmp_path: Path) -> None:
+    """Records still in write-ahead files would be silently missing: the folder is refused
+    by name, and the hint says where the records are (the run's journal)."""
+    folder = tmp_path / "ds"
+    save_records([make_record(1)], folder)
+    (folder / "wal").mkdir()
+    (folder / "wal" / "20260101T000000-1-abcdef.wal").write_bytes(b"\x00" * 16)
+    with pytest.raises(DataError, match="write-ahead files of an older apidistill") as err:
+        load_records(folder)
+    assert err.value.file == str(folder / "wal") and "journal" in (err.value.hint or "")
+    (folder / "wal" / "20260101T000000-1-abcdef.wal").unlink()  # an empty wal/ is harmless
+    assert [r.id for r in load_records(folder)] == ["r1"]
 
 
 def test_not_a_dataset_folder(tmp_path: Path) -> None:
@@ -204,7 +137,7 @@ def test_not_a_dataset_folder(tmp_path: Path) -> None:
         load_records(tmp_path, split="dev")
 
 
-def test_splits_token_arrays_ids_and_top_k(tmp_path: Path) -> None:
+def test_splits_token_arrays_and_ids(tmp_path: Path) -> None:
     recs = [make_record(i, t=6, k=8) for i in range(6)]
     for i, r in enumerate(recs):
         r.split = ["train", "test", "validation"][i % 3]
@@ -222,29 +155,18 @@ def test_splits_token_arrays_ids_and_top_k(tmp_path: Path) -> None:
     np.testing.assert_allclose(a.topk_logprobs[2], [x.logprob for x in want[2].top], rtol=1e-3)
     assert record_ids(tmp_path / "ds") == {r.id for r in recs}
 
-    with DatasetWriter(tmp_path / "k", top_k=3) as w:
-        w.write(recs[0])
-    assert all(len(p.top) == 3 for p in load_records(tmp_path / "k")[0].logprobs)
-
 
 def test_provenance_column_only_matches_full_records(tmp_path: Path) -> None:
-    """The terms check reads provenance alone: shards and unflushed write-ahead records,
-    each once, equal to what the full read gives; a damaged value names its shard row."""
+    """The terms check reads provenance alone, every shard's records once, equal to what the
+    full read gives; a damaged value names its shard row."""
     from apidistill.data.schema import Provenance
 
     folder = tmp_path / "ds"
     recs = [make_record(i, t=4, k=5) for i in range(5)]
     recs[1].provenance = None
     recs[3].provenance = Provenance(provider="anthropic", model="claude-x", policy_decision_id="d1")
-    with DatasetWriter(folder) as w:
-        for r in recs[:3]:
-            w.write(r)
-    with DatasetWriter(folder) as w:
-        for r in recs[3:]:
-            w.write(r)
-        w._wal._fh.flush()
-        assert list(iter_provenance(folder)) == [r.provenance for r in load_records(folder)]
-        assert len(list(iter_provenance(folder))) == 5
+    save_records(recs, folder, shard_records=3)
+    assert len(list(iter_provenance(folder))) == 5
     assert list(iter_provenance(folder)) == [r.provenance for r in load_records(folder)]
     assert [p.model if p else None for p in iter_provenance(folder)].count(None) == 1
 
@@ -259,8 +181,7 @@ def test_provenance_column_only_matches_full_records(tmp_path: Path) -> None:
 
 def test_q8_codec_keeps_distribution(tmp_path: Path) -> None:
     recs = [make_record(i, t=30, k=20) for i in range(4)]
-    with DatasetWriter(tmp_path / "ds", codec="q8") as w:
-        w.write_many(recs)
+    save_records(recs, tmp_path / "ds", codec="q8")
     back = load_records(tmp_path / "ds")
     for a, b in zip(recs, back, strict=True):
         for x, y in zip(a.logprobs, b.logprobs, strict=True):

@@ -16,22 +16,19 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rel_helpers import HERE, make_requests, run_cli, write_run
+from rel_helpers import make_requests, run_cli, write_run
 
+from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.data.shards import read_manifest, read_shard
-from apidistill.data.store import DatasetWriter, load_records
+from apidistill.data.store import load_records, save_records
 from apidistill.errors import ApidistillError, DataError
 from apidistill.harvest import JournalStore, harvest
 from apidistill.teachers.openai import OpenAITeacher
-
-sys.path.insert(0, str(HERE / "children"))
-from dataset_child import record
 
 
 @contextlib.contextmanager
@@ -94,47 +91,68 @@ def verify_dataset(folder: Path) -> int:
     return sum(s.rows for s in manifest.shards)
 
 
-# --------------------------------------------------------------------------- dataset writer
+# --------------------------------------------------------------------------- dataset write
 
 
-def test_dataset_writer_disk_full(tmp_path: Path, monkeypatch) -> None:
+def record(i: int) -> Record:
+    toks = [f"w{(i + j) % 50}" for j in range(6)]
+    lps = [
+        TokenLogprob(
+            token=t,
+            bytes=list(t.encode()),
+            logprob=-0.1 * (j + 1),
+            top=[
+                TopLogprob(token=f"w{(i + j + a) % 50}", logprob=-0.1 * (j + 1) - a)
+                for a in range(5)
+            ],
+        )
+        for j, t in enumerate(toks)
+    ]
+    return Record(
+        id=f"r{i:05d}",
+        messages=[Message(role="user", content=f"input {i} " + "x" * (i % 40))],
+        completion="".join(toks),
+        logprobs=lps,
+        label=("a", "b", "c")[i % 3],
+    )
+
+
+def test_dataset_write_on_a_full_disk(tmp_path: Path, monkeypatch) -> None:
+    """The dataset is written once from finished records: a full disk is a DataError that
+    names the folder and the cause, and readers never see a half-written dataset (the
+    manifest comes last). With space back, writing again stores every record once."""
+    records = [record(i) for i in range(20_000)]
     with tmpfs(tmp_path / "mnt", "2m") as mnt:
         folder = (mnt or tmp_path) / "ds"
         filler = fill(mnt, leave=200_000) if mnt is not None else None
-        if mnt is None:  # simulation: ENOSPC from the writer's own write paths
+        if mnt is None:  # simulation: ENOSPC from the shard writer
             print("simulated ENOSPC (no tmpfs here)")
             import apidistill.data.store as store
 
             calls = {"n": 0}
-            real_append = store.WalFile.append
+            real_write = store.write_shard
 
-            def append(self, payload):
+            def write_shard(path, *args, **kw):
                 calls["n"] += 1
-                if calls["n"] > 700:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
-                return real_append(self, payload)
+                if calls["n"] > 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+                return real_write(path, *args, **kw)
 
-            monkeypatch.setattr(store.WalFile, "append", append)
-        acked: list[str] = []
-        with (
-            pytest.raises(DataError) as err,
-            DatasetWriter(folder, shard_records=64, on_damage=lambda m: None) as w,
-        ):
-            for i in range(100_000):
-                w.write(record(i))
-                acked.append(record(i).id)
+            monkeypatch.setattr(store, "write_shard", write_shard)
+        with pytest.raises(DataError) as err:
+            save_records(records, folder, shard_records=1000)
         assert str(folder) in str(err.value), err.value
         assert "space" in str(err.value).lower()
-        assert len(acked) > 64  # some shards made it before the disk filled
+        with pytest.raises(DataError, match="not an apidistill dataset"):
+            load_records(folder)  # no manifest: nothing half-written is ever read
         monkeypatch.undo()
         if filler is not None:
             filler.unlink()
-        # space is back (or never left): everything acknowledged is there, once, verified
-        with DatasetWriter(folder, shard_records=64) as w:
-            assert w.ids() >= set(acked)
+        save_records(records[:2000], folder, shard_records=500, overwrite=True)
         ids = [r.id for r in load_records(folder)]
-        assert len(ids) == len(set(ids)) and set(ids) >= set(acked)
+        assert ids == [r.id for r in records[:2000]]
         assert verify_dataset(folder) == len(ids)
+        assert len(list(folder.glob("*.parquet"))) == 4  # the failed write left no shard
 
 
 # --------------------------------------------------------------------------- journal
