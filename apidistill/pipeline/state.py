@@ -135,8 +135,12 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 
 def _has_results(layout: RunLayout) -> list[str]:
-    """The folders holding records of an earlier harvest (answers that were paid for)."""
+    """What holds the results of an earlier harvest (answers that were paid for): the index
+    of the answers it returned (``answers.jsonl``), or the record folders of older versions
+    and the dataset."""
     found = []
+    if layout.answers.is_file() and layout.answers.stat().st_size:
+        found.append(layout.answers.name)
     for folder in (layout.harvest, layout.harvest.with_name("harvest.partial"), layout.dataset):
         shards = folder.glob("*.parquet") if folder.is_dir() else iter(())
         wal = folder / "wal"
@@ -159,8 +163,9 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
         foreign = foreign_entries(folder)
         if foreign:
             raise ConfigError(
-                f"holds files apidistill did not write ({', '.join(foreign[:5])}); the "
-                "harvest replaces this folder, so it will not run here",
+                f"holds files apidistill did not write ({', '.join(foreign[:5])}); this "
+                "name is part of a run's state (older versions kept the harvested records "
+                "here, and --fresh moves it aside), so the harvest will not run here",
                 file=str(folder),
                 hint="move those files elsewhere, or give the run a run_dir of its own "
                 "(run_dir: runs/{name})",

@@ -69,7 +69,7 @@ def test_deleted_journal_is_refused_until_fresh_which_moves_state_aside(fault, t
     identity = json.loads((root / "run.json").read_text())
     assert identity["name"] == "state" and identity["config"] == "../state.yaml"
 
-    (root / "journal.sqlite").unlink()  # deleted by mistake: the harvested records remain
+    (root / "journal.sqlite").unlink()  # deleted by mistake: the index of its answers remains
     refused = harvest(run)
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert "journal is missing" in refused.stderr and "--fresh" in refused.stderr
@@ -87,9 +87,9 @@ def test_deleted_journal_is_refused_until_fresh_which_moves_state_aside(fault, t
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert srv.stats()["received"] == 2 * N  # bought again, because the user asked
     [previous] = [p for p in root.iterdir() if p.name.startswith("previous-")]
-    assert (previous / "harvest" / "manifest.json").is_file()  # moved, not deleted
+    assert (previous / "answers.jsonl").is_file()  # moved, not deleted
     assert (previous / "run.json").is_file() and (previous / "journal.sqlite").is_file()
-    assert (root / "journal.sqlite").is_file() and (root / "harvest").is_dir()
+    assert (root / "journal.sqlite").is_file() and (root / "answers.jsonl").is_file()
 
 
 def test_run_dir_dot_never_deletes_a_users_harvest_folder(fault, tmp_path):
