@@ -27,6 +27,7 @@ from apidistill.data.compact import (
     LogprobArrays,
     LogprobCodec,
     TokenArrays,
+    TokenTable,
 )
 from apidistill.data.schema import Provenance, Record
 from apidistill.data.shards import (
@@ -136,10 +137,6 @@ def iter_compact_records(
         shard = read_shard(folder / info.file, info, verify=verify)
         for rec, arr in shard.compact_records(split):
             yield rec, arr, shard.table if arr is not None else None
-    for path in _pending_wal(folder, manifest, set()):
-        for item in _read_wal(path, _warn):
-            if split is None or item.record.split == split:
-                yield item.record, item.arrays, item.table
 
 
 def _token_arrays(arr: LogprobArrays, ids: np.ndarray) -> TokenArrays:
