@@ -2,7 +2,7 @@
 → a dataset folder in the harvest's format, with provenance and the terms decision of the model
 that wrote them (apidistill/importers/, docs/import.md).
 
-Exit codes: 0 imported; 1 an error (bad line without --skip-invalid, terms that refuse the
+Exit codes: 0 imported; 2 an error (bad line without --skip-invalid, terms that refuse the
 use, an unreachable API) through the CLI's error handler.
 """
 
