@@ -139,10 +139,22 @@ def import_records(loads: Sequence[ImportLoad], policy: PolicyConfig) -> ImportR
 
 
 def write_import(result: ImportResult, folder: Path, *, overwrite: bool = False) -> Path:
-    """Write the records as a dataset folder (the harvest's format) plus ``import.json``."""
+    """Write the records as a dataset folder (the harvest's format), its data card (whose
+    ``policy`` list keeps the decisions the records cite, so ``apidistill data`` commands and
+    training resolve their terms) and ``import.json`` (what was read, skipped and failed)."""
+    from apidistill.data.card import build_card
     from apidistill.data.store import save_records
+    from apidistill.policy.obligations import render_obligations_md
 
     save_records(result.records, folder, overwrite=overwrite)
+    decisions = list(result.decisions.values())
+    build_card(
+        result.records,
+        name=f"import of {', '.join(sorted({r.metadata['import']['source'] for r in result.records})) or 'nothing'}",
+        teachers=[{"provider": p, "model": m} for p, m in result.decisions],
+        policy=[d.model_dump(mode="json") for d in decisions],
+        policy_markdown=render_obligations_md(decisions) if decisions else None,
+    ).write(folder)
     text = redact(json.dumps(result.summary(), indent=2, default=str, ensure_ascii=False))
     (folder / IMPORT_FILE).write_text(text, encoding="utf-8")
     return folder

@@ -228,25 +228,44 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return True
+    rescore = _imports(ctx, batch)
     cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
     if cached:
         ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
     with teacher_server(cfg, needed=not cached) as url:
         ctx.teacher_base_url = url
-        estimate_stage(ctx, batch)
+        estimate_stage(ctx, batch, rescore=rescore)
         if stop_after == "estimate":
             return True
-        h = harvest_stage(ctx, batch, decision)
-        out.numbers.update(_teacher_timing(ctx, h))
-    out.harvest_failed = h.failed
-    if stop_after == "harvest" or (h.failed and not h.records):  # nothing to build on
-        return True
+        h = harvest_stage(ctx, batch, decision) if batch.requests else None
+        if h is not None:
+            out.numbers.update(_teacher_timing(ctx, h))
+    out.harvest_failed = h.failed if h is not None else 0
+    if stop_after == "harvest" or (h is not None and h.failed and not h.records and not rescore):
+        return True  # nothing to build on
     out.numbers["dataset"] = dataset_stage(ctx, decision)
     if stop_after == "dataset":
         return True
     if out.numbers.get("teacher_s_per_request") is None:
         out.numbers.pop("teacher_s_per_request", None)
     return False
+
+
+def _imports(ctx: RunContext, batch: Any) -> list[Any]:
+    """Import ``prompts.imports`` into the run; add the re-score requests
+    (``harvest.rescore``) to ``batch`` and return them (the estimate shows them apart)."""
+    from apidistill.pipeline.imports import import_stage, rescore_requests
+
+    records = import_stage(ctx)
+    rescore, other = rescore_requests(ctx.cfg, records)
+    if other:
+        ctx.console.print(
+            f"[yellow]rescore[/]: {other} imported records without logprobs were written by "
+            f"another model than the teacher {ctx.cfg.teacher.model}; they are not re-scored "
+            "(they train on sequence loss only)"
+        )
+    batch.requests.extend(rescore)
+    return rescore
 
 
 def student_dir_of(tr: Any) -> str:

@@ -123,10 +123,12 @@ def load_decision(ctx: RunContext):
 # --------------------------------------------------------------------------- estimate
 
 
-def estimate_stage(ctx: RunContext, batch: PromptBatch):
+def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()):
+    """``rescore``: the part of ``batch.requests`` that re-scores imported answers
+    (``harvest.rescore``), shown as its own row."""
     from apidistill.costs.estimate import estimate, render_estimate
 
-    est = estimate(ctx.cfg, batch.requests)
+    est = estimate(ctx.cfg, batch.requests, rescore=rescore)
     _write_json(ctx.layout.estimate, est.model_dump(mode="json"))
     ctx.console.print(render_estimate(est))
     return est
@@ -401,8 +403,15 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
     """Filter, dedupe, balance and split the harvested records; write the data card."""
     from apidistill.data.curate import curate
     from apidistill.data.store import load_records
+    from apidistill.pipeline.imports import IMPORTED, import_decisions, merge_rescored
 
-    records = load_records(ctx.layout.harvest)
+    harvested = load_records(ctx.layout.harvest) if ctx.layout.harvest.is_dir() else []
+    imported_dir = ctx.layout.root / IMPORTED
+    if ctx.cfg.prompts.imports and imported_dir.is_dir():  # prompts.imports (docs/import.md)
+        imported = load_records(imported_dir)
+        records = merge_rescored(imported, harvested, ctx.cfg.harvest.rescore_on_mismatch)
+    else:
+        records = harvested
     if not records:
         raise DataError(
             "no harvested records to build a dataset from",
@@ -428,7 +437,8 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
                 "base_url": ctx.cfg.teacher.base_url or ctx.teacher_base_url,
             }
         ],
-        policy=[decision.model_dump(mode="json")] if decision is not None else [],
+        policy=([decision.model_dump(mode="json")] if decision is not None else [])
+        + import_decisions(ctx),
         policy_markdown=_obligations_md(decision),
     )
     card.write(ctx.layout.dataset)
