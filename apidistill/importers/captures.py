@@ -120,7 +120,7 @@ def _proxy_reader() -> Any:
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
     reader = _proxy_reader()
-    if reader is None or path.suffix in (".jsonl", ".ndjson"):
+    if reader is None:
         yield from jsonl_objects(path)
         return
     yield from enumerate(reader(path), start=1)

@@ -127,7 +127,15 @@ def test_anthropic_batch_results() -> None:
     assert any("expired" in p for p in load.problems)
 
 
-def test_captures_of_both_apis_keep_logprobs_route_and_cost() -> None:
+@pytest.fixture
+def no_proxy_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read capture files as JSONL of the documented records (the proxy not installed)."""
+    from apidistill.importers import captures
+
+    monkeypatch.setattr(captures, "_proxy_reader", lambda: None)
+
+
+def test_captures_of_both_apis_keep_logprobs_route_and_cost(no_proxy_reader: None) -> None:
     load = import_captures(FIX / "captures.jsonl")
     oa, an = load.items
     assert oa.item_id == "cap-0001" and oa.provider == "openai" and oa.model == "gpt-4.1-mini"
@@ -150,6 +158,36 @@ def test_captures_given_as_objects_of_the_documented_shape() -> None:
     rows = [json.loads(x) for x in (FIX / "captures.jsonl").read_text().splitlines()]
     load = import_captures([SimpleNamespace(**r) for r in rows])
     assert [x.completion for x in load.items] == ["order_id: 9", "order_id: 10"]
+
+
+def test_captures_path_goes_through_the_proxys_reader(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With the proxy installed, its iter_captures(path) is what reads the store."""
+    from types import SimpleNamespace
+
+    from apidistill.importers import captures
+
+    rows = [json.loads(x) for x in (FIX / "captures.jsonl").read_text().splitlines()]
+    seen: list[Path] = []
+
+    def iter_captures(path: Path):  # the proxy's documented reader
+        seen.append(path)
+        return iter([SimpleNamespace(**r) for r in rows])
+
+    monkeypatch.setattr(captures, "_proxy_reader", lambda: iter_captures)
+    load = import_captures(tmp_path / "store")
+    assert seen == [tmp_path / "store"] and len(load.items) == 2
+    assert [x.line for x in load.items] == [1, 2]
+
+
+def test_bad_capture_is_located(no_proxy_reader: None, tmp_path: Path) -> None:
+    p = tmp_path / "c.jsonl"
+    good = (FIX / "captures.jsonl").read_text().splitlines()[0]
+    p.write_text(good + "\n" + good.replace('"api": "openai"', '"api": "gemini"') + "\n")
+    with pytest.raises(DataError, match=r"c.jsonl:2: api is 'gemini'"):
+        import_captures(p)
+    assert len(import_captures(p, skip_invalid=True).items) == 1
 
 
 def test_generic_chat_completion_or_last_assistant_turn() -> None:
