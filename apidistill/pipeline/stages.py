@@ -104,7 +104,7 @@ def policy_stage(ctx: RunContext):
     cfg = ctx.cfg
     decision = enforce(decide_for_teacher(cfg.teacher, cfg.policy), cfg.policy)
     _write_json(ctx.layout.policy, decision.model_dump(mode="json"))
-    cite = f" — {decision.document}" if decision.document else ""
+    cite = f" — {decision.citation()}" if decision.document else ""  # document, date, clause
     ctx.console.print(
         f"[bold]policy[/]: {decision.decision} for use '{decision.use}'{cite} "
         f"[dim](decision {decision.id}; engineering help, not legal advice)[/]"
