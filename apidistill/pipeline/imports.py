@@ -32,6 +32,7 @@ from apidistill.pipeline.stages import RunContext
 __all__ = [
     "IMPORTED",
     "import_decisions",
+    "import_into_batch",
     "import_stage",
     "merge_rescored",
     "rescore_requests",
@@ -72,6 +73,22 @@ def import_stage(ctx: RunContext) -> list[Record]:
         highlight=False,
     )
     return result.records
+
+
+def import_into_batch(ctx: RunContext, batch: Any) -> list[TeacherRequest]:
+    """Import ``prompts.imports`` into the run; add the re-score requests
+    (``harvest.rescore``) to ``batch`` and return them (the estimate shows them apart).
+    Call after the teacher's policy stage: the imported models' terms are enforced here."""
+    records = import_stage(ctx)
+    rescore, other = rescore_requests(ctx.cfg, records)
+    if other:
+        ctx.console.print(
+            f"[yellow]rescore[/]: {other} imported records without logprobs were written by "
+            f"another model than the teacher {ctx.cfg.teacher.model}; they are not re-scored "
+            "(they train on sequence loss only)"
+        )
+    batch.requests.extend(rescore)
+    return rescore
 
 
 def import_decisions(ctx: RunContext) -> list[dict[str, Any]]:

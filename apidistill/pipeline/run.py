@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.config import RunConfig
+from apidistill.pipeline.imports import import_into_batch
 from apidistill.pipeline.preflight import check_student_model
 from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
@@ -228,7 +229,7 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return True
-    rescore = _imports(ctx, batch)
+    rescore = import_into_batch(ctx, batch)
     cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
     if cached:
         ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
@@ -249,23 +250,6 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     if out.numbers.get("teacher_s_per_request") is None:
         out.numbers.pop("teacher_s_per_request", None)
     return False
-
-
-def _imports(ctx: RunContext, batch: Any) -> list[Any]:
-    """Import ``prompts.imports`` into the run; add the re-score requests
-    (``harvest.rescore``) to ``batch`` and return them (the estimate shows them apart)."""
-    from apidistill.pipeline.imports import import_stage, rescore_requests
-
-    records = import_stage(ctx)
-    rescore, other = rescore_requests(ctx.cfg, records)
-    if other:
-        ctx.console.print(
-            f"[yellow]rescore[/]: {other} imported records without logprobs were written by "
-            f"another model than the teacher {ctx.cfg.teacher.model}; they are not re-scored "
-            "(they train on sequence loss only)"
-        )
-    batch.requests.extend(rescore)
-    return rescore
 
 
 def student_dir_of(tr: Any) -> str:

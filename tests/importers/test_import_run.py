@@ -147,3 +147,23 @@ def test_estimate_shows_the_rescore_row(teacher: StoreServer, tmp_path: Path) ->
     assert est["requests"] == est["rescore_requests"] == 6
     assert 0 < float(est["rescore_usd_max"]) <= float(est["usd_max"])
     assert teacher.chat_bodies == []  # the estimate sent nothing to the teacher
+
+
+def test_sdk_and_harvest_command_import_too(teacher: StoreServer, tmp_path: Path) -> None:
+    """``apidistill harvest`` and ``Distiller.harvest`` read prompts.imports and re-score them
+    like ``apidistill run``: one answer per imported input of the teacher's model."""
+    from apidistill.sdk import Distiller
+
+    run = _write_run(tmp_path, teacher)
+    d = Distiller.from_yaml(run, progress=False)
+    outcome = d.harvest()
+    assert outcome.records == 6 and len(teacher.chat_bodies) == 6
+    d.build_dataset()
+    assert len(load_records(d.run_dir / "dataset")) == 7
+    proc = subprocess.run(
+        [sys.executable, "-m", "apidistill", "harvest", str(run), "--no-progress"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "import: 7 records" in proc.stdout + proc.stderr
+    assert len(teacher.chat_bodies) == 6  # answered from the journal
