@@ -56,7 +56,14 @@ def import_stage(ctx: RunContext) -> list[Record]:
         for src in cfg.prompts.imports
     ]
     result = import_records(loads, cfg.policy)
+    kept = _keep_earlier_stored(ctx, result)
     write_import(result, ctx.layout.root / IMPORTED, overwrite=True)
+    if kept:
+        ctx.console.print(
+            f"[yellow]import[/]: {kept} stored completions imported by an earlier run are no "
+            "longer listed (deleted or expired); their records are kept",
+            highlight=False,
+        )
     if result.skipped:
         report = skipped_report(result.skipped, result.problems).replace("prompts:", "import:")
         ctx.console.print(f"[yellow]{report}[/]", highlight=False)
@@ -73,6 +80,30 @@ def import_stage(ctx: RunContext) -> list[Record]:
         highlight=False,
     )
     return result.records
+
+
+def _keep_earlier_stored(ctx: RunContext, result: Any) -> int:
+    """Stored completions can be deleted or expire between runs; records an earlier run
+    imported from them stay (a local file is read again as it is now, so an edit to it wins)."""
+    from apidistill.data.store import load_records
+
+    folder = ctx.layout.root / IMPORTED
+    if not (folder / "manifest.json").is_file():
+        return 0
+    have = {r.id for r in result.records}
+    earlier = [
+        r
+        for r in load_records(folder)
+        if r.id not in have and (r.metadata.get("import") or {}).get("source") == "openai_stored"
+    ]
+    result.records.extend(earlier)
+    if earlier:  # their terms decisions travel with them into the new card
+        from apidistill.policy.schema import Decision
+
+        for d in import_decisions(ctx):
+            dec = Decision.model_validate(d)
+            result.decisions.setdefault((dec.provider, dec.model), dec)
+    return len(earlier)
 
 
 def import_into_batch(ctx: RunContext, batch: Any) -> list[TeacherRequest]:

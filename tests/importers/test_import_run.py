@@ -167,3 +167,34 @@ def test_sdk_and_harvest_command_import_too(teacher: StoreServer, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "import: 7 records" in proc.stdout + proc.stderr
     assert len(teacher.chat_bodies) == 6  # answered from the journal
+
+
+def test_stored_completions_gone_since_an_earlier_run_are_kept(
+    teacher: StoreServer, tmp_path: Path
+) -> None:
+    """A stored completion deleted (or expired) after a run imported it stays in the run."""
+    teacher.add_stored("chatcmpl-a", FT, [{"role": "user", "content": "stored a"}], "A")
+    teacher.add_stored("chatcmpl-b", FT, [{"role": "user", "content": "stored b"}], "B")
+    run = tmp_path / "run.yaml"
+    run.write_text(
+        f"""
+name: stored
+run_dir: {tmp_path}/runs/{{name}}
+teacher: {{provider: openai, model: "{FT}", base_url: {teacher.base_url}, api_key_env: {KEY_ENV},
+          price: {{input_per_mtok: 0.80, output_per_mtok: 3.20}}}}
+prompts:
+  imports:
+    - {{kind: openai_stored, model: "{FT}", base_url: {teacher.base_url}, api_key_env: {KEY_ENV}}}
+policy: {{use: internal}}
+budget: {{usd: 1.0}}
+dataset: {{dedupe: none, splits: {{train: 0.5, validation: 0.0, test: 0.5, stratify_by: null}}}}
+""",
+        encoding="utf-8",
+    )
+    run_pipeline(load_config(run), progress=False, stop_after="dataset")
+    del teacher.stored[0]  # chatcmpl-a is gone from the API
+    cfg = load_config(run)
+    run_pipeline(cfg, progress=False, stop_after="dataset")
+    ids = {r.id for r in load_records(cfg.run_path / "dataset")}
+    assert ids == {"openai_stored-chatcmpl-a", "openai_stored-chatcmpl-b"}
+    assert dataset_terms(cfg.run_path / "dataset").decisions  # their terms still resolve
