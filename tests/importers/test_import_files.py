@@ -247,3 +247,24 @@ def test_import_ids_are_stable_across_imports() -> None:
         == [r.id for r in b]
         == ["openai_batch-request-2", "openai_batch-request-1"]
     )
+
+
+def test_import_folder_reads_like_a_harvested_dataset(tmp_path: Path) -> None:
+    """The data commands and the terms check read an import folder as they read a harvest."""
+    import subprocess
+    import sys
+
+    from apidistill.policy.provenance import dataset_terms
+
+    src = ImportConfig(kind="openai_finetune", path=str(FIX / "finetune.jsonl"), model=FT)
+    out = write_import(
+        import_records([load_source(src)], PolicyConfig(use="internal")), tmp_path / "ds"
+    )
+    terms = dataset_terms(out)
+    assert terms.records == 5 and terms.undecided == 0 and terms.teachers == {f"openai:{FT}": 5}
+    proc = subprocess.run(
+        [sys.executable, "-m", "apidistill", "data", "split", str(out), "--out", str(tmp_path / "split")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert len(load_records(tmp_path / "split")) == 5
