@@ -34,7 +34,8 @@ __all__ = [
 
 IMPORT_SKIP_HINT = (
     "fix the line, or skip bad lines and report how many: pass --skip-invalid to "
-    "`apidistill import` or set skip_invalid: true on the run file's import entry"
+    "`apidistill import` (or to run, harvest, estimate), or set skip_invalid: true on the "
+    "run file's import entry"
 )
 _MAX_PROBLEMS = 1000
 

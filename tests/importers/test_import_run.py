@@ -198,3 +198,21 @@ dataset: {{dedupe: none, splits: {{train: 0.5, validation: 0.0, test: 0.5, strat
     ids = {r.id for r in load_records(cfg.run_path / "dataset")}
     assert ids == {"openai_stored-chatcmpl-a", "openai_stored-chatcmpl-b"}
     assert dataset_terms(cfg.run_path / "dataset").decisions  # their terms still resolve
+
+
+def test_skip_invalid_flag_reaches_the_imports(teacher: StoreServer, tmp_path: Path) -> None:
+    """A bad imported line stops ``apidistill run`` with file:line; --skip-invalid skips it."""
+    run = _write_run(tmp_path, teacher)
+    with (tmp_path / "chat.jsonl").open("a", encoding="utf-8") as fh:
+        fh.write('{"messages": "not a list"}\n')
+    env = dict(os.environ)
+    args = [sys.executable, "-m", "apidistill", "run", str(run), "--stop-after", "dataset",
+            "--no-progress"]  # fmt: skip
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'chat.jsonl'}:7" in " ".join(proc.stderr.split())
+    assert teacher.chat_bodies == []  # stopped before anything was sent
+    proc = subprocess.run([*args, "--skip-invalid"], capture_output=True, text=True, env=env,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "import: skipped 1 invalid row" in proc.stdout + proc.stderr
