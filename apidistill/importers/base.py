@@ -29,7 +29,9 @@ __all__ = [
     "LineProblem",
     "collect",
     "jsonl_objects",
+    "record_id",
     "to_record",
+    "unique_records",
 ]
 
 IMPORT_SKIP_HINT = (

@@ -33,7 +33,7 @@ from apidistill.importers.base import (
 from apidistill.importers.chat import anthropic_messages, anthropic_text
 from apidistill.importers.openai_stored import completion_exchange
 
-__all__ = ["import_anthropic_batch", "import_openai_batch"]
+__all__ = ["anthropic_exchange", "import_anthropic_batch", "import_openai_batch"]
 
 
 def _requests(path: Path, key: str) -> dict[str, tuple[int, Mapping[str, Any]]]:
@@ -131,9 +131,11 @@ def import_openai_batch(
     )
 
 
-def _anthropic_exchange(
+def anthropic_exchange(
     message: Mapping[str, Any], params: Mapping[str, Any], *, ref: str, line: int, cid: str
 ) -> ImportedExchange:
+    """One exchange from an Anthropic ``message`` and the request ``params`` it answered
+    (usage and stop reason by the harvest's own parser)."""
     from apidistill.teachers.anthropic import parse_anthropic_body
 
     model = message.get("model") or params.get("model")
@@ -185,7 +187,7 @@ def import_anthropic_batch(
         if not isinstance(message, Mapping):
             raise LineProblem("result.message is not an object")
         return [
-            _anthropic_exchange(message, params, ref=str(results), line=line, cid=raw["custom_id"])
+            anthropic_exchange(message, params, ref=str(results), line=line, cid=raw["custom_id"])
         ]
 
     return collect(

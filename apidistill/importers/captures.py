@@ -27,7 +27,7 @@ from apidistill.importers.base import (
     collect,
     jsonl_objects,
 )
-from apidistill.importers.batch_output import _anthropic_exchange
+from apidistill.importers.batch_output import anthropic_exchange
 from apidistill.importers.openai_stored import completion_exchange
 from apidistill.teachers.logprobs import normalize_chat_logprobs
 
@@ -92,7 +92,7 @@ def capture_exchange(capture: Any, *, ref: str, line: int = 0) -> ImportedExchan
             response, request["messages"], source=SOURCE, ref=ref, line=line, item_id=cid
         )
     elif c.get("api") == "anthropic":
-        ex = _anthropic_exchange(response, request, ref=ref, line=line, cid=cid)
+        ex = anthropic_exchange(response, request, ref=ref, line=line, cid=cid)
         ex.source = SOURCE
     else:
         raise LineProblem(f"api is {c.get('api')!r}; expected 'openai' or 'anthropic'")

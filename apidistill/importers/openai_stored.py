@@ -12,39 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from apidistill.data.schema import Usage
 from apidistill.errors import TeacherError
 from apidistill.importers.base import ImportedExchange, ImportLoad, LineProblem, collect
 from apidistill.importers.chat import openai_assistant_text, openai_messages
-from apidistill.teachers.logprobs import normalize_chat_logprobs
 
-__all__ = ["SOURCE", "import_stored_completions", "openai_logprobs", "openai_usage"]
+__all__ = ["SOURCE", "completion_exchange", "import_stored_completions"]
 
 SOURCE = "openai_stored"
-
-
-def openai_usage(u: Any) -> Usage:
-    if not isinstance(u, Mapping):
-        return Usage()
-    details = u.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, Mapping) else 0
-    return Usage(
-        input_tokens=int(u.get("prompt_tokens") or 0),
-        output_tokens=int(u.get("completion_tokens") or 0),
-        cached_input_tokens=int(cached or 0),
-    )
-
-
-def openai_logprobs(choice: Mapping[str, Any], where: str) -> Any:
-    """A choice's ``logprobs.content`` as positions (all alternatives kept), or None."""
-    lp = choice.get("logprobs")
-    content = lp.get("content") if isinstance(lp, Mapping) else None
-    if not content:
-        return None
-    try:
-        return normalize_chat_logprobs(content, top_k=20).tokens
-    except TeacherError as exc:
-        raise LineProblem(f"{where}: {exc.message}") from None
 
 
 def completion_exchange(
@@ -57,17 +31,30 @@ def completion_exchange(
     item_id: str | None,
     provider: str = "openai",
 ) -> ImportedExchange:
-    """One exchange from a chat completion object and the messages it answered."""
-    choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], Mapping):
-        raise LineProblem("the completion has no choices")
-    choice = choices[0]
-    message = choice.get("message")
-    if not isinstance(message, Mapping):
-        raise LineProblem("choices[0] has no message")
+    """One exchange from a chat completion object and the messages it answered: usage,
+    finish reason, version and logprobs (every alternative kept) are read by the harvest's
+    own parser (:func:`~apidistill.teachers.openai.parse_openai_body`); the answer text
+    also renders tool calls (:mod:`apidistill.importers.chat`)."""
+    from apidistill.teachers.openai import parse_openai_body
+
     model = completion.get("model")
     if not isinstance(model, str) or not model:
         raise LineProblem("the completion names no model")
+    choices = completion.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    lp = choice.get("logprobs") if isinstance(choice, Mapping) else None
+    try:
+        parsed, _ = parse_openai_body(
+            completion,
+            chat=True,
+            logprobs_requested=isinstance(lp, Mapping) and bool(lp.get("content")),
+            top_k=20,
+            provider=provider,
+            model=model,
+        )
+    except TeacherError as exc:
+        raise LineProblem(exc.message) from None
+    assert isinstance(choice, Mapping)  # parse_openai_body checked it
     meta = {}
     if isinstance(completion.get("metadata"), Mapping) and completion["metadata"]:
         meta["stored_metadata"] = dict(completion["metadata"])
@@ -77,13 +64,13 @@ def completion_exchange(
         line=line,
         item_id=item_id,
         messages=openai_messages(list(input_messages)),
-        completion=openai_assistant_text(message, "choices[0].message"),
+        completion=openai_assistant_text(choice["message"], "choices[0].message"),
         provider=provider,
         model=model,
-        finish_reason=choice.get("finish_reason"),
-        logprobs=openai_logprobs(choice, "choices[0].logprobs"),
-        usage=openai_usage(completion.get("usage")),
-        model_version=completion.get("system_fingerprint") or model,
+        finish_reason=parsed.finish_reason,
+        logprobs=parsed.logprobs,
+        usage=parsed.usage,
+        model_version=parsed.model_version,
         metadata=meta,
     )
 

@@ -104,3 +104,35 @@ def test_example_runs_to_the_dataset_with_top20_logprobs_from_the_finetune(
     assert len(with_lp) == 9  # all but the two hand-written answers the fine-tune does not repeat
     assert all(len(t.top) == 20 for r in with_lp for t in r.logprobs or [])
     assert all(r.provenance and r.provenance.model == FT for r in recs)
+
+
+@pytest.mark.slow
+def test_example_trains_evaluates_and_serves_the_student(
+    tmp_path: Path, openai_api: StoreServer
+) -> None:
+    """The whole documented run, scaled down: imports → re-score (top-20 from the fine-tune)
+    → logprob KD of SmolLM2 (3 steps) → evaluation against the fine-tune's answers → one call
+    through the official openai SDK to the served student (the drop-in switch)."""
+    import json
+
+    from apidistill.testing import provider_payloads as pp
+
+    lines = []
+    for i in range(8):
+        q = f"Ticket {i}: order {5000 + i} of item {chr(65 + i)} arrived {'late' if i % 2 else 'broken'}"
+        body = {"messages": [{"role": "user", "content": q}], "max_tokens": 256}
+        a = pp.openai_chat_completion(body)["choices"][0]["message"]["content"]
+        lines.append(json.dumps({"messages": [{"role": "user", "content": q},
+                                              {"role": "assistant", "content": a}]}) + "\n")  # fmt: skip
+    openai_api.files["file-YOUR_TRAINING_FILE"] = "".join(lines).encode()
+    cfg = load_config(_copy(tmp_path))
+    cfg.training.max_steps, cfg.training.batch_size = 3, 2
+    cfg.eval.max_tokens = 16
+    summary = run_pipeline(cfg, progress=False)
+    result = json.loads((cfg.run_path / "train" / "train_result.json").read_text())
+    assert result["method"] == "logprob_kd" and result["steps"] == 3
+    report = json.loads((cfg.run_path / "report" / "report.json").read_text())
+    student = report["result"]["students"]["student"]
+    assert "agreement" in student["metrics"] and student["kl_coverage"] > 0
+    assert isinstance(summary.numbers["drop_in_answer"], str)
+    assert len(openai_api.chat_bodies) == 8  # every imported answer re-scored once
