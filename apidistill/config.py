@@ -27,6 +27,7 @@ __all__ = [
     "EvalConfig",
     "FilterConfig",
     "HarvestConfig",
+    "ImportConfig",
     "KDConfig",
     "LoraConfig",
     "PolicyConfig",
@@ -129,10 +130,56 @@ class TeacherConfig(_Section):
         return self.provider == "anthropic" and self.prompt_cache is not False
 
 
+ImportKind = Literal[
+    "openai_finetune", "openai_stored", "openai_batch", "anthropic_batch", "captures", "chat"
+]
+
+
+class ImportConfig(_Section):
+    """One source of existing answers (``apidistill import``; docs/import.md): the records
+    enter the run's dataset beside the harvested ones, with their provenance and the terms
+    decision of the model that wrote them."""
+
+    kind: ImportKind
+    # A local file (relative to the run file), or for openai_finetune an OpenAI file id
+    # (file-…) fetched through the Files API. Not used by openai_stored.
+    path: str | None = None
+    # The batch's input file (openai_batch, anthropic_batch): the output does not repeat it.
+    requests: str | None = None
+    # Who wrote the answers, when the data does not say (openai_finetune, chat).
+    provider: str | None = None
+    model: str | None = None
+    # openai_stored: filters of chat.completions.list.
+    metadata: dict[str, str] = Field(default_factory=dict)
+    after: str | None = None
+    # openai_stored and a Files API id: where to ask (default api.openai.com / $OPENAI_BASE_URL)
+    # and the env var holding the key (never the key itself).
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    limit: int | None = Field(None, gt=0)
+    skip_invalid: bool = False
+
+    @model_validator(mode="after")
+    def _complete(self) -> ImportConfig:
+        if self.kind != "openai_stored" and not self.path:
+            raise ValueError(f"import kind {self.kind} needs 'path'")
+        if self.kind in ("openai_batch", "anthropic_batch") and not self.requests:
+            raise ValueError(f"import kind {self.kind} needs 'requests' (the batch's input file)")
+        if self.kind in ("openai_finetune", "chat") and not self.model:
+            raise ValueError(f"import kind {self.kind} needs 'model' (who wrote the answers)")
+        if self.kind == "chat" and not self.provider:
+            raise ValueError("import kind chat needs 'provider' (who wrote the answers)")
+        return self
+
+
 class PromptsConfig(_Section):
     """Where the task inputs come from and how the prototype prompt wraps them."""
 
-    path: str
+    # The prompt file; optional when ``imports`` bring the inputs (and their answers).
+    path: str | None = None
+    # Existing answers to import into the run (fine-tuning file, stored completions,
+    # Batch outputs, the proxy's captures, a generic chat file).
+    imports: list[ImportConfig] = Field(default_factory=list)
     format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
     input_field: str = "text"  # plain text input, or a field holding a messages list
     id_field: str | None = None
@@ -143,6 +190,12 @@ class PromptsConfig(_Section):
     template: str | None = None
     limit: int | None = Field(None, gt=0)
     skip_invalid: bool = False
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> PromptsConfig:
+        if not self.path and not self.imports:
+            raise ValueError("prompts needs 'path' (a prompt file) or 'imports' (existing data)")
+        return self
 
 
 class PolicyConfig(_Section):
@@ -183,6 +236,12 @@ class HarvestConfig(_Section):
     # Final failures of earlier runs to send again: reasons (rejected, out_of_credit, ...),
     # or "all"; add "at_risk" for requests that may already have been billed.
     retry_failed: list[str] | None = None
+    # Imported answers without logprobs: ask the teacher (the same model) again for each
+    # imported input with this section's logprob settings (docs/import.md#rescore). A
+    # regenerated answer equal to the imported one lends it its logprobs; on a mismatch,
+    # keep the imported answer without logprobs or use the regenerated answer.
+    rescore: bool = False
+    rescore_on_mismatch: Literal["keep_imported", "regenerated"] = "keep_imported"
 
     @field_validator("retry_failed", mode="before")
     @classmethod
@@ -193,6 +252,8 @@ class HarvestConfig(_Section):
     def _top_needs_logprobs(self) -> HarvestConfig:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs > 0 needs logprobs: true")
+        if self.rescore and not self.logprobs:
+            raise ValueError("rescore re-harvests logprobs: it needs logprobs: true")
         return self
 
 

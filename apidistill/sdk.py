@@ -34,6 +34,7 @@ class Distiller:
         self._batch: PromptBatch | None = None
         self._decision: Any = None
         self._train_result: Any = None
+        self._rescore: list[Any] | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kw: Any) -> Distiller:
@@ -45,9 +46,25 @@ class Distiller:
 
     @property
     def prompts(self) -> PromptBatch:
+        """The prompt file's requests, plus (once ``prompts.imports`` are read, after the
+        policy check) the re-score requests of imported answers (docs/import.md)."""
         if self._batch is None:
             self._batch = load_prompts(self.config)
         return self._batch
+
+    def import_data(self) -> list[Any]:
+        """Read ``prompts.imports`` into the run (terms enforced); returns the re-score
+        requests added to :attr:`prompts` (``harvest.rescore``). Runs once per object."""
+        from apidistill.pipeline.imports import import_into_batch
+
+        if self._rescore is None:
+            if not self.config.prompts.imports:
+                self._rescore = []
+                return self._rescore
+            if self._decision is None:
+                self.check_policy()
+            self._rescore = import_into_batch(self.ctx, self.prompts)
+        return self._rescore
 
     def check_policy(self) -> Any:
         """Decide and enforce the teacher's terms (raises PolicyDenied); returns the Decision."""
@@ -60,9 +77,10 @@ class Distiller:
         from apidistill.pipeline.run import teacher_server
         from apidistill.pipeline.stages import estimate_stage
 
+        rescore = self.import_data()
         with teacher_server(self.config) as url:
             self.ctx.teacher_base_url = url
-            return estimate_stage(self.ctx, self.prompts)
+            return estimate_stage(self.ctx, self.prompts, rescore=rescore)
 
     def harvest(self, *, budget: Decimal | float | None = None, max_requests: int | None = None):
         """Pull every teacher answer not yet in the journal (policy is checked first)."""
@@ -71,6 +89,7 @@ class Distiller:
 
         if self._decision is None:
             self.check_policy()
+        self.import_data()
         if budget is not None:
             self.ctx.budget_override = Decimal(str(budget))
         self.ctx.max_requests = max_requests

@@ -19,6 +19,7 @@ from apidistill.cli.data import data_app
 from apidistill.cli.estimate import estimate
 from apidistill.cli.eval import eval_cmd, report
 from apidistill.cli.harvest import harvest, journal_app
+from apidistill.cli.import_ import import_cmd
 from apidistill.cli.policy import policy_app
 from apidistill.cli.run import bench, demo, run
 from apidistill.cli.serve import serve
@@ -48,6 +49,11 @@ app.command(
     "estimate", help="Pre-flight cost, token and time estimate for a run file; sends nothing."
 )(estimate)
 app.add_typer(batch_app, name="batch", help="List, poll or cancel a run's provider batches.")
+app.command(
+    "import",
+    help="Import existing answers (fine-tuning file, stored completions, Batch output, "
+    "proxy captures, chat JSONL) into a dataset with provenance and a terms decision.",
+)(import_cmd)
 app.add_typer(policy_app, name="policy", help="Check a teacher's terms for an intended use.")
 app.command("synth", help="Write new task inputs with a teacher (the run file's synth:).")(synth)
 app.add_typer(data_app, name="data", help="Inspect, filter, balance and split harvested datasets.")

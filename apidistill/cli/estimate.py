@@ -44,7 +44,8 @@ def estimate(
     batch = load_prompts(cfg)
     if batch.skipped:  # on stderr: --json output stays parseable
         err_console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
-    requests = batch.requests
+    rescore = _rescore_requests(cfg)
+    requests = batch.requests + rescore
     counts = None
     if count_tokens if count_tokens is not None else cfg.teacher.count_tokens:
         counts = _anthropic_counts(cfg, requests)
@@ -54,11 +55,28 @@ def estimate(
         expected_output_tokens=output_tokens,
         latency_s=latency,
         anthropic_counts=counts,
+        rescore=rescore,
     )
     if as_json:
         typer.echo(json.dumps(est.model_dump(mode="json"), indent=2))
         return
     Console().print(render_estimate(est))
+
+
+def _rescore_requests(cfg):  # type: ignore[no-untyped-def]
+    """harvest.rescore: the imported answers' re-score requests (docs/import.md#rescore).
+    Reading the imports sends no teacher request (a Files API download and the stored
+    completions list are free reads); the terms of their models are checked here too."""
+    if not (cfg.harvest.rescore and cfg.prompts.imports):
+        return []
+    from apidistill.importers.run import import_records, load_source
+    from apidistill.pipeline.imports import DOWNLOADS, rescore_requests
+
+    loads = [
+        load_source(s, resolve=cfg.resolve_path, cache_dir=cfg.run_path / DOWNLOADS)
+        for s in cfg.prompts.imports
+    ]
+    return rescore_requests(cfg, import_records(loads, cfg.policy).records)[0]
 
 
 def _anthropic_counts(cfg, requests):  # type: ignore[no-untyped-def]

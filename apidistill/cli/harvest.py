@@ -72,6 +72,9 @@ def harvest(
         ctx.console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
     check_run_state(ctx)
     decision = policy_stage(ctx)
+    from apidistill.pipeline.imports import import_into_batch
+
+    import_into_batch(ctx, batch)  # prompts.imports and their re-score requests (docs/import.md)
     with teacher_server(cfg) as url:
         ctx.teacher_base_url = url
         outcome = harvest_stage(ctx, batch, decision)

@@ -30,9 +30,12 @@ def skip_invalid_option() -> Any:
 
 
 def apply_skip_invalid(cfg: RunConfig, skip_invalid: bool | None) -> None:
-    """The flag, when given, overrides ``prompts.skip_invalid`` of the run file."""
+    """The flag, when given, overrides ``prompts.skip_invalid`` of the run file and the
+    ``skip_invalid`` of each ``prompts.imports`` entry."""
     if skip_invalid is not None:
         cfg.prompts.skip_invalid = skip_invalid
+        for src in cfg.prompts.imports:
+            src.skip_invalid = skip_invalid
 
 
 def retry_failed_option() -> Any:

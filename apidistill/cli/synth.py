@@ -108,8 +108,13 @@ def _seeds(cfg: RunConfig, output: Path) -> tuple[list[str], list[str]]:
     assert sc is not None
     seeds = list(sc.seeds)
     existing: list[str] = []
-    prompts = cfg.resolve_path(cfg.prompts.path)
-    if sc.seeds_from_prompts and prompts.is_file() and prompts.resolve() != output.resolve():
+    prompts = cfg.resolve_path(cfg.prompts.path) if cfg.prompts.path else None
+    if (
+        sc.seeds_from_prompts
+        and prompts is not None
+        and prompts.is_file()
+        and prompts.resolve() != output.resolve()
+    ):
         rows = load_prompt_rows(
             prompts,
             format=cfg.prompts.format,

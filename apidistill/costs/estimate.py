@@ -72,6 +72,10 @@ class Estimate(BaseModel):
     batch_usd_expected: Decimal | None = None
     batch_usd_max: Decimal | None = None
     uses_batch_api: bool = False
+    # harvest.rescore: the requests that re-score imported answers (part of ``requests``)
+    rescore_requests: int = 0
+    rescore_usd_expected: Decimal | None = None
+    rescore_usd_max: Decimal | None = None
     budget_usd: Decimal
     fits_budget: bool | None = None  # usd_max (of the chosen mode) ≤ budget; None if unpriced
     concurrency: int
@@ -210,11 +214,29 @@ def estimate(
     expected_output_tokens: float | None = None,
     latency_s: float | None = None,
     anthropic_counts: AnthropicCounts | None = None,
+    rescore: Sequence[TeacherRequest] = (),
 ) -> Estimate:
     """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing itself.
 
     ``anthropic_counts``: counts from Anthropic's count_tokens endpoint
-    (:mod:`apidistill.costs.anthropic_count`), used instead of characters / 4."""
+    (:mod:`apidistill.costs.anthropic_count`), used instead of characters / 4.
+    ``rescore``: the part of ``requests`` that re-scores imported answers
+    (``harvest.rescore``); its own cost is reported beside the total."""
+    est = _estimate(cfg, requests, expected_output_tokens, latency_s, anthropic_counts)
+    if rescore:
+        part = _estimate(cfg, rescore, expected_output_tokens, latency_s, None)
+        est.rescore_requests = part.requests
+        est.rescore_usd_expected, est.rescore_usd_max = part.usd_expected, part.usd_max
+    return est
+
+
+def _estimate(
+    cfg: RunConfig,
+    requests: Sequence[TeacherRequest],
+    expected_output_tokens: float | None,
+    latency_s: float | None,
+    anthropic_counts: AnthropicCounts | None,
+) -> Estimate:
     _check_assumptions(expected_output_tokens, latency_s)
     teacher, harvest = cfg.teacher, cfg.harvest
     counter = TokenCounter(teacher)
@@ -405,6 +427,12 @@ def render_estimate(est: Estimate) -> Table:
         f"min {_money(est.usd_min)} · expected {_money(est.usd_expected)} · "
         f"max {_money(est.usd_max)}",
     )
+    if est.rescore_requests:
+        t.add_row(
+            "re-score imported",
+            f"{est.rescore_requests:,} requests (harvest.rescore, included above): expected "
+            f"{_money(est.rescore_usd_expected)} · max {_money(est.rescore_usd_max)}",
+        )
     if est.batch_discount is not None:
         t.add_row(
             "cost Batch API",

@@ -84,9 +84,19 @@ class TokenCount:
     method: str
 
 
-def openai_encoding_name(model: str) -> str | None:
-    """``o200k_base`` / ``cl100k_base`` for an OpenAI chat model name, ``None`` if unknown."""
+def _openai_base_name(model: str) -> str:
+    """The model name that decides the tokenizer: a fine-tune ``ft:<base>:<org>::<id>``
+    tokenizes as its base model (``ft:gpt-4.1-mini-2025-04-14:acme::B1x2`` → gpt-4.1-mini-…)."""
     name = model.lower().rsplit("/", 1)[-1]
+    if name.startswith("ft:"):
+        name = name[3:].split(":", 1)[0]
+    return name
+
+
+def openai_encoding_name(model: str) -> str | None:
+    """``o200k_base`` / ``cl100k_base`` for an OpenAI chat model name (a fine-tune: its base
+    model's), ``None`` if unknown."""
+    name = _openai_base_name(model)
     if name.startswith(_O200K_PREFIXES):
         return "o200k_base"
     if name.startswith(_CL100K_PREFIXES):
@@ -278,7 +288,7 @@ class TokenCounter:
         assumed = enc_name is None
         enc_name = enc_name or "o200k_base"
         enc = _encoding(enc_name)
-        name = model.lower().rsplit("/", 1)[-1]
+        name = _openai_base_name(model)
         verified = (enc_name == "cl100k_base" and not assumed) or name.startswith(_VERIFIED_O200K)
         if request.prompt is not None:
             n = len(enc.encode_ordinary(request.prompt))

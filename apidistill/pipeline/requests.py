@@ -48,6 +48,9 @@ def load_prompts(cfg: RunConfig) -> PromptBatch:
     from apidistill.data.prompts import load_prompt_rows
 
     p = cfg.prompts
+    template = load_template(cfg.resolve_path(p.template) if p.template else None)
+    if p.path is None:  # every input comes from prompts.imports (pipeline/imports.py)
+        return PromptBatch([], template, 0, [])
     loaded = load_prompt_rows(
         cfg.resolve_path(p.path),
         format=p.format,
@@ -58,7 +61,6 @@ def load_prompts(cfg: RunConfig) -> PromptBatch:
         skip_invalid=p.skip_invalid,
         limit=p.limit,
     )
-    template = load_template(cfg.resolve_path(p.template) if p.template else None)
     params = generation_params(cfg)
     requests: list[TeacherRequest] = []
     for row in loaded.rows:

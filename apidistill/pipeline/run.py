@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.config import RunConfig
+from apidistill.pipeline.imports import import_into_batch
 from apidistill.pipeline.preflight import check_student_model
 from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
@@ -229,19 +230,21 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     decision = policy_stage(ctx)
     if stop_after == "policy":
         return True
+    rescore = import_into_batch(ctx, batch)
     cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
     if cached:
         ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
     with teacher_server(cfg, needed=not cached) as url:
         ctx.teacher_base_url = url
-        estimate_stage(ctx, batch)
+        estimate_stage(ctx, batch, rescore=rescore)
         if stop_after == "estimate":
             return True
-        h = harvest_stage(ctx, batch, decision)
-        out.numbers.update(_teacher_timing(ctx, h))
-    out.harvest_failed = h.failed
-    if stop_after == "harvest" or (h.failed and not h.records):  # nothing to build on
-        return True
+        h = harvest_stage(ctx, batch, decision) if batch.requests else None
+        if h is not None:
+            out.numbers.update(_teacher_timing(ctx, h))
+    out.harvest_failed = h.failed if h is not None else 0
+    if stop_after == "harvest" or (h is not None and h.failed and not h.records and not rescore):
+        return True  # nothing to build on
     out.numbers["dataset"] = dataset_stage(ctx, decision)
     if stop_after == "dataset":
         return True

@@ -106,7 +106,7 @@ def policy_stage(ctx: RunContext):
     cfg = ctx.cfg
     decision = enforce(decide_for_teacher(cfg.teacher, cfg.policy), cfg.policy)
     _write_json(ctx.layout.policy, decision.model_dump(mode="json"))
-    cite = f" — {decision.document}" if decision.document else ""
+    cite = f" — {decision.citation()}" if decision.document else ""  # document, date, clause
     ctx.console.print(
         f"[bold]policy[/]: {decision.decision} for use '{decision.use}'{cite} "
         f"[dim](decision {decision.id}; engineering help, not legal advice)[/]"
@@ -125,10 +125,12 @@ def load_decision(ctx: RunContext):
 # --------------------------------------------------------------------------- estimate
 
 
-def estimate_stage(ctx: RunContext, batch: PromptBatch):
+def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()):
+    """``rescore``: the part of ``batch.requests`` that re-scores imported answers
+    (``harvest.rescore``), shown as its own row."""
     from apidistill.costs.estimate import estimate, render_estimate
 
-    est = estimate(ctx.cfg, batch.requests)
+    est = estimate(ctx.cfg, batch.requests, rescore=rescore)
     _write_json(ctx.layout.estimate, est.model_dump(mode="json"))
     ctx.console.print(render_estimate(est))
     return est
@@ -394,11 +396,24 @@ def harvested_records(ctx: RunContext, decision: Any = None) -> list[Record]:
 
 
 def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
-    """Build the records from the journal; filter, dedupe, balance and split them; write
-    each split once (compact codec) and the data card, whose spend is the run's ledger."""
+    """Build the records from the journal (plus the run's imports, docs/import.md); filter,
+    dedupe, balance and split them; write each split once (compact codec) and the data card,
+    whose spend is the run's ledger."""
     from apidistill.data.curate import curate
+    from apidistill.data.store import load_records
+    from apidistill.pipeline.imports import IMPORTED, import_decisions, merge_rescored
 
-    records = harvested_records(ctx, decision)
+    imported_dir = ctx.layout.root / IMPORTED
+    has_imports = bool(ctx.cfg.prompts.imports) and imported_dir.is_dir()
+    # A run built only from imports (no prompts file, nothing to re-score) harvested nothing.
+    harvested = (
+        harvested_records(ctx, decision) if ctx.layout.answers.is_file() or not has_imports else []
+    )
+    if has_imports:
+        imported = load_records(imported_dir)
+        records = merge_rescored(imported, harvested, ctx.cfg.harvest.rescore_on_mismatch)
+    else:
+        records = harvested
     if not records:
         raise DataError(
             "no harvested records to build a dataset from",
@@ -423,7 +438,8 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
                 "base_url": ctx.cfg.teacher.base_url or ctx.teacher_base_url,
             }
         ],
-        policy=[decision.model_dump(mode="json")] if decision is not None else [],
+        policy=([decision.model_dump(mode="json")] if decision is not None else [])
+        + import_decisions(ctx),
         policy_markdown=_obligations_md(decision),
     )
     card.write(ctx.layout.dataset)

@@ -48,6 +48,8 @@ _STORE_FILES = ("manifest.json", ".lock", "*.parquet", ".*.tmp*")
 _STORE_WAL = ("*.wal", ".*.tmp*")
 # Every name in a run folder that a stage writes (moved aside by --fresh).
 _RUN_STATE = (
+    "imported",
+    "import_downloads",
     "journal.sqlite",
     "journal.sqlite-wal",
     "journal.sqlite-shm",
@@ -187,6 +189,9 @@ def guard_run_state(layout: RunLayout, cfg: Any, *, fresh: bool = False) -> RunI
     n_requests = 0
     if layout.journal.is_file():
         journal_id, n_requests = _journal_facts(layout.journal)
+    imports_only = (layout.root / "imported" / "manifest.json").is_file()
+    if results == ["dataset/"] and layout.journal.is_file() and n_requests == 0 and imports_only:
+        results = []  # built from imports alone (prompts.imports, nothing sent): nothing bought
     if results and (not layout.journal.is_file() or n_requests == 0):
         what = "missing" if not layout.journal.is_file() else "empty"
         raise ConfigError(

@@ -73,6 +73,18 @@ def test_encoding_per_family(model, encoding):
     assert openai_encoding_name(model) == encoding
 
 
+def test_a_finetune_counts_as_its_base_model():
+    """``ft:<base>:<org>::<id>`` (the teacher of examples/migrate_finetune.yaml) uses its base
+    model's encoding, counted exactly like the base model, not assumed."""
+    ft = "ft:gpt-4.1-mini-2025-04-14:acme::B1x2y3"
+    assert openai_encoding_name(ft) == "o200k_base"
+    assert openai_encoding_name("ft:gpt-3.5-turbo-0125:acme::x") == "cl100k_base"
+    req = _req(("system", "Support bot."), ("user", "Order #123 is late."))
+    base = count_input_tokens(TeacherConfig(provider="openai", model="gpt-4.1-mini"), req)
+    c = count_input_tokens(TeacherConfig(provider="openai", model=ft), req)
+    assert (c.n, c.exact, c.method) == (base.n, base.exact, base.method)
+
+
 def _req(*pairs: tuple[str, str]) -> TeacherRequest:
     return TeacherRequest(messages=[Message(role=r, content=c) for r, c in pairs])
 
