@@ -365,6 +365,13 @@ class ServeConfig(_Section):
     max_tokens_cap: int = Field(2048, ge=1)
     max_n: int = Field(8, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Which engine runs the model: auto = llama.cpp for a GGUF (or a folder with a GGUF
+    # export) when llama-cpp-python is installed, else transformers (apidistill.serve.backends).
+    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = "auto"
+    # transformers backend only: auto = bfloat16 on a CUDA GPU, float32 on CPU.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int | None = Field(None, ge=1)  # default: physical cores
 
 
 class SynthConfig(_Section):
