@@ -67,6 +67,7 @@ def load_engine(
             model_name=model_name or model,
             max_batch_size=max_batch_size,
             num_threads=num_threads,
+            prefix_cache=prefix_cache,
         )
     from apidistill.devices import select_device
     from apidistill.serve.backends.transformers import load_transformers_engine

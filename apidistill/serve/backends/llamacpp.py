@@ -11,7 +11,11 @@ the OpenAI and Anthropic routes, their error contract, admission control and log
 model runner. One llama.cpp context decodes one sequence at a time: requests queue and run in
 turn, and a request that fails ends alone (its error goes to its own client only). The
 context's KV cache keeps the last prompt, so a request that shares its prefix with the one
-before (the prompted teacher's long instructions) only evaluates what differs.
+before (the prompted teacher's long instructions) only evaluates what differs. The price, as
+in llama.cpp's own server (``cache_prompt``): logits computed over a cached prefix differ from
+a whole-prompt evaluation in the last bits (other kernel batch sizes), which can flip a
+near-tied greedy choice; ``prefix_cache=False`` (``--no-prefix-cache``) evaluates every prompt
+whole, so the same request always gets the same answer.
 
 Sampling is neutral, as OpenAI's API means it: no repeat penalty, no top-k or min-p unless a
 request asks; temperature 0 (or below :data:`GREEDY_BELOW`) is greedy argmax. Reported logprobs
@@ -93,6 +97,7 @@ class LlamaCppEngine(Engine):
         fingerprint: str | None = None,
         gather_window_s: float = 0.02,
         trained_context: int = 0,
+        prefix_cache: bool = True,
     ) -> None:  # Engine.__init__ wants a torch model: its plumbing is set up here instead
         import llama_cpp
 
@@ -113,7 +118,7 @@ class LlamaCppEngine(Engine):
         self._template = _compile_template(chat_template) if chat_template else None
         self._bos = self.tokenizer.text_of(int(llm.token_bos())) if llm.token_bos() >= 0 else ""
         self._eos = self.tokenizer.text_of(int(llm.token_eos())) if llm.token_eos() >= 0 else ""
-        self._runner = _LlamaRunner(llm, self._decode)
+        self._runner = _LlamaRunner(llm, self._decode, reuse_prefix=prefix_cache)
         self.stats = EngineStats()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="apidistill-llamacpp")
         self._sched_kwargs = {
@@ -135,6 +140,7 @@ class LlamaCppEngine(Engine):
         max_batch_size: int = 16,
         num_threads: int | None = None,
         n_ctx: int | None = None,
+        prefix_cache: bool = True,
     ) -> LlamaCppEngine:
         """Load a GGUF file. Threads default to the physical cores: llama.cpp's OpenMP
         workers spin, and one per hyperthread (or more threads than cores on a loaded
@@ -174,6 +180,7 @@ class LlamaCppEngine(Engine):
             max_batch_size=max_batch_size,
             fingerprint=fp,
             trained_context=trained,
+            prefix_cache=prefix_cache,
         )
 
     # ------------------------------------------------------------------ tokens
@@ -264,9 +271,10 @@ class LlamaCppEngine(Engine):
 class _LlamaRunner:
     """Runs on the engine's model thread: each request of a batch in turn, each to its end."""
 
-    def __init__(self, llm: Any, decode: Any) -> None:
+    def __init__(self, llm: Any, decode: Any, *, reuse_prefix: bool = True) -> None:
         self.llm = llm
         self.decode = decode
+        self.reuse_prefix = reuse_prefix
         self.n_vocab = int(llm.n_vocab())
 
     def run(self, batch: list[SeqRequest]) -> None:
@@ -286,6 +294,8 @@ class _LlamaRunner:
         llm, p = self.llm, req.params
         ids = list(req.prompt_ids)
         cached = 0
+        if not self.reuse_prefix:
+            llm.reset()  # every prompt evaluated whole: the same request, the same logits
         if llm.n_tokens and not req.prompt_logprobs:
             held = llm.input_ids[: llm.n_tokens].tolist()
             cached = min(_common_prefix(held, ids), len(ids) - 1)
