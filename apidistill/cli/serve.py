@@ -138,7 +138,7 @@ def serve(
     from apidistill.serve.http_common import ServeSettings
 
     # checked before the socket is bound and before any weights load
-    backend_name = resolve_backend(opts.backend, model, adapter=adapter)
+    backend_name = resolve_backend(opts.backend, model, adapter=adapter, device=opts.device)
     if backend_name == "transformers":
         from apidistill.devices import select_device
 

@@ -52,7 +52,7 @@ def load_engine(
     model_name: str | None = None,
 ) -> Any:
     """Load ``model`` in the chosen backend and return its engine (:class:`ServingEngine`)."""
-    name = resolve_backend(backend, model, adapter=adapter)
+    name = resolve_backend(backend, model, adapter=adapter, device=device)
     if name == "vllm":
         from apidistill.serve.backends.vllm import check_vllm
 

@@ -96,18 +96,28 @@ def find_gguf(model: str) -> Path | None:
     return found[0]
 
 
-def resolve_backend(name: str, model: str, *, adapter: str | None = None) -> str:
+def resolve_backend(
+    name: str, model: str, *, adapter: str | None = None, device: str = "auto"
+) -> str:
     """The concrete backend for ``name`` (``auto`` decided here); refuses combinations that
-    cannot work with a :class:`ConfigError` naming the option."""
+    cannot work with a :class:`ConfigError` naming the option. ``device`` other than
+    auto/cpu asks for a GPU: ``auto`` then picks transformers (llama.cpp runs on CPU here)."""
+    on_cpu = device.split(":", 1)[0] in ("auto", "cpu")
     if name not in BACKENDS:
         raise ConfigError(
             f"unknown backend {name!r}", key="--backend", hint=f"one of: {', '.join(BACKENDS)}"
         )
     if name == "auto":
-        if adapter is None and llamacpp_available() and find_gguf(model) is not None:
+        if on_cpu and adapter is None and llamacpp_available() and find_gguf(model) is not None:
             return "llamacpp"
         return "transformers"
     if name == "llamacpp":
+        if not on_cpu:
+            raise ConfigError(
+                f"the llama.cpp backend runs on the CPU; --device {device} needs a GPU engine",
+                key="--device",
+                hint="use --backend transformers (or vllm) for a GPU, or leave --device at auto",
+            )
         if adapter is not None:
             raise ConfigError(
                 "the llama.cpp backend serves merged GGUF files; it cannot apply a LoRA adapter",
