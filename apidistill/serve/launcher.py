@@ -95,15 +95,17 @@ def launch_server(
     extra_args: Sequence[str] = (),
     startup_timeout: float = 180.0,
     env: Mapping[str, str] | None = None,
-    backend: str | None = None,
+    backend: str | None = "transformers",
     threads: int | None = None,
 ) -> ServerHandle:
     """Start a server on 127.0.0.1 and return once it accepts requests.
 
     Raises :class:`ModelLoadError` (model problems) or :class:`ApidistillError` (anything
     else) with the child's last stderr lines when it exits or stays silent past
-    ``startup_timeout`` seconds. ``backend`` is ``--backend`` (None: the server's default,
-    ``auto``); :func:`apidistill.serve.backends.fastest_backend` names the fastest one here.
+    ``startup_timeout`` seconds. ``backend`` is ``--backend``: ``transformers`` by default, so
+    the pipeline and the tests keep the engine they were written against (``None`` leaves the
+    command's own default, ``auto``); :func:`apidistill.serve.backends.fastest_backend` names
+    the fastest one here.
     """
     pending = _spawn(
         model,
@@ -205,7 +207,7 @@ def _spawn(
     served_model_name: str | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
-    backend: str | None = None,
+    backend: str | None = "transformers",
     threads: int | None = None,
 ) -> _Pending:
     cmd = [

@@ -304,7 +304,7 @@ def test_a_gguf_path_is_served_directly_with_auto(tmp_path):
     """``apidistill serve --model x.gguf`` (no --backend): auto picks llama.cpp."""
     gguf = tmp_path / "smol.gguf"
     gguf.symlink_to(embedded_gguf())
-    with launch_server(str(gguf), threads=1, startup_timeout=240) as srv:
+    with launch_server(str(gguf), backend=None, threads=1, startup_timeout=240) as srv:
         client = oai(srv)
         assert [m.id for m in client.models.list()] == [str(gguf)]
         out = client.chat.completions.create(
