@@ -8,7 +8,8 @@ sampling (no repeat penalty, no top-k/min-p), one machine:
                  ``apidistill serve --backend llamacpp``
   teacher        the demo's 1,580-token prototype prompt (system + 16 shots) + ticket, through
                  a second ``apidistill serve --backend llamacpp`` (as the demo runs a teacher
-                 server; its prefix cache keeps the shared instructions)
+                 server; its prefix cache keeps the shared instructions), and through a
+                 third with ``--no-prefix-cache`` (the prompt evaluated for every request)
   llama.cpp own  the student's requests through ``python -m llama_cpp.server``
 
 Student requests alternate between the two servers, one at a time, so load changes hit both
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                       startup_timeout=600) as ours,
         launch_server(str(gguf), backend="llamacpp", threads=threads, served_model_name="m",
                       startup_timeout=600) as teacher,
+        launch_server(str(gguf), backend="llamacpp", threads=threads, served_model_name="m",
+                      extra_args=["--no-prefix-cache"], startup_timeout=600) as cold,
         LlamaCppServer(gguf, alias="m", n_ctx=4096, n_threads=threads) as own,
     ):  # fmt: skip
         c_ours = openai.OpenAI(base_url=ours.base_url, api_key="x", max_retries=0, timeout=600)
@@ -174,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         one(c_ours, "m", student_chats[0], 4)  # warm all (first-call allocations; the
         one(c_own, "m", student_chats[0], 4)  # teacher's prefix cache, as in a harvest)
         one(c_teacher, "m", teacher_chats[-1], 4)
-        ours_rows, own_rows, teacher_rows = [], [], []
+        c_cold = openai.OpenAI(base_url=cold.base_url, api_key="x", max_retries=0, timeout=600)
+        ours_rows, own_rows, teacher_rows, cold_rows = [], [], [], []
         for chat, tchat in zip(student_chats, teacher_chats, strict=True):
             ours_rows.append(one(c_ours, "m", chat, args.max_tokens))
             own_rows.append(one(c_own, "m", chat, args.max_tokens))
             teacher_rows.append(one(c_teacher, "m", tchat, args.max_tokens))
+            cold_rows.append(one(c_cold, "m", tchat, args.max_tokens))
         agree = sum(a["text"] == b["text"] for a, b in zip(ours_rows, own_rows, strict=True))
         conc = {}
         for label, url, chats in (
@@ -188,12 +193,16 @@ def main(argv: list[str] | None = None) -> int:
             for c in (1, 8):
                 conc[f"{label}_c{c}"] = asyncio.run(rps(url, "m", chats, args.max_tokens, c))
     s_ours, s_own, s_teacher = summary(ours_rows), summary(own_rows), summary(teacher_rows)
+    s_cold = summary(cold_rows)
     ratios = {
         "apidistill_vs_llamacpp_server_tokens_per_s": round(
             s_ours["output_tokens_per_s_median"] / s_own["output_tokens_per_s_median"], 3
         ),
         "teacher_vs_student_latency": round(
             s_teacher["latency_s_median"] / s_ours["latency_s_median"], 2
+        ),
+        "teacher_uncached_vs_student_latency": round(
+            s_cold["latency_s_median"] / s_ours["latency_s_median"], 2
         ),
         "teacher_vs_student_rps_c8": round(
             conc["student_c8"]["requests_per_s"] / conc["teacher_c8"]["requests_per_s"], 2
@@ -210,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "student_apidistill_llamacpp": s_ours,
         "student_llamacpp_own_server": s_own,
         "teacher_apidistill_llamacpp": s_teacher,
+        "teacher_apidistill_llamacpp_no_prefix_cache": s_cold,
         "greedy_answers_equal_ours_vs_own": f"{agree}/{n}",
         "throughput": conc,
         "ratios": ratios,
@@ -236,6 +246,7 @@ def render_md(p: dict[str, Any]) -> str:
     s, o, t = (p["student_apidistill_llamacpp"], p["student_llamacpp_own_server"],
                p["teacher_apidistill_llamacpp"])  # fmt: skip
     th = p["throughput"]
+    c = p["teacher_apidistill_llamacpp_no_prefix_cache"]
     rows = [
         "| arm | latency median (s) | output tok/s | req/s c=1 | req/s c=8 |",
         "|---|---|---|---|---|",
@@ -247,6 +258,8 @@ def render_md(p: dict[str, Any]) -> str:
         f"| prompted teacher, apidistill serve --backend llamacpp | {t['latency_s_median']} | "
         f"{t['output_tokens_per_s_median']} | {th['teacher_c1']['requests_per_s']} | "
         f"{th['teacher_c8']['requests_per_s']} |",
+        f"| prompted teacher, --no-prefix-cache | {c['latency_s_median']} | "
+        f"{c['output_tokens_per_s_median']} | | |",
     ]
     r = p["ratios"]
     return (
@@ -254,7 +267,9 @@ def render_md(p: dict[str, Any]) -> str:
         f"load {p['load_avg_before']} → {p['load_avg_after']})\n\n" + "\n".join(rows) + "\n\n"
         f"- apidistill serve / llama.cpp server, output tok/s: "
         f"{r['apidistill_vs_llamacpp_server_tokens_per_s']}× (goal ≥ 0.9)\n"
-        f"- teacher / student latency: {r['teacher_vs_student_latency']}× (goal ≥ 3)\n"
+        f"- teacher / student latency: {r['teacher_vs_student_latency']}× (goal ≥ 3); "
+        f"teacher without prefix reuse (its prompt evaluated every time, as an API bills it): "
+        f"{r['teacher_uncached_vs_student_latency']}×\n"
         f"- greedy answers equal (ours vs own server): {p['greedy_answers_equal_ours_vs_own']}\n"
         f"- llama-cpp-python {p['install']['llama_cpp_python']}: installed "
         f"{p['install']['installed_mb']} MB; {p['install']['build_note']}: "
