@@ -76,6 +76,10 @@ class TeacherServeConfig(_Section):
     adapter: str | None = None
     port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port
     max_batch_size: int = Field(16, ge=1, le=256)
+    # The engine (apidistill serve --backend): transformers keeps today's harvests identical;
+    # auto = llama.cpp for a GGUF model when llama-cpp-python is installed (the fastest here).
+    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = "transformers"
+    threads: int | None = Field(None, ge=1)  # default: physical cores
 
 
 class TeacherConfig(_Section):
@@ -415,6 +419,10 @@ class EvalConfig(_Section):
     max_tokens: int = Field(256, gt=0)  # per student answer (greedy)
     bootstrap_samples: int = Field(1000, ge=100)
     seed: int = 0
+    # Where the base/student answer and held-out KL run: auto = bfloat16 on a CUDA GPU,
+    # float32 on CPU (apidistill.devices.select_device).
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class ServeConfig(_Section):
@@ -426,6 +434,13 @@ class ServeConfig(_Section):
     max_tokens_cap: int = Field(2048, ge=1)
     max_n: int = Field(8, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Which engine runs the model: auto = llama.cpp for a GGUF (or a folder with a GGUF
+    # export) when llama-cpp-python is installed, else transformers (apidistill.serve.backends).
+    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = "auto"
+    # transformers backend only: auto = bfloat16 on a CUDA GPU, float32 on CPU.
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    threads: int | None = Field(None, ge=1)  # default: physical cores
 
 
 class SynthConfig(_Section):

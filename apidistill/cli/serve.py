@@ -72,7 +72,24 @@ def serve(
     prefix_cache: bool = typer.Option(
         True, "--prefix-cache/--no-prefix-cache", help="Reuse the KV cache of shared prefixes."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="Torch threads (default: cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Engine threads (default: physical cores)."
+    ),
+    backend: str | None = typer.Option(
+        None,
+        "--backend",
+        help="Engine: auto (llama.cpp for a GGUF when llama-cpp-python is installed, else "
+        "transformers), llamacpp, vllm, transformers.",
+    ),
+    device: str | None = typer.Option(
+        None, "--device", help="transformers backend: auto (CUDA if seen), cpu, cuda, mps."
+    ),
+    dtype: str | None = typer.Option(
+        None,
+        "--dtype",
+        help="transformers backend: auto (bfloat16 on CUDA, else float32), "
+        "float32, bfloat16, float16.",
+    ),
 ) -> None:
     given = {
         "host": host,
@@ -83,6 +100,10 @@ def serve(
         "max_tokens_cap": max_tokens_cap,
         "max_n": max_n,
         "max_body_bytes": max_body_bytes,
+        "backend": backend,
+        "device": device,
+        "dtype": dtype,
+        "threads": threads,
     }
     opts, model, name = resolve_serve_options(config, model, served_model_name, given)
     _check_options(
@@ -113,8 +134,15 @@ def serve(
             hint="give the folder the trainer exported (it holds adapter_config.json)",
         )
     from apidistill.serve.app import bind_socket, create_app, run_server
-    from apidistill.serve.engine import Engine
+    from apidistill.serve.backends import resolve_backend
     from apidistill.serve.http_common import ServeSettings
+
+    # checked before the socket is bound and before any weights load
+    backend_name = resolve_backend(opts.backend, model, adapter=adapter, device=opts.device)
+    if backend_name == "transformers":
+        from apidistill.devices import select_device
+
+        select_device(opts.device, opts.dtype, key="--device" if device else "serve.device")
 
     host = opts.host
     try:
@@ -126,12 +154,18 @@ def serve(
             hint="pick another --port, or --port 0 for a free one",
         ) from None
     bound = sock.getsockname()[1]
-    engine = Engine.from_spec(
+    from apidistill.serve.backends import load_engine
+
+    engine = load_engine(
         model,
+        backend=backend_name,
         adapter=adapter,
         max_batch_size=opts.max_batch_size,
-        num_threads=threads,
+        num_threads=opts.threads,
+        device=opts.device,
+        dtype=opts.dtype,
         prefix_cache=prefix_cache,
+        model_name=name,
     )
     settings = ServeSettings(
         served_model_name=name,

@@ -399,6 +399,8 @@ async def _add_local_kl(
             samples=cfg.bootstrap_samples,
             seed=cfg.seed,
             same_vocab=same_vocab,
+            device=cfg.device,
+            dtype=cfg.dtype,
         )
     except NothingToScore as exc:
         return f"held-out KL not measured: {exc.message}"

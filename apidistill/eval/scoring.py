@@ -268,8 +268,10 @@ def _score_batch(model, tokenizer, batch, prompts, score_fn, torch) -> list[Toke
     for i, s in enumerate(seqs):
         input_ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
+    dev = next(model.parameters()).device
     with torch.inference_mode():
-        logits = model(input_ids=input_ids, attention_mask=attn).logits
+        out = model(input_ids=input_ids.to(dev), attention_mask=attn.to(dev))
+        logits = out.logits.cpu()  # the scoring below indexes with CPU tensors
     top_ids, top_lp, mask = _teacher_tensors(batch, torch)
     # Logits at row i, position P-1+t predict the teacher's token t (right padding keeps P).
     rows, at = [], []
@@ -307,19 +309,25 @@ def heldout_kl(
     seed: int = 0,
     render_prompt: RenderFn | None = None,
     same_vocab: bool = True,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> KLSummary:
     """Load ``model_spec`` (+ ``adapter``) and measure its KL to the teacher on ``records``.
 
     ``same_vocab=False`` says the teacher's tokenizer is another one (its ids, if any, are
     not student ids): every record is then scored on byte-aligned positions.
-    Raises :class:`NothingToScore` when no record can be scored.
+    ``device``/``dtype``: ``auto`` is bfloat16 on a CUDA GPU, float32 on CPU
+    (:func:`apidistill.devices.select_device`). Raises :class:`NothingToScore` when no
+    record can be scored.
     """
+    from apidistill.devices import select_device
     from apidistill.models import load_model, load_tokenizer
     from apidistill.train.align import StudentVocab
 
     _, render = _defaults(render_prompt)
     tokenizer = load_tokenizer(model_spec)
-    model = load_model(model_spec, adapter=adapter)
+    dev, dt = select_device(device, dtype, key="eval.device")
+    model = load_model(model_spec, adapter=adapter, dtype=dt).to(dev)
     scores = score_records(
         model,
         tokenizer,

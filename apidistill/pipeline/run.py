@@ -92,8 +92,14 @@ def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | Non
         port=s.port,
         max_batch_size=s.max_batch_size,
         served_model_name=cfg.teacher.model,
+        backend=s.backend,
+        threads=s.threads,
     ) as handle:
         yield handle.base_url
+
+
+def _device_args(cfg: RunConfig) -> list[str]:
+    return ["--device", cfg.eval.device, "--dtype", cfg.eval.dtype]
 
 
 @contextlib.contextmanager
@@ -109,9 +115,11 @@ def eval_servers(ctx: RunContext, student_dir: str) -> Iterator[tuple[dict[str, 
     base_model = cfg.student.model
     full = not (Path(student_dir) / "adapter_config.json").is_file()
     model, adapter = (student_dir, None) if full else (base_model, student_dir)
+    # the trained weights as trained (transformers), on eval's device and dtype
+    where = {"backend": "transformers", "extra_args": _device_args(cfg)}
     base, student = launch_servers(  # both load at once: ready in the time of one
-        {"model": base_model, "served_model_name": "base"},
-        {"model": model, "adapter": adapter, "served_model_name": "student"},
+        {"model": base_model, "served_model_name": "base", **where},
+        {"model": model, "adapter": adapter, "served_model_name": "student", **where},
     )
     with base, student:
         yield (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter
 from starlette.requests import Request
@@ -29,6 +30,14 @@ from apidistill.serve.http_common import (
     unless_disconnected,
 )
 from apidistill.serve.http_errors import APIError, sse_error
+from apidistill.serve.tool_calls import (
+    ToolSpec,
+    anthropic_tools,
+    call_id,
+    parse_call,
+    tool_schema,
+    with_tool_instructions,
+)
 
 __all__ = ["router"]
 
@@ -52,12 +61,24 @@ def _messages(req: MessagesRequest) -> tuple[list[Message], bool]:
     return out, prefill
 
 
-async def _prompt_ids(ctx: ServerContext, req: MessagesRequest) -> list[int]:
+async def _prompt_ids(
+    ctx: ServerContext, req: MessagesRequest, tools: list[ToolSpec] | None = None
+) -> list[int]:
     messages, prefill = _messages(req)
+    if tools:
+        messages = with_tool_instructions(messages, tools)
     try:
         return await off_loop(ctx.engine.encode_messages, messages, continue_final_message=prefill)
     except ApidistillError as exc:
         raise engine_error(exc) from None
+
+
+def _tool_use(text: str) -> dict[str, Any] | None:
+    parsed = parse_call(text)
+    if parsed is None:
+        return None
+    name, args = parsed
+    return {"type": "tool_use", "id": call_id("toolu_"), "name": name, "input": args}
 
 
 @router.post("/v1/messages/count_tokens")
@@ -75,11 +96,26 @@ async def messages(request: Request) -> Response:
     ctx.authorize(request)
     req = parse_body(MessagesRequest, await read_json(request, ctx.settings.max_body_bytes))
     ctx.check_model(req.model)
+    tools = None
     if req.tools:
-        raise APIError(400, "tools: tool use is not supported by apidistill serve", param="tools")
+        if not getattr(ctx.engine, "supports_grammar", False):
+            raise APIError(
+                400,
+                "tools: tool use is not supported by this server's backend "
+                "(serve a GGUF with --backend llamacpp)",
+                param="tools",
+            )
+        tools = anthropic_tools(req.tools, req.tool_choice)
+        if tools and req.stream:
+            raise APIError(
+                400, "stream: streaming a tool call is not supported; send stream=false",
+                param="stream",
+            )  # fmt: skip
     ctx.check_max_tokens(req.max_tokens)
-    ids = await _prompt_ids(ctx, req)
-    extra = {"top_k": req.top_k} if req.top_k else {}
+    ids = await _prompt_ids(ctx, req, tools)
+    extra: dict[str, Any] = {"top_k": req.top_k} if req.top_k else {}
+    if tools:
+        extra["tool_call_schema"] = tool_schema(tools)
     params = GenerationParams(
         max_tokens=req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
@@ -102,7 +138,8 @@ async def messages(request: Request) -> Response:
             raise engine_error(exc) from None
         finally:
             slot.release()
-        return JSONResponse(message_response(mid, model, out), headers={"request-id": mid})
+        use = _tool_use(out.text) if tools else None
+        return JSONResponse(message_response(mid, model, out, use), headers={"request-id": mid})
 
     async def events() -> AsyncIterator[str]:
         try:

@@ -2,7 +2,8 @@
 
 Follows the Messages API reference: ``system`` is a string or text blocks, message content is
 a string or text blocks, ``max_tokens`` is required, a final assistant message is a prefill
-the answer continues from. Non-text blocks (images, tools, documents) are refused with a 400.
+the answer continues from. Non-text blocks (images, tool results, documents) are refused with
+a 400; ``tools`` work on backends that decode under a grammar (see tool_calls.py).
 
 Usage: ``input_tokens`` is the whole prompt. The server's automatic prefix cache is not
 Anthropic's opt-in prompt caching, so ``cache_read_input_tokens`` stays 0 and clients that
@@ -54,6 +55,7 @@ class MessagesRequest(_Body):
     stream: bool = False
     metadata: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    tool_choice: dict[str, Any] | None = None
 
     def system_text(self) -> str | None:
         if self.system is None:
@@ -84,14 +86,18 @@ def usage_of(out: EngineOutput) -> dict[str, int]:
     }
 
 
-def message_response(mid: str, model: str, out: EngineOutput) -> dict[str, Any]:
+def message_response(
+    mid: str, model: str, out: EngineOutput, tool_use: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``tool_use``: the answer was a tool call (a ``tool_use`` block, stop reason
+    ``tool_use``) instead of text."""
     return {
         "id": mid,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": out.text}],
-        "stop_reason": stop_reason_of(out),
+        "content": [tool_use] if tool_use else [{"type": "text", "text": out.text}],
+        "stop_reason": "tool_use" if tool_use else stop_reason_of(out),
         "stop_sequence": out.stop_sequence,
         "usage": usage_of(out),
     }

@@ -95,12 +95,17 @@ def launch_server(
     extra_args: Sequence[str] = (),
     startup_timeout: float = 180.0,
     env: Mapping[str, str] | None = None,
+    backend: str | None = "transformers",
+    threads: int | None = None,
 ) -> ServerHandle:
     """Start a server on 127.0.0.1 and return once it accepts requests.
 
     Raises :class:`ModelLoadError` (model problems) or :class:`ApidistillError` (anything
     else) with the child's last stderr lines when it exits or stays silent past
-    ``startup_timeout`` seconds.
+    ``startup_timeout`` seconds. ``backend`` is ``--backend``: ``transformers`` by default, so
+    the pipeline and the tests keep the engine they were written against (``None`` leaves the
+    command's own default, ``auto``); :func:`apidistill.serve.backends.fastest_backend` names
+    the fastest one here.
     """
     pending = _spawn(
         model,
@@ -111,6 +116,8 @@ def launch_server(
         served_model_name=served_model_name,
         extra_args=extra_args,
         env=env,
+        backend=backend,
+        threads=threads,
     )
     return pending.wait(startup_timeout)
 
@@ -200,6 +207,8 @@ def _spawn(
     served_model_name: str | None = None,
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    backend: str | None = "transformers",
+    threads: int | None = None,
 ) -> _Pending:
     cmd = [
         sys.executable, "-m", "apidistill", "serve",
@@ -212,6 +221,10 @@ def _spawn(
         cmd += ["--adapter", adapter]
     if served_model_name:
         cmd += ["--served-model-name", served_model_name]
+    if backend:
+        cmd += ["--backend", backend]
+    if threads:
+        cmd += ["--threads", str(threads)]
     child_env = {**os.environ, **(env or {})}
     child_env.setdefault("HF_HUB_OFFLINE", "1")
     child_env.setdefault("TRANSFORMERS_OFFLINE", "1")

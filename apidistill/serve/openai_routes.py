@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -38,6 +39,13 @@ from apidistill.serve.openai_schema import (
     completion_response,
     usage_body,
 )
+from apidistill.serve.tool_calls import (
+    call_id,
+    openai_tools,
+    parse_call,
+    tool_schema,
+    with_tool_instructions,
+)
 
 __all__ = ["router"]
 
@@ -52,7 +60,7 @@ def _ctx(request: Request) -> ServerContext:
 
 def _check_common(ctx: ServerContext, req: SamplingFields) -> None:
     ctx.check_model(req.model)
-    bad = req.unsupported()
+    bad = req.unsupported(grammar=getattr(ctx.engine, "supports_grammar", False))
     if bad is not None:
         raise APIError(400, bad[1], param=bad[0], code="unsupported_parameter")
     if req.n > ctx.settings.max_n:
@@ -64,8 +72,17 @@ def _check_common(ctx: ServerContext, req: SamplingFields) -> None:
         )
 
 
-def _params(req: SamplingFields, max_tokens: int, *, logprobs: bool, top: int) -> GenerationParams:
-    extra: dict[str, Any] = {}
+def _params(
+    req: SamplingFields,
+    max_tokens: int,
+    *,
+    logprobs: bool,
+    top: int,
+    grammar: dict[str, Any] | None = None,
+) -> GenerationParams:
+    """``grammar``: ``response_format`` / ``tool_call_schema`` for a backend that decodes
+    under a grammar (already checked to be one)."""
+    extra: dict[str, Any] = dict(grammar or {})
     if req.top_k is not None:
         extra["top_k"] = req.top_k
     if req.ignore_eos:
@@ -122,11 +139,25 @@ async def chat_completions(request: Request) -> Response:
         for m in req.messages
     ]
     engine = ctx.engine
+    grammar: dict[str, Any] = {}
+    tools = openai_tools(req.tools, req.tool_choice) if req.tools else None
+    if tools:
+        if req.stream:
+            raise APIError(
+                400,
+                "Streaming a tool call is not supported by this server; send stream=false.",
+                param="stream",
+                code="unsupported_parameter",
+            )
+        messages = with_tool_instructions(messages, tools)
+        grammar["tool_call_schema"] = tool_schema(tools)
+    elif (req.response_format or {}).get("type", "text") != "text":
+        grammar["response_format"] = req.response_format
 
     def tokenize() -> _Prepared:
         ids = engine.encode_messages(messages, continue_final_message=req.continue_final_message)
         budget = limit if limit is not None else ctx.default_max_tokens(len(ids))
-        params = _params(req, budget, logprobs=bool(req.logprobs), top=top)
+        params = _params(req, budget, logprobs=bool(req.logprobs), top=top, grammar=grammar)
         return engine.prepare(None, None, params, n=req.n, prompt_ids=ids)
 
     try:
@@ -144,7 +175,8 @@ async def chat_completions(request: Request) -> Response:
             raise engine_error(exc) from None
         finally:
             slot.release()
-        body = chat_response(rid, model, fp, outs, logprobs=bool(req.logprobs))
+        calls = _tool_calls(outs) if tools else None
+        body = chat_response(rid, model, fp, outs, logprobs=bool(req.logprobs), tool_calls=calls)
         return JSONResponse(body, headers={"x-request-id": rid})
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
@@ -187,6 +219,18 @@ async def chat_completions(request: Request) -> Response:
     return StreamingResponse(
         events(), media_type="text/event-stream", headers={**SSE_HEADERS, "x-request-id": rid}
     )
+
+
+def _tool_calls(outs: list[EngineOutput]) -> dict[int, list[dict[str, Any]]]:
+    """OpenAI ``tool_calls`` of each choice whose grammar-decoded answer is a whole call."""
+    calls: dict[int, list[dict[str, Any]]] = {}
+    for o in outs:
+        parsed = parse_call(o.text)
+        if parsed is not None:
+            name, args = parsed
+            fn = {"name": name, "arguments": json.dumps(args, ensure_ascii=False)}
+            calls[o.index] = [{"id": call_id("call_"), "type": "function", "function": fn}]
+    return calls
 
 
 def _chat_choice(

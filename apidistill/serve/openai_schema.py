@@ -90,7 +90,7 @@ class SamplingFields(_Body):
             return None
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def unsupported(self) -> tuple[str, str] | None:
+    def unsupported(self, *, grammar: bool = False) -> tuple[str, str] | None:
         """(param, why) for a known field this server does not implement."""
         if self.presence_penalty:
             return "presence_penalty", "presence_penalty is not supported; leave it at 0"
@@ -108,16 +108,27 @@ class ChatRequest(SamplingFields):
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0)
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     functions: list[Any] | None = None
     response_format: dict[str, Any] | None = None
     continue_final_message: bool = False
 
-    def unsupported(self) -> tuple[str, str] | None:
-        if self.tools or self.functions:
-            return "tools", "tool calling is not supported by apidistill serve"
+    def unsupported(self, *, grammar: bool = False) -> tuple[str, str] | None:
+        """``grammar``: the backend decodes under a grammar (llama.cpp), so tools and JSON
+        response formats are honoured; the transformers engine refuses them."""
+        if self.functions:
+            return "functions", "the legacy 'functions' field is not supported; send 'tools'"
+        if self.tools and not grammar:
+            return "tools", (
+                "tool calling is not supported by this server's backend "
+                "(serve a GGUF with --backend llamacpp)"
+            )
         fmt = (self.response_format or {}).get("type", "text")
-        if fmt != "text":
-            return "response_format", f"response_format {fmt!r} is not supported (only 'text')"
+        if fmt != "text" and not grammar:
+            return "response_format", (
+                f"response_format {fmt!r} is not supported by this server's backend "
+                "(only 'text'; serve a GGUF with --backend llamacpp for JSON)"
+            )
         return super().unsupported()
 
 
@@ -137,7 +148,7 @@ class CompletionRequest(SamplingFields):
             return [list(p)]  # type: ignore[arg-type]
         return list(p)  # type: ignore[arg-type]
 
-    def unsupported(self) -> tuple[str, str] | None:
+    def unsupported(self, *, grammar: bool = False) -> tuple[str, str] | None:
         if self.suffix:
             return "suffix", "suffix (insertion) is not supported"
         if self.best_of is not None and self.best_of != self.n:
@@ -177,9 +188,32 @@ def chat_logprobs(lps: list[TokenLogprob] | None) -> dict[str, Any] | None:
     }
 
 
-def chat_response(
-    rid: str, model: str, fingerprint: str, outs: list[EngineOutput], *, logprobs: bool
+def _chat_choice(
+    o: EngineOutput, logprobs: bool, calls: list[dict[str, Any]] | None
 ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": o.text, "refusal": None}
+    finish: str = o.finish_reason
+    if calls:  # the answer was a tool call: OpenAI puts it here, with no text content
+        message = {**message, "content": None, "tool_calls": calls}
+        finish = "tool_calls"
+    return {
+        "index": o.index,
+        "message": message,
+        "logprobs": chat_logprobs(o.logprobs) if logprobs else None,
+        "finish_reason": finish,
+    }
+
+
+def chat_response(
+    rid: str,
+    model: str,
+    fingerprint: str,
+    outs: list[EngineOutput],
+    *,
+    logprobs: bool,
+    tool_calls: dict[int, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """``tool_calls``: per choice index, the calls its answer made (see tool_calls.py)."""
     return {
         "id": rid,
         "object": "chat.completion",
@@ -187,13 +221,7 @@ def chat_response(
         "model": model,
         "system_fingerprint": fingerprint,
         "choices": [
-            {
-                "index": o.index,
-                "message": {"role": "assistant", "content": o.text, "refusal": None},
-                "logprobs": chat_logprobs(o.logprobs) if logprobs else None,
-                "finish_reason": o.finish_reason,
-            }
-            for o in outs
+            _chat_choice(o, logprobs, tool_calls[o.index] if tool_calls else None) for o in outs
         ],
         "usage": usage_body(outs, n=len(outs)),  # one prompt, n choices
     }

@@ -128,3 +128,11 @@ def test_command_checks_limits_before_loading_anything():
     with pytest.raises(ConfigError, match="--port"):
         _check_options(70000, 1, 1, 1, 1, 1024)
     _check_options(0, 1, 0, 1, 1, 1024)  # an empty queue is allowed
+
+
+def test_backend_and_device_options_are_checked_before_loading(monkeypatch):
+    assert_one_error(serve("--backend", "nope", "--port", "0"), "--backend", "nope")
+    proc = serve("--device", "cuda", "--port", "0", env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_error(proc, "--device", "cuda")
+    proc = serve("--backend", "vllm", "--port", "0")
+    assert_one_error(proc, "--backend", "vllm")

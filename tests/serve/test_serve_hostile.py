@@ -35,11 +35,22 @@ class Live:
         return self.root + "/v1"
 
 
-@pytest.fixture(scope="module")
-def live(tiny_model_dir) -> Iterator[Live]:
+@pytest.fixture(
+    scope="module", params=["transformers", pytest.param("llamacpp", marks=pytest.mark.slow)]
+)
+def live(request, tiny_model_dir) -> Iterator[Live]:
+    """The same server on each backend: the tiny model in the transformers engine, the
+    embedded SmolLM2 GGUF in llama.cpp (no prefix reuse, so greedy answers repeat exactly;
+    slow: ~95 s on 2 loaded cores, most of it the fuzzing and the 3.8 MB prompt)."""
     import uvicorn
 
-    engine = Engine.from_spec(str(tiny_model_dir), max_batch_size=16, num_threads=1)
+    if request.param == "llamacpp":
+        from apidistill.serve.backends.llamacpp import LlamaCppEngine
+        from apidistill.testing.llamacpp_server import embedded_gguf
+
+        engine = LlamaCppEngine.from_gguf(embedded_gguf(), num_threads=1, prefix_cache=False)
+    else:
+        engine = Engine.from_spec(str(tiny_model_dir), max_batch_size=16, num_threads=1)
     app = create_app(engine, ServeSettings(served_model_name=NAME, **CAPS))
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
