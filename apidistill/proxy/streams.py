@@ -10,6 +10,7 @@ committed, so a client that has the whole answer has it in the store too.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 from typing import Any
@@ -88,7 +89,7 @@ def assemble_openai(events: list[bytes]) -> dict[str, Any] | None:
             i = ch.get("index", 0)
             slot = choices.setdefault(
                 i,
-                {"index": i, "message": {"role": "assistant", "content": None},
+                {"index": i, "message": {"role": "assistant", "content": None, "refusal": None},
                  "logprobs": None, "finish_reason": None},
             )  # fmt: skip
             msg = slot["message"]
@@ -158,10 +159,8 @@ def assemble_anthropic(events: list[bytes]) -> dict[str, Any] | None:
         elif kind == "content_block_stop":
             i = data.get("index", 0)
             if i in partial and i < len(msg["content"]):
-                try:
+                with contextlib.suppress(ValueError):
                     msg["content"][i]["input"] = json.loads(partial.pop(i) or "{}")
-                except ValueError:
-                    pass
         elif kind == "message_delta":
             for k, v in (data.get("delta") or {}).items():
                 msg[k] = v

@@ -31,7 +31,7 @@ def proxy_settings(
             "model": model,
             "base_url": teacher.base_url,
             "price": PRICE,
-        },  # fmt: skip
+        },
         "policy": {"use": "internal"},
         "capture": {"path": str(tmp / "captures.sqlite")},
     }
