@@ -76,14 +76,20 @@ def test_spend_survives_a_restart(teacher, start_proxy, tmp_path) -> None:
     assert Decimal(httpx2.get(again.root + "/stats").json()["budget"]["spent_usd"]) == spent > 0
 
 
-def test_stream_without_max_tokens_reserves_the_assumed_output(teacher, start_proxy, tmp_path) -> None:
+def test_stream_without_max_tokens_reserves_the_assumed_output(
+    teacher, start_proxy, tmp_path
+) -> None:
     proxy = start_proxy(proxy_settings(
         teacher, tmp_path, budget={"usd": "0.001", "assume_max_output_tokens": 100_000}
     ))  # fmt: skip
     oa = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0)
     with pytest.raises(openai.RateLimitError):  # 100k tokens at $2/M is $0.20 > $0.001
         list(oa.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True))
-    list(oa.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=16))
+    list(
+        oa.chat.completions.create(
+            model="gpt-4o-mini", messages=MESSAGES, stream=True, max_tokens=16
+        )
+    )
 
 
 def test_at_cap_answers_from_the_student(teacher, start_proxy, tmp_path) -> None:
@@ -97,6 +103,8 @@ def test_at_cap_answers_from_the_student(teacher, start_proxy, tmp_path) -> None
         out = oa.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
         assert out.choices[0].message.content
         assert _received(student) == 1 and _received(teacher) == before
-    assert list(iter_captures(tmp_path / "captures.sqlite")) == []  # student answers are not teacher data
+    assert (
+        list(iter_captures(tmp_path / "captures.sqlite")) == []
+    )  # student answers are not teacher data
     stats = httpx2.get(proxy.root + "/stats").json()
     assert stats["routes"]["default"]["answered_by_student"] == 1

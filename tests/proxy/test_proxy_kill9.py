@@ -25,7 +25,9 @@ def test_kill9_loses_no_acknowledged_capture_and_reports_in_flight(start_proxy, 
         stop = threading.Event()
 
         def client(n: int) -> None:
-            oa = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30)
+            oa = openai.OpenAI(
+                base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30
+            )
             i = 0
             while not stop.is_set():
                 msgs = [{"role": "user", "content": f"client {n} request {i}"}]
