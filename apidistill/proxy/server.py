@@ -8,7 +8,6 @@ connections (tests and scripts read the port from it, ``--port 0`` picks a free 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 
 from apidistill.costs.budget import Budget, format_usd
@@ -92,27 +91,36 @@ def prepare(cfg: ProxyConfig, *, say: object = print) -> ProxyState:
 
 
 def serve_proxy(cfg: ProxyConfig) -> None:
-    """Serve until interrupted."""
+    """Serve until interrupted.
+
+    uvicorn binds the address itself (a socket handed in with ``sockets=`` loses
+    ``TCP_NODELAY`` on accepted connections: every answer then waits ~40 ms for a delayed
+    ACK); the ready line is printed once it listens, with the port it got."""
+    import asyncio
+
     import uvicorn
 
     state = prepare(cfg, say=lambda m: print(m, file=sys.stderr, flush=True))
-    sock = socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((cfg.host, cfg.port))
-    except OSError as exc:
-        raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}: {exc}", key="port") from None
-    sock.listen(2048)
-    port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(state), log_level="warning", access_log=False, lifespan="on",
-            timeout_keep_alive=30, backlog=2048,
+            build_app(state), host=cfg.host, port=cfg.port, log_level="warning",
+            access_log=False, lifespan="on", timeout_keep_alive=30, backlog=2048,
         )
     )  # fmt: skip
-    print(f"{READY_PREFIX}http://{cfg.host}:{port}", flush=True)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}", key="port")
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        print(f"{READY_PREFIX}http://{cfg.host}:{port}", flush=True)
+        await task
+
     try:
-        server.run(sockets=[sock])
+        asyncio.run(main())
     finally:
         if state.store is not None:
             state.store.close()
