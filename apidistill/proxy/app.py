@@ -2,7 +2,7 @@
 
 ``POST /v1/chat/completions`` and ``POST /v1/messages`` (also under ``/r/<alias>/…``, the
 route tag, or with an ``X-Apidistill-Route`` header) go to the configured teacher through one
-shared ``httpx2`` connection pool; the client gets the teacher's status, body, SSE events and
+shared connection pool (:mod:`apidistill.proxy.upstream`); the client gets the teacher's status, body, SSE events and
 error envelope unchanged. Around each call the proxy (1) reserves the worst-case cost in the
 budget, (2) journals the exchange in the capture store, (3) passes the answer through,
 (4) assembles a streamed answer, settles the budget on its usage and commits the capture —
@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -43,6 +42,7 @@ from apidistill.proxy.streams import (
     event_data,
     is_terminal,
 )
+from apidistill.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, open_upstream
 from apidistill.teachers.openai import sampling_settings
 
 __all__ = ["ProxyState", "build_app"]
@@ -84,20 +84,19 @@ class ProxyState:
     recovery: Recovery | None = None
     stats: Stats = field(default_factory=Stats)
     rng: random.Random = field(default_factory=random.Random)
-    client: httpx2.AsyncClient | None = None
+    client: Upstream | None = None
 
     @property
     def root(self) -> str:
         return upstream_root(self.cfg.teacher.base_url, self.cfg.teacher.provider)
 
-    def open_client(self) -> httpx2.AsyncClient:
-        limits = httpx2.Limits(
+    def open_client(self) -> Upstream:
+        """The one shared upstream pool (opened in the server's event loop)."""
+        self.client = open_upstream(
+            self.cfg.teacher.transport,
             max_connections=self.cfg.max_connections,
-            max_keepalive_connections=self.cfg.max_connections,
-            keepalive_expiry=30.0,
+            timeout_s=self.cfg.timeout_s,
         )
-        timeout = httpx2.Timeout(self.cfg.timeout_s, connect=min(10.0, self.cfg.timeout_s))
-        self.client = httpx2.AsyncClient(limits=limits, timeout=timeout, trust_env=False)
         return self.client
 
 
@@ -181,14 +180,16 @@ class Proxy:
         assert self.s.client is not None
         headers, _ = request_headers(list(request.headers.items()), "openai", self.s.teacher_key)
         try:
-            resp = await self.s.client.get(f"{self.s.root}/v1/models", headers=headers)
-        except httpx2.HTTPError as exc:
+            resp = await self.s.client.send(
+                "GET", f"{self.s.root}/v1/models", content=None, headers=headers, params=None
+            )
+            data = await resp.read()
+        except UpstreamError as exc:
             return error_response("openai", 502, f"apidistill proxy: teacher unreachable: {exc}")
+        await resp.close()
+        ctype = {k.lower(): v for k, v in resp.headers}.get("content-type")
         return Response(
-            resp.content,
-            status_code=resp.status_code,
-            headers=response_headers(list(resp.headers.items())),
-            media_type=resp.headers.get("content-type"),
+            data, status_code=resp.status, headers=response_headers(resp.headers), media_type=ctype
         )
 
     # ----------------------------------------------------------------- the exchange
@@ -272,27 +273,23 @@ class Proxy:
         assert s.client is not None
         try:
             upstream = await s.client.send(
-                s.client.build_request(
-                    "POST",
-                    root + path,
-                    content=content,
-                    headers=headers,
-                    params=request.query_params.multi_items() or None,
-                ),
-                stream=True,
+                "POST",
+                root + path,
+                content=content,
+                headers=headers,
+                params=request.query_params.multi_items() or None,
             )
-        except httpx2.HTTPError as exc:
-            sent = not isinstance(exc, httpx2.ConnectError | httpx2.ConnectTimeout)
-            self._close(ex, 502, None, None, billed_unknown=sent)
+        except UpstreamError as exc:
+            self._close(ex, 502, None, None, billed_unknown=exc.sent)
             rs.upstream_errors += 1
             return error_response(
                 api,
-                502 if not isinstance(exc, httpx2.TimeoutException) else 504,
-                f"apidistill proxy: the teacher did not answer ({type(exc).__name__}: {exc})",
+                504 if exc.timeout else 502,
+                f"apidistill proxy: the teacher did not answer ({exc})",
             )
-        ctype = upstream.headers.get("content-type", "")
-        passback = response_headers(list(upstream.headers.items()))
-        if stream and upstream.status_code == 200 and "text/event-stream" in ctype:
+        ctype = {k.lower(): v for k, v in upstream.headers}.get("content-type", "")
+        passback = response_headers(upstream.headers)
+        if stream and upstream.status == 200 and "text/event-stream" in ctype:
             return StreamingResponse(
                 self._relay(ex, upstream),
                 status_code=200,
@@ -300,27 +297,27 @@ class Proxy:
                 media_type="text/event-stream",
             )
         try:
-            data = await upstream.aread()
-        except httpx2.HTTPError as exc:
+            data = await upstream.read()
+        except UpstreamError as exc:
             self._close(ex, 502, None, None, billed_unknown=True)
             rs.upstream_errors += 1
             return error_response(
                 api, 502, f"apidistill proxy: the teacher's answer broke off ({exc})"
             )
         finally:
-            await upstream.aclose()
+            await upstream.close()
         try:
             answer = json.loads(data) if data else None
         except ValueError:
             answer = None
-        if upstream.status_code >= 400:
+        if upstream.status >= 400:
             rs.upstream_errors += 1
-        self._close(ex, upstream.status_code, answer if isinstance(answer, dict) else None, None)
+        self._close(ex, upstream.status, answer if isinstance(answer, dict) else None, None)
         return Response(
-            data, status_code=upstream.status_code, headers=passback, media_type=ctype or None
+            data, status_code=upstream.status, headers=passback, media_type=ctype or None
         )
 
-    async def _relay(self, ex: _Exchange, upstream: httpx2.Response) -> Any:
+    async def _relay(self, ex: _Exchange, upstream: UpstreamResponse) -> Any:
         """Pass SSE events on as they complete; hold the terminal event until the capture is
         committed."""
         splitter = EventSplitter()
@@ -328,7 +325,7 @@ class Proxy:
         held: list[bytes] = []
         finished = False
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in upstream.chunks():
                 for ev in splitter.feed(chunk):
                     events.append(ev)
                     if ex.strip_usage_chunk and _usage_only(ev):
@@ -339,11 +336,11 @@ class Proxy:
                         yield ev
             rest = splitter.rest()
             finished = True
-        except httpx2.HTTPError:
+        except UpstreamError:
             rest = splitter.rest()
             self.s.stats.route(ex.route).upstream_errors += 1
         finally:
-            await upstream.aclose()
+            await upstream.close()
             if not finished:
                 # the client went away or the teacher broke off: the answer may be billed
                 assembled = self._assemble(ex.api, events)
@@ -517,7 +514,7 @@ def build_app(state: ProxyState) -> Starlette:
         try:
             yield
         finally:
-            await client.aclose()
+            await client.close()
 
     async def index(request: Request) -> Response:
         return page()
