@@ -33,6 +33,7 @@ from apidistill.data.schema import Usage
 from apidistill.errors import BudgetExceeded
 from apidistill.proxy.capture_store import CaptureStore, CaptureStoreError, Recovery
 from apidistill.proxy.config import ProxyConfig
+from apidistill.proxy.enrich import first_logprobs, strip_answer, strip_event, wants_enrichment
 from apidistill.proxy.shapes import Api, error_response, request_headers, response_headers
 from apidistill.proxy.stats import Stats
 from apidistill.proxy.streams import (
@@ -85,6 +86,7 @@ class ProxyState:
     stats: Stats = field(default_factory=Stats)
     rng: random.Random = field(default_factory=random.Random)
     client: Upstream | None = None
+    enrich_k: int = 0  # top-k logprobs added to requests that ask none (enrich.py)
 
     @property
     def root(self) -> str:
@@ -115,6 +117,7 @@ class _Exchange:
     reserved: bool = False
     worst: Decimal | None = None
     strip_usage_chunk: bool = False
+    enriched: bool = False
 
 
 def _usage_of(api: Api, answer: dict[str, Any] | None) -> Usage | None:
@@ -266,6 +269,14 @@ class Proxy:
                 send = {**body, "stream_options": {**(body.get("stream_options") or {}),
                                                    "include_usage": True}}  # fmt: skip
                 ex.strip_usage_chunk = True
+            if (
+                api == "openai"
+                and ex.captured
+                and s.enrich_k
+                and wants_enrichment(body, s.cfg.teacher.model)
+            ):
+                send = {**send, "logprobs": True, "top_logprobs": s.enrich_k}
+                ex.enriched = True
             self._journal_start(ex)
         if not ex.captured:
             rs.not_captured += 1
@@ -312,7 +323,10 @@ class Proxy:
             answer = None
         if upstream.status >= 400:
             rs.upstream_errors += 1
-        self._close(ex, upstream.status, answer if isinstance(answer, dict) else None, None)
+        answer = answer if isinstance(answer, dict) else None
+        self._close(ex, upstream.status, answer, first_logprobs(answer))
+        if ex.enriched:
+            data = strip_answer(data)
         return Response(
             data, status_code=upstream.status, headers=passback, media_type=ctype or None
         )
@@ -330,10 +344,11 @@ class Proxy:
                     events.append(ev)
                     if ex.strip_usage_chunk and _usage_only(ev):
                         continue
+                    out = strip_event(ev) if ex.enriched else ev
                     if held or is_terminal(ev):
-                        held.append(ev)
+                        held.append(out)
                     else:
-                        yield ev
+                        yield out
             rest = splitter.rest()
             finished = True
         except UpstreamError:
@@ -350,7 +365,7 @@ class Proxy:
                 yield rest
             return
         assembled = self._assemble(ex.api, events)
-        self._close(ex, 200, assembled, None)
+        self._close(ex, 200, assembled, first_logprobs(assembled))
         for ev in held:
             yield ev
         if rest:
@@ -450,6 +465,7 @@ class Proxy:
             "capture": {
                 "enabled": s.cfg.capture.enabled and s.policy.capture_allowed,
                 "sample_rate": s.cfg.capture.sample_rate,
+                "logprobs_top_k": s.enrich_k,
                 "path": str(s.store.path) if s.store else None,
                 "errors": s.stats.capture_errors,
             },

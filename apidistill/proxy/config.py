@@ -70,6 +70,14 @@ class CaptureConfig(_Section):
         1.0, ge=0.0, le=1.0, description="Share of exchanges captured (1 = all, 0 = none)."
     )
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
+    logprobs: int = Field(
+        0,
+        ge=0,
+        le=20,
+        description="Top-k logprobs to request from an OpenAI-API teacher that returns them "
+        "when the client asked none: kept in the capture, removed from the client's answer "
+        "(0 = off).",
+    )
 
 
 class ProxyBudgetConfig(_Section):

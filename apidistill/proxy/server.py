@@ -17,6 +17,7 @@ from apidistill.policy.engine import decide_for_teacher, enforce
 from apidistill.proxy.app import PolicyView, ProxyState, build_app
 from apidistill.proxy.capture_store import CaptureStore
 from apidistill.proxy.config import ProxyConfig
+from apidistill.proxy.enrich import enrich_top_k
 from apidistill.proxy.redact import Redactor
 
 __all__ = ["READY_PREFIX", "prepare", "serve_proxy"]
@@ -78,6 +79,9 @@ def prepare(cfg: ProxyConfig, *, say: object = print) -> ProxyState:
             f"apidistill proxy: capturing {cfg.capture.sample_rate:.0%} of exchanges into "
             f"{cfg.capture.path} ({policy.decision}: {policy.reason})"
         )
+    state.enrich_k, why = enrich_top_k(cfg.teacher, cfg.capture.logprobs)
+    if cfg.capture.logprobs:
+        emit(f"apidistill proxy: logprob enrichment: {why}")
     if cfg.budget is not None:
         assert state.store is not None
         spent, risk, today = state.store.totals()
