@@ -11,6 +11,7 @@ before the client gets the answer's last event.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import random
@@ -34,6 +35,7 @@ from apidistill.errors import BudgetExceeded
 from apidistill.proxy.capture_store import CaptureStore, CaptureStoreError, Recovery
 from apidistill.proxy.config import ProxyConfig
 from apidistill.proxy.enrich import first_logprobs, strip_answer, strip_event, wants_enrichment
+from apidistill.proxy.shadow import run_shadow
 from apidistill.proxy.shapes import Api, error_response, request_headers, response_headers
 from apidistill.proxy.stats import Stats
 from apidistill.proxy.streams import (
@@ -87,6 +89,7 @@ class ProxyState:
     rng: random.Random = field(default_factory=random.Random)
     client: Upstream | None = None
     enrich_k: int = 0  # top-k logprobs added to requests that ask none (enrich.py)
+    background: set[Any] = field(default_factory=set)  # shadow calls in flight
 
     @property
     def root(self) -> str:
@@ -325,6 +328,8 @@ class Proxy:
             rs.upstream_errors += 1
         answer = answer if isinstance(answer, dict) else None
         self._close(ex, upstream.status, answer, first_logprobs(answer))
+        if upstream.status == 200 and root == s.root:
+            self._shadow(ex, answer)
         if ex.enriched:
             data = strip_answer(data)
         return Response(
@@ -366,6 +371,7 @@ class Proxy:
             return
         assembled = self._assemble(ex.api, events)
         self._close(ex, 200, assembled, first_logprobs(assembled))
+        self._shadow(ex, assembled)
         for ev in held:
             yield ev
         if rest:
@@ -443,6 +449,26 @@ class Proxy:
                 log.error("%s", exc)
             ex.journaled = False
         rs.latencies_ms.append((time.perf_counter() - ex.started) * 1000)
+
+    def _shadow(self, ex: _Exchange, answer: dict[str, Any] | None) -> None:
+        """Start the shadow call for a teacher answer (shadow mode), in the background."""
+        s = self.s
+        cfg = s.cfg.shadow
+        if cfg is None or s.rng.random() >= cfg.share:
+            return
+        path = "/v1/messages" if ex.api == "anthropic" else "/v1/chat/completions"
+        headers = {"content-type": "application/json"}
+        if ex.api == "anthropic":
+            headers["anthropic-version"] = "2023-06-01"
+        assert s.client is not None
+        task = asyncio.get_running_loop().create_task(
+            run_shadow(
+                s.client, upstream_root(cfg.student_url, "openai") + path, ex.api, ex.body,
+                headers, answer, cfg.model, cfg.timeout_s, s.stats.route(ex.route).shadow,
+            )
+        )  # fmt: skip
+        s.background.add(task)
+        task.add_done_callback(s.background.discard)
 
     def _refusal(self, api: Api, why: str) -> Response:
         msg = f"apidistill proxy: the upstream budget is used up: {why}"

@@ -23,6 +23,7 @@ __all__ = [
     "ProxyBudgetConfig",
     "ProxyConfig",
     "RedactionConfig",
+    "ShadowConfig",
     "load_proxy_config",
 ]
 
@@ -106,6 +107,17 @@ class ProxyBudgetConfig(_Section):
         return self
 
 
+class ShadowConfig(_Section):
+    """Shadow mode: the student answers the same requests in the background, for comparison."""
+
+    student_url: str = Field(..., description="Base URL (…/v1) of the student (apidistill serve).")
+    model: str | None = Field(
+        None, description="Model name the student answers to (default: the client's)."
+    )
+    share: float = Field(1.0, ge=0.0, le=1.0, description="Share of exchanges shadowed.")
+    timeout_s: float = Field(30.0, gt=0, description="A slower student answer is an error.")
+
+
 class ProxyConfig(_Section):
     """Everything ``apidistill proxy`` needs: the teacher it forwards to, and what it keeps."""
 
@@ -116,6 +128,7 @@ class ProxyConfig(_Section):
     )
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     budget: ProxyBudgetConfig | None = None
+    shadow: ShadowConfig | None = None
     host: str = Field("127.0.0.1", description="Address to bind (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one.")
     timeout_s: float = Field(600.0, gt=0, description="Upstream read timeout per request.")

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from apidistill.proxy.shadow import ShadowStats
+
 __all__ = ["RouteStats", "Stats"]
 
 _LATENCY_WINDOW = 10_000  # the latest latencies kept per route for percentiles
@@ -33,6 +35,7 @@ class RouteStats:
     answered_by_student: int = 0
     spend_usd: Decimal = Decimal(0)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
+    shadow: ShadowStats = field(default_factory=ShadowStats)
 
     def view(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -44,6 +47,7 @@ class RouteStats:
             "refused_budget": self.refused_budget,
             "answered_by_student": self.answered_by_student,
             "spend_usd": str(self.spend_usd),
+            "shadow": self.shadow.view(),
             "latency_ms": {
                 "p50": _percentile(lat, 0.50),
                 "p95": _percentile(lat, 0.95),
@@ -92,6 +96,19 @@ class Stats:
             "Upstream spend in USD.",
             [(f'{{route="{r}"}}', float(s.spend_usd)) for r, s in routes],
         )
+        family(
+            "apidistill_proxy_shadow_requests_total",
+            "counter",
+            "Requests also sent to the student (shadow mode).",
+            [(f'{{route="{r}"}}', s.shadow.requests) for r, s in routes],
+        )
+        family(
+            "apidistill_proxy_shadow_agreement",
+            "gauge",
+            "Share of shadowed answers where the student agrees with the teacher (exact match).",
+            [(f'{{route="{r}"}}', s.shadow.view()["agreement"]) for r, s in routes
+             if s.shadow.view()["agreement"] is not None],
+        )  # fmt: skip
         quantiles = []
         for r, s in routes:
             lat = sorted(s.latencies_ms)
