@@ -37,6 +37,7 @@ from apidistill.proxy.config import ProxyConfig
 from apidistill.proxy.enrich import first_logprobs, strip_answer, strip_event, wants_enrichment
 from apidistill.proxy.shadow import run_shadow
 from apidistill.proxy.shapes import Api, error_response, request_headers, response_headers
+from apidistill.proxy.split import split_key, to_student
 from apidistill.proxy.stats import Stats
 from apidistill.proxy.streams import (
     EventSplitter,
@@ -90,6 +91,7 @@ class ProxyState:
     client: Upstream | None = None
     enrich_k: int = 0  # top-k logprobs added to requests that ask none (enrich.py)
     background: set[Any] = field(default_factory=set)  # shadow calls in flight
+    split_share: float = 0.0  # split mode: share answered by the student (admin endpoint)
 
     @property
     def root(self) -> str:
@@ -231,6 +233,16 @@ class Proxy:
         ex = _Exchange(uuid.uuid4().hex, api, route, body, time.perf_counter(), secrets)
         rs = s.stats.route(route)
         rs.requests += 1
+        split = s.cfg.split
+        if split is not None and to_student(
+            split_key(request.headers, body, split.key_header), s.split_share, s.rng
+        ):
+            answered = await self._from_student(api, path, body, headers)
+            if answered is not None:
+                rs.answered_by_student += 1
+                rs.latencies_ms.append((time.perf_counter() - ex.started) * 1000)
+                return answered
+            rs.student_fallbacks += 1
         root = s.root
         if s.budget is not None:
             max_out = (
@@ -450,6 +462,71 @@ class Proxy:
             ex.journaled = False
         rs.latencies_ms.append((time.perf_counter() - ex.started) * 1000)
 
+    async def _from_student(
+        self, api: Api, path: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> Response | None:
+        """Split mode: the student's answer, passed through; ``None`` (fall back to the
+        teacher) on a transport error, a 5xx or no answer within ``split.timeout_s``."""
+        s = self.s
+        cfg = s.cfg.split
+        assert cfg is not None and s.client is not None
+        send = {**body, "model": cfg.model} if cfg.model else body
+        plain = {k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")}
+        try:
+            resp = await asyncio.wait_for(
+                s.client.send("POST", upstream_root(cfg.student_url, "openai") + path,
+                              content=json.dumps(send).encode(), headers=plain, params=None),
+                cfg.timeout_s,
+            )  # fmt: skip
+        except (TimeoutError, UpstreamError) as exc:
+            log.warning("split: student failed (%s); the teacher answers", exc)
+            return None
+        if resp.status >= 500:
+            await resp.close()
+            return None
+        ctype = {k.lower(): v for k, v in resp.headers}.get("content-type", "")
+        if "text/event-stream" in ctype:
+
+            async def relay() -> Any:
+                try:
+                    async for chunk in resp.chunks():
+                        yield chunk
+                except UpstreamError:
+                    pass
+                finally:
+                    await resp.close()
+
+            return StreamingResponse(relay(), status_code=resp.status, media_type=ctype)
+        try:
+            data = await asyncio.wait_for(resp.read(), cfg.timeout_s)
+        except (TimeoutError, UpstreamError):
+            return None
+        finally:
+            await resp.close()
+        return Response(data, status_code=resp.status, media_type=ctype or None)
+
+    async def admin_split(self, request: Request) -> Response:
+        """``GET``/``POST /admin/split`` ``{"share": x}``: read or change the split share at
+        run time (``apidistill proxy promote|rollback``); loopback clients only."""
+        s = self.s
+        host = request.client.host if request.client else ""
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            return JSONResponse({"error": "admin endpoints answer loopback clients only"}, 403)
+        if s.cfg.split is None:
+            return JSONResponse(
+                {"error": "split mode is off: add a 'split:' section to the proxy settings"}, 409
+            )
+        if request.method == "POST":
+            try:
+                share = float((await request.json())["share"])
+            except (ValueError, KeyError, TypeError):
+                return JSONResponse({"error": 'send {"share": <number between 0 and 1>}'}, 400)
+            if not 0.0 <= share <= 1.0:
+                return JSONResponse({"error": f"share must be between 0 and 1, got {share}"}, 400)
+            previous, s.split_share = s.split_share, share
+            log.warning("split share %s -> %s", previous, share)
+        return JSONResponse({"share": s.split_share})
+
     def _shadow(self, ex: _Exchange, answer: dict[str, Any] | None) -> None:
         """Start the shadow call for a teacher answer (shadow mode), in the background."""
         s = self.s
@@ -497,6 +574,8 @@ class Proxy:
             },
             "routes": {r: v.view() for r, v in sorted(s.stats.routes.items())},
         }
+        if s.cfg.split is not None:
+            out["split"] = {"share": s.split_share, "student_url": s.cfg.split.student_url}
         if s.recovery is not None:
             out["recovered"] = {
                 "in_flight_at_last_stop": s.recovery.in_flight,
@@ -568,6 +647,7 @@ def build_app(state: ProxyState) -> Starlette:
         Route("/r/{alias}/v1/messages", proxy.anthropic_messages, methods=["POST"]),
         Route("/v1/models", proxy.models, methods=["GET"]),
         Route("/stats", proxy.stats, methods=["GET"]),
+        Route("/admin/split", proxy.admin_split, methods=["GET", "POST"]),
         Route("/metrics", proxy.metrics, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/{rest:path}", proxy.not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),

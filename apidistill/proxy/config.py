@@ -24,6 +24,7 @@ __all__ = [
     "ProxyConfig",
     "RedactionConfig",
     "ShadowConfig",
+    "SplitConfig",
     "load_proxy_config",
 ]
 
@@ -118,6 +119,24 @@ class ShadowConfig(_Section):
     timeout_s: float = Field(30.0, gt=0, description="A slower student answer is an error.")
 
 
+class SplitConfig(_Section):
+    """Split mode: a sticky share of traffic is answered by the student."""
+
+    student_url: str = Field(..., description="Base URL (…/v1) of the student (apidistill serve).")
+    model: str | None = Field(
+        None, description="Model name the student answers to (default: the client's)."
+    )
+    share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share at start; promote/rollback change it at run time."
+    )
+    key_header: str = Field(
+        "X-Apidistill-User", description="Header naming the user or session (sticky key)."
+    )
+    timeout_s: float = Field(
+        30.0, gt=0, description="A student slower than this to answer: fall back to the teacher."
+    )
+
+
 class ProxyConfig(_Section):
     """Everything ``apidistill proxy`` needs: the teacher it forwards to, and what it keeps."""
 
@@ -129,6 +148,7 @@ class ProxyConfig(_Section):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     budget: ProxyBudgetConfig | None = None
     shadow: ShadowConfig | None = None
+    split: SplitConfig | None = None
     host: str = Field("127.0.0.1", description="Address to bind (loopback by default).")
     port: int = Field(8080, ge=0, le=65535, description="Port; 0 picks a free one.")
     timeout_s: float = Field(600.0, gt=0, description="Upstream read timeout per request.")

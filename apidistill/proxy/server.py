@@ -79,6 +79,9 @@ def prepare(cfg: ProxyConfig, *, say: object = print) -> ProxyState:
             f"apidistill proxy: capturing {cfg.capture.sample_rate:.0%} of exchanges into "
             f"{cfg.capture.path} ({policy.decision}: {policy.reason})"
         )
+    if cfg.split is not None:
+        state.split_share = cfg.split.share
+        emit(f"apidistill proxy: split mode: {cfg.split.share:.0%} of traffic to the student")
     state.enrich_k, why = enrich_top_k(cfg.teacher, cfg.capture.logprobs)
     if cfg.capture.logprobs:
         emit(f"apidistill proxy: logprob enrichment: {why}")

@@ -33,6 +33,7 @@ class RouteStats:
     upstream_errors: int = 0
     refused_budget: int = 0
     answered_by_student: int = 0
+    student_fallbacks: int = 0
     spend_usd: Decimal = Decimal(0)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=_LATENCY_WINDOW))
     shadow: ShadowStats = field(default_factory=ShadowStats)
@@ -46,6 +47,7 @@ class RouteStats:
             "upstream_errors": self.upstream_errors,
             "refused_budget": self.refused_budget,
             "answered_by_student": self.answered_by_student,
+            "student_fallbacks": self.student_fallbacks,
             "spend_usd": str(self.spend_usd),
             "shadow": self.shadow.view(),
             "latency_ms": {
