@@ -10,7 +10,8 @@ chunk when ``stream_options.include_usage``), Anthropic ``message_start``,
 A model named ``missing-model`` gets the provider's 404 error envelope.
 
 ``GET /__last`` returns the last request's body and auth headers (what the proxy sent
-upstream); ``GET /__stats`` counts answers. ``--latency-ms`` delays each answer.
+upstream); ``GET /__stats`` counts answers. ``--latency-ms`` delays each answer,
+``--stream-delay-ms`` each SSE event after the first.
 """
 
 from __future__ import annotations
@@ -181,16 +182,20 @@ async def _handle(request: web.Request, api: str) -> web.StreamResponse:
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
     await resp.prepare(request)
-    for part in anthropic_events(answer) if api == "anthropic" else openai_chunks(body, answer):
+    parts = anthropic_events(answer) if api == "anthropic" else openai_chunks(body, answer)
+    for i, part in enumerate(parts):
+        if i and state["stream_delay_ms"]:
+            await asyncio.sleep(state["stream_delay_ms"] / 1000)
         await resp.write(part)
     await resp.write_eof()
     state["answered"] += 1
     return resp
 
 
-def build_app(latency_ms: float = 0.0) -> web.Application:
+def build_app(latency_ms: float = 0.0, stream_delay_ms: float = 0.0) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
-    app["state"] = {"last": None, "received": 0, "answered": 0, "latency_ms": latency_ms}
+    app["state"] = {"last": None, "received": 0, "answered": 0, "latency_ms": latency_ms,
+                    "stream_delay_ms": stream_delay_ms}  # fmt: skip
 
     async def chat(request: web.Request) -> web.StreamResponse:
         return await _handle(request, "openai")
@@ -216,10 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
+    ap.add_argument("--stream-delay-ms", type=float, default=0.0)
     args = ap.parse_args(argv)
 
     async def run() -> None:
-        runner = web.AppRunner(build_app(args.latency_ms), access_log=None, handle_signals=True)
+        runner = web.AppRunner(
+            build_app(args.latency_ms, args.stream_delay_ms), access_log=None, handle_signals=True
+        )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
         await site.start()
@@ -234,12 +242,17 @@ class ProxyTeacherProcess(LoopbackServerProcess):
     module = "apidistill.testing.proxy_teacher"
     label = "proxy teacher"
 
-    def __init__(self, latency_ms: float = 0.0) -> None:
+    def __init__(self, latency_ms: float = 0.0, stream_delay_ms: float = 0.0) -> None:
         super().__init__()
-        self.latency_ms = latency_ms
+        self.latency_ms, self.stream_delay_ms = latency_ms, stream_delay_ms
 
     def args(self) -> list[str]:
-        return ["--latency-ms", str(self.latency_ms)]
+        return [
+            "--latency-ms",
+            str(self.latency_ms),
+            "--stream-delay-ms",
+            str(self.stream_delay_ms),
+        ]
 
     def last(self) -> dict[str, Any]:
         with self._client() as c:
