@@ -123,6 +123,7 @@ class _Exchange:
     worst: Decimal | None = None
     strip_usage_chunk: bool = False
     enriched: bool = False
+    to_student: bool = False  # answered by the student at the budget cap: no teacher spend
 
 
 def _usage_of(api: Api, answer: dict[str, Any] | None) -> Usage | None:
@@ -265,6 +266,11 @@ class Proxy:
                 rs.answered_by_student += 1
                 assert budget_cfg.student_url is not None
                 root = upstream_root(budget_cfg.student_url, "openai")
+                ex.to_student = True
+                # the teacher's key (or the client's) is for the teacher only
+                headers = {
+                    k: v for k, v in headers.items() if k not in ("authorization", "x-api-key")
+                }
         stream = bool(body.get("stream"))
         send = body
         if root == s.root:
@@ -432,7 +438,9 @@ class Proxy:
         s = self.s
         rs = s.stats.route(ex.route)
         usage = _usage_of(ex.api, answer) if status < 400 or partial else None
-        if billed_unknown or (status < 400 and usage is None):
+        if ex.to_student:
+            cost = None
+        elif billed_unknown or (status < 400 and usage is None):
             cost = ex.worst  # may have been billed, amount unknown: charged at its worst case
         elif status >= 400:
             cost = Decimal(0) if s.price is not None else None  # providers bill no errors

@@ -94,17 +94,21 @@ def test_stream_without_max_tokens_reserves_the_assumed_output(
 
 def test_at_cap_answers_from_the_student(teacher, start_proxy, tmp_path) -> None:
     with ProxyTeacherProcess() as student:
-        proxy = start_proxy(proxy_settings(
+        settings = proxy_settings(
             teacher, tmp_path,
             budget={"usd": "0.0001", "at_cap": "student", "student_url": student.base_url},
-        ))  # fmt: skip
+        )  # fmt: skip
+        settings["teacher"]["api_key_env"] = "PROXY_TEST_TEACHER_KEY"
+        proxy = start_proxy(settings, env={"PROXY_TEST_TEACHER_KEY": "sk-teacher-0123456789abcdef"})
         oa = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0)
         before = _received(teacher)
         out = oa.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=50)
         assert out.choices[0].message.content
         assert _received(student) == 1 and _received(teacher) == before
+        assert student.last()["authorization"] is None  # the teacher's key stays with the teacher
     assert (
         list(iter_captures(tmp_path / "captures.sqlite")) == []
     )  # student answers are not teacher data
     stats = httpx2.get(proxy.root + "/stats").json()
     assert stats["routes"]["default"]["answered_by_student"] == 1
+    assert stats["routes"]["default"]["spend_usd"] == "0"  # the student costs no teacher spend
