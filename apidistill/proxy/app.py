@@ -40,6 +40,7 @@ from apidistill.proxy.shapes import Api, error_response, request_headers, respon
 from apidistill.proxy.split import split_key, to_student
 from apidistill.proxy.stats import Stats
 from apidistill.proxy.streams import (
+    BrokenStream,
     EventSplitter,
     assemble_anthropic,
     assemble_openai,
@@ -388,8 +389,12 @@ class Proxy:
                 yield rest
             return
         assembled = self._assemble(ex.api, events)
-        self._close(ex, 200, assembled, first_logprobs(assembled))
-        self._shadow(ex, assembled)
+        if any(is_terminal(ev) for ev in events):
+            self._close(ex, 200, assembled, first_logprobs(assembled))
+            self._shadow(ex, assembled)
+        else:  # cut short without an error (no [DONE] / message_stop): not a whole answer
+            self.s.stats.route(ex.route).upstream_errors += 1
+            self._close(ex, 502, assembled, None, billed_unknown=True, partial=True)
         for ev in held:
             yield ev
         if rest:
@@ -397,7 +402,11 @@ class Proxy:
 
     @staticmethod
     def _assemble(api: Api, events: list[bytes]) -> dict[str, Any] | None:
-        return assemble_anthropic(events) if api == "anthropic" else assemble_openai(events)
+        """The whole answer of a stream; ``None`` when an event is broken."""
+        try:
+            return assemble_anthropic(events) if api == "anthropic" else assemble_openai(events)
+        except BrokenStream:
+            return None
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -451,6 +460,8 @@ class Proxy:
             ex.reserved = False
         if cost is not None:
             rs.spend_usd += cost
+        if status < 400 and answer is None:
+            status = 502  # a 2xx whose body is not an answer (not JSON): nothing to keep
         if ex.journaled and s.store is not None:
             try:
                 s.store.finish(

@@ -15,7 +15,14 @@ import copy
 import json
 from typing import Any
 
-__all__ = ["EventSplitter", "assemble_anthropic", "assemble_openai", "event_data", "is_terminal"]
+__all__ = [
+    "BrokenStream",
+    "EventSplitter",
+    "assemble_anthropic",
+    "assemble_openai",
+    "event_data",
+    "is_terminal",
+]
 
 
 class EventSplitter:
@@ -57,6 +64,10 @@ def is_terminal(event: bytes) -> bool:
     return data.strip() == "[DONE]" or name == "message_stop"
 
 
+class BrokenStream(ValueError):
+    """An event whose data is not JSON: the stream is not a whole answer."""
+
+
 def _parsed(events: list[bytes]) -> list[tuple[str | None, Any]]:
     out = []
     for ev in events:
@@ -66,7 +77,8 @@ def _parsed(events: list[bytes]) -> list[tuple[str | None, Any]]:
         try:
             out.append((name, json.loads(data)))
         except ValueError:
-            continue  # a broken event is passed to the client as is; nothing to assemble
+            # passed to the client as is; but an answer with a hole is not kept
+            raise BrokenStream(f"event data is not JSON: {data[:80]!r}") from None
     return out
 
 
