@@ -81,6 +81,11 @@ SUITE: tuple[Bench, ...] = (
         about="apidistill serve: batching and prefix cache on the demo prompt",
     ),
     Bench(
+        "proxy_overhead",
+        in_quick=False,
+        about="apidistill proxy vs the teacher called directly at 1/64/256 clients, capture on/off",
+    ),
+    Bench(
         "kd_quality",
         in_quick=False,
         full_timeout_s=4800,

@@ -21,6 +21,7 @@ from apidistill.cli.eval import eval_cmd, report
 from apidistill.cli.harvest import harvest, journal_app
 from apidistill.cli.import_ import import_cmd
 from apidistill.cli.policy import policy_app
+from apidistill.cli.proxy import proxy_app
 from apidistill.cli.run import bench, demo, run
 from apidistill.cli.serve import serve
 from apidistill.cli.synth import synth
@@ -65,6 +66,12 @@ app.command("eval", help="Evaluate student vs teacher on the held-out split; wri
 )
 app.command("report", help="Print the path of a run's HTML report.")(report)
 app.command("serve", help="Serve a model behind OpenAI- and Anthropic-compatible endpoints.")(serve)
+app.add_typer(
+    proxy_app,
+    name="proxy",
+    help="Forward OpenAI/Anthropic calls to the teacher and capture them for training; "
+    "promote/rollback change its split share.",
+)
 app.command("bench", help="Run the benchmark suite (benchmarks/), writing JSON and RESULTS.md.")(
     bench
 )

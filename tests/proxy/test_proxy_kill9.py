@@ -1,0 +1,77 @@
+"""kill -9 of the proxy under a client fleet: every answer a client received is in the capture
+store, and the next start reports how many exchanges were in flight (journal rows started and
+never finished) and keeps their reservations as money at risk."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import httpx2
+import openai
+
+from apidistill.proxy.capture_store import iter_captures
+from apidistill.testing.proxy_teacher import ProxyTeacherProcess
+from tests.proxy.conftest import CLIENT_KEY, proxy_settings
+
+
+def test_kill9_loses_no_acknowledged_capture_and_reports_in_flight(start_proxy, tmp_path) -> None:
+    with ProxyTeacherProcess(latency_ms=150) as slow:
+        settings = proxy_settings(slow, tmp_path, budget={"usd": "10"})
+        proxy = start_proxy(settings)
+        got: list[str] = []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def client(n: int) -> None:
+            oa = openai.OpenAI(
+                base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=30
+            )
+            i = 0
+            while not stop.is_set():
+                msgs = [{"role": "user", "content": f"client {n} request {i}"}]
+                try:
+                    if i % 2:
+                        chunks = list(oa.chat.completions.create(
+                            model="gpt-4o-mini", messages=msgs, max_tokens=8, stream=True
+                        ))  # fmt: skip
+                        rid = chunks[0].id
+                    else:
+                        rid = oa.chat.completions.create(
+                            model="gpt-4o-mini", messages=msgs, max_tokens=8
+                        ).id
+                except (openai.APIError, httpx2.HTTPError):
+                    return  # the proxy is gone
+                with lock:
+                    got.append(rid)
+                i += 1
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        while True:  # let the fleet get going: at least 16 answers acknowledged
+            with lock:
+                if len(got) >= 16:
+                    break
+            time.sleep(0.05)
+        proxy.kill9()
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+        path = tmp_path / "captures.sqlite"
+        captured = {c.response["id"] for c in iter_captures(path)}
+        assert set(got) <= captured  # every answer a client had is in the store
+        with sqlite3.connect(path) as db:
+            in_flight = db.execute(
+                "SELECT count(*) FROM exchanges WHERE status = 'started'"
+            ).fetchone()[0]
+        assert in_flight >= 1  # 8 clients, each always waiting on a 150 ms teacher
+
+        again = start_proxy(settings)
+        assert f"{in_flight} exchange(s) were in flight" in again.log()
+        stats = httpx2.get(again.root + "/stats").json()
+        assert stats["recovered"]["in_flight_at_last_stop"] == in_flight
+        assert float(stats["recovered"]["at_risk_usd"]) > 0
+        assert float(stats["budget"]["at_risk_usd"]) == float(stats["recovered"]["at_risk_usd"])
