@@ -25,6 +25,7 @@ __all__ = [
     "BudgetConfig",
     "DatasetConfig",
     "EvalConfig",
+    "ExportConfig",
     "FilterConfig",
     "HarvestConfig",
     "ImportConfig",
@@ -443,6 +444,49 @@ class ServeConfig(_Section):
     threads: int | None = Field(None, ge=1)  # default: physical cores
 
 
+class ExportConfig(_Section):
+    """The pipeline's export stage (``apidistill export`` takes the same choices as flags).
+
+    The run's student folder (``runs/<name>/student``) is always the adapter export that
+    eval and ``apidistill serve`` use; every other format is written beside it under
+    ``runs/<name>/export/<format>/``."""
+
+    formats: list[Literal["adapter", "merged", "gguf", "ollama", "vllm"]] = Field(
+        default_factory=lambda: ["adapter"],
+        min_length=1,
+        description="what to write: adapter (LoRA + base name), merged (safetensors), gguf "
+        "(llama.cpp files, one per gguf_quants), ollama (Modelfile + merged GGUF), vllm "
+        "(merged safetensors + serve command)",
+    )
+    gguf_quants: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(
+        default_factory=lambda: ["f16", "q8_0", "q4_k_m"],
+        min_length=1,
+        description="GGUF files the gguf format writes; quantized ones are made from f16 by "
+        "llama.cpp",
+    )
+    ollama_quant: Literal["f16", "q8_0", "q4_k_m"] = Field(
+        "q8_0", description="which GGUF the Ollama Modelfile names"
+    )
+    name: str | None = Field(
+        None,
+        description="the student's name in model cards, served-model names and file names "
+        "(default: the run's name)",
+    )
+    base_gguf: str | None = Field(
+        None,
+        description="GGUF file of the student's base model whose tokenizer metadata the GGUF "
+        "export copies (default: the base model's own GGUF, e.g. an embedded model's)",
+    )
+
+    @field_validator("formats", "gguf_quants")
+    @classmethod
+    def _once(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"listed twice: {', '.join(dup)}")
+        return v
+
+
 class SynthConfig(_Section):
     """``apidistill synth``: a teacher writes new task inputs into ``output`` (a prompt file).
 
@@ -496,6 +540,7 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     synth: SynthConfig | None = None
 
     # Where the file was loaded from; relative paths in the file resolve against its folder.

@@ -37,6 +37,7 @@ __all__ = [
     "ConfigError",
     "DataError",
     "EvalError",
+    "ExportError",
     "ModelLoadError",
     "OutOfCredit",
     "PolicyDenied",
@@ -218,6 +219,11 @@ class ModelLoadError(ApidistillError):
 
 class TrainingError(ApidistillError):
     """Training cannot start or continue with the given data/settings."""
+
+
+class ExportError(TrainingError):
+    """A trained student cannot be exported in the asked format (unsupported architecture,
+    a base model without the file the format is built from, an unknown format name)."""
 
 
 class EvalError(ApidistillError):

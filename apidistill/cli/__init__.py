@@ -18,6 +18,7 @@ from apidistill.cli.batch import batch_app
 from apidistill.cli.data import data_app
 from apidistill.cli.estimate import estimate
 from apidistill.cli.eval import eval_cmd, report
+from apidistill.cli.export import export
 from apidistill.cli.harvest import harvest, journal_app
 from apidistill.cli.import_ import import_cmd
 from apidistill.cli.policy import policy_app
@@ -65,6 +66,9 @@ app.command("eval", help="Evaluate student vs teacher on the held-out split; wri
     eval_cmd
 )
 app.command("report", help="Print the path of a run's HTML report.")(report)
+app.command(
+    "export", help="Export a trained student: adapter, merged, GGUF, Ollama Modelfile, vLLM."
+)(export)
 app.command("serve", help="Serve a model behind OpenAI- and Anthropic-compatible endpoints.")(serve)
 app.add_typer(
     proxy_app,

@@ -12,6 +12,7 @@
       dataset/             filtered, deduplicated, balanced, split records + card.md/card.json
       train/               checkpoints and the trained adapter
       student/             exported student (adapter, merged weights, model card)
+      export/<format>/     the run file's other export formats (merged, gguf, ollama, vllm)
       eval/                per-request eval results (kept when an endpoint fails)
       report/              report.html + report.json
       summary.json         the numbers the demo prints
@@ -68,6 +69,10 @@ class RunLayout:
     @property
     def student(self) -> Path:
         return self.root / "student"
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
 
     @property
     def eval(self) -> Path:

@@ -269,7 +269,7 @@ def student_dir_of(tr: Any) -> str:
 def export_stage(ctx: RunContext, tr: Any) -> str:
     """Export the student; its card's terms section is read from the dataset's records (the
     decisions they were harvested under), re-checked for the run's intended use."""
-    from apidistill.train.export import export_student
+    from apidistill.export import export_student
 
     sections = {}
     card = ctx.layout.dataset / "README.md"
@@ -286,6 +286,27 @@ def export_stage(ctx: RunContext, tr: Any) -> str:
         policy_cfg=ctx.cfg.policy,
     )
     ctx.console.print(f"[bold]export[/]: student written to {path}")
+    exp = ctx.cfg.export
+    others = [f for f in exp.formats if f != "adapter"]
+    if others:
+        from apidistill.export.formats import export_formats
+
+        written = export_formats(
+            tr,
+            ctx.layout.export,
+            others,
+            gguf_quants=exp.gguf_quants,
+            ollama_quant=exp.ollama_quant,
+            base_model=ctx.cfg.student.model,
+            base_gguf=exp.base_gguf,
+            name=exp.name or ctx.cfg.name,
+            dataset=ctx.layout.dataset,
+            intended_use=ctx.cfg.policy.use,
+            policy_cfg=ctx.cfg.policy,
+            model_card_sections=sections,
+        )
+        for fmt, folder in written.items():
+            ctx.console.print(f"[bold]export[/]: {fmt} written to {folder}")
     return str(path)
 
 
