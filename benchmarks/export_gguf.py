@@ -1,0 +1,169 @@
+"""GGUF export: file size and greedy agreement with the transformers student, per quantization.
+
+The student: the embedded SmolLM2-135M-Instruct with a LoRA on every projection whose effect
+is real (random B scaled to move the logits; checked: the merged logits differ from the
+base's), exported by :func:`apidistill.export.formats.export_formats` as f16, q8_0 and
+q4_k_m GGUF. Prompts: the demo's held-out split (the tickets of
+``apidistill/demo_data/tickets.jsonl`` that :func:`apidistill.data.splits.make_splits` puts
+in ``test`` with the default split settings), with the demo student's system prompt.
+
+Each GGUF runs in llama.cpp (llama-cpp-python, threads = physical cores, temperature 0,
+repeat penalty 1.0) on the same prompt token ids as the transformers student (float32,
+greedy); an answer agrees when the two texts are equal (:mod:`apidistill.export.agreement`).
+
+Usage: python -m benchmarks.export_gguf [--prompts 84] [--max-tokens 40] [--quick]
+Writes benchmarks/out/export_gguf.json and export_gguf.md (sizes, ratios vs f16, agreement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import md_table, out_dir, write_result
+
+BASE = "smollm2-135m-instruct"
+SYSTEM = "Extract the order number and product from the support ticket."
+QUANTS = ("f16", "q8_0", "q4_k_m")
+
+
+def lora_student(folder: Path, *, scale: float = 0.05, seed: int = 0) -> Path:
+    """An adapter folder (``base_model.txt`` names the embedded base) with a real effect."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from apidistill.models import load_model
+
+    torch.manual_seed(seed)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(load_model(BASE), cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(scale)
+    model.save_pretrained(str(folder))
+    (folder / "base_model.txt").write_text(BASE + "\n", encoding="utf-8")
+    return folder
+
+
+def heldout_conversations(limit: int | None = None) -> list[list[dict[str, str]]]:
+    """The demo's held-out tickets as student conversations (system prompt + ticket)."""
+    from apidistill.config import SplitConfig
+    from apidistill.data.schema import Record
+    from apidistill.data.splits import make_splits
+    from apidistill.resources import demo_data_dir
+
+    rows = [
+        json.loads(line)
+        for line in (demo_data_dir() / "tickets.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    recs = [Record(id=r["id"], prompt=r["text"], completion=r["gold"]) for r in rows]
+    test = [r for r in make_splits(recs, SplitConfig()).records if r.split == "test"]
+    convs = [
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r.prompt or ""}]
+        for r in test
+    ]
+    return convs[:limit] if limit else convs
+
+
+def logit_change(adapter: Path) -> float:
+    """Largest change the merged LoRA makes to the base's next-token logits on one prompt."""
+    import torch
+
+    from apidistill.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(BASE)
+    ids = torch.tensor([tok.encode("Order 1234-5678: the Meridian Air Fryer is broken.")])
+    with torch.no_grad():
+        base = load_model(BASE)(ids).logits
+        merged = load_model(BASE, adapter=str(adapter)).merge_and_unload()(ids).logits
+    return float((merged - base).abs().max())
+
+
+def run(
+    work: Path, *, prompts: int | None, max_tokens: int, quants: tuple[str, ...] = QUANTS
+) -> dict[str, Any]:
+    """Export the LoRA student and measure every quantization; the numbers as a dict."""
+    from apidistill.export.agreement import gguf_agreement
+    from apidistill.export.formats import export_formats
+    from apidistill.models import load_model, load_tokenizer
+
+    adapter = lora_student(work / "adapter")
+    delta = logit_change(adapter)
+    t = time.perf_counter()
+    written = export_formats(
+        adapter, work / "export", ["merged", "gguf"], gguf_quants=list(quants), name="student"
+    )
+    export_s = time.perf_counter() - t
+    merged = written["merged"]
+    model, tok = load_model(str(merged)), load_tokenizer(str(merged))
+    convs = heldout_conversations(prompts)
+    rows: dict[str, Any] = {}
+    for q in quants:
+        path = written["gguf"] / f"student-{q}.gguf"
+        t = time.perf_counter()
+        agree = gguf_agreement(path, model, tok, convs, max_tokens=max_tokens)
+        rows[q] = {
+            "bytes": path.stat().st_size,
+            "agreement": round(agree.rate, 4),
+            "agreeing": agree.same,
+            "prompts": agree.total,
+            "seconds": round(time.perf_counter() - t, 1),
+            "disagreements": [{"transformers": a, "gguf": b} for a, b in agree.pairs if a != b][:5],
+        }
+    f16 = rows.get("f16", {}).get("bytes")
+    for r in rows.values():
+        r["size_vs_f16"] = round(r["bytes"] / f16, 3) if f16 else None
+    return {
+        "student": f"{BASE} + LoRA r=4 on all projections (random B x0.05)",
+        "max_logit_change_from_lora": round(delta, 4),
+        "export_s": round(export_s, 1),
+        "max_tokens": max_tokens,
+        "quants": rows,
+    }
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    rows = [
+        (
+            q,
+            f"{r['bytes'] / 1e6:.1f}",
+            r["size_vs_f16"],
+            f"{r['agreement']:.1%} ({r['agreeing']}/{r['prompts']})",
+        )
+        for q, r in doc["quants"].items()
+    ]
+    return (
+        "## export_gguf\n\n"
+        f"{doc['student']}; the merged LoRA moves the logits by up to "
+        f"{doc['max_logit_change_from_lora']}. Greedy answers ({doc['max_tokens']} tokens) of "
+        "llama.cpp on each GGUF against the transformers student (float32), demo held-out "
+        "tickets.\n\n" + md_table(["quant", "MB", "size vs f16", "greedy agreement"], rows) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=None, help="held-out prompts (default all)")
+    ap.add_argument("--max-tokens", type=int, default=40)
+    ap.add_argument("--quick", action="store_true", help="8 prompts, 24 tokens")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    prompts = 8 if args.quick else args.prompts
+    max_tokens = 24 if args.quick else args.max_tokens
+    with tempfile.TemporaryDirectory(prefix="export_gguf") as tmp:
+        doc = run(Path(tmp), prompts=prompts, max_tokens=max_tokens)
+    write_result("export_gguf", doc, mode="quick" if args.quick else "full", started=t0)
+    (out_dir() / "export_gguf.md").write_text(markdown(doc), encoding="utf-8")
+    print(markdown(doc))
+    return doc
+
+
+if __name__ == "__main__":
+    main()
