@@ -21,11 +21,11 @@ import apidistill
 from apidistill.config import RunConfig
 from apidistill.data.store import load_records
 from apidistill.errors import DataError
+from apidistill.export import export_student
 from apidistill.pipeline.run import export_stage, run_pipeline
 from apidistill.pipeline.stages import RunContext
 from apidistill.testing.fault_server import FaultServerProcess
 from apidistill.train.api import TrainResult
-from apidistill.export import export_student
 
 TEACHER = "meta-llama/Llama-3.1-8B-Instruct"
 # What apidistill/policies/meta.yaml (meta-llama31-weights, rule 'redistribute') makes of it, rendered.

@@ -11,8 +11,8 @@ import pytest
 
 from apidistill.config import StudentConfig, TrainingConfig
 from apidistill.errors import TrainingError
-from apidistill.train.api import train_student
 from apidistill.export import export_student
+from apidistill.train.api import train_student
 
 
 @pytest.fixture(scope="module")

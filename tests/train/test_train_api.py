@@ -12,8 +12,8 @@ import torch
 from apidistill.config import StudentConfig, TrainingConfig
 from apidistill.data.schema import Record
 from apidistill.errors import TrainingError
-from apidistill.train.api import TrainResult, train_student
 from apidistill.export import export_student
+from apidistill.train.api import TrainResult, train_student
 
 from .helpers import char_tokenizer
 
