@@ -259,8 +259,14 @@ def quantize(src: Path, dest: Path, quant: str, threads: int | None = None) -> P
     """``dest``: llama.cpp's own quantization of the f16 GGUF ``src`` to ``quant``."""
     import os
 
-    import llama_cpp
-
+    try:
+        import llama_cpp
+    except ImportError:
+        raise ExportError(
+            f"GGUF {quant} is made by llama.cpp, and llama-cpp-python is not installed",
+            hint="pip install llama-cpp-python (it builds llama.cpp from source), or export "
+            "f16 only",
+        ) from None
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = _check_quant(quant)
     params.nthread = threads or os.cpu_count() or 1

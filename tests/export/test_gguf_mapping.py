@@ -126,3 +126,14 @@ def test_a_base_without_gguf_is_a_clear_error(tiny_smol_dir, tmp_path):
 def test_an_unknown_quant_is_refused_before_any_work(tmp_path):
     with pytest.raises(ExportError, match=r"(?s)q3_k.*f16, q8_0, q4_k_m"):
         export_gguf(tmp_path / "nowhere", tmp_path, "q3_k")
+
+
+def test_quantizing_without_llama_cpp_says_what_to_install(tmp_path, monkeypatch):
+    import sys
+
+    from apidistill.export.gguf import quantize
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as if not installed
+    with pytest.raises(ExportError, match="llama-cpp-python is not installed") as err:
+        quantize(tmp_path / "a-f16.gguf", tmp_path / "a-q8_0.gguf", "q8_0")
+    assert "pip install llama-cpp-python" in str(err.value)
