@@ -1,17 +1,19 @@
 """GGUF export: file size and greedy agreement with the transformers student, per quantization.
 
-The student: the embedded SmolLM2-135M-Instruct with a LoRA on every projection whose effect
-is real (random B scaled to move the logits; checked: the merged logits differ from the
-base's), exported by :func:`apidistill.export.formats.export_formats` as f16, q8_0 and
-q4_k_m GGUF. Prompts: the demo's held-out split (the tickets of
-``apidistill/demo_data/tickets.jsonl`` that :func:`apidistill.data.splits.make_splits` puts
-in ``test`` with the default split settings), with the demo student's system prompt.
+The student: the embedded SmolLM2-135M-Instruct with a LoRA trained briefly by apidistill
+(sequence KD on the gold answers of the demo tickets' training split, the demo student's
+system prompt; its effect is checked: the merged logits differ from the base's), exported by
+:func:`apidistill.export.formats.export_formats` as f16, q8_0 and q4_k_m GGUF. Prompts: the
+demo's held-out split (the tickets of ``apidistill/demo_data/tickets.jsonl`` that
+:func:`apidistill.data.splits.make_splits` puts in ``test`` with the default split
+settings), the user's message only: the system prompt comes from the exported template.
 
 Each GGUF runs in llama.cpp (llama-cpp-python, threads = physical cores, temperature 0,
 repeat penalty 1.0) on the same prompt token ids as the transformers student (float32,
 greedy); an answer agrees when the two texts are equal (:mod:`apidistill.export.agreement`).
 
-Usage: python -m benchmarks.export_gguf [--prompts 84] [--max-tokens 40] [--quick]
+Usage: python -m benchmarks.export_gguf [--prompts 84] [--max-tokens 40] [--steps 24]
+[--threads N] [--quick]
 Writes benchmarks/out/export_gguf.json and export_gguf.md (sizes, ratios vs f16, agreement).
 """
 
@@ -31,28 +33,8 @@ SYSTEM = "Extract the order number and product from the support ticket."
 QUANTS = ("f16", "q8_0", "q4_k_m")
 
 
-def lora_student(folder: Path, *, scale: float = 0.05, seed: int = 0) -> Path:
-    """An adapter folder (``base_model.txt`` names the embedded base) with a real effect."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from apidistill.models import load_model
-
-    torch.manual_seed(seed)
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False)
-    model = get_peft_model(load_model(BASE), cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(scale)
-    model.save_pretrained(str(folder))
-    (folder / "base_model.txt").write_text(BASE + "\n", encoding="utf-8")
-    return folder
-
-
-def heldout_conversations(limit: int | None = None) -> list[list[dict[str, str]]]:
-    """The demo's held-out tickets as student conversations (system prompt + ticket)."""
+def _ticket_records() -> list[Any]:
+    """The demo tickets as records (completion = gold), split as the demo's defaults split."""
     from apidistill.config import SplitConfig
     from apidistill.data.schema import Record
     from apidistill.data.splits import make_splits
@@ -64,11 +46,38 @@ def heldout_conversations(limit: int | None = None) -> list[list[dict[str, str]]
         if line.strip()
     ]
     recs = [Record(id=r["id"], prompt=r["text"], completion=r["gold"]) for r in rows]
-    test = [r for r in make_splits(recs, SplitConfig()).records if r.split == "test"]
-    convs = [
-        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r.prompt or ""}]
-        for r in test
-    ]
+    return make_splits(recs, SplitConfig()).records
+
+
+def trained_student(folder: Path, *, steps: int = 24) -> Any:
+    """A LoRA student trained briefly (sequence KD on the gold answers of the training split,
+    the demo's system prompt): short, confident answers, as a distilled student gives."""
+    from apidistill.config import LoraConfig, StudentConfig, TrainingConfig
+    from apidistill.train.api import train_student
+
+    train = [r for r in _ticket_records() if r.split == "train"]
+    return train_student(
+        train,
+        None,
+        student=StudentConfig(model=BASE, system_prompt=SYSTEM),
+        training=TrainingConfig(
+            method="sequence_kd",
+            lora=LoraConfig(r=8, alpha=16, dropout=0.0),
+            max_steps=steps,
+            learning_rate=2e-3,
+            batch_size=8,
+            max_length=256,
+        ),
+        out_dir=folder,
+        progress=False,
+    )
+
+
+def heldout_conversations(limit: int | None = None) -> list[list[dict[str, str]]]:
+    """The demo's held-out tickets as student conversations (system prompt + ticket)."""
+    test = [r for r in _ticket_records() if r.split == "test"]
+    # The user's message only: the system prompt comes from the exported chat template.
+    convs = [[{"role": "user", "content": r.prompt or ""}] for r in test]
     return convs[:limit] if limit else convs
 
 
@@ -87,18 +96,26 @@ def logit_change(adapter: Path) -> float:
 
 
 def run(
-    work: Path, *, prompts: int | None, max_tokens: int, quants: tuple[str, ...] = QUANTS
+    work: Path,
+    *,
+    prompts: int | None,
+    max_tokens: int,
+    quants: tuple[str, ...] = QUANTS,
+    steps: int = 24,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Export the LoRA student and measure every quantization; the numbers as a dict."""
+    """Train and export the student, measure every quantization; the numbers as a dict."""
     from apidistill.export.agreement import gguf_agreement
     from apidistill.export.formats import export_formats
     from apidistill.models import load_model, load_tokenizer
 
-    adapter = lora_student(work / "adapter")
-    delta = logit_change(adapter)
+    t = time.perf_counter()
+    result = trained_student(work / "train", steps=steps)
+    train_s = time.perf_counter() - t
+    delta = logit_change(result.final_dir)
     t = time.perf_counter()
     written = export_formats(
-        adapter, work / "export", ["merged", "gguf"], gguf_quants=list(quants), name="student"
+        result, work / "export", ["merged", "gguf"], gguf_quants=list(quants), name="student"
     )
     export_s = time.perf_counter() - t
     merged = written["merged"]
@@ -108,7 +125,7 @@ def run(
     for q in quants:
         path = written["gguf"] / f"student-{q}.gguf"
         t = time.perf_counter()
-        agree = gguf_agreement(path, model, tok, convs, max_tokens=max_tokens)
+        agree = gguf_agreement(path, model, tok, convs, max_tokens=max_tokens, threads=threads)
         rows[q] = {
             "bytes": path.stat().st_size,
             "agreement": round(agree.rate, 4),
@@ -121,7 +138,9 @@ def run(
     for r in rows.values():
         r["size_vs_f16"] = round(r["bytes"] / f16, 3) if f16 else None
     return {
-        "student": f"{BASE} + LoRA r=4 on all projections (random B x0.05)",
+        "student": f"{BASE} + LoRA r=8 trained {steps} steps (sequence KD on the gold "
+        "answers of the demo's training split, the demo's system prompt baked in)",
+        "train_s": round(train_s, 1),
         "max_logit_change_from_lora": round(delta, 4),
         "export_s": round(export_s, 1),
         "max_tokens": max_tokens,
@@ -152,13 +171,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=None, help="held-out prompts (default all)")
     ap.add_argument("--max-tokens", type=int, default=40)
-    ap.add_argument("--quick", action="store_true", help="8 prompts, 24 tokens")
+    ap.add_argument("--steps", type=int, default=24, help="training steps of the student")
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (physical)")
+    ap.add_argument("--quick", action="store_true", help="8 prompts, 24 tokens, 8 steps")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     prompts = 8 if args.quick else args.prompts
     max_tokens = 24 if args.quick else args.max_tokens
     with tempfile.TemporaryDirectory(prefix="export_gguf") as tmp:
-        doc = run(Path(tmp), prompts=prompts, max_tokens=max_tokens)
+        steps = 8 if args.quick else args.steps
+        doc = run(
+            Path(tmp), prompts=prompts, max_tokens=max_tokens, steps=steps, threads=args.threads
+        )
     write_result("export_gguf", doc, mode="quick" if args.quick else "full", started=t0)
     (out_dir() / "export_gguf.md").write_text(markdown(doc), encoding="utf-8")
     print(markdown(doc))
