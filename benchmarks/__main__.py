@@ -91,6 +91,12 @@ SUITE: tuple[Bench, ...] = (
         full_timeout_s=4800,
         about="held-out KL / agreement: base vs seq KD vs top-20 KD vs unbiased",
     ),
+    Bench(
+        "export_gguf",
+        (),
+        in_quick=False,
+        about="GGUF f16 / q8_0 / q4_k_m: size and greedy agreement with the student",
+    ),
 )
 BY_NAME = {b.name: b for b in SUITE}
 

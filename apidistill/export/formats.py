@@ -23,8 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from apidistill.errors import ExportError, redact
 from apidistill.export.card import model_card, shown_path, terms_section
-from apidistill.export.gguf import GGUF_QUANTS, _Student, export_ggufs
-from apidistill.export.ollama import write_modelfile
+from apidistill.export.gguf import (
+    GGUF_QUANTS,
+    MergedStudent,
+    base_gguf_path,
+    check_architecture,
+    export_ggufs,
+)
+from apidistill.export.ollama import modelfile, write_modelfile
 from apidistill.export.student import (
     StudentSource,
     export_student,
@@ -109,6 +115,9 @@ def export_formats(
     out = Path(out_dir)
     name = name or out.resolve().name
     terms = terms_section(student.folder, student.result, dataset, name, intended_use, policy_cfg)
+    # Everything that can refuse is checked before the first file is written.
+    model = merged_model(student) if set(formats) & {"merged", "gguf", "ollama", "vllm"} else None
+    base_file = _check_gguf_formats(student, model, formats, base_gguf)
     written: dict[str, Path] = {}
     if "adapter" in formats:
         written["adapter"] = export_student(
@@ -122,9 +131,8 @@ def export_formats(
             intended_use=intended_use,
             policy_cfg=policy_cfg,
         )
-    if not set(formats) & {"merged", "gguf", "ollama", "vllm"}:
+    if model is None:
         return written
-    model = merged_model(student)
     base_shown = shown_path(base, out.resolve()) if base else "unknown"
 
     def card(folder: Path, serving: str, library: str) -> None:
@@ -145,10 +153,29 @@ def export_formats(
     if set(formats) & {"gguf", "ollama"}:
         written.update(
             _write_gguf_formats(
-                student, model, out, formats, gguf_quants, ollama_quant, base_gguf, name, card
+                student, model, out, formats, gguf_quants, ollama_quant, base_file, name, card
             )
         )
     return written
+
+
+def _check_gguf_formats(
+    student: StudentSource, model: Any, formats: Sequence[str], base_gguf: Path | str | None
+) -> Path | None:
+    """The base GGUF to copy tokenizer metadata from, after checking the student can be
+    written as GGUF (and as an Ollama Modelfile); None when neither is asked for."""
+    if not set(formats) & {"gguf", "ollama"}:
+        return None
+    check_architecture(model.config, student.folder)
+    base_file = Path(base_gguf) if base_gguf is not None else base_gguf_path(student.need_base())
+    if not base_file.is_file():
+        raise ExportError(f"{base_file}: no such GGUF file")
+    if "ollama" in formats:
+        template = student_tokenizer(student).chat_template
+        if isinstance(template, dict):
+            template = template.get("default", "")
+        modelfile("student.gguf", template or "", None)  # raises for a non-ChatML template
+    return base_file
 
 
 def _write_gguf_formats(
@@ -162,12 +189,9 @@ def _write_gguf_formats(
     name: str,
     card: Any,
 ) -> dict[str, Path]:
-    from apidistill.export.gguf import _check_architecture
-
-    _check_architecture(model.config, student.folder)
     tok = student_tokenizer(student)
     tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    merged = (_Student(tensors, model.config, tok), student.need_base())
+    merged = (MergedStudent(tensors, model.config, tok), student.need_base())
     quants = list(
         dict.fromkeys(
             [

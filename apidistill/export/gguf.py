@@ -33,11 +33,17 @@ if TYPE_CHECKING:
 __all__ = [
     "GGUF_QUANTS",
     "SUPPORTED_ARCHITECTURES",
+    "MergedStudent",
+    "base_gguf_path",
+    "check_architecture",
     "export_gguf",
+    "export_ggufs",
     "gguf_file_name",
     "gguf_tensor_name",
     "permute_qk",
+    "quantize",
     "unpermute_qk",
+    "write_f16",
 ]
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
@@ -101,7 +107,7 @@ def gguf_file_name(name: str, quant: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Student:
+class MergedStudent:
     """A merged student in memory: its weights (name → float32 array), config, tokenizer."""
 
     tensors: dict[str, Any]
@@ -118,7 +124,7 @@ def _check_quant(quant: str) -> int:
     return GGUF_QUANTS[quant]
 
 
-def _check_architecture(config: Any, where: Path) -> None:
+def check_architecture(config: Any, where: Path) -> None:
     archs = list(getattr(config, "architectures", None) or [])
     if getattr(config, "model_type", None) != "llama" or not set(archs) <= set(
         SUPPORTED_ARCHITECTURES
@@ -209,7 +215,7 @@ def _rope_theta(config: Any) -> float:
     return float(theta if theta is not None else params.get("rope_theta", 10000.0))
 
 
-def gguf_tensors(student: _Student) -> Iterator[tuple[str, np.ndarray]]:
+def gguf_tensors(student: MergedStudent) -> Iterator[tuple[str, np.ndarray]]:
     """(GGUF name, array) of every weight: q/k rows permuted for llama.cpp, 1-D norms in
     float32, matrices in float16; a tied output matrix is left to llama.cpp to share."""
     import numpy as np
@@ -227,7 +233,7 @@ def gguf_tensors(student: _Student) -> Iterator[tuple[str, np.ndarray]]:
         yield name, np.ascontiguousarray(w, dtype=np.float32 if w.ndim == 1 else np.float16)
 
 
-def write_f16(student: _Student, base: Path, path: Path, name: str) -> Path:
+def write_f16(student: MergedStudent, base: Path, path: Path, name: str) -> Path:
     """Write the student as an f16 GGUF at ``path`` (through a temporary file, so a failed
     write never leaves a file llama.cpp would try to load)."""
     from gguf import GGUFReader, GGUFWriter
@@ -279,7 +285,7 @@ def quantize(src: Path, dest: Path, quant: str, threads: int | None = None) -> P
     return dest
 
 
-def load_merged(student_dir: Any, base_model: str | None = None) -> tuple[_Student, str]:
+def load_merged(student_dir: Any, base_model: str | None = None) -> tuple[MergedStudent, str]:
     """The merged student (LoRA folded into its base) and its base model spec, from a
     merged export, an adapter export, a training output folder or a TrainResult."""
     from apidistill.export.student import merged_model, resolve_student, student_tokenizer
@@ -288,9 +294,9 @@ def load_merged(student_dir: Any, base_model: str | None = None) -> tuple[_Stude
     base = student.need_base()
     cfg_file = student.folder / ("adapter_config.json" if student.is_adapter else "config.json")
     model = merged_model(student)
-    _check_architecture(model.config, cfg_file)
+    check_architecture(model.config, cfg_file)
     tensors = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    return _Student(tensors, model.config, student_tokenizer(student)), base
+    return MergedStudent(tensors, model.config, student_tokenizer(student)), base
 
 
 def export_gguf(
@@ -331,7 +337,7 @@ def export_ggufs(
     base_gguf: Path | str | None = None,
     name: str | None = None,
     keep_f16: bool = True,
-    student: tuple[_Student, str] | None = None,
+    student: tuple[MergedStudent, str] | None = None,
 ) -> Mapping[str, Path]:
     """Every quantization in ``quants`` from one merge and one f16 file (quant → path)."""
     for q in quants:

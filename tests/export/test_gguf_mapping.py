@@ -115,6 +115,16 @@ def test_another_architecture_is_refused_naming_what_is_supported(tmp_path):
         export_gguf(tmp_path / "qwen", tmp_path / "out", base_model="smollm2-135m-instruct")
     assert "merged" in str(err.value)
     assert not (tmp_path / "out").exists()  # nothing half-written
+    from apidistill.export.formats import export_formats
+
+    with pytest.raises(ExportError, match="Qwen2ForCausalLM"):  # refused before merged/ is made
+        export_formats(
+            tmp_path / "qwen",
+            tmp_path / "all",
+            ["merged", "gguf"],
+            base_model="smollm2-135m-instruct",
+        )
+    assert not (tmp_path / "all").exists()
 
 
 def test_a_base_without_gguf_is_a_clear_error(tiny_smol_dir, tmp_path):
