@@ -167,6 +167,29 @@ def markdown(doc: dict[str, Any]) -> str:
     )
 
 
+def append_results_md(doc: dict[str, Any], path: Path | None = None) -> None:
+    """A standalone run appends one row to RESULTS.md's appendix."""
+    from benchmarks.common import HERE
+    from benchmarks.report import APPENDIX_HEADER
+
+    path = path or HERE / "RESULTS.md"
+    m = doc.get("machine", {})
+    cells = "<br>".join(
+        f"{q}: {r['bytes'] / 1e6:.1f} MB ({r['size_vs_f16']}× f16), agreement "
+        f"{r['agreement']:.1%} ({r['agreeing']}/{r['prompts']})"
+        for q, r in doc["quants"].items()
+    )
+    row = (
+        f"| {doc['date'][:10]} | export_gguf.py | {doc['student']}; {doc['max_tokens']} "
+        f"tokens, greedy | {cells} | {m.get('cpu')}, {m.get('cores')} cores, load average "
+        f"{(m.get('load_avg_1_5_15') or ['?'])[0]}; llama-cpp-python, repeat penalty 1.0 |\n"
+    )
+    text = path.read_text(encoding="utf-8")
+    if APPENDIX_HEADER.split("\n")[0] not in text:
+        text = text.rstrip("\n") + "\n\n" + APPENDIX_HEADER
+    path.write_text(text.rstrip("\n") + "\n" + row, encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=None, help="held-out prompts (default all)")
@@ -174,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--steps", type=int, default=24, help="training steps of the student")
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (physical)")
     ap.add_argument("--quick", action="store_true", help="8 prompts, 24 tokens, 8 steps")
+    ap.add_argument("--no-results-md", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     prompts = 8 if args.quick else args.prompts
@@ -183,7 +207,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         doc = run(
             Path(tmp), prompts=prompts, max_tokens=max_tokens, steps=steps, threads=args.threads
         )
-    write_result("export_gguf", doc, mode="quick" if args.quick else "full", started=t0)
+    path = write_result("export_gguf", doc, mode="quick" if args.quick else "full", started=t0)
+    if not args.no_results_md:
+        append_results_md(json.loads(path.read_text(encoding="utf-8")))
     (out_dir() / "export_gguf.md").write_text(markdown(doc), encoding="utf-8")
     print(markdown(doc))
     return doc
