@@ -382,7 +382,7 @@ class TrainingConfig(_Section):
     @classmethod
     def _known_trainer_args(cls, v: dict[str, Any]) -> dict[str, Any]:
         if v:
-            from apidistill.train.trainer_args import check_trainer_args
+            from apidistill.trainer_args import check_trainer_args
 
             check_trainer_args(v)
         return v

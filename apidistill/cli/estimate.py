@@ -80,13 +80,13 @@ def _rescore_requests(cfg):  # type: ignore[no-untyped-def]
 
 
 def _anthropic_counts(cfg, requests):  # type: ignore[no-untyped-def]
-    """Ask Anthropic's count_tokens for every distinct request (costs/anthropic_count.py)."""
+    """Ask Anthropic's count_tokens for every distinct request (teachers/anthropic_count.py)."""
     import asyncio
 
-    from apidistill.costs.anthropic_count import count_with_anthropic
     from apidistill.costs.estimate import shared_prefix
     from apidistill.errors import ConfigError
     from apidistill.teachers import resolve_api_key
+    from apidistill.teachers.anthropic_count import count_with_anthropic
 
     if cfg.teacher.provider != "anthropic":
         raise ConfigError(

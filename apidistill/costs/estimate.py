@@ -26,21 +26,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 
 from pydantic import BaseModel, Field
 from rich.table import Table
 
 from apidistill.config import RunConfig
-from apidistill.costs.anthropic_count import AnthropicCounts
 from apidistill.costs.prices import MTOK, ModelPrice, price_for_teacher, worst_case_cost
 from apidistill.costs.tokens import TokenCount, TokenCounter
 from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError
 
-__all__ = ["Estimate", "cache_rule", "estimate", "render_estimate", "shared_prefix"]
+__all__ = [
+    "AnthropicCounts",
+    "Estimate",
+    "cache_rule",
+    "estimate",
+    "render_estimate",
+    "shared_prefix",
+]
 
 _CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class AnthropicCounts:
+    """Input tokens per request (aligned with the requests), the shared prefix's tokens and
+    how many calls were made (distinct bodies + the prefix measurement), as Anthropic's
+    count_tokens endpoint reported them (:mod:`apidistill.teachers.anthropic_count` asks it;
+    the estimate only reads the numbers)."""
+
+    per_request: list[int]
+    prefix_tokens: int
+    calls: int
 
 
 class Estimate(BaseModel):
@@ -219,7 +238,7 @@ def estimate(
     """The estimate for sending ``requests`` to ``cfg.teacher``; sends nothing itself.
 
     ``anthropic_counts``: counts from Anthropic's count_tokens endpoint
-    (:mod:`apidistill.costs.anthropic_count`), used instead of characters / 4.
+    (:mod:`apidistill.teachers.anthropic_count`), used instead of characters / 4.
     ``rescore``: the part of ``requests`` that re-scores imported answers
     (``harvest.rescore``); its own cost is reported beside the total."""
     est = _estimate(cfg, requests, expected_output_tokens, latency_s, anthropic_counts)

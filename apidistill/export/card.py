@@ -104,6 +104,7 @@ def terms_section(
     policy_cfg: PolicyConfig | None,
 ) -> str:
     """The card's terms section, from the training data's recorded decisions."""
+    from apidistill.data.store import iter_provenance
     from apidistill.policy.engine import check_student_use
     from apidistill.policy.obligations import render_obligations_md
     from apidistill.policy.provenance import dataset_terms
@@ -124,7 +125,7 @@ def terms_section(
                 "(`dataset=`) to list them."
             ],
         )
-    terms = dataset_terms(folder)
+    terms = dataset_terms(folder, iter_provenance(folder))
     decisions = list(terms.decisions)
     if intended_use is not None:
         for dec in check_student_use(terms.decisions, intended_use, policy_cfg=policy_cfg):

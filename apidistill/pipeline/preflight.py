@@ -42,8 +42,9 @@ def recheck_training_terms(cfg: RunConfig, dataset: Path) -> list[Any]:
     """The decisions that govern a student trained on ``dataset`` for ``cfg.policy.use``;
     :class:`~apidistill.errors.PolicyDenied` when the terms do not allow that use (and the
     run file records no authorization or override for it)."""
+    from apidistill.data.store import iter_provenance
     from apidistill.policy.engine import check_student_use
     from apidistill.policy.provenance import dataset_terms
 
-    terms = dataset_terms(dataset)
+    terms = dataset_terms(dataset, iter_provenance(dataset))
     return check_student_use(list(terms.decisions), cfg.policy.use, policy_cfg=cfg.policy)

@@ -3,7 +3,7 @@
 Every harvested record stores the id of the terms decision it was harvested under
 (``Record.provenance.policy_decision_id``); the full decisions are kept by id in the dataset's
 ``card.json`` (``policy``) and in the run folder's ``policy.json``. :func:`dataset_terms`
-reads the records themselves, so each teacher whose outputs are in the dataset is found, and
+takes the records' own provenance, so each teacher whose outputs are in the dataset is found, and
 resolves every decision id they cite. A cited decision that no file records is an error: its
 obligations (a name prefix, an attribution line) would otherwise be lost without a trace.
 Decisions are matched by id, which is a hash of their content, so a stray file cannot stand
@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from apidistill.data.schema import Provenance
 from apidistill.errors import DataError
 from apidistill.policy.schema import Decision
 
@@ -77,16 +79,15 @@ def _known_decisions(dataset: Path) -> dict[str, Decision]:
     return known
 
 
-def dataset_terms(dataset: str | Path) -> DatasetTerms:
-    """Read every record's provenance in ``dataset`` (that column only) and resolve the
-    decisions it cites."""
-    from apidistill.data.store import iter_provenance
-
+def dataset_terms(dataset: str | Path, provenance: Iterable[Provenance | None]) -> DatasetTerms:
+    """Resolve the decisions cited by ``provenance``, every record's provenance in ``dataset``
+    (read by :func:`apidistill.data.store.iter_provenance`: the caller reads the dataset, so
+    policy stays pure and below the data layer, docs/architecture.md)."""
     dataset = Path(dataset)
     cited: dict[str, Counter[str]] = {}
     teachers: Counter[str] = Counter()
     records = undecided = 0
-    for prov in iter_provenance(dataset):
+    for prov in provenance:
         records += 1
         if prov is None:
             undecided += 1

@@ -66,7 +66,7 @@ def build_training_arguments(
     from transformers import TrainingArguments
 
     from apidistill.errors import ConfigError
-    from apidistill.train.trainer_args import apply_trainer_args
+    from apidistill.trainer_args import apply_trainer_args
 
     on_gpu = torch.cuda.is_available()
     fp16 = on_gpu and training.dtype == "float16"

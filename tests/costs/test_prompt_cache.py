@@ -19,12 +19,12 @@ from typer.testing import CliRunner
 
 from apidistill.cli import app
 from apidistill.config import TeacherConfig
-from apidistill.costs.anthropic_count import count_with_anthropic
 from apidistill.costs.estimate import shared_prefix
 from apidistill.costs.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
 from apidistill.data.schema import GenerationParams, Message, TeacherRequest, Usage
 from apidistill.errors import ConfigError
 from apidistill.teachers.anthropic import AnthropicTeacher, build_anthropic_body
+from apidistill.teachers.anthropic_count import count_with_anthropic
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.testing import provider_payloads as pp
 from apidistill.testing.batch_server import BatchServer

@@ -6,6 +6,9 @@ epochs, evaluation and saving, precision); everything else ``TrainingArguments``
 ``ddp_timeout``, ...) passes through ``trainer_args`` as written. Names are checked when the
 run file is read, so a typo fails before any money or time is spent; a field the section
 already sets is refused with the key to use, so two settings never silently disagree.
+
+It sits beside :mod:`apidistill.config` (the bottom layer, docs/architecture.md) because the
+run-file model checks the names when the file is read; training applies them.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Only the estimate uses these counts. The budget keeps reserving the byte bound
 (:func:`apidistill.costs.tokens.byte_bound_tokens`), raised to the count should a count ever
 exceed it: Anthropic documents the count as an estimate that may differ slightly from the
 billed usage, so it is no upper bound to reserve against.
+
+The call lives with the Anthropic client (it sends the prompts over the network); the counts
+it returns are :class:`apidistill.costs.estimate.AnthropicCounts`, plain data the pure cost
+estimate takes (docs/architecture.md: costs import no teacher and no network library).
 """
 
 from __future__ import annotations
@@ -25,24 +29,14 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from apidistill.config import TeacherConfig
+from apidistill.costs.estimate import AnthropicCounts
 from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import CapabilityError, ConfigError, TeacherError
 
 __all__ = ["AnthropicCounts", "count_with_anthropic"]
-
-
-@dataclass(frozen=True)
-class AnthropicCounts:
-    """Input tokens per request (aligned with the requests), the shared prefix's tokens and
-    how many calls were made (distinct bodies + the prefix measurement)."""
-
-    per_request: list[int]
-    prefix_tokens: int
-    calls: int
 
 
 def _count_body(request: TeacherRequest, model: str) -> dict[str, Any]:
