@@ -20,7 +20,7 @@ from typing import Any
 
 from apidistill.config import RunConfig, load_config
 from apidistill.pipeline.requests import PromptBatch, load_prompts
-from apidistill.pipeline.stages import RunContext
+from apidistill.pipeline.stages import DatasetOutcome, RunContext
 
 __all__ = ["Distiller"]
 
@@ -74,30 +74,33 @@ class Distiller:
         return self._decision
 
     def estimate(self) -> Any:
-        from apidistill.pipeline.run import teacher_server
+        """The pre-flight cost estimate (also written to ``estimate.json``); sends nothing."""
         from apidistill.pipeline.stages import estimate_stage
 
         rescore = self.import_data()
-        with teacher_server(self.config) as url:
-            self.ctx.teacher_base_url = url
-            return estimate_stage(self.ctx, self.prompts, rescore=rescore)
+        return estimate_stage(self.ctx, self.prompts, rescore=rescore)
 
     def harvest(self, *, budget: Decimal | float | None = None, max_requests: int | None = None):
-        """Pull every teacher answer not yet in the journal (policy is checked first)."""
-        from apidistill.pipeline.run import teacher_server
-        from apidistill.pipeline.stages import harvest_stage
+        """Pull every teacher answer not yet in the journal (policy is checked first), through
+        the same stage function as ``apidistill run`` and ``apidistill harvest``."""
+        from apidistill.pipeline.teacher_stages import run_teacher_stages
 
-        if self._decision is None:
-            self.check_policy()
-        self.import_data()
+        self.import_data()  # once per object; checks the terms first when there are imports
         if budget is not None:
             self.ctx.budget_override = Decimal(str(budget))
         self.ctx.max_requests = max_requests
-        with teacher_server(self.config) as url:
-            self.ctx.teacher_base_url = url
-            return harvest_stage(self.ctx, self.prompts, self._decision)
+        stages = run_teacher_stages(
+            self.ctx,
+            self.prompts,
+            estimate=False,
+            decision=self._decision,
+            rescore=self._rescore,
+        )
+        self._decision = stages.decision
+        return stages.harvest
 
-    def build_dataset(self) -> dict[str, Any]:
+    def build_dataset(self) -> DatasetOutcome:
+        """Filter, dedupe, balance and split the harvest; counts per step and split."""
         from apidistill.pipeline.stages import dataset_stage, load_decision
 
         return dataset_stage(self.ctx, self._decision or load_decision(self.ctx))

@@ -40,13 +40,8 @@ def harvest(
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
     from apidistill.data.prompts import skipped_report
     from apidistill.pipeline.requests import load_prompts
-    from apidistill.pipeline.run import teacher_server
-    from apidistill.pipeline.stages import (
-        RunContext,
-        check_run_state,
-        harvest_stage,
-        policy_stage,
-    )
+    from apidistill.pipeline.stages import RunContext
+    from apidistill.pipeline.teacher_stages import run_teacher_stages
     from apidistill.train.distributed import launcher_rank
 
     cfg = load_config(config)
@@ -70,15 +65,8 @@ def harvest(
     batch = load_prompts(cfg)
     if batch.skipped:
         ctx.console.print(skipped_report(batch.skipped, batch.problems), highlight=False)
-    check_run_state(ctx)
-    decision = policy_stage(ctx)
-    from apidistill.pipeline.imports import import_into_batch
-
-    import_into_batch(ctx, batch)  # prompts.imports and their re-score requests (docs/import.md)
-    with teacher_server(cfg) as url:
-        ctx.teacher_base_url = url
-        outcome = harvest_stage(ctx, batch, decision)
-    exit_if_failed(ctx.console, outcome.failed)
+    stages = run_teacher_stages(ctx, batch, estimate=False)
+    exit_if_failed(ctx.console, stages.harvest.failed if stages.harvest is not None else 0)
 
 
 def exit_if_failed(console: Console, failed: int) -> None:

@@ -13,30 +13,26 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from apidistill.config import RunConfig
-from apidistill.pipeline.imports import import_into_batch
 from apidistill.pipeline.preflight import check_student_model
 from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
     RunContext,
     _write_json,
-    check_run_state,
     dataset_stage,
     effective_training,
-    estimate_stage,
-    harvest_stage,
     load_split,
-    policy_stage,
-    retry_failed_of,
     run_spend,
     train_stage,
 )
+from apidistill.pipeline.teacher_stages import run_teacher_stages, teacher_server
 
+# teacher_server: imported from here by callers written before teacher_stages.py existed
 __all__ = ["RunSummary", "run_pipeline", "teacher_server", "trained_student_dir"]
 
 
@@ -48,54 +44,6 @@ class RunSummary:
     report_path: str | None = None
     student_dir: str | None = None
     is_main: bool = True  # False on the other ranks under a launcher (they print nothing)
-
-
-# Never contacted: stands in for the teacher server when every request is already answered.
-_UNUSED_URL = "http://127.0.0.1:9/v1"
-
-
-def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
-    """True when the journal already answers every request of a self-served teacher, so the
-    teacher server need not even be started (a second demo run loads no teacher)."""
-    if cfg.teacher.serve is None or not journal.is_file():
-        return False
-    from apidistill.storage.journal import JournalStore
-    from apidistill.teachers import make_teacher
-
-    teacher = make_teacher(cfg.teacher, base_url=_UNUSED_URL)
-    keys = [r.cache_key(teacher.teacher_id, teacher.model) for r in requests]
-    store = JournalStore(journal, readonly=True)
-    try:
-        rows = store.lookup(keys)
-    finally:
-        store.close()
-    retry = retry_failed_of(cfg)
-    return all(k in rows and retry.reuses(rows[k]) for k in keys)
-
-
-@contextlib.contextmanager
-def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | None]:
-    """Start ``apidistill serve`` as the teacher when the run file has a ``teacher.serve``
-    block (self-hosted teacher, offline demo); yield its base URL, else ``None``."""
-    if cfg.teacher.serve is None:
-        yield None
-        return
-    if not needed:
-        yield _UNUSED_URL
-        return
-    from apidistill.serve.launcher import launch_server
-
-    s = cfg.teacher.serve
-    with launch_server(
-        s.model,
-        adapter=s.adapter,
-        port=s.port,
-        max_batch_size=s.max_batch_size,
-        served_model_name=cfg.teacher.model,
-        backend=s.backend,
-        threads=s.threads,
-    ) as handle:
-        yield handle.base_url
 
 
 def _device_args(cfg: RunConfig) -> list[str]:
@@ -217,9 +165,8 @@ def _run_candidates(
     shown = {k: v for k, v in result.students.items() if chosen and k == chosen.name}
     out.numbers.update(_headline(result.model_copy(update={"students": shown})))
     out.numbers["chosen_student"] = chosen.model if chosen else None
-    if chosen is not None:
-        ctx.cfg.student = ctx.cfg.student.model_copy(update={"model": chosen.model})
-        out.student_dir = export_stage(ctx, chosen.result)
+    if chosen is not None:  # the choice is in candidates.json; the run's config stays as read
+        out.student_dir = export_stage(ctx, chosen.result, base_model=chosen.model)
     else:
         ctx.console.print("[yellow]no candidate meets eval.thresholds[/]: nothing exported")
     out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
@@ -234,26 +181,19 @@ def _teacher_stages(ctx: RunContext, out: RunSummary, stop_after: str | None) ->
     batch = load_prompts(cfg)
     if batch.skipped:
         ctx.console.print(f"[yellow]prompts[/]: skipped {batch.skipped} invalid rows")
-    check_run_state(ctx)
-    decision = policy_stage(ctx)
-    if stop_after == "policy":
+    until = stop_after if stop_after in ("policy", "estimate") else "harvest"
+    stages = run_teacher_stages(ctx, batch, until=until)
+    if until != "harvest":  # stopped at the policy or the estimate
         return True
-    rescore = import_into_batch(ctx, batch)
-    cached = harvest_complete(cfg, batch.requests, ctx.layout.journal)
-    if cached:
-        ctx.console.print("[bold]harvest[/]: every request is answered in the journal")
-    with teacher_server(cfg, needed=not cached) as url:
-        ctx.teacher_base_url = url
-        estimate_stage(ctx, batch, rescore=rescore)
-        if stop_after == "estimate":
-            return True
-        h = harvest_stage(ctx, batch, decision) if batch.requests else None
-        if h is not None:
-            out.numbers.update(_teacher_timing(ctx, h))
+    h = stages.harvest  # None: nothing to ask (a run built only from imports)
+    if h is not None:
+        out.numbers.update(_teacher_timing(ctx, h))
     out.harvest_failed = h.failed if h is not None else 0
-    if stop_after == "harvest" or (h is not None and h.failed and not h.records and not rescore):
+    if stop_after == "harvest" or (
+        h is not None and h.failed and not h.records and not stages.rescore
+    ):
         return True  # nothing to build on
-    out.numbers["dataset"] = dataset_stage(ctx, decision)
+    out.numbers["dataset"] = asdict(dataset_stage(ctx, stages.decision))
     if stop_after == "dataset":
         return True
     if out.numbers.get("teacher_s_per_request") is None:
@@ -266,11 +206,13 @@ def student_dir_of(tr: Any) -> str:
     return str(getattr(tr, "adapter_dir", None) or tr.model_dir)
 
 
-def export_stage(ctx: RunContext, tr: Any) -> str:
-    """Export the student; its card's terms section is read from the dataset's records (the
-    decisions they were harvested under), re-checked for the run's intended use."""
+def export_stage(ctx: RunContext, tr: Any, *, base_model: str | None = None) -> str:
+    """Export the student trained on ``base_model`` (default: the run file's student); its
+    card's terms section is read from the dataset's records (the decisions they were
+    harvested under), re-checked for the run's intended use."""
     from apidistill.export import export_student
 
+    base_model = base_model or ctx.cfg.student.model
     sections = {}
     card = ctx.layout.dataset / "README.md"
     if card.is_file():
@@ -278,7 +220,7 @@ def export_stage(ctx: RunContext, tr: Any) -> str:
     path = export_student(
         tr,
         ctx.layout.student,
-        base_model=ctx.cfg.student.model,
+        base_model=base_model,
         merge=False,
         model_card_sections=sections,
         dataset=ctx.layout.dataset,
@@ -297,7 +239,7 @@ def export_stage(ctx: RunContext, tr: Any) -> str:
             others,
             gguf_quants=exp.gguf_quants,
             ollama_quant=exp.ollama_quant,
-            base_model=ctx.cfg.student.model,
+            base_model=base_model,
             base_gguf=exp.base_gguf,
             name=exp.name or ctx.cfg.name,
             dataset=ctx.layout.dataset,

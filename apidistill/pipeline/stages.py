@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -31,7 +31,13 @@ from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
 
+if TYPE_CHECKING:
+    from apidistill.costs.estimate import Estimate
+    from apidistill.harvest.results import HarvestSummary
+    from apidistill.policy.schema import Decision
+
 __all__ = [
+    "DatasetOutcome",
     "HarvestOutcome",
     "RunContext",
     "check_run_state",
@@ -53,8 +59,6 @@ class RunContext:
     cfg: RunConfig
     layout: RunLayout
     console: Console = field(default_factory=lambda: progress_console)
-    # Set when the pipeline itself started the teacher server (teacher.serve block).
-    teacher_base_url: str | None = None
     progress: bool = True
     budget_override: Decimal | None = None
     max_requests: int | None = None
@@ -99,7 +103,7 @@ def check_run_state(ctx: RunContext) -> None:
 # --------------------------------------------------------------------------- policy
 
 
-def policy_stage(ctx: RunContext):
+def policy_stage(ctx: RunContext) -> Decision:
     """Decide and enforce the teacher's terms before anything is sent; record the decision."""
     from apidistill.policy.engine import decide_for_teacher, enforce
 
@@ -114,7 +118,7 @@ def policy_stage(ctx: RunContext):
     return decision
 
 
-def load_decision(ctx: RunContext):
+def load_decision(ctx: RunContext) -> Decision | None:
     from apidistill.policy.schema import Decision
 
     if not ctx.layout.policy.is_file():
@@ -125,7 +129,7 @@ def load_decision(ctx: RunContext):
 # --------------------------------------------------------------------------- estimate
 
 
-def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()):
+def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()) -> Estimate:
     """``rescore``: the part of ``batch.requests`` that re-scores imported answers
     (``harvest.rescore``), shown as its own row."""
     from apidistill.costs.estimate import estimate, render_estimate
@@ -141,7 +145,10 @@ def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()):
 
 @dataclass
 class HarvestOutcome:
-    summary: Any
+    """What one harvest did: the engine's summary (also ``harvest_summary.json``), records
+    written to ``harvest/``, requests that failed, wall seconds, whether logprobs were asked."""
+
+    summary: HarvestSummary | None
     records: int
     failed: int
     wall_s: float
@@ -254,8 +261,12 @@ def effective_training(ctx: RunContext) -> TrainingConfig:
     return training.model_copy(update={"method": "sequence_kd"})
 
 
-def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> HarvestOutcome:
-    """Send every request not already in the journal; write all answers as records."""
+def harvest_stage(
+    ctx: RunContext, batch: PromptBatch, decision: Any, *, teacher_base_url: str | None = None
+) -> HarvestOutcome:
+    """Send every request not already in the journal; write all answers as records.
+    ``teacher_base_url``: the address of the teacher server the pipeline started
+    (:func:`apidistill.pipeline.teacher_stages.run_teacher_stages`), else the run file's."""
     import time
 
     from apidistill.costs.budget import Budget
@@ -268,7 +279,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
 
     cfg = ctx.cfg
     check_run_state(ctx)
-    teacher = make_teacher(cfg.teacher, base_url=ctx.teacher_base_url)
+    teacher = make_teacher(cfg.teacher, base_url=teacher_base_url)
     wants_logprobs = _check_logprob_capability(ctx, teacher)
     if not wants_logprobs:
         for r in batch.requests:
@@ -385,6 +396,16 @@ def retry_failed_of(cfg: RunConfig) -> Any:
 # --------------------------------------------------------------------------- dataset
 
 
+@dataclass(frozen=True)
+class DatasetOutcome:
+    """Records harvested, records kept after filters/dedupe/balance, records per split; the
+    dataset itself and its card are in ``dataset/``."""
+
+    harvested: int
+    kept: int
+    splits: dict[str, int]
+
+
 def harvested_records(ctx: RunContext, decision: Any = None) -> list[Record]:
     """The last harvest's answers as records, read from the journal (the one copy of every
     answer) through the harvest's index ``answers.jsonl``, in the order they arrived."""
@@ -395,7 +416,7 @@ def harvested_records(ctx: RunContext, decision: Any = None) -> list[Record]:
     return [record_from_result(a, decision, ctx.cfg.teacher) for a in answers]
 
 
-def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
+def dataset_stage(ctx: RunContext, decision: Any = None) -> DatasetOutcome:
     """Build the records from the journal (plus the run's imports, docs/import.md); filter,
     dedupe, balance and split them; write each split once (compact codec) and the data card,
     whose spend is the run's ledger."""
@@ -435,7 +456,14 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
             {
                 "provider": ctx.cfg.teacher.provider,
                 "model": ctx.cfg.teacher.model,
-                "base_url": ctx.cfg.teacher.base_url or ctx.teacher_base_url,
+                "base_url": ctx.cfg.teacher.base_url,
+                # a teacher the run started itself answered on a loopback port that is gone
+                # now: the card names the model it served instead
+                **(
+                    {"served_by_apidistill": ctx.cfg.teacher.serve.model}
+                    if ctx.cfg.teacher.serve is not None
+                    else {}
+                ),
             }
         ],
         policy=([decision.model_dump(mode="json")] if decision is not None else [])
@@ -448,7 +476,7 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> dict[str, Any]:
         f"[bold]dataset[/]: {len(records)} harvested → {len(result.filtered.kept)} after filters "
         f"→ {len(result.records)} after dedupe/balance; splits {counts}"
     )
-    return {"harvested": len(records), "kept": len(result.records), "splits": counts}
+    return DatasetOutcome(len(records), len(result.records), counts)
 
 
 def run_ledger(ctx: RunContext) -> dict[str, Any] | None:
