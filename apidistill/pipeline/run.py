@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apidistill.config import RunConfig
 from apidistill.pipeline.preflight import check_student_model
@@ -33,6 +33,9 @@ from apidistill.pipeline.stages import (
 from apidistill.pipeline.teacher_stages import run_teacher_stages, teacher_server
 
 # teacher_server: imported from here by callers written before teacher_stages.py existed
+if TYPE_CHECKING:
+    from apidistill.eval.types import EvalResult
+
 __all__ = ["RunSummary", "run_pipeline", "teacher_server", "trained_student_dir"]
 
 
@@ -252,7 +255,7 @@ def export_stage(ctx: RunContext, tr: Any, *, base_model: str | None = None) -> 
     return str(path)
 
 
-def eval_stage(ctx: RunContext, student_dir: str) -> tuple[Any, str | None]:
+def eval_stage(ctx: RunContext, student_dir: str) -> tuple[EvalResult, str | None]:
     """Evaluate base and distilled student (``student_dir``: adapter or full model) against
     the teacher; write the report; then make one call through the official openai SDK to
     show the drop-in switch. Works for every teacher: held-out KL is measured on teacher ids,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from apidistill.costs.estimate import Estimate
     from apidistill.harvest.results import HarvestSummary
     from apidistill.policy.schema import Decision
+    from apidistill.train.api import TrainResult
 
 __all__ = [
     "DatasetOutcome",
@@ -508,7 +509,7 @@ def _obligations_md(decision: Any) -> str | None:
 
 def train_stage(
     ctx: RunContext, *, resume: bool = True, student: Any = None, out_dir: Path | None = None
-):
+) -> TrainResult:
     """Train ``student`` (default: the run file's) into ``out_dir`` (default: <run>/train)."""
     from apidistill.pipeline.preflight import recheck_training_terms
     from apidistill.train.api import train_student
