@@ -146,8 +146,9 @@ def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()) -> Es
 
 @dataclass
 class HarvestOutcome:
-    """What one harvest did: the engine's summary (also ``harvest_summary.json``), records
-    written to ``harvest/``, requests that failed, wall seconds, whether logprobs were asked."""
+    """What one harvest did: the engine's summary (also ``harvest_summary.json``), answers
+    (in the journal, indexed by ``answers.jsonl``), requests that failed, wall seconds, whether
+    logprobs were asked."""
 
     summary: HarvestSummary | None
     records: int

@@ -41,7 +41,8 @@ _UNUSED_URL = "http://127.0.0.1:9/v1"
 @dataclass(frozen=True)
 class TeacherStages:
     """What the teacher-side stages produced. Each part is also a file in the run folder
-    (``policy.json``, ``estimate.json``, ``harvest/`` and ``harvest_summary.json``), which is
+    (``policy.json``, ``estimate.json``, the journal with ``answers.jsonl`` and
+    ``harvest_summary.json``), which is
     what a later stage in another process reads."""
 
     decision: Decision
