@@ -254,13 +254,14 @@ def test_import_folder_reads_like_a_harvested_dataset(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    from apidistill.data.store import iter_provenance
     from apidistill.policy.provenance import dataset_terms
 
     src = ImportConfig(kind="openai_finetune", path=str(FIX / "finetune.jsonl"), model=FT)
     out = write_import(
         import_records([load_source(src)], PolicyConfig(use="internal")), tmp_path / "ds"
     )
-    terms = dataset_terms(out)
+    terms = dataset_terms(out, iter_provenance(out))
     assert terms.records == 5 and terms.undecided == 0 and terms.teachers == {f"openai:{FT}": 5}
     proc = subprocess.run(
         [sys.executable, "-m", "apidistill", "data", "split", str(out), "--out", str(tmp_path / "split")],

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from apidistill.config import load_config
-from apidistill.data.store import load_records
+from apidistill.data.store import iter_provenance, load_records
 from apidistill.pipeline.run import run_pipeline
 from apidistill.policy.provenance import dataset_terms
 from apidistill.testing import provider_payloads as pp
@@ -114,7 +114,7 @@ def test_imports_reach_the_dataset_and_rescore_merges(teacher: StoreServer, tmp_
         assert r.metadata["rescore"]["cost_usd"] is not None  # type: ignore[attr-defined]
     assert "rescore" not in recs["chat-other"].metadata  # type: ignore[attr-defined]
     # the card keeps the decisions of both models, so the terms resolve before training
-    terms = dataset_terms(cfg.run_path / "dataset")
+    terms = dataset_terms(cfg.run_path / "dataset", iter_provenance(cfg.run_path / "dataset"))
     assert {d.model for d in terms.decisions} == {FT, "gpt-4o"}
     # a second run pays for nothing again: the journal answers every re-score request
     run_pipeline(load_config(cfg.source), progress=False, stop_after="dataset")
@@ -197,7 +197,8 @@ dataset: {{dedupe: none, splits: {{train: 0.5, validation: 0.0, test: 0.5, strat
     run_pipeline(cfg, progress=False, stop_after="dataset")
     ids = {r.id for r in load_records(cfg.run_path / "dataset")}
     assert ids == {"openai_stored-chatcmpl-a", "openai_stored-chatcmpl-b"}
-    assert dataset_terms(cfg.run_path / "dataset").decisions  # their terms still resolve
+    dataset = cfg.run_path / "dataset"
+    assert dataset_terms(dataset, iter_provenance(dataset)).decisions  # their terms resolve
 
 
 def test_skip_invalid_flag_reaches_the_imports(teacher: StoreServer, tmp_path: Path) -> None:
