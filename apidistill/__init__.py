@@ -4,16 +4,6 @@ The public API is re-exported here; internals stay importable but unadvertised.
 """
 
 from apidistill.config import RunConfig, load_config
-from apidistill.data.schema import (
-    Completion,
-    GenerationParams,
-    Message,
-    Record,
-    TeacherRequest,
-    TokenLogprob,
-    TopLogprob,
-    Usage,
-)
 from apidistill.errors import (
     ApidistillError,
     BudgetExceeded,
@@ -29,6 +19,16 @@ from apidistill.errors import (
     TeacherTimeout,
     TeacherUnavailable,
     TrainingError,
+)
+from apidistill.records import (
+    Completion,
+    GenerationParams,
+    Message,
+    Record,
+    TeacherRequest,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
 )
 from apidistill.sdk import Distiller
 

@@ -70,8 +70,10 @@ class PriceConfig(_Section):
         return self
 
 
-class TeacherServeConfig(_Section):
-    """Start ``apidistill serve`` as the teacher (offline demo, self-hosted tests)."""
+class TeacherLaunchConfig(_Section):
+    """Start ``apidistill serve`` as the teacher (offline demo, self-hosted tests): the run
+    launches the server, harvests from it and stops it. (The top-level ``serve:`` section is
+    the student server's.)"""
 
     model: str = DEFAULT_MODEL
     adapter: str | None = None
@@ -94,7 +96,10 @@ class TeacherConfig(_Section):
     api_key_env: str | None = None  # the key is read from this env var, never stored
     # Tokenizer of the teacher when known (self-hosted): exact token counts and token ids.
     tokenizer: str | None = None
-    serve: TeacherServeConfig | None = None
+    launch: TeacherLaunchConfig | None = None  # start `apidistill serve` as the teacher
+    # the old name of ``launch``: refused with the new name (it read like the student server)
+    # an attribute of another name, so code that still reads ``teacher.serve`` fails loudly
+    legacy_serve: Any = Field(None, alias="serve", exclude=True)
     price: PriceConfig | None = None
     allow_unpriced: bool = False
     # HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2;
@@ -111,10 +116,21 @@ class TeacherConfig(_Section):
     # input counts (free, rate-limited; sends the prompts to Anthropic). Off by default.
     count_tokens: bool = False
 
+    @field_validator("legacy_serve", mode="before")
+    @classmethod
+    def _serve_was_renamed(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        raise ValueError(
+            "teacher.serve is now teacher.launch (the block that starts `apidistill serve` as "
+            "the teacher; the top-level serve: section configures the student's server): "
+            "rename the key, its contents stay the same"
+        )
+
     @model_validator(mode="after")
     def _base_url_for_compatible(self) -> TeacherConfig:
-        if self.provider == "openai_compatible" and not self.base_url and self.serve is None:
-            raise ValueError("provider openai_compatible needs 'base_url' (or a 'serve' block)")
+        if self.provider == "openai_compatible" and not self.base_url and self.launch is None:
+            raise ValueError("provider openai_compatible needs 'base_url' (or a 'launch' block)")
         if self.store and self.provider == "anthropic":
             raise ValueError("'store' is OpenAI's stored completions; Anthropic has none")
         if self.provider != "anthropic" and self.prompt_cache is not None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.config import RunConfig, load_config
-from apidistill.pipeline.requests import PromptBatch, load_prompts
 from apidistill.pipeline.stages import DatasetOutcome, RunContext
+from apidistill.pipeline.teacher_requests import PromptBatch, load_prompts
 
 __all__ = ["Distiller"]
 

@@ -36,8 +36,8 @@ QUANTS = ("f16", "q8_0", "q4_k_m")
 def _ticket_records() -> list[Any]:
     """The demo tickets as records (completion = gold), split as the demo's defaults split."""
     from apidistill.config import SplitConfig
-    from apidistill.data.schema import Record
     from apidistill.data.splits import make_splits
+    from apidistill.records import Record
     from apidistill.resources import demo_data_dir
 
     rows = [
@@ -85,7 +85,7 @@ def logit_change(adapter: Path) -> float:
     """Largest change the merged LoRA makes to the base's next-token logits on one prompt."""
     import torch
 
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     tok = load_tokenizer(BASE)
     ids = torch.tensor([tok.encode("Order 1234-5678: the Meridian Air Fryer is broken.")])
@@ -107,7 +107,7 @@ def run(
     """Train and export the student, measure every quantization; the numbers as a dict."""
     from apidistill.export.agreement import gguf_agreement
     from apidistill.export.formats import export_formats
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     t = time.perf_counter()
     result = trained_student(work / "train", steps=steps)

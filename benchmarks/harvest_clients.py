@@ -162,8 +162,8 @@ def prepare_apidistill(
     re-sending them; ``store=True`` sends OpenAI ``store: true`` and recovers lost answers
     from the server's stored completions (with a 10 s request timeout, so a resume stops
     looking for a never-sent request's answer 10 s after its claim, not 120 s)."""
-    from apidistill.data.schema import GenerationParams, Message, TeacherRequest
     from apidistill.harvest import harvest_sync
+    from apidistill.records import GenerationParams, Message, TeacherRequest
     from apidistill.teachers.openai import OpenAITeacher
 
     params = GenerationParams(max_tokens=MAX_TOKENS, temperature=0.0)

@@ -84,8 +84,8 @@ def _run_openai_sdk(base_url: str, texts: list[str], concurrency: int) -> dict[s
 def _run_apidistill(
     base_url: str, texts: list[str], concurrency: int, durable: bool
 ) -> dict[str, Any]:
-    from apidistill.data.schema import GenerationParams, Message, TeacherRequest
     from apidistill.harvest import harvest_sync
+    from apidistill.records import GenerationParams, Message, TeacherRequest
     from apidistill.teachers.openai import OpenAITeacher
     from benchmarks.harvest_clients import MAX_TOKENS, MODEL
 

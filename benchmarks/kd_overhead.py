@@ -51,8 +51,8 @@ TICKETS = [
 
 
 def _teacher_batch(device: str):
-    from apidistill.data.schema import Message
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
+    from apidistill.records import Message
     from apidistill.train.localteacher import teacher_records
 
     tok = load_tokenizer(MODEL)
@@ -105,7 +105,7 @@ class _Arm:
 def _apidistill_arm(name: str, method: str, tok, recs, device: str, out: Path) -> _Arm:
     from transformers import set_seed
 
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
     from apidistill.train.collate import DistillCollator, build_examples
     from apidistill.train.session import build_training_arguments
     from apidistill.train.trainer import DistillTrainer, apply_lora
@@ -139,7 +139,7 @@ def _trl_arm(tok, recs, device: str, out: Path) -> _Arm | None:
     from peft import LoraConfig
     from transformers import set_seed
 
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
     from apidistill.train.collate import build_examples
 
     built = build_examples(recs, tok, system_prompt=None, max_length=512)

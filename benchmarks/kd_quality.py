@@ -117,10 +117,10 @@ def subset(n_pool: int, size: int, seed: int) -> list[int]:
 
 async def _answers(model: Any, tok: Any, held: list[Any], instruction: str) -> list[str]:
     """The student's greedy answers to the held-out tickets, batched by the serve engine."""
-    from apidistill.data.schema import GenerationParams, Message
-    from apidistill.serve.engine import Engine
+    from apidistill.records import GenerationParams, Message
+    from apidistill.serve.engine import ServeEngine
 
-    engine = Engine(model, tok, max_batch_size=16)
+    engine = ServeEngine(model, tok, max_batch_size=16)
     params = GenerationParams(max_tokens=kd_targets.MAX_TOKENS, temperature=0.0)
     try:
         outs = await asyncio.gather(
@@ -139,7 +139,7 @@ async def _answers(model: Any, tok: Any, held: list[Any], instruction: str) -> l
 def evaluate(adapter: Path | None, held: list[Any], instruction: str) -> dict[str, Any]:
     """Held-out KL / top-1 (teacher forcing) and answer agreement / exact (generation)."""
     from apidistill.eval.scoring import score_records, summarize_scores
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     task = kd_targets._demo_task()
     tok = load_tokenizer(kd_targets.MODEL)

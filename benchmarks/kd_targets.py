@@ -105,7 +105,7 @@ def cache_dir() -> Path:
 
 
 def _requests(tickets: list[dict[str, Any]], kind: str) -> list[Any]:
-    from apidistill.data.schema import GenerationParams, Message, TeacherRequest
+    from apidistill.records import GenerationParams, Message, TeacherRequest
 
     task = _demo_task()
     prompt, student_line = prototype_prompt(), instruction()
@@ -174,7 +174,7 @@ async def _harvest(requests: list[Any], base_url: str, journal: Path) -> list[An
 
 
 def _read(path: Path) -> dict[str, Any]:
-    from apidistill.data.schema import Record
+    from apidistill.records import Record
 
     if not path.is_file():
         return {}

@@ -45,8 +45,8 @@ def _status_kib(field: str) -> int:
 
 def _dataset(folder: Path, records: int, tokens: int, k: int, seed: int) -> None:
     """Same-tokenizer records on the char tokenizer: ids spell the completion, k ids each."""
-    from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
     from apidistill.data.store import save_records
+    from apidistill.records import Message, Record, TokenLogprob, TopLogprob
     from apidistill.testing.tiny_tokenizer import char_tokenizer
 
     tok = char_tokenizer()

@@ -95,7 +95,7 @@ def build_requests(shots: int, requests: int, seed: int = 0) -> list[list[dict[s
 
 
 async def run_arm(engine: Any, chats: list[Any], max_tokens: int) -> tuple[float, list[Any]]:
-    from apidistill.data.schema import GenerationParams, Message
+    from apidistill.records import GenerationParams, Message
 
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0)
     msgs = [[Message(**m) for m in chat] for chat in chats]
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from apidistill.models import load_model, load_tokenizer
-    from apidistill.serve.engine import Engine, physical_cores
+    from apidistill.model_loading import load_model, load_tokenizer
+    from apidistill.serve.engine import ServeEngine, physical_cores
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     reference: list[list[int]] | None = None
     prompt_lens: list[int] = []
     for arm in arms:
-        engine = Engine(model, tok, model_name=args.model, **settings[arm])
+        engine = ServeEngine(model, tok, model_name=args.model, **settings[arm])
         if not prompt_lens:
-            from apidistill.data.schema import Message
+            from apidistill.records import Message
 
             prompt_lens = [engine.count_prompt_tokens([Message(**m) for m in c]) for c in chats]
         load_before = os.getloadavg()[0]

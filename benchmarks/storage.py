@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.data.store import load_records, save_records
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 
 HERE = Path(__file__).resolve().parent
 
@@ -112,7 +112,7 @@ def model_positions(
     2-core machine took ~1 s per token)."""
     import torch
 
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     model = load_model("smollm2-135m-instruct")

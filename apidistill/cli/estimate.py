@@ -36,7 +36,7 @@ def estimate(
     from apidistill.costs.estimate import estimate as make_estimate
     from apidistill.costs.estimate import render_estimate
     from apidistill.data.prompts import skipped_report
-    from apidistill.pipeline.requests import load_prompts
+    from apidistill.pipeline.teacher_requests import load_prompts
     from apidistill.progress import console as err_console
 
     cfg = load_config(config)

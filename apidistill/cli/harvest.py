@@ -39,8 +39,8 @@ def harvest(
     """Check the teacher's terms, then send every request not already answered in the run's
     journal. Safe to re-run: answered requests come from the cache and are never paid twice."""
     from apidistill.data.prompts import skipped_report
-    from apidistill.pipeline.requests import load_prompts
     from apidistill.pipeline.stages import RunContext
+    from apidistill.pipeline.teacher_requests import load_prompts
     from apidistill.pipeline.teacher_stages import run_teacher_stages
     from apidistill.train.distributed import launcher_rank
 

@@ -125,7 +125,7 @@ def serve(
                 hint=f"export {opts.api_key_env}=<key>, or serve without a key",
             )
         register_secret(api_key)  # never in the server's messages, whatever the key's shape
-    from apidistill.models import resolve_model
+    from apidistill.model_loading import resolve_model
 
     resolve_model(model)  # a bad path fails here, before the slow imports
     if adapter is not None and not (Path(adapter).expanduser() / "adapter_config.json").is_file():

@@ -35,8 +35,8 @@ from rich.table import Table
 from apidistill.config import RunConfig
 from apidistill.costs.prices import MTOK, ModelPrice, price_for_teacher, worst_case_cost
 from apidistill.costs.tokens import TokenCount, TokenCounter
-from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError
+from apidistill.records import Message, TeacherRequest
 
 __all__ = [
     "AnthropicCounts",
@@ -393,7 +393,7 @@ def _expect_cache(est: Estimate, cfg: RunConfig, prefix_tok: int) -> None:
 def _has_batch_api(cfg: RunConfig) -> bool:
     """Only OpenAI's and Anthropic's own endpoints offer a Batch API (teachers/batch.py)."""
     t = cfg.teacher
-    if t.provider not in ("openai", "anthropic") or t.serve is not None:
+    if t.provider not in ("openai", "anthropic") or t.launch is not None:
         return False
     return not t.base_url or any(h in t.base_url for h in ("api.openai.com", "api.anthropic.com"))
 

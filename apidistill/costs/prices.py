@@ -23,8 +23,8 @@ from functools import lru_cache
 from urllib.parse import urlsplit
 
 from apidistill.config import PriceConfig, TeacherConfig
-from apidistill.data.schema import Usage
 from apidistill.errors import ConfigError
+from apidistill.records import Usage
 
 __all__ = [
     "MTOK",
@@ -270,7 +270,7 @@ def price_for_teacher(
         from apidistill.policy.engine import teacher_route
 
         self_hosted = teacher_route(teacher)[0] == "self_hosted" and (
-            teacher.serve is not None or _is_private_url(teacher.base_url)
+            teacher.launch is not None or _is_private_url(teacher.base_url)
         )
     return resolve_price(
         teacher.provider,

@@ -41,8 +41,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from apidistill.config import TeacherConfig
-from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import ConfigError, ModelLoadError
+from apidistill.records import Message, TeacherRequest
 
 __all__ = [
     "TEMPLATE_TOKENS_PER_MESSAGE",
@@ -113,7 +113,7 @@ def _encoding(name: str) -> Any:
 
 @lru_cache(maxsize=4)
 def _hf_tokenizer(spec: str) -> Any:
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     try:
         return load_tokenizer(spec)
@@ -167,8 +167,8 @@ def _tokenizer_spec(teacher: TeacherConfig) -> str | None:
     """The Hugging Face tokenizer to count with; ``None`` for bpe-openai or an estimate."""
     if teacher.tokenizer:
         return None if teacher.tokenizer in BPE_ENCODINGS else teacher.tokenizer
-    if teacher.serve is not None:
-        return teacher.serve.model
+    if teacher.launch is not None:
+        return teacher.launch.model
     return None
 
 

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Literal
 
 from apidistill.costs.prices import ModelPrice, cost_of
-from apidistill.data.schema import Usage
+from apidistill.records import Usage
 
 __all__ = ["USAGE_STOP_HINT", "UsageFlag", "UsageVerdict", "judge_usage", "usage_flag_message"]
 

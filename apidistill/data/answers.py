@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import Completion
 from apidistill.errors import DataError
+from apidistill.records import Completion
 from apidistill.storage.journal import JournalStore
 
 __all__ = ["AnswerRef", "JournalAnswer", "journal_answers", "read_answer_refs", "write_answer_refs"]

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from apidistill.config import BalanceConfig
-from apidistill.data.schema import Record
 from apidistill.errors import ConfigError
+from apidistill.records import Record
 
 __all__ = ["BalanceResult", "balance", "class_of", "histogram_text", "length_bucket"]
 

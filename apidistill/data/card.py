@@ -24,9 +24,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import SCHEMA_VERSION, Record
 from apidistill.data.shards import STORE_VERSION, atomic_write
 from apidistill.errors import redact
+from apidistill.records import SCHEMA_VERSION, Record
 
 __all__ = ["DatasetCard", "build_card", "token_stats"]
 

@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from apidistill.data.schema import TokenLogprob, TopLogprob
 from apidistill.errors import DataError
+from apidistill.records import TokenLogprob, TopLogprob
 
 __all__ = [
     "CODECS",

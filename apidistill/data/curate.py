@@ -19,9 +19,9 @@ from apidistill.data.balance import BalanceResult, balance
 from apidistill.data.card import DatasetCard, build_card
 from apidistill.data.dedupe import DedupeResult, dedupe
 from apidistill.data.filters import FilterResult, Validator, apply_filters
-from apidistill.data.schema import Record
 from apidistill.data.splits import SplitResult, make_splits
 from apidistill.data.store import save_splits
+from apidistill.records import Record
 
 __all__ = ["CurateResult", "curate", "keep_top_k"]
 

@@ -19,8 +19,8 @@ from typing import Literal
 
 from datasketch import MinHash, MinHashLSH
 
-from apidistill.data.schema import Record
 from apidistill.errors import ConfigError
+from apidistill.records import Record
 
 __all__ = [
     "DedupeMode",

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from apidistill.data.schema import Record
 from apidistill.data.shards import record_to_row
 from apidistill.data.store import SPLITS, dataset_status, iter_records
 from apidistill.errors import DataError
+from apidistill.records import Record
 
 if TYPE_CHECKING:
     import datasets

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apidistill.config import FilterConfig
-from apidistill.data.schema import Record
 from apidistill.errors import ConfigError
+from apidistill.records import Record
 
 __all__ = ["REASONS", "FilterResult", "Validator", "apply_filters", "compile_checks"]
 

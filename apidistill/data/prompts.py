@@ -23,8 +23,8 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from apidistill.data.schema import Message
 from apidistill.errors import DataError
+from apidistill.records import Message
 
 __all__ = [
     "SKIP_INVALID_HINT",

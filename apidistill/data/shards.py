@@ -37,8 +37,8 @@ from apidistill.data.compact import (
     remap,
     to_arrays,
 )
-from apidistill.data.schema import SCHEMA_VERSION, Message, Provenance, Record, Usage
 from apidistill.errors import DataError
+from apidistill.records import SCHEMA_VERSION, Message, Provenance, Record, Usage
 
 __all__ = [
     "MANIFEST",

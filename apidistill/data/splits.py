@@ -26,7 +26,7 @@ from apidistill.data.dedupe import (
     record_text,
     sample_family,
 )
-from apidistill.data.schema import Record
+from apidistill.records import Record
 
 __all__ = ["SplitResult", "cross_split_duplicates", "make_splits", "split_targets"]
 

@@ -29,7 +29,6 @@ from apidistill.data.compact import (
     TokenArrays,
     TokenTable,
 )
-from apidistill.data.schema import Provenance, Record
 from apidistill.data.shards import (
     MANIFEST,
     Manifest,
@@ -41,6 +40,7 @@ from apidistill.data.shards import (
     write_shard,
 )
 from apidistill.errors import DataError
+from apidistill.records import Provenance, Record
 
 __all__ = [
     "DatasetStatus",

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from apidistill.data.dedupe import NearDupIndex
 from apidistill.data.prompts import PromptRow, input_hash
-from apidistill.data.schema import Completion, GenerationParams, Message, TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError
+from apidistill.records import Completion, GenerationParams, Message, TeacherRequest
 from apidistill.teachers.base import Teacher
 
 if TYPE_CHECKING:

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from apidistill.config import EvalConfig, FilterConfig
-from apidistill.data.schema import Record
 from apidistill.eval.metrics import (
     bootstrap_ci,
     bootstrap_ratio_ci,
@@ -25,6 +24,7 @@ from apidistill.eval.metrics import (
     valid_structure,
 )
 from apidistill.eval.types import Confusion, MetricValue
+from apidistill.records import Record
 
 __all__ = ["confusion_matrix", "output_metrics"]
 

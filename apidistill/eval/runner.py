@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from apidistill.config import EvalConfig
-from apidistill.data.schema import Completion, GenerationParams, Message, Record, TeacherRequest
 from apidistill.errors import ConfigError, EvalError, register_secret
 from apidistill.eval.aggregate import confusion_matrix, output_metrics
 from apidistill.eval.metrics import sequence_confidence
@@ -41,6 +40,7 @@ from apidistill.eval.scoring import kl_unavailable_reason
 from apidistill.eval.types import EvalResult, MetricValue, ModelEval, StudentEndpoint, Timing
 from apidistill.eval.verdict import select_student
 from apidistill.progress import make_progress
+from apidistill.records import Completion, GenerationParams, Message, Record, TeacherRequest
 
 __all__ = ["Answer", "run_eval", "select_records"]
 

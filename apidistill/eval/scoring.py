@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from apidistill.data.schema import Message, Record
 from apidistill.errors import EvalError
 from apidistill.eval.metrics import Estimate, token_kl_estimates
+from apidistill.records import Message, Record
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -321,7 +321,7 @@ def heldout_kl(
     record can be scored.
     """
     from apidistill.devices import select_device
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
     from apidistill.train.align import StudentVocab
 
     _, render = _defaults(render_prompt)

@@ -141,7 +141,7 @@ def check_architecture(config: Any, where: Path) -> None:
 def base_gguf_path(base_model: str) -> Path:
     """The GGUF file a student's base model was loaded from (its tokenizer metadata is
     reused); a base given as a safetensors folder or hub name has none."""
-    from apidistill.models import resolve_model
+    from apidistill.model_loading import resolve_model
 
     src = resolve_model(base_model)
     if src.gguf_file is None:

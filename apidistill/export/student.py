@@ -9,7 +9,7 @@ Layout (``merge=True``)::
                              the caller's sections)
     out_dir/serve_vllm.sh    ready vLLM command lines (merged and multi-LoRA)
 
-With ``merge=False`` the adapter itself is at the top (``apidistill.models.load_model``
+With ``merge=False`` the adapter itself is at the top (``apidistill.model_loading.load_model``
 loads a folder with ``adapter_config.json`` as base + adapter, the base named in
 ``base_model.txt``). A full fine-tune is copied as is.
 
@@ -76,8 +76,8 @@ def bake_system_prompt(chat_template: str, system_prompt: str) -> str:
 
 def refuse_pickle_weights(folder: Path) -> None:
     """Raise when ``folder`` holds weights in a pickle format: untrusted files are safetensors
-    only (the formats are :func:`apidistill.models.pickle_weight_files`')."""
-    from apidistill.models import pickle_weight_files
+    only (the formats are :func:`apidistill.model_loading.pickle_weight_files`')."""
+    from apidistill.model_loading import pickle_weight_files
 
     pickled = pickle_weight_files(folder)
     if pickled:
@@ -151,7 +151,7 @@ def resolve_student(
 
 
 def _template_for(src: Path, base_model: str | None, system_prompt: str | None):  # type: ignore[no-untyped-def]
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     tok = load_tokenizer(str(src)) if (src / "tokenizer_config.json").is_file() else None
     if tok is None:
@@ -194,7 +194,7 @@ def _copy_adapter(src: Path, dest: Path, base_model: str) -> dict:
 def merged_model(student: StudentSource):  # type: ignore[no-untyped-def]
     """The student as one model in float32: a LoRA folded into its base (peft
     ``merge_and_unload``), a full model loaded as is."""
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
 
     refuse_pickle_weights(student.folder)
     if student.is_adapter:

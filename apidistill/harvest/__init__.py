@@ -9,15 +9,15 @@ from apidistill.harvest.limits import RateLimiter
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.harvest.retry_failed import RetryFailed
-from apidistill.harvest.writer import Journal
+from apidistill.harvest.writer import AsyncJournal
 from apidistill.storage.journal import JournalRow, JournalStore, check_integrity
 
 __all__ = [
+    "AsyncJournal",
     "HarvestInterrupted",
     "HarvestResult",
     "HarvestStream",
     "HarvestSummary",
-    "Journal",
     "JournalRow",
     "JournalStore",
     "RateLimiter",

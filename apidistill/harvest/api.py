@@ -25,15 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError
-from apidistill.harvest.engine import Engine, StopSignal
+from apidistill.harvest.engine import HarvestEngine, StopSignal
 from apidistill.harvest.limits import RateLimiter
 from apidistill.harvest.progress_view import HarvestProgress
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.harvest.retry_failed import RetryFailed
-from apidistill.harvest.writer import Journal
+from apidistill.harvest.writer import AsyncJournal
+from apidistill.records import TeacherRequest
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
     from apidistill.teachers.base import Teacher
@@ -91,7 +91,7 @@ class HarvestStream:
 
     # ------------------------------------------------------------------ run
 
-    def _engine(self, journal: Journal, stop: StopSignal) -> Any:
+    def _engine(self, journal: AsyncJournal, stop: StopSignal) -> Any:
         opt = self._opt
         if opt["batch_client"] is not None:
             from apidistill.harvest.batch_run import BatchEngine
@@ -109,7 +109,7 @@ class HarvestStream:
                 max_rounds=min(opt["policy"].max_retries + 1, 5),
                 retry_failed=opt["retry_failed"],
             )
-        return Engine(
+        return HarvestEngine(
             teacher=opt["teacher"],
             journal=journal,
             limiter=RateLimiter(opt["rpm"], opt["tpm"], window_s=opt["rate_window_s"]),
@@ -138,7 +138,7 @@ class HarvestStream:
         loop = asyncio.get_running_loop()
         stop = self.stop_signal
         stop.bind(loop)
-        journal = Journal(opt["journal"], durable=opt["durable"])
+        journal = AsyncJournal(opt["journal"], durable=opt["durable"])
         await journal.open()
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(64, opt["concurrency"] * 2))
         view = HarvestProgress(

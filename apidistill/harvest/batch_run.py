@@ -28,13 +28,13 @@ from typing import Any
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_flag_message
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, TeacherError, redact
 from apidistill.harvest.engine import StopSignal, _check_item, _meta_str, upper_bound_input_tokens
 from apidistill.harvest.results import HarvestResult, HarvestSummary
 from apidistill.harvest.retry import classify
 from apidistill.harvest.retry_failed import RetryFailed
-from apidistill.harvest.writer import Journal
+from apidistill.harvest.writer import AsyncJournal
+from apidistill.records import Completion, TeacherRequest
 from apidistill.storage.journal import JournalStore
 from apidistill.teachers.base import Teacher
 from apidistill.teachers.batch import BatchClient, chunk_key_for
@@ -95,14 +95,14 @@ def _chunk_keys(store: JournalStore, chunk_key: str) -> list[str]:
 
 
 class BatchEngine:
-    """One Batch-API harvest over an open journal (same surface as :class:`Engine`)."""
+    """One Batch-API harvest over an open journal (same surface as :class:`HarvestEngine`)."""
 
     def __init__(
         self,
         *,
         teacher: Teacher,
         batch_client: BatchClient,
-        journal: Journal,
+        journal: AsyncJournal,
         stop: StopSignal,
         budget: Budget | None = None,
         price: ModelPrice | None = None,

@@ -24,19 +24,19 @@ from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.costs.tokens import byte_bound_tokens
 from apidistill.costs.usage_check import USAGE_STOP_HINT, judge_usage, usage_flag_message
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import BudgetExceeded, ConfigError, DataError, TeacherTimeout, redact
 from apidistill.harvest.limits import RateLimiter, Stopped
 from apidistill.harvest.results import HarvestResult, HarvestSummary, StopReason
 from apidistill.harvest.retry import Failure, RetryPolicy, classify
 from apidistill.harvest.retry_failed import RetryFailed
-from apidistill.harvest.writer import Journal
+from apidistill.harvest.writer import AsyncJournal
+from apidistill.records import Completion, TeacherRequest
 from apidistill.storage.journal import CachedRow, JournalStore, JournalWriteError
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
     from apidistill.teachers.base import Teacher
 
-__all__ = ["Engine", "StopSignal", "claim_ahead_for", "upper_bound_input_tokens"]
+__all__ = ["HarvestEngine", "StopSignal", "claim_ahead_for", "upper_bound_input_tokens"]
 
 _END = object()
 _LOOKAHEAD = 256
@@ -125,14 +125,14 @@ class _StopBeforeSend(Exception):
     """Stopped before this request's first send: nothing to journal, no result."""
 
 
-class Engine:
+class HarvestEngine:
     """One harvest run over an open journal. Build with the pieces, then ``await run()``."""
 
     def __init__(
         self,
         *,
         teacher: Teacher,
-        journal: Journal,
+        journal: AsyncJournal,
         limiter: RateLimiter,
         policy: RetryPolicy,
         stop: StopSignal,

@@ -9,7 +9,7 @@ from apidistill.costs.budget import Budget, format_usd
 from apidistill.harvest.results import HarvestResult, HarvestSummary
 
 if TYPE_CHECKING:
-    from apidistill.harvest.engine import Engine
+    from apidistill.harvest.engine import HarvestEngine
 
 __all__ = ["HarvestProgress", "spend_text"]
 
@@ -43,7 +43,7 @@ class HarvestProgress:
         self._unpriced = False
         self.elapsed_s = 0.0
 
-    def start(self, engine: Engine) -> None:
+    def start(self, engine: HarvestEngine) -> None:
         self._t0 = time.monotonic()
         self._unpriced = engine.price is None
         if not self.enabled:

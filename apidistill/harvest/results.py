@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Literal
 
 from apidistill.costs.budget import format_usd
-from apidistill.data.schema import Completion, TeacherRequest
+from apidistill.records import Completion, TeacherRequest
 from apidistill.storage.journal import RETRYABLE_REASONS
 
 # Reasons a re-run retries on its own (outcome_unknown: resend_unknown decides).

@@ -24,8 +24,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import Completion
 from apidistill.errors import ConfigError
+from apidistill.records import Completion
 from apidistill.storage.journal import JournalStore
 
 __all__ = ["SalvageReport", "salvage_journal"]

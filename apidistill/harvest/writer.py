@@ -18,18 +18,18 @@ from typing import Any, TypeVar
 
 from apidistill.storage.journal import JournalStore, JournalWriteError, Recovery
 
-__all__ = ["Journal"]
+__all__ = ["AsyncJournal"]
 
 T = TypeVar("T")
 _STOP = object()
 _Op = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], "asyncio.Future[Any]"]
 
 
-class Journal:
+class AsyncJournal:
     """Async journal: every call runs in one writer thread; queued calls share a commit.
 
     A call returns only after its transaction is committed (``durable=True``: fsynced), so
-    "journal, then act" holds for every caller. Use ``async with Journal(path) as j``.
+    "journal, then act" holds for every caller. Use ``async with AsyncJournal(path) as j``.
     """
 
     def __init__(self, path: str | Path, *, durable: bool = True, max_group: int = 256) -> None:
@@ -43,7 +43,7 @@ class Journal:
         self._store: JournalStore | None = None
         self.commits = 0  # group commits made (for benchmarks)
 
-    async def __aenter__(self) -> Journal:
+    async def __aenter__(self) -> AsyncJournal:
         await self.open()
         return self
 

@@ -19,8 +19,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import Message, Provenance, Record, TokenLogprob, Usage
 from apidistill.errors import DataError
+from apidistill.records import Message, Provenance, Record, TokenLogprob, Usage
 
 __all__ = [
     "IMPORT_SKIP_HINT",

@@ -18,7 +18,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import TokenLogprob
 from apidistill.errors import TeacherError
 from apidistill.importers.base import (
     ImportedExchange,
@@ -29,6 +28,7 @@ from apidistill.importers.base import (
 )
 from apidistill.importers.batch_output import anthropic_exchange
 from apidistill.importers.openai_stored import completion_exchange
+from apidistill.records import TokenLogprob
 from apidistill.teachers.logprobs import normalize_chat_logprobs
 
 __all__ = ["SOURCE", "capture_exchange", "import_captures"]

@@ -21,8 +21,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from apidistill.data.schema import Message
 from apidistill.importers.base import LineProblem
+from apidistill.records import Message
 
 __all__ = ["anthropic_messages", "anthropic_text", "openai_assistant_text", "openai_messages"]
 

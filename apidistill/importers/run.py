@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from apidistill.config import ImportConfig, PolicyConfig
-from apidistill.data.schema import Record
 from apidistill.errors import ConfigError, redact
 from apidistill.importers.base import ImportLoad, unique_records
+from apidistill.records import Record
 
 __all__ = ["ImportResult", "decide_imports", "import_records", "load_source", "write_import"]
 

@@ -65,7 +65,7 @@ def evaluate_candidates(
     from apidistill.eval.runner import run_eval
     from apidistill.eval.types import StudentEndpoint
     from apidistill.eval.verdict import student_checks
-    from apidistill.models import count_params
+    from apidistill.model_loading import count_params
     from apidistill.serve.launcher import launch_server
 
     cfg = ctx.cfg

@@ -26,8 +26,8 @@ from decimal import Decimal
 from typing import Any
 
 from apidistill.config import RunConfig
-from apidistill.data.schema import Record, TeacherRequest
 from apidistill.pipeline.stages import RunContext
+from apidistill.records import Record, TeacherRequest
 
 __all__ = [
     "IMPORTED",
@@ -139,7 +139,7 @@ def rescore_requests(cfg: RunConfig, records: Sequence[Record]) -> tuple[list[Te
     """Requests that re-harvest logprobs for imported records lacking them (when
     ``harvest.rescore``), and how many such records another model wrote (not re-scored:
     a different model's logprobs are not the logprobs of that answer)."""
-    from apidistill.pipeline.requests import generation_params
+    from apidistill.pipeline.teacher_requests import generation_params
 
     if not cfg.harvest.rescore:
         return [], 0

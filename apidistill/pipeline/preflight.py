@@ -22,7 +22,7 @@ __all__ = ["check_student_model", "recheck_training_terms"]
 def check_student_model(cfg: RunConfig) -> None:
     """:class:`ConfigError` naming the run file and ``student.model`` (or the candidate) when
     a student model cannot be found or its config is not a model's."""
-    from apidistill.models import check_model_offline
+    from apidistill.model_loading import check_model_offline
 
     specs = list(cfg.student.candidates) or [cfg.student.model]  # as training will load them
     for i, spec in enumerate(specs):

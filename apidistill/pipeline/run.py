@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from apidistill.config import RunConfig
 from apidistill.pipeline.preflight import check_student_model
-from apidistill.pipeline.requests import load_prompts
 from apidistill.pipeline.stages import (
     RunContext,
     _write_json,
@@ -30,6 +29,7 @@ from apidistill.pipeline.stages import (
     run_spend,
     train_stage,
 )
+from apidistill.pipeline.teacher_requests import load_prompts
 from apidistill.pipeline.teacher_stages import run_teacher_stages, teacher_server
 
 # teacher_server: imported from here by callers written before teacher_stages.py existed

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from apidistill.config import RunConfig, TrainingConfig
-from apidistill.data.schema import Message, Provenance, Record
 from apidistill.errors import (
     BudgetExceeded,
     CapabilityError,
@@ -28,8 +27,9 @@ from apidistill.errors import (
     redact,
 )
 from apidistill.pipeline.layout import RunLayout
-from apidistill.pipeline.requests import PromptBatch
+from apidistill.pipeline.teacher_requests import PromptBatch
 from apidistill.progress import console as progress_console
+from apidistill.records import Message, Provenance, Record
 
 if TYPE_CHECKING:
     from apidistill.costs.estimate import Estimate
@@ -462,8 +462,8 @@ def dataset_stage(ctx: RunContext, decision: Any = None) -> DatasetOutcome:
                 # a teacher the run started itself answered on a loopback port that is gone
                 # now: the card names the model it served instead
                 **(
-                    {"served_by_apidistill": ctx.cfg.teacher.serve.model}
-                    if ctx.cfg.teacher.serve is not None
+                    {"served_by_apidistill": ctx.cfg.teacher.launch.model}
+                    if ctx.cfg.teacher.launch is not None
                     else {}
                 ),
             }

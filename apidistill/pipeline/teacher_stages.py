@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from apidistill.config import RunConfig
-from apidistill.pipeline.requests import PromptBatch
 from apidistill.pipeline.stages import (
     HarvestOutcome,
     RunContext,
@@ -26,11 +25,12 @@ from apidistill.pipeline.stages import (
     policy_stage,
     retry_failed_of,
 )
+from apidistill.pipeline.teacher_requests import PromptBatch
 
 if TYPE_CHECKING:
     from apidistill.costs.estimate import Estimate
-    from apidistill.data.schema import TeacherRequest
     from apidistill.policy.schema import Decision
+    from apidistill.records import TeacherRequest
 
 __all__ = ["TeacherStages", "harvest_complete", "run_teacher_stages", "teacher_server"]
 
@@ -56,7 +56,7 @@ class TeacherStages:
 def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
     """True when the journal already answers every request of a self-served teacher, so the
     teacher server need not even be started (a second demo run loads no teacher)."""
-    if cfg.teacher.serve is None or not journal.is_file():
+    if cfg.teacher.launch is None or not journal.is_file():
         return False
     from apidistill.storage.journal import JournalStore
     from apidistill.teachers import make_teacher
@@ -74,9 +74,9 @@ def harvest_complete(cfg: RunConfig, requests: list[Any], journal: Any) -> bool:
 
 @contextlib.contextmanager
 def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | None]:
-    """Start ``apidistill serve`` as the teacher when the run file has a ``teacher.serve``
+    """Start ``apidistill serve`` as the teacher when the run file has a ``teacher.launch``
     block (self-hosted teacher, offline demo); yield its base URL, else ``None``."""
-    if cfg.teacher.serve is None:
+    if cfg.teacher.launch is None:
         yield None
         return
     if not needed:
@@ -84,7 +84,7 @@ def teacher_server(cfg: RunConfig, *, needed: bool = True) -> Iterator[str | Non
         return
     from apidistill.serve.launcher import launch_server
 
-    s = cfg.teacher.serve
+    s = cfg.teacher.launch
     with launch_server(
         s.model,
         adapter=s.adapter,

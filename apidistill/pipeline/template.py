@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from apidistill.data.schema import Message
 from apidistill.errors import ConfigError
+from apidistill.records import Message
 from apidistill.yamlfile import load_yaml
 
 __all__ = ["PromptTemplate", "Shot", "load_template"]

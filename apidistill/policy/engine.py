@@ -298,7 +298,7 @@ def teacher_route(teacher: TeacherConfig) -> tuple[str, str, str | None]:
     server on this machine or network is self-hosted weights whose license is what counts.
     ``openai``/``anthropic`` on a local address is taken as a gateway to that provider.
     """
-    if teacher.serve is not None and not teacher.base_url:
+    if teacher.launch is not None and not teacher.base_url:
         return SELF_HOSTED, "weights", "started by apidistill serve"
     host = (urlsplit(teacher.base_url).hostname or "").lower() if teacher.base_url else ""
     host = host.rstrip(".")  # a fully qualified name (``api.x.ai.``) is the same host

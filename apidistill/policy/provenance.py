@@ -21,9 +21,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from apidistill.data.schema import Provenance
 from apidistill.errors import DataError
 from apidistill.policy.schema import Decision
+from apidistill.records import Provenance
 
 __all__ = ["DatasetTerms", "dataset_terms", "decision_sources"]
 

@@ -30,7 +30,6 @@ from starlette.routing import Route
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, cost_of, worst_case_cost
 from apidistill.costs.tokens import TEMPLATE_TOKENS_PER_MESSAGE, TEMPLATE_TOKENS_PER_REQUEST
-from apidistill.data.schema import Usage
 from apidistill.errors import BudgetExceeded
 from apidistill.proxy.capture_store import CaptureStore, CaptureStoreError, Recovery
 from apidistill.proxy.config import ProxyConfig
@@ -48,6 +47,7 @@ from apidistill.proxy.streams import (
     is_terminal,
 )
 from apidistill.proxy.upstream import Upstream, UpstreamError, UpstreamResponse, open_upstream
+from apidistill.records import Usage
 from apidistill.teachers.openai import sampling_settings
 
 __all__ = ["ProxyState", "build_app"]

@@ -1,7 +1,7 @@
 """Serve stage: a model (teacher or distilled student) behind OpenAI- and Anthropic-compatible
 HTTP endpoints, and the in-process engine behind them.
 
-    Engine.from_spec(model, adapter=None, max_batch_size=16)   batched generation + logprobs
+    ServeEngine.from_spec(model, adapter=None, max_batch_size=16)   batched generation + logprobs
     launch_server(model, ...) -> ServerHandle                  ``apidistill serve`` as a child
     create_app(engine, settings)                               the FastAPI app itself
 
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from apidistill.serve.app import create_app
-    from apidistill.serve.engine import Engine, EngineOutput, StreamDelta
+    from apidistill.serve.engine import EngineOutput, ServeEngine, StreamDelta
     from apidistill.serve.http_common import ServeSettings
     from apidistill.serve.launcher import ServerHandle, launch_server
 
 __all__ = [
-    "Engine",
     "EngineOutput",
+    "ServeEngine",
     "ServeSettings",
     "ServerHandle",
     "StreamDelta",
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Engine": "apidistill.serve.engine",
+    "ServeEngine": "apidistill.serve.engine",
     "EngineOutput": "apidistill.serve.engine",
     "StreamDelta": "apidistill.serve.engine",
     "ServeSettings": "apidistill.serve.http_common",

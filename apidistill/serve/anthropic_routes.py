@@ -10,8 +10,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from apidistill.data.schema import GenerationParams, Message
 from apidistill.errors import ApidistillError
+from apidistill.records import GenerationParams, Message
 from apidistill.serve.anthropic_schema import (
     CountTokensRequest,
     MessagesRequest,

@@ -1,4 +1,4 @@
-"""The HTTP server: OpenAI- and Anthropic-compatible endpoints over one :class:`Engine`.
+"""The HTTP server: OpenAI- and Anthropic-compatible endpoints over one :class:`ServeEngine`.
 
     GET  /health                        liveness (no auth)
     GET  /openapi.json                  this server's OpenAPI document (no auth)
@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 
 from apidistill.serve.anthropic_routes import router as anthropic_router
 from apidistill.serve.anthropic_schema import CountTokensRequest, MessagesRequest
-from apidistill.serve.engine import Engine
+from apidistill.serve.engine import ServeEngine
 from apidistill.serve.http_common import Admission, ServerContext, ServeSettings
 from apidistill.serve.http_errors import APIError, error_body, flavor_of
 from apidistill.serve.openai_routes import router as openai_router
@@ -41,7 +41,7 @@ from apidistill.serve.openai_schema import ChatRequest, CompletionRequest
 __all__ = ["create_app", "run_server"]
 
 
-def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
+def create_app(engine: ServeEngine, settings: ServeSettings) -> FastAPI:
     app = FastAPI(
         title="apidistill serve",
         docs_url=None,  # the HTML pages load scripts from a CDN; the document is enough

@@ -2,7 +2,7 @@
 
 Other stages call it directly (no HTTP)::
 
-    engine = Engine.from_spec("smollm2-135m-instruct")
+    engine = ServeEngine.from_spec("smollm2-135m-instruct")
     outs = await engine.generate(messages, None, GenerationParams(max_tokens=32, logprobs=True))
 
 Requests that arrive together are batched and the KV cache of their shared prompt prefix is
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from apidistill.data.schema import GenerationParams, Message, TokenLogprob, TopLogprob
 from apidistill.errors import ApidistillError, ConfigError, ModelLoadError
+from apidistill.records import GenerationParams, Message, TokenLogprob, TopLogprob
 from apidistill.serve.decoding import BatchRunner, SeqRequest
 from apidistill.serve.prefix_attention import enable_shared_prefix
 from apidistill.serve.prefix_cache import PrefixCache
@@ -45,7 +45,7 @@ from apidistill.serve.tokens import TokenRenderer
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Engine", "EngineOutput", "EngineStats", "StreamDelta", "physical_cores"]
+__all__ = ["EngineOutput", "EngineStats", "ServeEngine", "StreamDelta", "physical_cores"]
 
 MAX_TOP_LOGPROBS = 20
 
@@ -118,7 +118,7 @@ def physical_cores() -> int:
     return max(1, len(cores) or len(cpus) or (os.cpu_count() or 1))
 
 
-class Engine:
+class ServeEngine:
     """Batched, prefix-cached generation with logprobs on one model."""
 
     def __init__(
@@ -189,12 +189,12 @@ class Engine:
         max_batch_size: int = 16,
         num_threads: int | None = None,
         **kwargs: Any,
-    ) -> Engine:
+    ) -> ServeEngine:
         """Load ``model`` (embedded name, folder, GGUF, exported student) + optional LoRA
         ``adapter`` and build an engine. Sets torch's thread count to the physical cores."""
         import torch
 
-        from apidistill.models import load_model
+        from apidistill.model_loading import load_model
 
         torch.set_num_threads(num_threads or physical_cores())
         lm = load_model(model, adapter=adapter)
@@ -558,7 +558,7 @@ def _spec_stamp(spec: str | None) -> str:
 
 def _load_tokenizer_for(model: str, adapter: str | None) -> Any:
     """The tokenizer saved with the adapter/student if there is one, else the base model's."""
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     if adapter and (Path(adapter) / "tokenizer_config.json").is_file():
         return load_tokenizer(adapter)  # the export's tokenizer (its chat template may differ)

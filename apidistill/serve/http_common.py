@@ -24,7 +24,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from apidistill.errors import ApidistillError, ConfigError
-from apidistill.serve.engine import Engine
+from apidistill.serve.engine import ServeEngine
 from apidistill.serve.http_errors import APIError, Flavor
 
 __all__ = [
@@ -101,7 +101,7 @@ class Slot:
 
 @dataclass
 class ServerContext:
-    engine: Engine
+    engine: ServeEngine
     settings: ServeSettings
     admission: Admission
 

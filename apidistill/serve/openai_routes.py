@@ -13,8 +13,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from apidistill.data.schema import GenerationParams, Message, TokenLogprob
 from apidistill.errors import ApidistillError
+from apidistill.records import GenerationParams, Message, TokenLogprob
 from apidistill.serve.engine import EngineOutput, StreamDelta, _Prepared
 from apidistill.serve.http_common import (
     ServerContext,

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from apidistill.data.schema import TokenLogprob
+from apidistill.records import TokenLogprob
 from apidistill.serve.engine import EngineOutput
 
 __all__ = [

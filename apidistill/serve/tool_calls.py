@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from apidistill.data.schema import Message
+from apidistill.records import Message
 from apidistill.serve.http_errors import APIError
 
 __all__ = [

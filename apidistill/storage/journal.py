@@ -20,7 +20,7 @@ turns them into ``unknown`` at the next open and keeps their worst-case cost cha
 unknown outcomes); a provider's own count for the request can never exceed it.
 
 Money is stored as TEXT Decimals so sums are exact to the cent. The async face for the
-engine is :class:`apidistill.harvest.writer.Journal` (one writer thread, group commit).
+engine is :class:`apidistill.harvest.writer.AsyncJournal` (one writer thread, group commit).
 """
 
 from __future__ import annotations

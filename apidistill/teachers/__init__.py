@@ -71,10 +71,12 @@ def _price(cfg: PriceConfig | None) -> ModelPrice | None:
 def _vocab(cfg: TeacherConfig) -> TokenVocab | None:
     """The teacher's vocabulary when known: ``teacher.tokenizer``, or the model that
     ``apidistill serve`` runs for us (token ids then come with their bytes and text)."""
-    spec = cfg.tokenizer or (cfg.serve.model if cfg.serve and cfg.profile == "apidistill" else None)
+    spec = cfg.tokenizer or (
+        cfg.launch.model if cfg.launch and cfg.profile == "apidistill" else None
+    )
     if not spec:
         return None
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     try:
         return TokenVocab.from_tokenizer(load_tokenizer(spec))
@@ -109,13 +111,15 @@ def _compatible(
         raise ConfigError(
             "no base URL for the OpenAI-compatible teacher",
             key="teacher.base_url",
-            hint="set teacher.base_url, or start the 'serve' block and pass its URL",
+            hint="set teacher.base_url, or give a teacher.launch block (the run starts the server)",
         )
     identity = None
-    if cfg.serve is not None:  # started by the pipeline on a fresh port: the port is no identity
-        identity = f"openai_compatible@serve:{cfg.serve.model}"
-        if cfg.serve.adapter:
-            identity += f"+{cfg.serve.adapter}"
+    if cfg.launch is not None:  # started by the pipeline on a fresh port: the port is no identity
+        # "@serve:" is the key's old spelling, kept: the identity is part of every cache key,
+        # so a journal written before teacher.serve became teacher.launch still answers
+        identity = f"openai_compatible@serve:{cfg.launch.model}"
+        if cfg.launch.adapter:
+            identity += f"+{cfg.launch.adapter}"
     return OpenAITeacher(
         cfg.model,
         provider="openai_compatible",

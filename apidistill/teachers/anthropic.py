@@ -29,8 +29,8 @@ import anthropic
 import httpx2
 
 from apidistill.costs.prices import ModelPrice, cost_of
-from apidistill.data.schema import Completion, TeacherRequest, Usage
 from apidistill.errors import CapabilityError, register_secret
+from apidistill.records import Completion, TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.failures import TRANSPORT_ERRORS, malformed_body, map_failure
 from apidistill.teachers.profiles import anthropic_capabilities

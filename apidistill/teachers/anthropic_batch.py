@@ -24,8 +24,8 @@ import anthropic
 import httpx2
 
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import DataError, TeacherError, register_secret
+from apidistill.records import Completion, TeacherRequest
 from apidistill.teachers.anthropic import (
     ANTHROPIC_BASE_URL,
     build_anthropic_body,

@@ -33,8 +33,8 @@ from typing import Any
 
 from apidistill.config import TeacherConfig
 from apidistill.costs.estimate import AnthropicCounts
-from apidistill.data.schema import Message, TeacherRequest
 from apidistill.errors import CapabilityError, ConfigError, TeacherError
+from apidistill.records import Message, TeacherRequest
 
 __all__ = ["AnthropicCounts", "count_with_anthropic"]
 

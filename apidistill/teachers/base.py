@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from apidistill.data.schema import Completion, TeacherRequest
+from apidistill.records import Completion, TeacherRequest
 
 
 @dataclass(frozen=True)

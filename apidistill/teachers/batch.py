@@ -8,7 +8,7 @@ carries that key, and polls it instead.
 
 Expired and cancelled batches still return, and bill, the work they finished, so
 :meth:`BatchClient.results` is read for every batch that ended, whatever its state: finished
-items come back as :class:`~apidistill.data.schema.Completion`, the rest as the
+items come back as :class:`~apidistill.records.Completion`, the rest as the
 :class:`~apidistill.errors.TeacherError` saying why (``TeacherTimeout`` for expired items,
 ``TeacherUnavailable`` for cancelled ones, the mapped HTTP error for per-line failures), so
 the engine can resubmit exactly those.
@@ -25,8 +25,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import DataError, TeacherError, TeacherTimeout, TeacherUnavailable
+from apidistill.records import Completion, TeacherRequest
 
 __all__ = [
     "BatchClient",

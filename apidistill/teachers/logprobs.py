@@ -39,8 +39,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apidistill.data.schema import TokenLogprob, TopLogprob
 from apidistill.errors import TeacherUnavailable
+from apidistill.records import TokenLogprob, TopLogprob
 from apidistill.teachers.failures import malformed_body
 from apidistill.vocab import piece_bytes, scheme_of_pieces, token_bytes_table, unique_index
 

@@ -20,8 +20,8 @@ import httpx2
 import openai
 
 from apidistill.costs.prices import ModelPrice, cost_of
-from apidistill.data.schema import Completion, TeacherRequest, Usage
 from apidistill.errors import CapabilityError, ConfigError, register_secret
+from apidistill.records import Completion, TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.failures import TRANSPORT_ERRORS, malformed_body, map_failure
 from apidistill.teachers.logprobs import NormalizedLogprobs, TokenVocab, extract_choice_logprobs

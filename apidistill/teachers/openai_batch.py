@@ -17,8 +17,8 @@ import httpx2
 import openai
 
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.errors import DataError, TeacherError, TeacherUnavailable, register_secret
+from apidistill.records import Completion, TeacherRequest
 from apidistill.teachers.batch import (
     BatchCounts,
     BatchLimits,

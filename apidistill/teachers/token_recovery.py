@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from apidistill.data.schema import TokenLogprob
+from apidistill.records import TokenLogprob
 from apidistill.teachers.logprobs import TokenVocab
 
 __all__ = ["Recovery", "lossy_text_warning", "raw_token_constraints", "recover_token_bytes"]

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from apidistill.models import EMBEDDED_MODELS, resolve_model
+from apidistill.model_loading import EMBEDDED_MODELS, resolve_model
 from apidistill.testing.loopback import stop_process
 
 __all__ = ["EMBEDDED_GGUF_MODEL", "LlamaCppServer", "embedded_gguf"]

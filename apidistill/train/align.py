@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from apidistill.data.schema import TokenLogprob, TopLogprob
+from apidistill.records import TokenLogprob, TopLogprob
 from apidistill.vocab import token_bytes_table, unique_index
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ Layout of ``out_dir``::
 
     checkpoints/checkpoint-N/   Trainer checkpoints (safetensors, optimizer, RNG state)
     adapter/  or  model/        the final LoRA adapter (+ base_model.txt) or full model,
-                                with the tokenizer; loadable by apidistill.models.load_model
+                                with the tokenizer; loadable by apidistill.model_loading.load_model
     run_fingerprint.json        what the checkpoints were trained on (guards resuming)
     train_result.json           :class:`TrainResult`
 
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from apidistill.config import StudentConfig, TrainingConfig
-from apidistill.data.schema import Record
 from apidistill.errors import TrainingError
+from apidistill.records import Record
 
 if TYPE_CHECKING:
     from apidistill.train.compact_targets import CompactLogprobs
@@ -144,7 +144,7 @@ def _same_vocab(student_tok: Any, student: StudentConfig, teacher_tokenizer: str
     if _is_api_encoding(teacher_tokenizer):  # known and different: bytes, without a warning
         return False
     from apidistill.errors import ModelLoadError
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     try:
         teacher = load_tokenizer(teacher_tokenizer)
@@ -271,7 +271,7 @@ def train_student(
     left in the dataset's compact arrays (:func:`.compact_targets.load_compact_split`; those
     records carry none): same-tokenizer targets are read from them straight into tensors.
     """
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.train.align import StudentVocab
     from apidistill.train.collate import build_examples, record_messages, render_student_prompt
     from apidistill.train.student_model import check_student_settings

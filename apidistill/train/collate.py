@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from apidistill.data.compact import from_arrays
-from apidistill.data.schema import Message, Record, TokenLogprob
 from apidistill.errors import TrainingError
+from apidistill.records import Message, Record, TokenLogprob
 from apidistill.train.align import StudentVocab, align_completion, teacher_token_bytes
 from apidistill.train.compact_targets import (
     CompactLogprobs,

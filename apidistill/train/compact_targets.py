@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from apidistill.data.compact import LogprobArrays, TokenTable
-from apidistill.data.schema import Record
+from apidistill.records import Record
 from apidistill.train.align import StudentVocab
 
 __all__ = [

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from apidistill.data.schema import Record
+from apidistill.records import Record
 from apidistill.train.collate import DistillCollator, build_examples
 from apidistill.train.losses import IGNORE_INDEX
 from apidistill.train.token_loss import TokenTargets, teacher_forced_scores

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 from apidistill.train.align import StudentVocab
 from apidistill.train.collate import end_of_turn_id, render_student_prompt
 

@@ -100,7 +100,7 @@ def quantization_config(training: TrainingConfig) -> Any:
 
 def load_student_model(student: StudentConfig, training: TrainingConfig) -> torch.nn.Module:
     """The student model, ready for LoRA (or full fine-tuning), loaded per the run file."""
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
 
     check_student_settings(training)
     quant = quantization_config(training)

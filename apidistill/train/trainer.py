@@ -294,7 +294,7 @@ def apply_lora(model: PreTrainedModel, lora: LoraConfig) -> torch.nn.Module:
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    from apidistill.models import peft_quiet
+    from apidistill.model_loading import peft_quiet
 
     targets = lora.target_modules
     if targets != "all-linear":

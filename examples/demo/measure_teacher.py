@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import task
 
-from apidistill.models import load_model, load_tokenizer
+from apidistill.model_loading import load_model, load_tokenizer
 
 MODEL = "smollm2-135m-instruct"
 SENTINEL = "\x00TICKET\x00"

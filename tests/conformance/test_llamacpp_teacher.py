@@ -20,8 +20,8 @@ import pytest
 
 from apidistill.config import TeacherConfig
 from apidistill.costs.budget import Budget
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import harvest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.resources import demo_data_dir
 from apidistill.teachers import make_teacher
 from apidistill.teachers.profiles import LLAMACPP_NEUTRAL_SAMPLING

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from apidistill.config import RunConfig
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 
 SYSTEM = "You extract the order number and the product from a support ticket."
 SHOTS = [

@@ -23,8 +23,8 @@ from apidistill.costs.budget import Budget, format_usd
 from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.costs.tokens import TokenCounter, byte_bound_tokens, count_openai_chat_tokens
 from apidistill.costs.usage_check import judge_usage
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest, Usage
 from apidistill.errors import BudgetExceeded
+from apidistill.records import GenerationParams, Message, TeacherRequest, Usage
 
 D = Decimal
 PRICE = ModelPrice(
@@ -62,7 +62,7 @@ def test_byte_bound_is_never_below_openai_counts(req, encoding):
 
 @pytest.fixture(scope="module")
 def smol():
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 

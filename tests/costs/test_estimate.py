@@ -130,7 +130,7 @@ def test_render_names_every_figure(run_config, make_requests, tickets):
 
 
 def test_self_hosted_estimate_is_exact(run_config, make_requests, tickets):
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     teacher = {
         "provider": "openai_compatible",

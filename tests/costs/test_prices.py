@@ -15,8 +15,8 @@ from apidistill.costs.prices import (
     resolve_price,
     worst_case_cost,
 )
-from apidistill.data.schema import Usage
 from apidistill.errors import ConfigError
+from apidistill.records import Usage
 
 
 def test_per_token_override_wins_over_the_table():
@@ -122,7 +122,7 @@ def test_price_for_teacher_routes_self_hosted_and_hosts():
         provider="openai_compatible", model="smollm2-135m-instruct", base_url="http://127.0.0.1:9"
     )
     assert price_for_teacher(local).source == "self-hosted"
-    served = TeacherConfig(provider="openai_compatible", model="smollm2-135m-instruct", serve={})
+    served = TeacherConfig(provider="openai_compatible", model="smollm2-135m-instruct", launch={})
     assert price_for_teacher(served).source == "self-hosted"
     mistral = TeacherConfig(
         provider="openai_compatible",

@@ -21,8 +21,8 @@ from apidistill.cli import app
 from apidistill.config import TeacherConfig
 from apidistill.costs.estimate import shared_prefix
 from apidistill.costs.prices import ModelPrice, cost_of, resolve_price, worst_case_cost
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest, Usage
 from apidistill.errors import ConfigError
+from apidistill.records import GenerationParams, Message, TeacherRequest, Usage
 from apidistill.teachers.anthropic import AnthropicTeacher, build_anthropic_body
 from apidistill.teachers.anthropic_count import count_with_anthropic
 from apidistill.teachers.openai import OpenAITeacher

@@ -11,7 +11,7 @@ from apidistill.costs.tokens import (
     count_openai_chat_tokens,
     openai_encoding_name,
 )
-from apidistill.data.schema import Message, TeacherRequest
+from apidistill.records import Message, TeacherRequest
 
 # OpenAI cookbook, "How to count tokens with tiktoken", §6: these six messages are reported by
 # the API as 124 prompt tokens for gpt-4o / gpt-4o-mini and 129 for gpt-3.5-turbo / gpt-4.
@@ -151,7 +151,7 @@ def test_other_providers_are_approximated_and_say_so():
 
 @pytest.fixture(scope="module")
 def smol():
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 
@@ -182,7 +182,7 @@ def test_self_hosted_count_is_the_chat_template_exactly(smol):
 
 def test_serve_block_implies_the_served_models_tokenizer(smol):
     t = TeacherConfig(
-        provider="openai_compatible", model="teacher", serve={"model": "smollm2-135m-instruct"}
+        provider="openai_compatible", model="teacher", launch={"model": "smollm2-135m-instruct"}
     )
     c = count_input_tokens(t, _req(("user", "hi")))
     assert c.exact and "smollm2-135m-instruct" in c.method

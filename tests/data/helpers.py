@@ -6,7 +6,7 @@ import hashlib
 
 import numpy as np
 
-from apidistill.data.schema import Message, Provenance, Record, TokenLogprob, TopLogprob
+from apidistill.records import Message, Provenance, Record, TokenLogprob, TopLogprob
 
 
 def make_logprobs(

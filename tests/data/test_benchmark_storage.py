@@ -110,7 +110,7 @@ def _token_text(tid: int) -> str:
 def _records(arrays, n_records: int, *, ids_known: bool) -> list:
     """Harvest-shaped records (provenance, usage, finish reason), validated by pydantic, one
     entry per position as a provider returns it: token, bytes, logprob, top-20."""
-    from apidistill.data.schema import Record
+    from apidistill.records import Record
 
     top_ids, top_lps, sampled_id, sampled_lp = (a.tolist() for a in arrays)
     base = {}  # token id → the entry's fixed part, built once per distinct token

@@ -16,7 +16,7 @@ from apidistill.data.compact import (
     to_arrays,
     to_planes,
 )
-from apidistill.data.schema import TokenLogprob, TopLogprob
+from apidistill.records import TokenLogprob, TopLogprob
 
 _lp = st.one_of(
     st.floats(min_value=-30, max_value=0, allow_nan=False),

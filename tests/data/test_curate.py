@@ -12,9 +12,9 @@ from apidistill.config import BalanceConfig, FilterConfig, SplitConfig
 from apidistill.data.balance import balance, class_of, length_bucket
 from apidistill.data.dedupe import NearDupIndex, dedupe, normalize
 from apidistill.data.filters import apply_filters
-from apidistill.data.schema import Message, Record, Usage
 from apidistill.data.splits import cross_split_duplicates, make_splits, split_targets
 from apidistill.errors import ConfigError
+from apidistill.records import Message, Record, Usage
 
 
 def _distinct(i: int) -> str:
@@ -357,7 +357,7 @@ def test_samples_of_one_prompt_share_a_split(dedupe_mode) -> None:
 
 
 def _with_top(i: int, k: int) -> Record:
-    from apidistill.data.schema import TokenLogprob, TopLogprob
+    from apidistill.records import TokenLogprob, TopLogprob
 
     lps = [
         TokenLogprob(

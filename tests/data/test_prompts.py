@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apidistill.data.prompts import load_prompt_rows
-from apidistill.data.schema import Message
 from apidistill.errors import DataError
+from apidistill.records import Message
 
 
 def _jsonl(path: Path, lines: list[str]) -> Path:

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import make_record
 
-from apidistill.data.schema import Record
 from apidistill.data.store import (
     dataset_status,
     iter_provenance,
@@ -21,6 +20,7 @@ from apidistill.data.store import (
     save_splits,
 )
 from apidistill.errors import DataError
+from apidistill.records import Record
 
 
 def _assert_same(a: Record, b: Record, *, rtol: float = 2**-10) -> None:
@@ -54,7 +54,7 @@ def test_round_trip_top20_within_float16(tmp_path: Path) -> None:
 
 def test_quirky_tokens_round_trip(tmp_path: Path) -> None:
     """llama.cpp-style quirks: bytes null, empty tokens, partial UTF-8 bytes, -9999, 0.0."""
-    from apidistill.data.schema import Message, TokenLogprob, TopLogprob
+    from apidistill.records import Message, TokenLogprob, TopLogprob
 
     lp = [
         TokenLogprob(token="", bytes=None, logprob=0.0, top=[TopLogprob(token="", logprob=0.0)]),
@@ -159,7 +159,7 @@ def test_splits_token_arrays_and_ids(tmp_path: Path) -> None:
 def test_provenance_column_only_matches_full_records(tmp_path: Path) -> None:
     """The terms check reads provenance alone, every shard's records once, equal to what the
     full read gives; a damaged value names its shard row."""
-    from apidistill.data.schema import Provenance
+    from apidistill.records import Provenance
 
     folder = tmp_path / "ds"
     recs = [make_record(i, t=4, k=5) for i in range(5)]

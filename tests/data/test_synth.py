@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from apidistill.data.prompts import load_prompt_rows
-from apidistill.data.schema import Completion, TeacherRequest
 from apidistill.data.synth import (
     SynthOptions,
     flatten_topics,
@@ -24,6 +23,7 @@ from apidistill.data.synth import (
     write_prompts_jsonl,
 )
 from apidistill.errors import ConfigError
+from apidistill.records import Completion, TeacherRequest
 from apidistill.teachers.base import Capabilities, Teacher, TeacherResponse
 
 

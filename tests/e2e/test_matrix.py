@@ -93,7 +93,7 @@ def test_vllm_profile_teacher_with_token_ids(tickets: Path, tmp_path: Path) -> N
         "profile": "vllm",
         "model": "smollm2-135m-instruct",
         "tokenizer": "smollm2-135m-instruct",
-        "serve": {"model": "smollm2-135m-instruct", "max_batch_size": 8},
+        "launch": {"model": "smollm2-135m-instruct", "max_batch_size": 8},
         "price": {"input_per_mtok": 0, "output_per_mtok": 0},
     }
     # SmolLM2 without the prototype prompt rambles past max_tokens (and may apologise):

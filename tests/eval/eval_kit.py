@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from apidistill.data.schema import Message, Record, Usage
+from apidistill.records import Message, Record, Usage
 
 Responder = Callable[[list[dict]], str]
 

@@ -18,10 +18,10 @@ import pytest
 from eval_kit import FakeServer, chromium_binary, render_in_chromium, serve_fake
 
 from apidistill.config import EvalConfig
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob, Usage
 from apidistill.eval.report import write_report
 from apidistill.eval.runner import run_eval
 from apidistill.eval.types import StudentEndpoint
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob, Usage
 
 MODEL = "smollm2-135m-instruct"
 SYSTEM = (
@@ -60,7 +60,7 @@ MAX_NEW = 24
 
 @pytest.fixture(scope="module")
 def smollm():
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     return load_model(MODEL), load_tokenizer(MODEL)
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.errors import EvalError
 from apidistill.eval.scoring import score_records, summarize_scores, teacher_targets
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 
 PROMPT = [1, 2, 3]
 

@@ -14,7 +14,6 @@ import math
 import pytest
 import torch
 
-from apidistill.data.schema import Message, Provenance, Record, TokenLogprob, TopLogprob
 from apidistill.eval.scoring import (
     NothingToScore,
     kl_unavailable_reason,
@@ -22,6 +21,7 @@ from apidistill.eval.scoring import (
     score_records,
     summarize_scores,
 )
+from apidistill.records import Message, Provenance, Record, TokenLogprob, TopLogprob
 from apidistill.testing.o200k_teacher import o200k_tokens
 from apidistill.train.align import StudentVocab, align_completion
 from apidistill.train.collate import record_messages, render_student_prompt
@@ -34,7 +34,7 @@ def smol():
     """SmolLM2's tokenizer and vocabulary, and a tiny random Llama of the same vocabulary."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     torch.manual_seed(0)

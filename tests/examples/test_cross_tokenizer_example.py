@@ -91,7 +91,7 @@ def test_the_loopback_teacher_answers_in_openais_shape_with_o200k_tokens():
 
 
 def test_harvest_keeps_the_teachers_o200k_tokens(teacher, tmp_path, monkeypatch):
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.pipeline.run import run_pipeline
     from apidistill.train.align import StudentVocab, student_spans
 
@@ -134,7 +134,7 @@ def test_the_example_trains_by_byte_alignment_and_reaches_a_report(teacher, tmp_
     on o200k logprobs aligned by bytes, then a report whose held-out KL is measured on the
     byte-aligned positions, with their coverage."""
     from apidistill.data.store import load_records
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.pipeline.run import run_pipeline
     from apidistill.train.align import StudentVocab, align_completion
 

@@ -18,7 +18,7 @@ def tiny_smol_dir(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from apidistill.export.student import bake_system_prompt
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     tok = load_tokenizer(BASE)
     torch.manual_seed(0)

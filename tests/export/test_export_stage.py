@@ -4,10 +4,10 @@ the adapter export in ``<run>/student`` (today's behaviour); other formats besid
 from __future__ import annotations
 
 from apidistill.config import load_config
-from apidistill.data.schema import Record
 from apidistill.data.store import save_records
 from apidistill.pipeline.run import export_stage
 from apidistill.pipeline.stages import RunContext
+from apidistill.records import Record
 
 RUN = """\
 name: t

@@ -73,3 +73,22 @@ def test_invalid_yaml_reports_line():
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_old_teacher_serve_key_is_refused_with_its_new_name():
+    """``teacher.serve`` (start ``apidistill serve`` as the teacher) is ``teacher.launch`` now:
+    the old name read like the top-level ``serve:`` section, the student server's."""
+    old = GOOD.replace(
+        "  model: smollm2-135m-instruct\n",
+        "  model: smollm2-135m-instruct\n  serve:\n    model: smollm2-135m-instruct\n",
+        1,
+    )
+    with pytest.raises(ConfigError) as ei:
+        parse_config(old, file="run.yaml")
+    msg = str(ei.value)
+    assert "run.yaml:6" in msg and "teacher.serve" in msg and "teacher.launch" in msg
+    new = old.replace("  serve:\n", "  launch:\n")
+    cfg = parse_config(new, file="run.yaml")
+    assert cfg.teacher.launch is not None and cfg.teacher.launch.model == "smollm2-135m-instruct"
+    assert not hasattr(cfg.teacher, "serve")  # code that reads the old name fails loudly
+    assert cfg.serve.port == parse_config(GOOD, file="run.yaml").serve.port  # student server

@@ -38,7 +38,7 @@ PROPERTY = settings(
 
 @pytest.fixture(scope="module")
 def smollm2():
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")
 
@@ -164,7 +164,7 @@ def test_smollm2_table_matches_llama_cpp_reading_of_the_gguf(smollm2):
     """An independent reader of the same GGUF: llama.cpp's own token → bytes. (llama-cpp-
     python detokenizes into a 32-byte buffer, so longer pieces come back empty there.)"""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from apidistill.models import resolve_model
+    from apidistill.model_loading import resolve_model
 
     src = resolve_model("smollm2-135m-instruct")
     llm = llama_cpp.Llama(

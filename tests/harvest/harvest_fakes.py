@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from apidistill.data.schema import Completion, GenerationParams, Message, TeacherRequest, Usage
 from apidistill.errors import TeacherError
+from apidistill.records import Completion, GenerationParams, Message, TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, RateLimitSnapshot, TeacherResponse
 
 # script(request, n-th call for this prompt) -> None (answer) or an exception to raise

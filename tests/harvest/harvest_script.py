@@ -13,8 +13,8 @@ from decimal import Decimal
 
 from apidistill.config import TeacherConfig
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import HarvestInterrupted, harvest, harvest_sync
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers import make_teacher
 
 PRICE = ModelPrice(input_per_mtok=Decimal("1.25"), output_per_mtok=Decimal("10"))

@@ -1,4 +1,4 @@
-"""Engine behaviour with an in-process teacher: caching, retries, stops, recovery."""
+"""HarvestEngine behaviour with an in-process teacher: caching, retries, stops, recovery."""
 
 from __future__ import annotations
 

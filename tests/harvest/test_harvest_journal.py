@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from apidistill.errors import ConfigError
-from apidistill.harvest.writer import Journal
+from apidistill.harvest.writer import AsyncJournal
 from apidistill.storage.journal import JournalStore, JournalWriteError, check_integrity
 
 
@@ -153,7 +153,7 @@ def test_integrity_check_reports_sound_and_corrupt_files(tmp_path):
 
 
 async def test_async_journal_group_commits_concurrent_calls(tmp_path):
-    async with Journal(tmp_path / "j.sqlite", durable=False) as j:
+    async with AsyncJournal(tmp_path / "j.sqlite", durable=False) as j:
         keys = [f"k{i}" for i in range(300)]
         await asyncio.gather(*(j.call(_claim, k) for k in keys))
         assert j.commits < len(keys)  # queued calls shared commits
@@ -166,7 +166,7 @@ async def test_a_failing_op_does_not_sink_the_others(tmp_path):
         _claim(store, "half-written")
         raise RuntimeError("bug in an op")
 
-    async with Journal(tmp_path / "j.sqlite", durable=False) as j:
+    async with AsyncJournal(tmp_path / "j.sqlite", durable=False) as j:
         results = await asyncio.gather(
             j.call(_claim, "a"), j.call(boom), j.call(_claim, "b"), return_exceptions=True
         )
@@ -177,7 +177,7 @@ async def test_a_failing_op_does_not_sink_the_others(tmp_path):
 
 async def test_unwritable_journal_raises_a_journal_error(tmp_path):
     path = tmp_path / "j.sqlite"
-    async with Journal(path, durable=False) as j:
+    async with AsyncJournal(path, durable=False) as j:
         await j.call(_claim, "a")
         j._store.conn.execute("PRAGMA query_only=1")  # simulate a read-only medium
         with pytest.raises(JournalWriteError, match="cannot write the journal"):

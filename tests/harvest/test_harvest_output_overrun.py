@@ -15,8 +15,8 @@ from harvest_fakes import FakeTeacher, requests
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import TeacherRequest, Usage
 from apidistill.harvest import JournalStore, harvest
+from apidistill.records import TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.profiles import server_profile
 

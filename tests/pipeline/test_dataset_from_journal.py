@@ -15,11 +15,11 @@ import yaml
 from test_spend_from_ledger import _run_file
 
 from apidistill.config import load_config
-from apidistill.data.schema import Completion
 from apidistill.data.store import load_records
 from apidistill.errors import DataError
 from apidistill.pipeline.run import run_pipeline
 from apidistill.pipeline.stages import RunContext, dataset_stage
+from apidistill.records import Completion
 from apidistill.storage.journal import JournalStore
 from apidistill.testing.fault_server import FaultServerProcess
 

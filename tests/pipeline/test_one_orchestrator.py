@@ -36,7 +36,7 @@ def _served_teacher_run(folder: Path) -> RunConfig:
             "provider": "openai_compatible",
             "profile": "apidistill",
             "model": "smollm2-135m-instruct",
-            "serve": {"model": "smollm2-135m-instruct"},
+            "launch": {"model": "smollm2-135m-instruct"},
             "price": {"input_per_mtok": 0, "output_per_mtok": 0},
         },
         "prompts": {"path": "prompts.jsonl", "id_field": "id"},

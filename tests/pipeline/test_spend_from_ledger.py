@@ -22,11 +22,11 @@ from apidistill.costs.ledger import Ledger
 from apidistill.costs.prices import ModelPrice
 from apidistill.costs.usage_check import judge_usage
 from apidistill.data.card import build_card
-from apidistill.data.schema import Completion, Record, Usage
 from apidistill.eval.report import write_report
 from apidistill.eval.types import EvalResult, ModelEval
 from apidistill.pipeline.run import run_pipeline
 from apidistill.pipeline.stages import RunContext, harvested_records, run_spend
+from apidistill.records import Completion, Record, Usage
 from apidistill.storage.journal import JournalStore
 from apidistill.testing.fault_server import FaultServerProcess
 

@@ -194,7 +194,7 @@ def test_a_fully_qualified_host_is_the_same_teacher():
 
 
 def test_demo_teacher_is_allowed_as_apache_weights():
-    t = TeacherConfig(provider="openai_compatible", model="smollm2-135m-instruct", serve={})
+    t = TeacherConfig(provider="openai_compatible", model="smollm2-135m-instruct", launch={})
     d = decide_for_teacher(t, cfg("commercial"))
     assert d.decision == "allow" and d.channel == "weights"
     assert d.document == "Apache License 2.0" and "apidistill serve" in d.reason

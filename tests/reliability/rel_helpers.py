@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.testing.fault_server import FaultConfig, FaultServerProcess, request_digest
 from apidistill.testing.tiny_tokenizer import char_tokenizer
 

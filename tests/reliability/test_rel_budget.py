@@ -28,9 +28,9 @@ from apidistill.costs.budget import Budget
 from apidistill.costs.ledger import Ledger
 from apidistill.costs.prices import price_for_teacher
 from apidistill.costs.tokens import TokenCounter
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import harvest_sync
 from apidistill.harvest.retry import RetryPolicy
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.storage.journal import JournalStore
 from apidistill.teachers import make_teacher
 

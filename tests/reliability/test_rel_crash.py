@@ -35,9 +35,9 @@ from rel_helpers import (
     write_run,
 )
 
-from apidistill.data.schema import Message, Record
 from apidistill.harvest import JournalStore
 from apidistill.harvest.engine import claim_ahead_for
+from apidistill.records import Message, Record
 from apidistill.testing.fault_server import request_digest
 
 CHILDREN = HERE / "children"
@@ -225,7 +225,7 @@ def _train_kills(tiny_student, tmp_path: Path, kills: int, seed: int, max_steps:
     logged = [e["step"] for e in result["log_history"] if "loss" in e]
     assert logged == list(range(1, max_steps + 1)), logged  # one loss per step, none twice
 
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
 
     student = load_model(str(out / "adapter"))
     assert sum(p.numel() for p in student.parameters()) > 0

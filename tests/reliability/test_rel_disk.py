@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 from rel_helpers import make_requests, run_cli, write_run
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.data.shards import read_manifest, read_shard
 from apidistill.data.store import load_records, save_records
 from apidistill.errors import ApidistillError, DataError
 from apidistill.harvest import JournalStore, harvest
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 from apidistill.teachers.openai import OpenAITeacher
 
 

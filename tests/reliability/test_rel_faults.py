@@ -35,8 +35,8 @@ from rel_helpers import FAULT_MODEL, digest_of, make_requests
 
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.harvest import JournalStore, RetryPolicy, harvest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.testing import provider_payloads as pp
 from apidistill.testing.fault_server import (

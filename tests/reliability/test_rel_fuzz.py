@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from rel_helpers import make_requests
 
 from apidistill.config import RunConfig, parse_config
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import ConfigError, DataError, TeacherError
 from apidistill.harvest import RetryPolicy, harvest
-from apidistill.pipeline.requests import load_prompts
+from apidistill.pipeline.teacher_requests import load_prompts
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.profiles import server_profile
 from apidistill.testing import provider_payloads as pp

@@ -24,8 +24,8 @@ import pytest
 from aiohttp import web
 from rel_helpers import cli_env, journal_errors, run_cli, write_run
 
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import TeacherRejected
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.resources import demo_data_dir
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.testing.threaded_chat import ThreadedChatServer

@@ -169,7 +169,7 @@ def test_every_run_path_is_inside_the_run_folder(tmp_path: Path, name: str) -> N
 
 
 def _dataset_with_manifest(tmp_path: Path, **changes: object) -> tuple[Path, Path]:
-    from apidistill.data.schema import Message, Record
+    from apidistill.records import Message, Record
 
     folder = tmp_path / "shared_dataset"
     recs = [
@@ -254,8 +254,8 @@ def test_every_weight_load_is_safetensors_only() -> None:
     loads = [(p, n, f) for p, n, f in CALLS if f.split(".")[-1] == "from_pretrained"]
     verdicts = {_where(p, n): _weight_load_verdict(p, n, f) for p, n, f in loads}
     assert [w for w, v in verdicts.items() if v is None] == []
-    # the scan really sees the model loads of apidistill.models (not a vacuous pass)
-    seen = {v for w, v in verdicts.items() if w.startswith("apidistill/models.py")}
+    # the scan really sees the model loads of apidistill.model_loading (not a vacuous pass)
+    seen = {v for w, v in verdicts.items() if w.startswith("apidistill/model_loading.py")}
     assert {"safetensors", "gguf", "no weights", "adapter checked"} <= seen, verdicts
     # `load = AutoModel.from_pretrained; load(...)` would dodge the call check
     for path in PACKAGE.rglob("*.py"):
@@ -281,7 +281,7 @@ def _pickle_only_model(folder: Path) -> Path:
 def test_pickle_only_model_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
     import torch
 
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
 
     good = save_tiny_llama(tmp_path / "safe", hidden=16, layers=1)
     assert load_model(str(good)) is not None  # the same model as safetensors loads
@@ -315,7 +315,7 @@ def test_pickle_only_adapter_is_refused(tmp_path: Path) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from apidistill.models import load_model, peft_quiet
+    from apidistill.model_loading import load_model, peft_quiet
 
     base = save_tiny_llama(tmp_path / "base", hidden=16, layers=1)
     good, bad = tmp_path / "adapter_safe", tmp_path / "adapter_bin"

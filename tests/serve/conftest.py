@@ -114,7 +114,7 @@ def smol_local():
     """SmolLM2 in this process, for direct forward passes to check the server against."""
     import torch
 
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     return load_model("smollm2-135m-instruct"), load_tokenizer("smollm2-135m-instruct")

@@ -51,7 +51,7 @@ def test_cuda_without_a_gpu_and_unknown_names_are_config_errors(monkeypatch):
 def test_the_transformers_backend_loads_in_the_chosen_dtype_for_real(tiny_model_dir):
     import asyncio
 
-    from apidistill.data.schema import GenerationParams
+    from apidistill.records import GenerationParams
     from apidistill.serve.backends import load_engine
 
     fp32 = load_engine(str(tiny_model_dir), backend="transformers", num_threads=1)
@@ -72,7 +72,7 @@ def test_the_transformers_backend_loads_in_the_chosen_dtype_for_real(tiny_model_
 
 def test_heldout_kl_loads_bfloat16_on_cuda(fake_cuda, monkeypatch):
     """Held-out KL asks for the chosen dtype (the load is stopped before any GPU is needed)."""
-    import apidistill.models as models
+    import apidistill.model_loading as models
     from apidistill.eval import scoring
 
     seen: dict[str, object] = {}

@@ -9,8 +9,8 @@ import importlib.util
 
 import pytest
 
-from apidistill.data.schema import GenerationParams, Message
 from apidistill.errors import ConfigError
+from apidistill.records import GenerationParams, Message
 from apidistill.serve import backends
 from apidistill.serve.backends import find_gguf, resolve_backend
 from apidistill.testing.llamacpp_server import EMBEDDED_GGUF_MODEL, embedded_gguf

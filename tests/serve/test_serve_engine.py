@@ -1,4 +1,4 @@
-"""The in-process Engine API on a tiny model with a byte-level tokenizer built in code."""
+"""The in-process ServeEngine API on a tiny model with a byte-level tokenizer built in code."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import asyncio
 import pytest
 import torch
 
-from apidistill.data.schema import GenerationParams, Message
 from apidistill.errors import ConfigError
-from apidistill.serve.engine import Engine
+from apidistill.records import GenerationParams, Message
+from apidistill.serve.engine import ServeEngine
 
 CHAT = [
     Message(role="system", content="You extract order ids."),
@@ -19,7 +19,9 @@ CHAT = [
 
 @pytest.fixture
 def engine(tiny_lm, byte_tokenizer):
-    eng = Engine(tiny_lm, byte_tokenizer, model_name="tiny", max_batch_size=8, gather_window_s=0.05)
+    eng = ServeEngine(
+        tiny_lm, byte_tokenizer, model_name="tiny", max_batch_size=8, gather_window_s=0.05
+    )
     yield eng
     eng.close()
 
@@ -71,7 +73,7 @@ async def test_concurrent_requests_share_batches_and_match_single_runs(engine):
 
 async def test_requests_trickling_in_still_share_one_batch(tiny_lm, byte_tokenizer):
     """Arrivals 15 ms apart with a 40 ms quiet-gap window: one batch, not five."""
-    eng = Engine(tiny_lm, byte_tokenizer, max_batch_size=8, gather_window_s=0.04)
+    eng = ServeEngine(tiny_lm, byte_tokenizer, max_batch_size=8, gather_window_s=0.04)
 
     async def later(i: int):
         await asyncio.sleep(0.015 * i)
@@ -167,8 +169,10 @@ def test_from_spec_applies_a_lora_adapter(tiny_model_dir, tmp_path):
     )
     lora.save_pretrained(tmp_path / "adapter")
     threads = torch.get_num_threads()  # from_spec sets the process-wide thread count
-    engine = Engine.from_spec(str(tiny_model_dir), adapter=str(tmp_path / "adapter"), num_threads=1)
-    plain = Engine.from_spec(str(tiny_model_dir), num_threads=1)
+    engine = ServeEngine.from_spec(
+        str(tiny_model_dir), adapter=str(tmp_path / "adapter"), num_threads=1
+    )
+    plain = ServeEngine.from_spec(str(tiny_model_dir), num_threads=1)
     try:
         ids = engine.encode_prompt("abc")
         (adapted,) = asyncio.run(engine.generate(None, "abc", greedy(max_tokens=8)))

@@ -17,7 +17,7 @@ import httpx2
 import pytest
 
 from apidistill.serve.app import bind_socket, create_app
-from apidistill.serve.engine import Engine
+from apidistill.serve.engine import ServeEngine
 from apidistill.serve.http_common import ServeSettings
 
 NAME = "student"
@@ -28,7 +28,7 @@ CAPS = {"max_tokens_cap": 8, "max_n": 2, "max_body_bytes": 4 * 1024 * 1024}
 @dataclass
 class Live:
     root: str  # http://127.0.0.1:PORT
-    engine: Engine
+    engine: ServeEngine
 
     @property
     def base(self) -> str:
@@ -50,7 +50,7 @@ def live(request, tiny_model_dir) -> Iterator[Live]:
 
         engine = LlamaCppEngine.from_gguf(embedded_gguf(), num_threads=1, prefix_cache=False)
     else:
-        engine = Engine.from_spec(str(tiny_model_dir), max_batch_size=16, num_threads=1)
+        engine = ServeEngine.from_spec(str(tiny_model_dir), max_batch_size=16, num_threads=1)
     app = create_app(engine, ServeSettings(served_model_name=NAME, **CAPS))
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]

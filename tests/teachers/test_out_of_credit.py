@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 from teacher_fakes import Fault
 
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import OutOfCredit, RateLimited
 from apidistill.harvest.retry import classify
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.anthropic import AnthropicTeacher
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.profiles import server_profile

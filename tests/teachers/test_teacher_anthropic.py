@@ -6,8 +6,8 @@ import pytest
 from teacher_fakes import Fault
 
 from apidistill.config import TeacherConfig
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import CapabilityError, RateLimited, TeacherRejected, TeacherUnavailable
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers import make_teacher
 from apidistill.teachers.anthropic import AnthropicTeacher
 from apidistill.testing.provider_payloads import anthropic_error

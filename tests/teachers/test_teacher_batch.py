@@ -6,7 +6,6 @@ import hashlib
 
 import pytest
 
-from apidistill.data.schema import Completion, GenerationParams, Message, TeacherRequest
 from apidistill.errors import (
     CapabilityError,
     ConfigError,
@@ -15,6 +14,7 @@ from apidistill.errors import (
     TeacherTimeout,
     TeacherUnavailable,
 )
+from apidistill.records import Completion, GenerationParams, Message, TeacherRequest
 from apidistill.teachers.anthropic_batch import AnthropicBatch, decode_custom_id, encode_custom_id
 from apidistill.teachers.batch import (
     BatchLimits,

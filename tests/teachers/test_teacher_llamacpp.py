@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.logprobs import TokenVocab
 from apidistill.teachers.openai import OpenAITeacher, build_openai_body, parse_openai_body
 from apidistill.teachers.profiles import LLAMACPP_NEUTRAL_SAMPLING, server_profile
@@ -34,7 +34,7 @@ LLAMACPP = server_profile("llamacpp")
 @pytest.fixture(scope="module")
 def smol():
     """The embedded SmolLM2 tokenizer and its vocabulary as bytes (what a GGUF run needs)."""
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m-instruct")
     return tok, TokenVocab.from_tokenizer(tok)

@@ -9,7 +9,6 @@ import pytest
 from teacher_fakes import Fault
 
 from apidistill.config import TeacherConfig
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import (
     CapabilityError,
     ConfigError,
@@ -18,6 +17,7 @@ from apidistill.errors import (
     TeacherTimeout,
     TeacherUnavailable,
 )
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers import make_teacher
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.profiles import server_profile

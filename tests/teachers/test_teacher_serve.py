@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.logprobs import TokenVocab
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.profiles import server_profile
@@ -28,7 +28,7 @@ async def _maybe_await(value):
 
 
 async def test_serve_gives_token_ids_and_top20_logprobs():
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.serve.launcher import launch_server
 
     handle = await _maybe_await(launch_server(MODEL, port=0))

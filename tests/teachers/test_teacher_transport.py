@@ -20,7 +20,6 @@ import openai
 import pytest
 
 from apidistill.config import TeacherConfig
-from apidistill.data.schema import GenerationParams, Message, TeacherRequest
 from apidistill.errors import (
     ConfigError,
     RateLimited,
@@ -28,6 +27,7 @@ from apidistill.errors import (
     TeacherTimeout,
     TeacherUnavailable,
 )
+from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers import make_teacher
 from apidistill.teachers.anthropic import AnthropicTeacher
 from apidistill.teachers.failures import map_failure

@@ -21,7 +21,7 @@ def tiny_teacher_records(tiny_chat_dir):
     import torch
     from transformers import LlamaForCausalLM
 
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.train.localteacher import teacher_records
 
     tok = load_tokenizer(str(tiny_chat_dir))
@@ -37,6 +37,6 @@ def tiny_teacher_records(tiny_chat_dir):
 @pytest.fixture(scope="session")
 def smollm2():
     """The embedded SmolLM2-135M-Instruct tokenizer, loaded once per session."""
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
 
     return load_tokenizer("smollm2-135m-instruct")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apidistill.data.schema import TokenLogprob, TopLogprob
+from apidistill.records import TokenLogprob, TopLogprob
 from apidistill.train.align import (
     StudentVocab,
     align_completion,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from apidistill.config import RunConfig, parse_config
-from apidistill.models import count_params
+from apidistill.model_loading import count_params
 from apidistill.pipeline.run import run_pipeline
 from apidistill.testing.fault_server import FaultServerProcess
 

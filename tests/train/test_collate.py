@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.errors import TrainingError
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 from apidistill.train.align import StudentVocab
 from apidistill.train.collate import (
     DistillCollator,

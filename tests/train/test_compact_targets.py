@@ -10,8 +10,8 @@ import random
 import pytest
 import torch
 
-from apidistill.data.schema import Message, Record, TokenLogprob, TopLogprob
 from apidistill.data.store import iter_compact_records, load_records, save_records
+from apidistill.records import Message, Record, TokenLogprob, TopLogprob
 from apidistill.train.align import StudentVocab
 from apidistill.train.collate import DistillCollator, build_examples
 from apidistill.train.compact_targets import CompactLogprobs

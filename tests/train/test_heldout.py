@@ -13,7 +13,7 @@ def test_teacher_fit_and_eval_scoring_give_the_same_kl(tiny_chat_dir, tiny_teach
     from transformers import LlamaForCausalLM
 
     from apidistill.eval.scoring import score_records
-    from apidistill.models import load_tokenizer
+    from apidistill.model_loading import load_tokenizer
     from apidistill.train.align import StudentVocab
     from apidistill.train.heldout import teacher_fit
 

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from apidistill.data.store import load_records
-from apidistill.models import load_model, load_tokenizer
+from apidistill.model_loading import load_model, load_tokenizer
 from apidistill.testing.fault_server import FaultServerProcess
 from apidistill.train.api import TrainResult
 from apidistill.train.collate import build_examples

@@ -12,7 +12,7 @@ import warnings
 import pytest
 
 from apidistill.config import StudentConfig, TrainingConfig
-from apidistill.data.schema import Message
+from apidistill.records import Message
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +44,7 @@ def _tickets(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
     from apidistill.train.localteacher import teacher_records
 
     tok = load_tokenizer("smollm2-135m-instruct")
@@ -61,7 +61,7 @@ def setup(tmp_path_factory):
 
 
 def test_lora_logprob_kd_moves_student_to_teacher_and_resumes(setup, tmp_path_factory):
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
     from apidistill.train.api import train_student
     from apidistill.train.heldout import teacher_fit
 

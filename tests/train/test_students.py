@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from apidistill.config import StudentConfig, TrainingConfig, parse_config
-from apidistill.data.schema import Message, Record
 from apidistill.errors import ConfigError
+from apidistill.records import Message, Record
 from apidistill.testing.chat_families import FAMILIES, family_tokenizer
 from apidistill.train import student_model
 from apidistill.train.api import train_student

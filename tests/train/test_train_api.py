@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from apidistill.config import StudentConfig, TrainingConfig
-from apidistill.data.schema import Record
 from apidistill.errors import TrainingError
 from apidistill.export import export_student
+from apidistill.records import Record
 from apidistill.train.api import TrainResult, train_student
 
 from .helpers import char_tokenizer
@@ -244,7 +244,7 @@ def _logits(model, ids):
 
 
 def test_export_merged_and_adapter_load_and_match(trained, tmp_path):
-    from apidistill.models import load_model, load_tokenizer
+    from apidistill.model_loading import load_model, load_tokenizer
 
     ids = torch.tensor([[5, 20, 30, 40, 7]])
     want = _logits(load_model(trained.base_model, adapter=str(trained.adapter_dir)), ids)

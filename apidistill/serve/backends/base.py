@@ -3,7 +3,7 @@
 The HTTP layer (:mod:`apidistill.serve.app` and its routes) talks to one object with the
 interface of :class:`ServingEngine`; three backends provide it:
 
-    transformers   today's batched, prefix-cached engine (:class:`~apidistill.serve.engine.Engine`),
+    transformers   today's batched, prefix-cached engine (:class:`~apidistill.serve.engine.ServeEngine`),
                    the fallback for whatever the others cannot load (adapters, hub models)
     llamacpp       llama.cpp through llama-cpp-python on a GGUF file: the fast CPU engine
     vllm           vLLM on a GPU, when it is installed
@@ -78,7 +78,7 @@ def llamacpp_available() -> bool:
 def find_gguf(model: str) -> Path | None:
     """The GGUF file to serve for ``model``: the file itself, the embedded model's GGUF, or a
     GGUF export inside a model folder (``q8_0`` preferred over ``f16`` over smaller quants)."""
-    from apidistill.models import resolve_model
+    from apidistill.model_loading import resolve_model
 
     src = resolve_model(model)
     if src.gguf_file is not None:

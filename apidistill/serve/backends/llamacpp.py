@@ -5,7 +5,7 @@ engine's float32 (issue #23 measured 5.2× on the embedded SmolLM2). Why not its
 the OpenAI and Anthropic routes, their error contract, admission control and logprob records
 (token ids + UTF-8 bytes, which distillation aligns on) stay this project's.
 
-:class:`LlamaCppEngine` reuses :class:`~apidistill.serve.engine.Engine`'s request plumbing
+:class:`LlamaCppEngine` reuses :class:`~apidistill.serve.engine.ServeEngine`'s request plumbing
 (validation in ``prepare``, the scheduler's queue, stop strings and held-back streaming text in
 :class:`~apidistill.serve.sequence.SeqState`, the logprob records) and replaces only the
 model runner. One llama.cpp context decodes one sequence at a time: requests queue and run in
@@ -41,10 +41,10 @@ from typing import Any
 
 import numpy as np
 
-from apidistill.data.schema import GenerationParams, Message
 from apidistill.errors import ConfigError, ModelLoadError
+from apidistill.records import GenerationParams, Message
 from apidistill.serve.decoding import SeqRequest
-from apidistill.serve.engine import Engine, EngineStats, _Prepared, physical_cores
+from apidistill.serve.engine import EngineStats, ServeEngine, _Prepared, physical_cores
 from apidistill.serve.sampling import SamplingParams, StepChoice
 from apidistill.serve.sequence import SeqEvent, SeqState
 
@@ -82,8 +82,8 @@ class _Vocab:
         return b"".join(self.bytes_of(int(i)) for i in ids).decode("utf-8", errors="replace")
 
 
-class LlamaCppEngine(Engine):
-    """:class:`Engine`'s interface over one ``llama_cpp.Llama`` context."""
+class LlamaCppEngine(ServeEngine):
+    """:class:`ServeEngine`'s interface over one ``llama_cpp.Llama`` context."""
 
     supports_grammar = True
 
@@ -98,7 +98,7 @@ class LlamaCppEngine(Engine):
         gather_window_s: float = 0.02,
         trained_context: int = 0,
         prefix_cache: bool = True,
-    ) -> None:  # Engine.__init__ wants a torch model: its plumbing is set up here instead
+    ) -> None:  # ServeEngine.__init__ wants a torch model: its plumbing is set up here instead
         import llama_cpp
 
         self.llm = llm
@@ -233,7 +233,7 @@ class LlamaCppEngine(Engine):
         params: GenerationParams | None,
         **kwargs: Any,
     ) -> _Prepared:
-        """:meth:`Engine.prepare`, plus the grammar of ``response_format`` / tools (carried in
+        """:meth:`ServeEngine.prepare`, plus the grammar of ``response_format`` / tools (carried in
         ``params.extra_body``), checked here so a bad schema is a 400 before any decoding."""
         prepared = super().prepare(messages, prompt, params, **kwargs)
         extra = (params.extra_body if params else None) or {}

@@ -1,4 +1,4 @@
-"""The transformers backend: today's engine (:class:`~apidistill.serve.engine.Engine`) on the
+"""The transformers backend: today's engine (:class:`~apidistill.serve.engine.ServeEngine`) on the
 device and dtype asked for. The engine itself is frozen (no new features): everything the
 faster engines cannot load (LoRA adapters on top of a base, hub models, safetensors folders
 without a GGUF export) still serves through it."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from apidistill.serve.engine import Engine, _load_tokenizer_for, _spec_stamp, physical_cores
+from apidistill.serve.engine import ServeEngine, _load_tokenizer_for, _spec_stamp, physical_cores
 
 __all__ = ["load_transformers_engine"]
 
@@ -22,16 +22,16 @@ def load_transformers_engine(
     device: str = "cpu",
     dtype: str = "float32",
     **kwargs: Any,
-) -> Engine:
-    """:meth:`Engine.from_spec` with the weights placed on ``device`` in ``dtype`` (both
+) -> ServeEngine:
+    """:meth:`ServeEngine.from_spec` with the weights placed on ``device`` in ``dtype`` (both
     already resolved by :func:`apidistill.devices.select_device`)."""
     if device == "cpu" and dtype == "float32":
-        return Engine.from_spec(
+        return ServeEngine.from_spec(
             model, adapter=adapter, max_batch_size=max_batch_size, num_threads=num_threads, **kwargs
         )
     import torch
 
-    from apidistill.models import load_model
+    from apidistill.model_loading import load_model
 
     torch.set_num_threads(num_threads or physical_cores())
     lm = load_model(model, adapter=adapter, dtype=dtype)
@@ -41,6 +41,6 @@ def load_transformers_engine(
     tokenizer = _load_tokenizer_for(model, adapter)
     tag = f"{model}|{adapter or ''}|{_spec_stamp(model)}|{_spec_stamp(adapter)}|{device}|{dtype}"
     fp = "fp_" + hashlib.sha256(tag.encode()).hexdigest()[:12]
-    return Engine(
+    return ServeEngine(
         lm, tokenizer, model_name=model, max_batch_size=max_batch_size, fingerprint=fp, **kwargs
     )

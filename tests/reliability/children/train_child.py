@@ -15,7 +15,7 @@ from pathlib import Path
 import transformers
 
 from apidistill.config import LoraConfig, StudentConfig, TrainingConfig
-from apidistill.data.schema import Record
+from apidistill.records import Record
 from apidistill.train.api import train_student
 
 
