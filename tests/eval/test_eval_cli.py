@@ -123,7 +123,9 @@ def test_eval_serves_a_full_finetune_as_the_model_and_an_adapter_on_the_base(
     with pipeline_run.eval_servers(ctx, str(student_dir)) as (endpoints, _):
         pass
     base, student = specs
-    assert base == {"model": "smollm2-135m-instruct", "served_model_name": "base"}
+    assert base["model"] == "smollm2-135m-instruct" and base["served_model_name"] == "base"
+    # eval judges the trained weights, so its servers run the transformers backend
+    assert base["backend"] == student["backend"] == "transformers"
     ep = endpoints["student"]
     if full:
         assert student["model"] == str(model_dir) and student["adapter"] is None
