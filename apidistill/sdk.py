@@ -10,19 +10,44 @@ with exactly the same files, cache and guarantees as ``apidistill run``::
     d.build_dataset()
     d.train()
     print(d.evaluate().numbers)
+
+Every method returns a typed result, the same objects the pipeline writes into the run folder:
+:class:`~apidistill.policy.Decision` (``check_policy``), :class:`~apidistill.costs.estimate.Estimate`
+(``estimate``), :class:`~apidistill.pipeline.stages.HarvestOutcome` (``harvest``),
+:class:`DatasetResult` (``build_dataset``), :class:`~apidistill.train.api.TrainResult`
+(``train``) and :class:`~apidistill.eval.types.EvalResult` (``evaluate``); all are exported by
+:mod:`apidistill`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apidistill.config import RunConfig, load_config
 from apidistill.pipeline.requests import PromptBatch, load_prompts
-from apidistill.pipeline.stages import RunContext
+from apidistill.pipeline.stages import HarvestOutcome, RunContext
 
-__all__ = ["Distiller"]
+if TYPE_CHECKING:
+    from apidistill.costs.estimate import Estimate
+    from apidistill.eval.types import EvalResult
+    from apidistill.policy.schema import Decision
+    from apidistill.train.api import TrainResult
+
+__all__ = ["DatasetResult", "Distiller"]
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """What :meth:`Distiller.build_dataset` made: records in, records kept, split sizes, and
+    the folder holding the splits and the data card (``dataset_card.md``)."""
+
+    harvested: int
+    kept: int
+    splits: dict[str, int] = field(default_factory=dict)
+    folder: Path | None = None
 
 
 class Distiller:
@@ -32,8 +57,8 @@ class Distiller:
         self.config = config
         self.ctx = RunContext.from_config(config, progress=progress)
         self._batch: PromptBatch | None = None
-        self._decision: Any = None
-        self._train_result: Any = None
+        self._decision: Decision | None = None
+        self._train_result: TrainResult | None = None
         self._rescore: list[Any] | None = None
 
     @classmethod
@@ -66,14 +91,15 @@ class Distiller:
             self._rescore = import_into_batch(self.ctx, self.prompts)
         return self._rescore
 
-    def check_policy(self) -> Any:
+    def check_policy(self) -> Decision:
         """Decide and enforce the teacher's terms (raises PolicyDenied); returns the Decision."""
         from apidistill.pipeline.stages import policy_stage
 
         self._decision = policy_stage(self.ctx)
         return self._decision
 
-    def estimate(self) -> Any:
+    def estimate(self) -> Estimate:
+        """What the harvest will cost and take (also written to the run folder)."""
         from apidistill.pipeline.run import teacher_server
         from apidistill.pipeline.stages import estimate_stage
 
@@ -82,7 +108,9 @@ class Distiller:
             self.ctx.teacher_base_url = url
             return estimate_stage(self.ctx, self.prompts, rescore=rescore)
 
-    def harvest(self, *, budget: Decimal | float | None = None, max_requests: int | None = None):
+    def harvest(
+        self, *, budget: Decimal | float | None = None, max_requests: int | None = None
+    ) -> HarvestOutcome:
         """Pull every teacher answer not yet in the journal (policy is checked first)."""
         from apidistill.pipeline.run import teacher_server
         from apidistill.pipeline.stages import harvest_stage
@@ -97,18 +125,26 @@ class Distiller:
             self.ctx.teacher_base_url = url
             return harvest_stage(self.ctx, self.prompts, self._decision)
 
-    def build_dataset(self) -> dict[str, Any]:
+    def build_dataset(self) -> DatasetResult:
+        """Filter, dedupe, balance and split the harvested records; write the data card."""
         from apidistill.pipeline.stages import dataset_stage, load_decision
 
-        return dataset_stage(self.ctx, self._decision or load_decision(self.ctx))
+        made = dataset_stage(self.ctx, self._decision or load_decision(self.ctx))
+        return DatasetResult(
+            harvested=int(made["harvested"]),
+            kept=int(made["kept"]),
+            splits=dict(made["splits"]),
+            folder=self.ctx.layout.dataset,
+        )
 
-    def train(self, *, resume: bool = True) -> Any:
+    def train(self, *, resume: bool = True) -> TrainResult:
+        """Train the student on the train split (resumes from its last checkpoint)."""
         from apidistill.pipeline.stages import train_stage
 
         self._train_result = train_stage(self.ctx, resume=resume)
         return self._train_result
 
-    def evaluate(self) -> Any:
+    def evaluate(self) -> EvalResult:
         """Serve base and student (a LoRA adapter, or the whole model after a full
         fine-tune), evaluate against the teacher, write the HTML report."""
         from apidistill.pipeline.run import eval_stage, student_dir_of, trained_student_dir

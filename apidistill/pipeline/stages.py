@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -30,6 +30,9 @@ from apidistill.errors import (
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.requests import PromptBatch
 from apidistill.progress import console as progress_console
+
+if TYPE_CHECKING:
+    from apidistill.harvest.results import HarvestSummary
 
 __all__ = [
     "HarvestOutcome",
@@ -141,7 +144,10 @@ def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()):
 
 @dataclass
 class HarvestOutcome:
-    summary: Any
+    """What the harvest stage did: answers written as records, final failures, wall time,
+    whether logprobs were harvested, and the engine's summary (None if it never started)."""
+
+    summary: HarvestSummary | None
     records: int
     failed: int
     wall_s: float
@@ -262,7 +268,7 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
     from apidistill.costs.prices import price_for_teacher
     from apidistill.costs.tokens import TokenCounter
     from apidistill.data.answers import AnswerRef, write_answer_refs
-    from apidistill.harvest import harvest
+    from apidistill.harvest import HarvestOptions, harvest
     from apidistill.teachers import make_teacher
     from apidistill.teachers.token_recovery import lossy_text_warning
 
@@ -288,18 +294,11 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
 
     batch_client = None
     if cfg.harvest.use_batch_api:
-        from apidistill.teachers import resolve_api_key
-        from apidistill.teachers.batch import make_batch_client
+        from apidistill.teachers import make_batch_client
 
-        batch_client = make_batch_client(
-            cfg.teacher.provider,
-            cfg.teacher.model,
-            api_key=resolve_api_key(cfg.teacher, None),
-            base_url=cfg.teacher.base_url,
-            timeout_s=cfg.harvest.timeout_s,
-            prompt_cache=cfg.teacher.marks_prompt_cache,
-        )
+        batch_client = make_batch_client(cfg.teacher, timeout_s=cfg.harvest.timeout_s)
 
+    max_requests = ctx.max_requests if ctx.max_requests is not None else cfg.harvest.max_requests
     n_ok = n_failed = 0
     t0 = time.perf_counter()
 
@@ -313,22 +312,12 @@ def harvest_stage(ctx: RunContext, batch: PromptBatch, decision: Any) -> Harvest
             batch.requests,
             teacher=teacher,
             journal=ctx.layout.journal,
+            # 0 means send nothing (answer from the journal only), not "no limit"
+            config=cfg.harvest.model_copy(update={"max_requests": max_requests}),
             budget=budget,
             price=price,
-            batch=cfg.harvest.use_batch_api,
-            batch_client=batch_client,
-            concurrency=cfg.harvest.concurrency,
-            rpm=cfg.harvest.rpm,
-            tpm=cfg.harvest.tpm,
-            max_retries=cfg.harvest.max_retries,
-            timeout_s=cfg.harvest.timeout_s,
-            # 0 means send nothing (answer from the journal only), not "no limit"
-            max_requests=(
-                ctx.max_requests if ctx.max_requests is not None else cfg.harvest.max_requests
-            ),
-            count_input_tokens=count,
             progress=ctx.progress,
-            retry_failed=retry_failed_of(cfg),
+            options=HarvestOptions(count_input_tokens=count, batch_client=batch_client),
         )
         streams.append(gen)
         try:

@@ -335,10 +335,11 @@ def test_estimate_count_tokens_flag_uses_exact_counts(tmp_path):
 async def test_harvest_books_cache_writes_and_reads_in_the_ledger(tmp_path):
     """A real harvest (official SDK, loopback Anthropic): the first request writes the prefix,
     the rest read it; the journal's costs, the ledger's token split and the budget agree."""
+    from apidistill.config import HarvestConfig
     from apidistill.costs.budget import Budget
     from apidistill.costs.ledger import Ledger
     from apidistill.costs.tokens import TokenCounter
-    from apidistill.harvest import harvest
+    from apidistill.harvest import HarvestOptions, harvest
 
     reqs = long_requests(5)
     counter = TokenCounter(TeacherConfig(**SONNET))
@@ -347,7 +348,8 @@ async def test_harvest_books_cache_writes_and_reads_in_the_ledger(tmp_path):
         t = AnthropicTeacher("claude-sonnet-4-5", base_url=srv.anthropic_url, api_key="k")
         stream = harvest(
             reqs, teacher=t, journal=tmp_path / "j.sqlite", budget=budget, price=CLAUDE,
-            concurrency=1, progress=False, count_input_tokens=lambda r: counter.bound(r).n,
+            config=HarvestConfig(concurrency=1), progress=False,
+            options=HarvestOptions(count_input_tokens=lambda r: counter.bound(r).n),
         )  # fmt: skip
         results = [r async for r in stream]
         await t.aclose()
