@@ -5,6 +5,9 @@ client without the rule for its batch client (or a clear "no Batch API"). The ba
 modules import :mod:`apidistill.teachers.batch` (the protocol and chunk planning); the
 factories live here, above them, so ``batch.py`` imports none of its implementations and the
 old ``batch`` ↔ ``openai_batch``/``anthropic_batch`` import cycle is gone.
+
+Clients return usage, never money: the harvest engine prices every answer with the run's
+price (:func:`apidistill.costs.prices.price_for_teacher`, which honours ``teacher.price``).
 """
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from apidistill.config import PriceConfig, TeacherConfig
-from apidistill.costs.prices import ModelPrice
+from apidistill.config import TeacherConfig
 from apidistill.errors import ConfigError, ModelLoadError
 from apidistill.teachers.base import Teacher
 from apidistill.teachers.keys import resolve_api_key
@@ -28,20 +30,6 @@ __all__ = ["PROVIDERS", "Provider", "make_batch_client", "make_teacher"]
 
 OnlineFactory = Callable[[TeacherConfig, "str | None", "str | None", float], Teacher]
 BatchFactory = Callable[[TeacherConfig, "str | None", float], "BatchClient"]
-
-
-def _price(cfg: PriceConfig | None) -> ModelPrice | None:
-    """A complete per-token override, when the run file gives one; genai-prices is the
-    costs stage's business, so anything else leaves the cost to the ledger."""
-    if cfg is None or cfg.input_per_mtok is None or cfg.output_per_mtok is None:
-        return None
-    return ModelPrice(
-        input_per_mtok=cfg.input_per_mtok,
-        output_per_mtok=cfg.output_per_mtok,
-        cached_input_per_mtok=cfg.cached_input_per_mtok,
-        batch_discount=cfg.batch_discount,
-        cache_write_per_mtok=cfg.cache_write_per_mtok,
-    )
 
 
 def _vocab(cfg: TeacherConfig) -> TokenVocab | None:
@@ -69,7 +57,6 @@ def _openai(cfg: TeacherConfig, key: str | None, base_url: str | None, timeout_s
         base_url=base_url or cfg.base_url,
         api_key=key,
         timeout_s=timeout_s,
-        price=_price(cfg.price),
         transport=cfg.transport,
         store=cfg.store,
     )
@@ -100,7 +87,6 @@ def _compatible(
         profile=server_profile(cfg.profile),
         timeout_s=timeout_s,
         vocab=_vocab(cfg),
-        price=_price(cfg.price),
         transport=cfg.transport,
         identity=identity,
         store=cfg.store,
@@ -117,7 +103,6 @@ def _anthropic(
         base_url=base_url or cfg.base_url,
         api_key=key,
         timeout_s=timeout_s,
-        price=_price(cfg.price),
         transport=cfg.transport,
         prompt_cache=cfg.marks_prompt_cache,
     )
