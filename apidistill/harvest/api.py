@@ -359,12 +359,25 @@ def harvest(
 
 
 def harvest_sync(
-    requests: Iterable[TeacherRequest], *, close_teacher: bool = True, **kwargs: Any
+    requests: Iterable[TeacherRequest],
+    *,
+    teacher: Teacher | TeacherConfig | str,
+    journal: str | Path,
+    config: HarvestConfig | None = None,
+    budget: Budget | Decimal | float | str | None = None,
+    policy: PolicyConfig | None = None,
+    price: ModelPrice | None = None,
+    progress: bool = True,
+    options: HarvestOptions | None = None,
+    close_teacher: bool = True,
+    **removed: Any,
 ) -> HarvestSummary:
-    """Run :func:`harvest` to completion from synchronous code; return its summary.
+    """Run :func:`harvest` (same arguments) to completion from synchronous code; return its
+    summary.
 
-    The teacher's connections belong to the run's private loop, so the teacher is closed at
-    the end (``close_teacher=False`` leaves that to you). Ctrl-C or SIGTERM: graceful stop,
+    The teacher's connections belong to the run's private loop, so a ready client is closed
+    at the end (``close_teacher=False`` leaves that to you; one built from a config is always
+    closed by the run). Ctrl-C or SIGTERM: graceful stop,
     then :class:`HarvestInterrupted` (a ``KeyboardInterrupt`` carrying the summary); a
     second Ctrl-C abandons what is in flight (those requests
     are reported as outcome-unknown by the next run).
@@ -374,8 +387,19 @@ def harvest_sync(
             "harvest_sync takes a plain iterable of requests",
             hint="use `await harvest(...)` for an async iterable",
         )
-    stream = harvest(requests, **kwargs)
-    teacher = stream.teacher
+    stream = harvest(
+        requests,
+        teacher=teacher,
+        journal=journal,
+        config=config,
+        budget=budget,
+        policy=policy,
+        price=price,
+        progress=progress,
+        options=options,
+        **removed,
+    )
+    client = stream.teacher
     close_teacher = close_teacher and not stream._setup.owns_teacher  # else the run closes it
     box: dict[str, Any] = {}
     loop_ready = threading.Event()
@@ -390,7 +414,7 @@ def harvest_sync(
             return await stream
         finally:
             if close_teacher:
-                await teacher.aclose()
+                await client.aclose()
 
     finished = threading.Event()
 
