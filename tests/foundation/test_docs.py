@@ -36,6 +36,20 @@ def test_every_config_field_has_a_description():
     assert undocumented_fields() == []
 
 
+def test_every_policy_file_and_decision_field_has_a_description():
+    """The policy file format (users write their own agreements) and the Decision the SDK
+    returns are public: each field says what it means."""
+    from apidistill.policy import schema
+
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in (schema.Obligations, schema.Rule, schema.Policy, schema.Decision)
+        for name, f in cls.model_fields.items()
+        if not (f.description or "").strip()
+    ]
+    assert missing == []
+
+
 def test_a_field_without_a_description_is_caught(monkeypatch):
     from apidistill.docs_config import main, undocumented_fields
 
