@@ -42,7 +42,7 @@ __all__ = ["DatasetResult", "Distiller"]
 @dataclass(frozen=True)
 class DatasetResult:
     """What :meth:`Distiller.build_dataset` made: records in, records kept, split sizes, and
-    the folder holding the splits and the data card (``dataset_card.md``)."""
+    the folder holding the splits and the data card (``README.md``, ``card.json``)."""
 
     harvested: int
     kept: int
