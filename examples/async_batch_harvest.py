@@ -53,6 +53,7 @@ async def main(args: argparse.Namespace) -> None:
         config=HarvestConfig(concurrency=args.concurrency),
     )
     decision = stream.decision
+    assert decision is not None  # set whenever policy= is given
     print(f"terms: {decision.decision} ({decision.document or 'no document'}) — not legal advice")
     with open(args.out, "w", encoding="utf-8") as out:
         async for r in stream:
