@@ -8,17 +8,14 @@ ignored setting.
 
 from __future__ import annotations
 
-import os
 import string
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from apidistill.errors import ConfigError, register_secret
-from apidistill.yamlfile import load_yaml
+from apidistill.errors import ConfigError
 
 __all__ = [
     "BalanceConfig",
@@ -42,6 +39,7 @@ __all__ = [
     "TeacherConfig",
     "TrainingConfig",
     "load_config",
+    "parse_config",
 ]
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -54,14 +52,34 @@ class _Section(BaseModel):
 class PriceConfig(_Section):
     """A user-given price; overrides genai-prices. Self-hosted: 0, or $/hour at a throughput."""
 
-    input_per_mtok: Decimal | None = Field(None, ge=0)
-    output_per_mtok: Decimal | None = Field(None, ge=0)
-    cached_input_per_mtok: Decimal | None = Field(None, ge=0)
-    # input written to a prompt cache (Anthropic: 1.25× input for the 5-minute TTL)
-    cache_write_per_mtok: Decimal | None = Field(None, ge=0)
-    usd_per_hour: Decimal | None = Field(None, ge=0)
-    tokens_per_second: float | None = Field(None, gt=0)
-    batch_discount: Decimal = Field(Decimal("0.5"), ge=0, le=1)
+    input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million input tokens.")
+    output_per_mtok: Decimal | None = Field(
+        None, ge=0, description="USD per million output tokens."
+    )
+    cached_input_per_mtok: Decimal | None = Field(
+        None,
+        ge=0,
+        description="USD per million input tokens read from a prompt cache (unset: the provider's usual discount from genai-prices, else the input price).",
+    )
+    cache_write_per_mtok: Decimal | None = Field(
+        None,
+        ge=0,
+        description="USD per million input tokens written to a prompt cache (Anthropic: 1.25x input for the 5-minute TTL).",
+    )
+    usd_per_hour: Decimal | None = Field(
+        None,
+        ge=0,
+        description="Self-hosted: what the server costs per hour; turned into $/token with tokens_per_second.",
+    )
+    tokens_per_second: float | None = Field(
+        None, gt=0, description="Self-hosted: the server's throughput, needed with usd_per_hour."
+    )
+    batch_discount: Decimal = Field(
+        Decimal("0.5"),
+        ge=0,
+        le=1,
+        description="Share of the price a Batch API request pays (0.5 = half price).",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> PriceConfig:
@@ -75,46 +93,87 @@ class TeacherLaunchConfig(_Section):
     launches the server, harvests from it and stops it. (The top-level ``serve:`` section is
     the student server's.)"""
 
-    model: str = DEFAULT_MODEL
-    adapter: str | None = None
-    port: int = Field(0, ge=0, le=65535)  # 0 = pick a free port
-    max_batch_size: int = Field(16, ge=1, le=256)
-    # The engine (apidistill serve --backend): transformers keeps today's harvests identical;
-    # auto = llama.cpp for a GGUF model when llama-cpp-python is installed (the fastest here).
-    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = "transformers"
-    threads: int | None = Field(None, ge=1)  # default: physical cores
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Model the teacher server runs (an embedded name, a hub id, a folder or a .gguf file).",
+    )
+    adapter: str | None = Field(
+        None, description="A LoRA adapter folder served on top of the model."
+    )
+    port: int = Field(
+        0, ge=0, le=65535, description="Port of the teacher server; 0 picks a free one."
+    )
+    max_batch_size: int = Field(
+        16, ge=1, le=256, description="Requests the teacher server batches into one forward pass."
+    )
+    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = Field(
+        "transformers",
+        description="The engine of `apidistill serve --backend`: transformers keeps harvests identical; auto = llama.cpp for a GGUF model when llama-cpp-python is installed.",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of the engine (default: physical cores)."
+    )
 
 
 class TeacherConfig(_Section):
-    provider: Literal["openai", "anthropic", "openai_compatible"] = "openai_compatible"
-    # Server profile for openai_compatible: which logprob fields exist and their quirks.
-    profile: Literal["apidistill", "vllm", "llamacpp", "ollama", "tgi", "sglang", "generic"] = (
-        "generic"
+    provider: Literal["openai", "anthropic", "openai_compatible"] = Field(
+        "openai_compatible",
+        description="Which API the teacher speaks: openai, anthropic, or openai_compatible (any server with the OpenAI chat API). Never guessed from the model name.",
     )
-    model: str
-    base_url: str | None = None
-    api_key_env: str | None = None  # the key is read from this env var, never stored
-    # Tokenizer of the teacher when known (self-hosted): exact token counts and token ids.
-    tokenizer: str | None = None
-    launch: TeacherLaunchConfig | None = None  # start `apidistill serve` as the teacher
-    # the old name of ``launch``: refused with the new name (it read like the student server)
+    profile: Literal["apidistill", "vllm", "llamacpp", "ollama", "tgi", "sglang", "generic"] = (
+        Field(
+            "generic",
+            description="Server profile for openai_compatible: which logprob fields exist and their quirks.",
+        )
+    )
+    model: str = Field(..., description="The teacher model name as the API expects it.")
+    base_url: str | None = Field(
+        None,
+        description="API base URL (required for openai_compatible unless a launch block starts the server).",
+    )
+    api_key_env: str | None = Field(
+        None,
+        description="Name of the environment variable holding the API key; the key itself is never stored. Unset: OPENAI_API_KEY / ANTHROPIC_API_KEY (none for openai_compatible).",
+    )
+    tokenizer: str | None = Field(
+        None,
+        description="The teacher's tokenizer when known (self-hosted): exact token counts and token ids.",
+    )
+    launch: TeacherLaunchConfig | None = Field(
+        None,
+        description="Start `apidistill serve` as the teacher (offline demo, self-hosted tests); the top-level `serve:` section is the student's server.",
+    )
+    # the old name of ``launch``: refused with the new name (it read like the student server);
     # an attribute of another name, so code that still reads ``teacher.serve`` fails loudly
-    legacy_serve: Any = Field(None, alias="serve", exclude=True)
-    price: PriceConfig | None = None
-    allow_unpriced: bool = False
-    # HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2;
-    # auto = aiohttp when installed, else httpx2. Errors map the same on both.
-    transport: Literal["auto", "httpx2", "aiohttp"] = "auto"
-    # OpenAI stored completions: send ``store: true`` with our cache key in ``metadata``, so a
-    # request whose answer was lost (kill -9, a reset after sending) is looked up and
-    # recovered instead of re-sent and paid twice. OpenAI (or a server with that API) only.
-    store: bool = False
-    # Anthropic prompt caching: mark the prefix every request shares with cache_control
-    # (unset = on). OpenAI caches long prefixes by itself (docs/costs.md).
-    prompt_cache: bool | None = None
-    # Anthropic: let ``apidistill estimate`` ask POST /v1/messages/count_tokens for exact
-    # input counts (free, rate-limited; sends the prompts to Anthropic). Off by default.
-    count_tokens: bool = False
+    legacy_serve: Any = Field(
+        None,
+        alias="serve",
+        exclude=True,
+        description="Old name of `launch`; refused with the new name.",
+    )
+    price: PriceConfig | None = Field(
+        None, description="A price of your own, overriding genai-prices."
+    )
+    allow_unpriced: bool = Field(
+        False,
+        description="Run although no price is known: costs are recorded as unknown and the budget counts requests only.",
+    )
+    transport: Literal["auto", "httpx2", "aiohttp"] = Field(
+        "auto",
+        description="HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2; auto = aiohttp when installed, else httpx2. Errors map the same on both.",
+    )
+    store: bool = Field(
+        False,
+        description="OpenAI stored completions: send `store: true` with our cache key in metadata, so an answer lost after sending (kill -9, a reset) is looked up and recovered instead of re-sent and paid twice. OpenAI (or a server with that API) only.",
+    )
+    prompt_cache: bool | None = Field(
+        None,
+        description="Anthropic prompt caching: mark the prefix every request shares with cache_control (unset = on). OpenAI caches long prefixes by itself (docs/costs.md).",
+    )
+    count_tokens: bool = Field(
+        False,
+        description="Anthropic: let `apidistill estimate` ask POST /v1/messages/count_tokens for exact input counts (free, rate-limited; sends the prompts to Anthropic).",
+    )
 
     @field_validator("legacy_serve", mode="before")
     @classmethod
@@ -161,24 +220,44 @@ class ImportConfig(_Section):
     enter the run's dataset beside the harvested ones, with their provenance and the terms
     decision of the model that wrote them."""
 
-    kind: ImportKind
-    # A local file (relative to the run file), or for openai_finetune an OpenAI file id
-    # (file-…) fetched through the Files API. Not used by openai_stored.
-    path: str | None = None
-    # The batch's input file (openai_batch, anthropic_batch): the output does not repeat it.
-    requests: str | None = None
-    # Who wrote the answers, when the data does not say (openai_finetune, chat).
-    provider: str | None = None
-    model: str | None = None
-    # openai_stored: filters of chat.completions.list.
-    metadata: dict[str, str] = Field(default_factory=dict)
-    after: str | None = None
-    # openai_stored and a Files API id: where to ask (default api.openai.com / $OPENAI_BASE_URL)
-    # and the env var holding the key (never the key itself).
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    limit: int | None = Field(None, gt=0)
-    skip_invalid: bool = False
+    kind: ImportKind = Field(
+        ...,
+        description="What the source is: an OpenAI fine-tuning file, OpenAI stored completions, an OpenAI or Anthropic Batch output, the proxy's captures, or a generic chat file.",
+    )
+    path: str | None = Field(
+        None,
+        description="A local file (relative to the run file), or for openai_finetune an OpenAI file id (file-...) fetched through the Files API; not used by openai_stored.",
+    )
+    requests: str | None = Field(
+        None,
+        description="The batch's input file (openai_batch, anthropic_batch): the output does not repeat it.",
+    )
+    provider: str | None = Field(
+        None, description="Who wrote the answers, when the data does not say (chat)."
+    )
+    model: str | None = Field(
+        None,
+        description="The model that wrote the answers, when the data does not say (openai_finetune, chat).",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="openai_stored: metadata filters of chat.completions.list.",
+    )
+    after: str | None = Field(
+        None, description="openai_stored: list only completions after this id."
+    )
+    base_url: str | None = Field(
+        None,
+        description="openai_stored and a Files API id: where to ask (default api.openai.com / $OPENAI_BASE_URL).",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the key for openai_stored and Files API ids (never the key itself).",
+    )
+    limit: int | None = Field(None, gt=0, description="Import at most this many records.")
+    skip_invalid: bool = Field(
+        False, description="Skip rows that cannot be read instead of stopping at the first."
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> ImportConfig:
@@ -196,21 +275,38 @@ class ImportConfig(_Section):
 class PromptsConfig(_Section):
     """Where the task inputs come from and how the prototype prompt wraps them."""
 
-    # The prompt file; optional when ``imports`` bring the inputs (and their answers).
-    path: str | None = None
-    # Existing answers to import into the run (fine-tuning file, stored completions,
-    # Batch outputs, the proxy's captures, a generic chat file).
-    imports: list[ImportConfig] = Field(default_factory=list)
-    format: Literal["auto", "jsonl", "csv", "parquet"] = "auto"
-    input_field: str = "text"  # plain text input, or a field holding a messages list
-    id_field: str | None = None
-    label_field: str | None = None  # for balancing / stratified splits
-    gold_field: str | None = None  # reference answer for task scoring
-    # The prototype prompt: a YAML/JSON file with `system` and `shots` (user/assistant pairs),
-    # and a `template` with `{input}` for the user turn.
-    template: str | None = None
-    limit: int | None = Field(None, gt=0)
-    skip_invalid: bool = False
+    path: str | None = Field(
+        None,
+        description="The prompt file (relative to the run file's folder); optional when imports bring the inputs.",
+    )
+    imports: list[ImportConfig] = Field(
+        default_factory=list,
+        description="Existing answers to import into the run (fine-tuning file, stored completions, Batch outputs, the proxy's captures, a generic chat file); docs/import.md.",
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet"] = Field(
+        "auto", description="File format; auto goes by the extension."
+    )
+    input_field: str = Field(
+        "text", description="Field with the input: plain text, or a list of chat messages."
+    )
+    id_field: str | None = Field(
+        None, description="Field with a stable row id (unset: ids are hashes of the input)."
+    )
+    label_field: str | None = Field(
+        None, description="Field with a class label, for balancing and stratified splits."
+    )
+    gold_field: str | None = Field(
+        None, description="Field with the reference answer, for task scoring."
+    )
+    template: str | None = Field(
+        None,
+        description="The prototype prompt: a YAML/JSON file with `system`, `shots` (user/assistant pairs) and a `template` with `{input}` for the user turn.",
+    )
+    limit: int | None = Field(None, gt=0, description="Use only the first N rows.")
+    skip_invalid: bool = Field(
+        False,
+        description="Skip rows that cannot be read (listed in a report) instead of stopping at the first.",
+    )
 
     @model_validator(mode="after")
     def _has_a_source(self) -> PromptsConfig:
@@ -220,49 +316,103 @@ class PromptsConfig(_Section):
 
 
 class PolicyConfig(_Section):
-    use: Literal["internal", "commercial", "competing", "redistribute", "research_noncommercial"]
-    policy_dirs: list[str] = Field(default_factory=list)  # extra policy files (your agreements)
-    authorization_reference: str | None = None  # e.g. "Anthropic written approval #1234"
-    acknowledge_unknown: str | None = None  # who/why, recorded in the dataset card
-    override_reference: str | None = None  # signed enterprise agreement reference
-    # License id of a self-hosted teacher's weights (e.g. "apache-2.0"), used only when no
-    # policy file names the checkpoint itself (see docs/policies.md).
-    weights_license: str | None = None
+    use: Literal[
+        "internal", "commercial", "competing", "redistribute", "research_noncommercial"
+    ] = Field(
+        ...,
+        description="What the student will be used for; the teacher's terms are checked against it before the first request.",
+    )
+    policy_dirs: list[str] = Field(
+        default_factory=list,
+        description="Extra policy files (your own agreements with a provider).",
+    )
+    authorization_reference: str | None = Field(
+        None,
+        description='Written permission that the terms ask for, e.g. "Anthropic written approval #1234".',
+    )
+    acknowledge_unknown: str | None = Field(
+        None,
+        description="Who accepts running a teacher with no known terms, and why; recorded in the dataset card.",
+    )
+    override_reference: str | None = Field(
+        None, description="A signed enterprise agreement that replaces the public terms."
+    )
+    weights_license: str | None = Field(
+        None,
+        description='License id of a self-hosted teacher\'s weights (e.g. "apache-2.0"), used only when no policy file names the checkpoint itself (docs/policies.md).',
+    )
 
 
 class BudgetConfig(_Section):
-    usd: Decimal = Field(..., ge=0)
-    per_day_usd: Decimal | None = Field(None, ge=0)
+    usd: Decimal = Field(
+        ...,
+        ge=0,
+        description="Hard cap in USD for everything the run's journal sends, every run together.",
+    )
+    per_day_usd: Decimal | None = Field(None, ge=0, description="Hard cap in USD per UTC day.")
 
 
 class HarvestConfig(_Section):
-    concurrency: int = Field(16, ge=1, le=4096)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
-    max_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: list[str] | None = None
-    n: int = Field(1, ge=1, le=128)
-    logprobs: bool = False
-    top_logprobs: int = Field(0, ge=0, le=20)
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(6, ge=0, le=50)
-    use_batch_api: bool = False
-    # What to do when logprob KD is asked of a teacher without logprobs.
-    on_missing_logprobs: Literal["error", "sequence_kd"] = "error"
-    # New requests this run may send; 0 sends none (answers come from the journal only).
-    max_requests: int | None = Field(None, ge=0)
-    # Final failures of earlier runs to send again: reasons (rejected, out_of_credit, ...),
-    # or "all"; add "at_risk" for requests that may already have been billed.
-    retry_failed: list[str] | None = None
-    # Imported answers without logprobs: ask the teacher (the same model) again for each
-    # imported input with this section's logprob settings (docs/import.md#rescore). A
-    # regenerated answer equal to the imported one lends it its logprobs; on a mismatch,
-    # keep the imported answer without logprobs or use the regenerated answer.
-    rescore: bool = False
-    rescore_on_mismatch: Literal["keep_imported", "regenerated"] = "keep_imported"
+    concurrency: int = Field(16, ge=1, le=4096, description="Requests in flight at once.")
+    rpm: int | None = Field(
+        None, gt=0, description="Requests per minute, held in every sliding window."
+    )
+    tpm: int | None = Field(
+        None, gt=0, description="Tokens per minute, held in every sliding window."
+    )
+    max_tokens: int = Field(256, gt=0, description="Output tokens per teacher answer.")
+    temperature: float = Field(
+        0.0, ge=0.0, le=2.0, description="Sampling temperature of the teacher."
+    )
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, description="Nucleus sampling of the teacher."
+    )
+    seed: int | None = Field(None, description="Sampling seed, where the teacher supports one.")
+    stop: list[str] | None = Field(None, description="Stop sequences.")
+    n: int = Field(
+        1,
+        ge=1,
+        le=128,
+        description="Answers per prompt; each is its own request, cache entry and cost, and a record `<id>-s1`, `<id>-s2`, ...",
+    )
+    logprobs: bool = Field(
+        False, description="Ask for the sampled tokens' log-probabilities (needed by logprob KD)."
+    )
+    top_logprobs: int = Field(
+        0, ge=0, le=20, description="Top alternatives per position (needs logprobs: true)."
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Per-request timeout in seconds.")
+    max_retries: int = Field(
+        6,
+        ge=0,
+        le=50,
+        description="Retries after the first attempt (429, 5xx, timeouts; never 4xx refusals).",
+    )
+    use_batch_api: bool = Field(
+        False,
+        description="Send through the provider's Batch API at its discount (openai, anthropic).",
+    )
+    on_missing_logprobs: Literal["error", "sequence_kd"] = Field(
+        "error",
+        description="What to do when logprob KD is asked of a teacher that gives no logprobs: error, or fall back to sequence KD.",
+    )
+    max_requests: int | None = Field(
+        None,
+        ge=0,
+        description="New requests this run may send; 0 sends none (answers come from the journal only).",
+    )
+    retry_failed: list[str] | None = Field(
+        None,
+        description='Final failures of earlier runs to send again: reasons (rejected, out_of_credit, ...) or "all"; add "at_risk" for requests that may already have been billed.',
+    )
+    rescore: bool = Field(
+        False,
+        description="Imported answers without logprobs: ask the teacher again for each imported input with this section's logprob settings (docs/import.md#rescore).",
+    )
+    rescore_on_mismatch: Literal["keep_imported", "regenerated"] = Field(
+        "keep_imported",
+        description="When a regenerated answer differs from the imported one: keep the imported answer without logprobs, or use the regenerated answer.",
+    )
 
     @field_validator("retry_failed", mode="before")
     @classmethod
@@ -279,29 +429,42 @@ class HarvestConfig(_Section):
 
 
 class FilterConfig(_Section):
-    drop_truncated: bool = True
-    drop_empty: bool = True
-    max_output_chars: int | None = Field(None, gt=0)
+    drop_truncated: bool = Field(True, description="Drop answers cut off by max_tokens.")
+    drop_empty: bool = Field(True, description="Drop empty answers.")
+    max_output_chars: int | None = Field(None, gt=0, description="Drop answers longer than this.")
     refusal_patterns: list[str] = Field(
-        default_factory=lambda: [r"(?i)\bI(?:'m| am) sorry\b", r"(?i)\bI can(?:not|'t) help\b"]
+        default_factory=lambda: [r"(?i)\bI(?:'m| am) sorry\b", r"(?i)\bI can(?:not|'t) help\b"],
+        description="Regexes; an answer that matches one is a refusal and is dropped.",
     )
-    regex: str | None = None  # outputs must match
-    json_schema: dict[str, Any] | None = None  # outputs must parse and validate
-    label_set: list[str] | None = None
+    regex: str | None = Field(None, description="Answers must match this regex.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Answers must parse as JSON and validate against this schema."
+    )
+    label_set: list[str] | None = Field(None, description="Answers must be one of these labels.")
 
 
 class BalanceConfig(_Section):
-    by: Literal["label", "length"] | str = "label"
-    max_per_class: int | None = Field(None, gt=0)
-    target: dict[str, float] | None = None  # class → share
+    by: Literal["label", "length"] | str = Field(
+        "label", description="Balance by label, by length, or by a metadata field."
+    )
+    max_per_class: int | None = Field(
+        None, gt=0, description="Keep at most this many records per class."
+    )
+    target: dict[str, float] | None = Field(
+        None, description="Share of each class (class -> share)."
+    )
 
 
 class SplitConfig(_Section):
-    train: float = Field(0.8, ge=0, le=1)
-    validation: float = Field(0.0, ge=0, le=1)
-    test: float = Field(0.2, ge=0, le=1)
-    seed: int = 0
-    stratify_by: str | None = "label"
+    train: float = Field(0.8, ge=0, le=1, description="Share of records for training.")
+    validation: float = Field(0.0, ge=0, le=1, description="Share for validation during training.")
+    test: float = Field(
+        0.2, ge=0, le=1, description="Share for evaluation; train + validation + test must be 1."
+    )
+    seed: int = Field(0, description="Seed of the split.")
+    stratify_by: str | None = Field(
+        "label", description="Metadata field the splits keep in proportion (unset: random)."
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -312,24 +475,40 @@ class SplitConfig(_Section):
 
 
 class DatasetConfig(_Section):
-    filters: FilterConfig = Field(default_factory=FilterConfig)
-    dedupe: Literal["none", "exact", "near"] = "near"
-    near_dup_threshold: float = Field(0.85, gt=0, lt=1)
-    balance: BalanceConfig | None = None
-    splits: SplitConfig = Field(default_factory=SplitConfig)
-    # Alternatives kept per position in the stored dataset (the rest are dropped at the
-    # dataset stage); logprob KD needs at least training.kd.top_k of them.
-    top_k_store: int = Field(20, ge=0, le=20)
+    filters: FilterConfig = Field(
+        default_factory=FilterConfig, description="Which answers are dropped."
+    )
+    dedupe: Literal["none", "exact", "near"] = Field(
+        "near", description="Remove exact or near-duplicate inputs."
+    )
+    near_dup_threshold: float = Field(
+        0.85, gt=0, lt=1, description="Similarity above which two inputs are near duplicates."
+    )
+    balance: BalanceConfig | None = Field(None, description="Rebalance the classes.")
+    splits: SplitConfig = Field(
+        default_factory=SplitConfig, description="Train/validation/test shares."
+    )
+    top_k_store: int = Field(
+        20,
+        ge=0,
+        le=20,
+        description="Top alternatives kept per position in the stored dataset (the most likely; the sampled token's own log-probability always stays; 0 keeps none). Logprob KD needs at least training.kd.top_k.",
+    )
 
 
 class StudentConfig(_Section):
-    model: str = DEFAULT_MODEL
-    # The student's short instruction replacing the prototype prompt (None = no system turn).
-    system_prompt: str | None = None
-    # Several sizes against a latency budget: each model spec is trained, evaluated and
-    # timed on the same split, and the smallest that meets eval.thresholds (including
-    # max_latency_ms_p95) is exported. ``model`` defaults to the first candidate.
-    candidates: list[str] = Field(default_factory=list)
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="The student model (an embedded name, a hub id, a folder or a .gguf file); defaults to the first candidate.",
+    )
+    system_prompt: str | None = Field(
+        None,
+        description="The student's short instruction replacing the prototype prompt (unset: no system turn).",
+    )
+    candidates: list[str] = Field(
+        default_factory=list,
+        description="Several sizes against a latency budget: each is trained, evaluated and timed on the same split, and the smallest that meets eval.thresholds (including max_latency_ms_p95) is exported.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -348,51 +527,91 @@ class StudentConfig(_Section):
 
 
 class LoraConfig(_Section):
-    r: int = Field(16, ge=1, le=1024)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank.")
+    alpha: int = Field(32, ge=1, description="LoRA scaling (alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Modules that get adapters; all-linear = every linear layer."
+    )
 
 
 class KDConfig(_Section):
-    loss: Literal["forward_kl", "reverse_kl", "jsd", "unbiased"] = "forward_kl"
-    temperature: float = Field(1.0, gt=0)
-    alpha: float = Field(0.5, ge=0, le=1)  # weight of the KD term; 1 - alpha goes to CE
-    beta: float = Field(0.5, gt=0, lt=1)  # generalized JSD mix
-    top_k: int = Field(20, ge=1, le=20)
+    loss: Literal["forward_kl", "reverse_kl", "jsd", "unbiased"] = Field(
+        "forward_kl",
+        description="Distillation loss: forward KL, reverse KL, generalized JSD, or the unbiased top-k estimator.",
+    )
+    temperature: float = Field(
+        1.0, gt=0, description="Softmax temperature of teacher and student in the KD term."
+    )
+    alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Weight of the KD term; 1 - alpha goes to cross-entropy on the teacher's text.",
+    )
+    beta: float = Field(0.5, gt=0, lt=1, description="Mix of the generalized JSD.")
+    top_k: int = Field(
+        20, ge=1, le=20, description="Teacher alternatives per position the loss uses."
+    )
 
 
 class TrainingConfig(_Section):
-    method: Literal["sequence_kd", "logprob_kd"] = "sequence_kd"
-    full_finetune: bool = False
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    kd: KDConfig = Field(default_factory=KDConfig)
-    epochs: float = Field(2.0, gt=0)
-    max_steps: int = Field(-1, ge=-1)
-    learning_rate: float = Field(5e-4, gt=0)
-    batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_length: int = Field(512, ge=16)
-    packing: bool = False  # concatenate examples into max_length rows (block-diagonal attention)
-    seed: int = 0
-    save_steps: int | None = Field(None, gt=0)
-    eval_steps: int | None = Field(None, gt=0)
-    early_stopping_patience: int | None = Field(None, ge=1)
-    # The student's weights are loaded in this dtype (not only autocast over float32 weights).
-    # float32 keeps the old behaviour: fp32 weights, bf16 autocast on a GPU that has it.
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    # transformers' attention kernel; None = the model's default (sdpa where supported).
+    method: Literal["sequence_kd", "logprob_kd"] = Field(
+        "sequence_kd",
+        description="sequence_kd trains on the teacher's text; logprob_kd also matches its top-k distribution.",
+    )
+    full_finetune: bool = Field(False, description="Train every weight instead of a LoRA adapter.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
+    kd: KDConfig = Field(default_factory=KDConfig, description="Logprob-KD settings.")
+    epochs: float = Field(2.0, gt=0, description="Passes over the training split.")
+    max_steps: int = Field(
+        -1, ge=-1, description="Stop after this many optimizer steps (-1: by epochs)."
+    )
+    learning_rate: float = Field(5e-4, gt=0, description="Peak learning rate.")
+    batch_size: int = Field(8, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Steps accumulated per optimizer update."
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Share of steps spent warming the learning rate up."
+    )
+    max_length: int = Field(
+        512, ge=16, description="Tokens per example (prompt + answer); longer ones are cut."
+    )
+    packing: bool = Field(
+        False, description="Concatenate examples into max_length rows (block-diagonal attention)."
+    )
+    seed: int = Field(0, description="Training seed.")
+    save_steps: int | None = Field(
+        None, gt=0, description="Checkpoint every N steps (unset: at each epoch's end)."
+    )
+    eval_steps: int | None = Field(
+        None, gt=0, description="Evaluate on the validation split every N steps."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without improvement."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="The dtype the student's weights are loaded in (not only autocast); float32 keeps fp32 weights with bf16 autocast on a GPU that has it.",
+    )
     attn_implementation: (
         Literal["eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] | None
-    ) = None
-    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
-    # QLoRA: load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes, CUDA only).
-    quantization: Literal["4bit", "8bit"] | None = None
-    # Any other transformers.TrainingArguments field, passed through as given (e.g.
-    # lr_scheduler_type, weight_decay, optim, deepspeed, fsdp). Fields this section already
-    # sets are refused with the key to use instead.
-    trainer_args: dict[str, Any] = Field(default_factory=dict)
+    ) = Field(
+        None,
+        description="transformers' attention kernel (unset: the model's default, sdpa where supported).",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations: less memory, about 30% slower."
+    )
+    quantization: Literal["4bit", "8bit"] | None = Field(
+        None,
+        description="QLoRA: load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes, CUDA, LoRA only).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other transformers.TrainingArguments field, passed through as given (lr_scheduler_type, weight_decay, optim, deepspeed, fsdp, ...); fields this section already sets are refused with the key to use instead.",
+    )
 
     @field_validator("trainer_args")
     @classmethod
@@ -419,45 +638,82 @@ class TrainingConfig(_Section):
 
 
 class EvalThresholds(_Section):
-    agreement: float | None = Field(0.90, ge=0, le=1)
-    relative_task_score: float | None = Field(0.95, ge=0)  # student gold score / teacher's
-    max_latency_ms_p95: float | None = Field(None, gt=0)
+    agreement: float | None = Field(
+        0.90,
+        ge=0,
+        le=1,
+        description="Least share of test answers where the student agrees with the teacher.",
+    )
+    relative_task_score: float | None = Field(
+        0.95, ge=0, description="Least student gold score as a share of the teacher's."
+    )
+    max_latency_ms_p95: float | None = Field(
+        None, gt=0, description="Most p95 latency per answer in milliseconds."
+    )
 
 
 class EvalConfig(_Section):
-    split: Literal["test", "validation"] = "test"
-    max_examples: int | None = Field(None, gt=0)
-    # exact: normalized string match; fields: parse `key: value` lines or a JSON object and
-    # compare `fields`; label: class label; rouge_l / chrf: free text.
-    scorer: Literal["exact", "fields", "label", "rouge_l", "chrf"] = "exact"
-    fields: list[str] | None = None
-    thresholds: EvalThresholds = Field(default_factory=EvalThresholds)
-    student_usd_per_hour: Decimal = Field(Decimal("0"), ge=0)
-    max_tokens: int = Field(256, gt=0)  # per student answer (greedy)
-    bootstrap_samples: int = Field(1000, ge=100)
-    seed: int = 0
-    # Where the base/student answer and held-out KL run: auto = bfloat16 on a CUDA GPU,
-    # float32 on CPU (apidistill.devices.select_device).
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    split: Literal["test", "validation"] = Field("test", description="Which split is evaluated.")
+    max_examples: int | None = Field(None, gt=0, description="Evaluate at most this many examples.")
+    scorer: Literal["exact", "fields", "label", "rouge_l", "chrf"] = Field(
+        "exact",
+        description="exact: normalized string match; fields: parse `key: value` lines or a JSON object and compare `fields`; label: class label; rouge_l / chrf: free text.",
+    )
+    fields: list[str] | None = Field(None, description="The fields the fields scorer compares.")
+    thresholds: EvalThresholds = Field(
+        default_factory=EvalThresholds, description="What the student must reach to pass."
+    )
+    student_usd_per_hour: Decimal = Field(
+        Decimal("0"),
+        ge=0,
+        description="What serving the student costs per hour, for the cost comparison.",
+    )
+    max_tokens: int = Field(256, gt=0, description="Output tokens per student answer (greedy).")
+    bootstrap_samples: int = Field(
+        1000, ge=100, description="Bootstrap resamples for the confidence intervals."
+    )
+    seed: int = Field(0, description="Seed of the bootstrap.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="Where the base/student answers and held-out KL run (auto: a CUDA GPU when there is one, else CPU).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype for eval (auto: bfloat16 on a CUDA GPU, float32 on CPU)."
+    )
 
 
 class ServeConfig(_Section):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    api_key_env: str | None = None
-    max_batch_size: int = Field(16, ge=1, le=256)
-    max_queue: int = Field(256, ge=1)
-    max_tokens_cap: int = Field(2048, ge=1)
-    max_n: int = Field(8, ge=1)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
-    # Which engine runs the model: auto = llama.cpp for a GGUF (or a folder with a GGUF
-    # export) when llama-cpp-python is installed, else transformers (apidistill.serve.backends).
-    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = "auto"
-    # transformers backend only: auto = bfloat16 on a CUDA GPU, float32 on CPU.
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    threads: int | None = Field(None, ge=1)  # default: physical cores
+    host: str = Field("127.0.0.1", description="Address the server binds.")
+    port: int = Field(
+        8000, ge=0, le=65535, description="Port the server listens on (0 picks a free one)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Environment variable with the key clients must send (unset: no key)."
+    )
+    max_batch_size: int = Field(
+        16, ge=1, le=256, description="Requests batched into one forward pass."
+    )
+    max_queue: int = Field(256, ge=1, description="Requests waiting before new ones get 429.")
+    max_tokens_cap: int = Field(2048, ge=1, description="Largest max_tokens a request may ask for.")
+    max_n: int = Field(8, ge=1, description="Largest n a request may ask for.")
+    max_body_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest request body in bytes."
+    )
+    backend: Literal["auto", "llamacpp", "vllm", "transformers"] = Field(
+        "auto",
+        description="Which engine runs the model: auto = llama.cpp for a GGUF (or a folder with a GGUF export) when llama-cpp-python is installed, else transformers.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto",
+        description="transformers backend only: where the model runs (auto: a CUDA GPU when there is one).",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="transformers backend only: weights dtype (auto: bfloat16 on a CUDA GPU, float32 on CPU).",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads of the engine (default: physical cores)."
+    )
 
 
 class ExportConfig(_Section):
@@ -509,24 +765,45 @@ class SynthConfig(_Section):
     Requests go through the harvest engine with the run's budget, journal, retries and rate
     limits; ``teacher`` overrides the run's teacher for writing prompts only."""
 
-    n: int = Field(..., ge=1)  # prompts wanted
-    output: str  # the prompt file written (JSONL, rows marked synthetic)
-    task: str = "the task the examples show"
-    topics: list[str] | dict[str, Any] | None = None  # a list or a nested taxonomy
-    seeds: list[str] = Field(default_factory=list)  # example inputs shown to the teacher
-    # Also use the rows of prompts.path (when that file exists) as examples and as inputs
-    # the new ones must differ from.
-    seeds_from_prompts: bool = True
-    teacher: TeacherConfig | None = None
-    per_request: int = Field(5, ge=1, le=100)
-    examples_per_request: int = Field(3, ge=0, le=50)
-    temperatures: list[float] = Field(default_factory=lambda: [0.7, 0.9, 1.1], min_length=1)
-    novelty_threshold: float = Field(0.8, gt=0, lt=1)
-    min_chars: int = Field(8, ge=1)
-    max_chars: int = Field(4000, ge=1)
-    max_requests: int | None = Field(None, gt=0)
-    max_tokens: int = Field(1024, gt=0)
-    seed: int = 0
+    n: int = Field(..., ge=1, description="Prompts wanted.")
+    output: str = Field(..., description="The prompt file written (JSONL, rows marked synthetic).")
+    task: str = Field(
+        "the task the examples show",
+        description="What the inputs are for, in the teacher's request.",
+    )
+    topics: list[str] | dict[str, Any] | None = Field(
+        None, description="Topics to rotate through: a list or a nested taxonomy."
+    )
+    seeds: list[str] = Field(
+        default_factory=list, description="Example inputs shown to the teacher."
+    )
+    seeds_from_prompts: bool = Field(
+        True,
+        description="Also use the rows of prompts.path (when that file exists) as examples and as inputs the new ones must differ from.",
+    )
+    teacher: TeacherConfig | None = Field(
+        None, description="The teacher that writes prompts (unset: the run's teacher)."
+    )
+    per_request: int = Field(5, ge=1, le=100, description="New inputs asked for in one request.")
+    examples_per_request: int = Field(3, ge=0, le=50, description="Examples shown in one request.")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [0.7, 0.9, 1.1],
+        min_length=1,
+        description="Sampling temperatures, rotated over the requests.",
+    )
+    novelty_threshold: float = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="Similarity above which a new input counts as a duplicate and is dropped.",
+    )
+    min_chars: int = Field(8, ge=1, description="Shortest input kept.")
+    max_chars: int = Field(4000, ge=1, description="Longest input kept.")
+    max_requests: int | None = Field(
+        None, gt=0, description="Most requests sent (unset: 3x the requests n needs)."
+    )
+    max_tokens: int = Field(1024, gt=0, description="Output tokens per request.")
+    seed: int = Field(0, description="Seed of the rotation and the sampling.")
 
     @model_validator(mode="after")
     def _has_material(self) -> SynthConfig:
@@ -544,23 +821,48 @@ class SynthConfig(_Section):
 class RunConfig(_Section):
     """One migration run: teacher → policy → budget → harvest → dataset → train → eval → serve."""
 
-    name: str = "run"
-    run_dir: str = "runs/{name}"
-    teacher: TeacherConfig
-    prompts: PromptsConfig
-    policy: PolicyConfig
-    budget: BudgetConfig
-    harvest: HarvestConfig = Field(default_factory=HarvestConfig)
-    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    student: StudentConfig = Field(default_factory=StudentConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    synth: SynthConfig | None = None
+    name: str = Field("run", description="The run's name: a plain word, used in run_dir.")
+    run_dir: str = Field(
+        "runs/{name}",
+        description="Where the run keeps its journal, dataset, model and report; only {name} is filled in.",
+    )
+    teacher: TeacherConfig = Field(..., description="The API model to distill.")
+    prompts: PromptsConfig = Field(..., description="Where the task inputs come from.")
+    policy: PolicyConfig = Field(
+        ..., description="The intended use, checked against the teacher's terms."
+    )
+    budget: BudgetConfig = Field(..., description="The hard spending cap.")
+    harvest: HarvestConfig = Field(
+        default_factory=HarvestConfig, description="How teacher answers are requested."
+    )
+    dataset: DatasetConfig = Field(
+        default_factory=DatasetConfig, description="How answers become a dataset."
+    )
+    student: StudentConfig = Field(
+        default_factory=StudentConfig, description="The model that is trained."
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="How the student is trained."
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="How the student is judged against the teacher."
+    )
+    serve: ServeConfig = Field(
+        default_factory=ServeConfig, description="How the student is served."
+    )
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="Which export formats the pipeline's export stage writes.",
+    )
+    synth: SynthConfig | None = Field(
+        None, description="Synthetic prompts written by a teacher (apidistill synth only)."
+    )
 
-    # Where the file was loaded from; relative paths in the file resolve against its folder.
-    source: str | None = Field(None, exclude=True)
+    source: str | None = Field(
+        None,
+        exclude=True,
+        description="Where the file was loaded from; relative paths in the file resolve against its folder (set by the loader, never read from the file).",
+    )
 
     @field_validator("student", mode="before")
     @classmethod
@@ -620,95 +922,6 @@ class RunConfig(_Section):
         return self.resolve_path(self.run_dir.format(name=self.name))
 
 
-# --------------------------------------------------------------------------- loading
-
-
-def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
-    """Line (1-based) of the key path ``loc`` in YAML ``text``; the deepest node found."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for part in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == str(part):
-                    line, node = k.start_mark.line + 1, v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            if part >= len(node.value):
-                return line
-            node = node.value[part]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
-def _allowed(err: dict[str, Any]) -> str:
-    ctx = err.get("ctx") or {}
-    if "expected" in ctx:
-        return f" (allowed: {ctx['expected']})"
-    return ""
-
-
-def _format_errors(exc: ValidationError, text: str, file: str) -> ConfigError:
-    errs = exc.errors()
-    first = errs[0]
-    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function")))
-    key = ".".join(str(p) for p in loc) or "(top level)"
-    line = _yaml_line(text, loc)
-    kind = first["type"]
-    if kind == "extra_forbidden":
-        msg = f"unknown key {loc[-1]!r}"
-        hint = "check the spelling; docs/config.md lists every key"
-    elif kind == "missing":
-        msg = "required key is missing"
-        hint = None
-    else:
-        got = first.get("input")
-        got_s = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-        msg = f"{first['msg']}{_allowed(first)}; got {got_s}"
-        hint = None
-    more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
-    return ConfigError(msg + more, file=file, key=key, line=line, hint=hint)
-
-
-def parse_config(text: str, file: str = "<string>") -> RunConfig:
-    """Validate YAML text as a :class:`RunConfig`; errors name ``file``, line and key."""
-    data = load_yaml(text, file)  # a key given twice is an error, never "the last one wins"
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"the run file must be a mapping of sections, got {type(data).__name__}",
-            file=file,
-            hint="start from the demo's run file, apidistill/demo_data/migrate.yaml",
-        )
-    try:
-        cfg = RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise _format_errors(exc, text, file) from None
-    cfg.source = file
-    _register_key_envs(cfg)
-    return cfg
-
-
-def _register_key_envs(cfg: RunConfig) -> None:
-    """The keys the run file points at are secrets from the moment it is read: anything
-    that prints, logs or stores a message from then on redacts them by value."""
-    for env in (cfg.teacher.api_key_env, cfg.serve.api_key_env):
-        if env:
-            register_secret(os.environ.get(env))
-
-
-def load_config(path: str | Path) -> RunConfig:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("file not found", file=str(p), hint="give the path of a YAML run file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(p)) from None
-    return parse_config(text, file=str(p))
+# Reading a run file (YAML → RunConfig, errors with file, line and key) lives in its own
+# module; imported last because it needs RunConfig.
+from apidistill.config_file import load_config, parse_config  # noqa: E402

@@ -10,19 +10,44 @@ with exactly the same files, cache and guarantees as ``apidistill run``::
     d.build_dataset()
     d.train()
     print(d.evaluate().numbers)
+
+Every method returns a typed result, the same objects the pipeline writes into the run folder:
+:class:`~apidistill.policy.Decision` (``check_policy``), :class:`~apidistill.costs.estimate.Estimate`
+(``estimate``), :class:`~apidistill.pipeline.stages.HarvestOutcome` (``harvest``),
+:class:`DatasetResult` (``build_dataset``), :class:`~apidistill.train.api.TrainResult`
+(``train``) and :class:`~apidistill.eval.types.EvalResult` (``evaluate``); all are exported by
+:mod:`apidistill`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apidistill.config import RunConfig, load_config
-from apidistill.pipeline.stages import DatasetOutcome, RunContext
+from apidistill.pipeline.stages import HarvestOutcome, RunContext
 from apidistill.pipeline.teacher_requests import PromptBatch, load_prompts
 
-__all__ = ["Distiller"]
+if TYPE_CHECKING:
+    from apidistill.costs.estimate import Estimate
+    from apidistill.eval.types import EvalResult
+    from apidistill.policy.schema import Decision
+    from apidistill.train.api import TrainResult
+
+__all__ = ["DatasetResult", "Distiller"]
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """What :meth:`Distiller.build_dataset` made: records in, records kept, split sizes, and
+    the folder holding the splits and the data card (``README.md``, ``card.json``)."""
+
+    harvested: int
+    kept: int
+    splits: dict[str, int] = field(default_factory=dict)
+    folder: Path | None = None
 
 
 class Distiller:
@@ -32,8 +57,8 @@ class Distiller:
         self.config = config
         self.ctx = RunContext.from_config(config, progress=progress)
         self._batch: PromptBatch | None = None
-        self._decision: Any = None
-        self._train_result: Any = None
+        self._decision: Decision | None = None
+        self._train_result: TrainResult | None = None
         self._rescore: list[Any] | None = None
 
     @classmethod
@@ -66,21 +91,23 @@ class Distiller:
             self._rescore = import_into_batch(self.ctx, self.prompts)
         return self._rescore
 
-    def check_policy(self) -> Any:
+    def check_policy(self) -> Decision:
         """Decide and enforce the teacher's terms (raises PolicyDenied); returns the Decision."""
         from apidistill.pipeline.stages import policy_stage
 
         self._decision = policy_stage(self.ctx)
         return self._decision
 
-    def estimate(self) -> Any:
+    def estimate(self) -> Estimate:
         """The pre-flight cost estimate (also written to ``estimate.json``); sends nothing."""
         from apidistill.pipeline.stages import estimate_stage
 
         rescore = self.import_data()
         return estimate_stage(self.ctx, self.prompts, rescore=rescore)
 
-    def harvest(self, *, budget: Decimal | float | None = None, max_requests: int | None = None):
+    def harvest(
+        self, *, budget: Decimal | float | None = None, max_requests: int | None = None
+    ) -> HarvestOutcome:
         """Pull every teacher answer not yet in the journal (policy is checked first), through
         the same stage function as ``apidistill run`` and ``apidistill harvest``."""
         from apidistill.pipeline.teacher_stages import run_teacher_stages
@@ -99,19 +126,26 @@ class Distiller:
         self._decision = stages.decision
         return stages.harvest
 
-    def build_dataset(self) -> DatasetOutcome:
-        """Filter, dedupe, balance and split the harvest; counts per step and split."""
+    def build_dataset(self) -> DatasetResult:
+        """Filter, dedupe, balance and split the harvested records; write the data card."""
         from apidistill.pipeline.stages import dataset_stage, load_decision
 
-        return dataset_stage(self.ctx, self._decision or load_decision(self.ctx))
+        made = dataset_stage(self.ctx, self._decision or load_decision(self.ctx))
+        return DatasetResult(
+            harvested=made.harvested,
+            kept=made.kept,
+            splits=dict(made.splits),
+            folder=self.ctx.layout.dataset,
+        )
 
-    def train(self, *, resume: bool = True) -> Any:
+    def train(self, *, resume: bool = True) -> TrainResult:
+        """Train the student on the train split (resumes from its last checkpoint)."""
         from apidistill.pipeline.stages import train_stage
 
         self._train_result = train_stage(self.ctx, resume=resume)
         return self._train_result
 
-    def evaluate(self) -> Any:
+    def evaluate(self) -> EvalResult:
         """Serve base and student (a LoRA adapter, or the whole model after a full
         fine-tune), evaluate against the teacher, write the HTML report."""
         from apidistill.pipeline.run import eval_stage, student_dir_of, trained_student_dir

@@ -162,7 +162,9 @@ def prepare_apidistill(
     re-sending them; ``store=True`` sends OpenAI ``store: true`` and recovers lost answers
     from the server's stored completions (with a 10 s request timeout, so a resume stops
     looking for a never-sent request's answer 10 s after its claim, not 120 s)."""
-    from apidistill.harvest import harvest_sync
+    from apidistill.config import HarvestConfig
+    from apidistill.harvest import HarvestOptions, harvest_sync
+    from apidistill.harvest.retry import RetryPolicy
     from apidistill.records import GenerationParams, Message, TeacherRequest
     from apidistill.teachers.openai import OpenAITeacher
 
@@ -171,21 +173,19 @@ def prepare_apidistill(
         TeacherRequest(messages=[Message(role="user", content=t)], params=params) for t in texts
     ]
     teacher = OpenAITeacher(MODEL, base_url=base_url, transport=transport, store=store)
-    extra: dict = {}
-    if store:
-        from apidistill.harvest.retry import RetryPolicy
-
-        extra["retry_policy"] = RetryPolicy(timeout_s=10.0)
+    options = HarvestOptions(
+        resend_unknown=resend_unknown,
+        retry_policy=RetryPolicy(timeout_s=10.0) if store else None,
+    )
 
     def run() -> dict:
         summary = harvest_sync(
             requests,
             teacher=teacher,
             journal=state / "journal.sqlite",
-            concurrency=concurrency,
+            config=HarvestConfig(concurrency=concurrency),
             progress=False,
-            resend_unknown=resend_unknown,
-            **extra,
+            options=options,
         )
         return {
             "ok": summary.done + summary.cached + summary.recovered,

@@ -84,7 +84,8 @@ def _run_openai_sdk(base_url: str, texts: list[str], concurrency: int) -> dict[s
 def _run_apidistill(
     base_url: str, texts: list[str], concurrency: int, durable: bool
 ) -> dict[str, Any]:
-    from apidistill.harvest import harvest_sync
+    from apidistill.config import HarvestConfig
+    from apidistill.harvest import HarvestOptions, harvest_sync
     from apidistill.records import GenerationParams, Message, TeacherRequest
     from apidistill.teachers.openai import OpenAITeacher
     from benchmarks.harvest_clients import MAX_TOKENS, MODEL
@@ -96,8 +97,8 @@ def _run_apidistill(
     teacher = OpenAITeacher(MODEL, base_url=base_url)
     journal = Path(tempfile.mkdtemp(prefix="bench-harvest-")) / "journal.sqlite"
     t0 = time.perf_counter()
-    summary = harvest_sync(reqs, teacher=teacher, journal=journal, concurrency=concurrency,
-                           progress=False, durable=durable)  # fmt: skip
+    summary = harvest_sync(reqs, teacher=teacher, journal=journal, config=HarvestConfig(concurrency=concurrency),
+                           progress=False, options=HarvestOptions(durable=durable))  # fmt: skip
     return {"ok": summary.done + summary.cached, "engine_wall_s": time.perf_counter() - t0,
             "report": summary.as_dict()}  # fmt: skip
 

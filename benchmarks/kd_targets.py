@@ -139,7 +139,7 @@ def _requests(tickets: list[dict[str, Any]], kind: str) -> list[Any]:
 
 
 async def _harvest(requests: list[Any], base_url: str, journal: Path) -> list[Any]:
-    from apidistill.config import TeacherConfig
+    from apidistill.config import HarvestConfig, TeacherConfig
     from apidistill.harvest import harvest
     from apidistill.pipeline.stages import record_from_result
     from apidistill.teachers import make_teacher
@@ -158,9 +158,8 @@ async def _harvest(requests: list[Any], base_url: str, journal: Path) -> list[An
             requests,
             teacher=teacher,
             journal=journal,
-            concurrency=16,
+            config=HarvestConfig(concurrency=16, timeout_s=600),
             progress=False,
-            timeout_s=600,
         ):
             if res.completion is None:
                 failed.append(f"{res.request.prompt_id}: {res.reason} {res.error}")

@@ -17,24 +17,23 @@ import json
 import os
 from decimal import Decimal
 
-from apidistill import GenerationParams, Message, TeacherRequest
-from apidistill.config import PolicyConfig, TeacherConfig
-from apidistill.costs.budget import Budget
-from apidistill.costs.prices import price_for_teacher
-from apidistill.data.prompts import load_prompt_rows
-from apidistill.harvest import harvest
-from apidistill.policy.engine import decide_for_teacher, enforce
-from apidistill.teachers import make_teacher
+from apidistill import (
+    GenerationParams,
+    HarvestConfig,
+    Message,
+    PolicyConfig,
+    TeacherConfig,
+    TeacherRequest,
+    harvest,
+    load_prompt_rows,
+)
 
 
 async def main(args: argparse.Namespace) -> None:
     env_url = "OPENAI_BASE_URL" if args.provider == "openai" else "ANTHROPIC_BASE_URL"
-    tcfg = TeacherConfig(provider=args.provider, model=args.model, base_url=os.environ.get(env_url))
-    decision = enforce(
-        decide_for_teacher(tcfg, PolicyConfig(use=args.use)), PolicyConfig(use=args.use)
+    teacher = TeacherConfig(
+        provider=args.provider, model=args.model, base_url=os.environ.get(env_url)
     )
-    print(f"terms: {decision.decision} ({decision.document or 'no document'}) — not legal advice")
-
     params = GenerationParams(max_tokens=args.max_tokens, temperature=0.0)
     rows = load_prompt_rows(args.prompts, id_field=args.id_field or None).rows
     requests = [
@@ -43,14 +42,19 @@ async def main(args: argparse.Namespace) -> None:
         )
         for r in rows
     ]
+    # The terms are checked before the first request (PolicyDenied: nothing is sent); the
+    # teacher client is built, priced (genai-prices) and closed by the harvest.
     stream = harvest(
         requests,
-        teacher=make_teacher(tcfg),
+        teacher=teacher,
+        policy=PolicyConfig(use=args.use),
         journal=args.journal,
-        budget=Budget(Decimal(args.budget)),
-        price=price_for_teacher(tcfg),
-        concurrency=args.concurrency,
+        budget=Decimal(args.budget),
+        config=HarvestConfig(concurrency=args.concurrency),
     )
+    decision = stream.decision
+    assert decision is not None  # set whenever policy= is given
+    print(f"terms: {decision.decision} ({decision.document or 'no document'}) — not legal advice")
     with open(args.out, "w", encoding="utf-8") as out:
         async for r in stream:
             line = {"id": r.request.prompt_id, "ok": r.ok, "reason": r.reason}

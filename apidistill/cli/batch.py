@@ -62,16 +62,9 @@ def _pick(batches: list[JournaledBatch], batch_id: str | None, *, default_open: 
 
 
 def _client(cfg: RunConfig) -> BatchClient:
-    from apidistill.teachers import resolve_api_key
-    from apidistill.teachers.batch import make_batch_client
+    from apidistill.teachers import make_batch_client
 
-    return make_batch_client(
-        cfg.teacher.provider,
-        cfg.teacher.model,
-        api_key=resolve_api_key(cfg.teacher, None),
-        base_url=cfg.teacher.base_url,
-        timeout_s=cfg.harvest.timeout_s,
-    )
+    return make_batch_client(cfg.teacher, timeout_s=cfg.harvest.timeout_s)
 
 
 def _when(ts: float) -> str:

@@ -163,7 +163,7 @@ def _generate(
     from apidistill.costs.prices import price_for_teacher
     from apidistill.costs.tokens import TokenCounter
     from apidistill.data.synth import SynthOptions, generate_prompts
-    from apidistill.harvest.retry import RetryPolicy
+    from apidistill.harvest import HarvestOptions
     from apidistill.pipeline.run import teacher_server
     from apidistill.teachers import make_teacher
 
@@ -189,13 +189,12 @@ def _generate(
         "budget": Budget(budget if budget is not None else cfg.budget.usd,
                          per_day=cfg.budget.per_day_usd),
         "price": price_for_teacher(tcfg),
-        "rpm": cfg.harvest.rpm,
-        "tpm": cfg.harvest.tpm,
-        "retry_policy": RetryPolicy(
-            max_retries=cfg.harvest.max_retries, timeout_s=cfg.harvest.timeout_s
-        ),
-        "max_requests": max_requests or cfg.harvest.max_requests,
-        "count_input_tokens": lambda req: counter.bound(req).n,
+        # the run's rates, retries and timeout; synthetic prompts never go by Batch API
+        "config": cfg.harvest.model_copy(update={
+            "max_requests": max_requests or cfg.harvest.max_requests,
+            "use_batch_api": False, "retry_failed": None,
+        }),
+        "options": HarvestOptions(count_input_tokens=lambda req: counter.bound(req).n),
         "progress": progress,
     }  # fmt: skip
 

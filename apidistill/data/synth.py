@@ -167,8 +167,9 @@ async def generate_prompts(
     """Ask ``teacher`` for ``opts.n`` new prompts, rotating topics, examples and temperature.
 
     Every request goes through the harvest engine (:func:`apidistill.harvest.harvest`):
-    ``harvest_options`` (``budget``, ``price``, ``rpm``, ``tpm``, ``retry_policy``,
-    ``max_retries``, ``count_input_tokens``, ``progress``...) apply as they do to a harvest,
+    ``harvest_options`` (``budget``, ``price``, ``config`` (a HarvestConfig: rpm, tpm,
+    retries, max_requests; its concurrency is ``opts.concurrency``), ``options`` (a
+    HarvestOptions), ``progress``) apply as they do to a harvest,
     and ``journal`` makes a re-run or a resumed crash answer every request already paid for
     from the journal (the requests are a pure function of ``opts``, seeds and topics, so a
     re-run asks the same questions in the same order). Without ``journal`` a throwaway one is
@@ -185,13 +186,19 @@ async def generate_prompts(
             hint="pass seeds=[...] (a few real inputs) or topics=[...]",
         )
     if journal is None:  # nothing to resume from later: skip the fsyncs
-        harvest_options.setdefault("durable", False)
+        from dataclasses import replace
+
+        from apidistill.harvest import HarvestOptions
+
+        given = harvest_options.get("options") or HarvestOptions()
+        harvest_options["options"] = replace(given, durable=False)
         with tempfile.TemporaryDirectory(prefix="apidistill-synth-") as tmp:
             return await generate_prompts(
                 teacher, opts, seeds=seeds, topics=topics, existing=existing,
                 label_hint=label_hint, on_completion=on_completion,
                 journal=Path(tmp) / "journal.sqlite", **harvest_options,
             )  # fmt: skip
+    from apidistill.config import HarvestConfig
     from apidistill.harvest import harvest
 
     plan = _Plan(opts, list(seeds), flatten_topics(topics), label_hint)
@@ -230,9 +237,11 @@ async def generate_prompts(
                 yield req
             await wave_done.wait()
 
+    config = harvest_options.pop("config", None) or HarvestConfig()
     stream = harvest(
         requests(), teacher=teacher, journal=journal,
-        **{"concurrency": opts.concurrency, "progress": False, **harvest_options},
+        config=config.model_copy(update={"concurrency": opts.concurrency}),
+        **{"progress": False, **harvest_options},
     )  # fmt: skip
     try:
         async for res in stream:

@@ -259,7 +259,7 @@ async def _query_student(
 ) -> tuple[dict[str, Answer], Any]:
     """Answers by record id (from the journal when ``resume`` kept it, else sent through
     the harvest engine), and the engine's summary of this run."""
-    from apidistill.config import TeacherConfig
+    from apidistill.config import HarvestConfig, TeacherConfig
     from apidistill.harvest import harvest
     from apidistill.teachers import make_teacher
 
@@ -276,10 +276,8 @@ async def _query_student(
     answers: dict[str, Answer] = {}
     failed: list[Any] = []
     sent = 0
-    stream = harvest(
-        requests, teacher=teacher, journal=journal, concurrency=concurrency,
-        max_retries=max_retries, timeout_s=ep.timeout_s, progress=False,
-    )  # fmt: skip
+    config = HarvestConfig(concurrency=concurrency, max_retries=max_retries, timeout_s=ep.timeout_s)
+    stream = harvest(requests, teacher=teacher, journal=journal, config=config, progress=False)
     start = time.perf_counter()
     try:
         async for res in stream:

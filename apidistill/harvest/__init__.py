@@ -6,6 +6,7 @@ Public API: :func:`harvest`, :func:`harvest_sync`, :class:`HarvestResult`,
 
 from apidistill.harvest.api import HarvestStream, harvest, harvest_sync
 from apidistill.harvest.limits import RateLimiter
+from apidistill.harvest.options import HarvestOptions
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.harvest.retry_failed import RetryFailed
@@ -15,6 +16,7 @@ from apidistill.storage.journal import JournalRow, JournalStore, check_integrity
 __all__ = [
     "AsyncJournal",
     "HarvestInterrupted",
+    "HarvestOptions",
     "HarvestResult",
     "HarvestStream",
     "HarvestSummary",

@@ -19,15 +19,26 @@ import contextlib
 import signal
 import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sized
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from apidistill.config import HarvestConfig, PolicyConfig, TeacherConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
 from apidistill.errors import BudgetExceeded, ConfigError
 from apidistill.harvest.engine import HarvestEngine, StopSignal
 from apidistill.harvest.limits import RateLimiter
+from apidistill.harvest.options import (
+    HarvestOptions,
+    as_budget,
+    build_teacher,
+    check_policy,
+    check_removed_kwargs,
+    teacher_config_of,
+)
 from apidistill.harvest.progress_view import HarvestProgress
 from apidistill.harvest.results import HarvestInterrupted, HarvestResult, HarvestSummary
 from apidistill.harvest.retry import RetryPolicy
@@ -36,12 +47,30 @@ from apidistill.harvest.writer import AsyncJournal
 from apidistill.records import TeacherRequest
 
 if TYPE_CHECKING:  # the teacher SDKs load only when a teacher is built
+    from apidistill.policy.schema import Decision
     from apidistill.teachers.base import Teacher
     from apidistill.teachers.batch import BatchClient
 
-__all__ = ["HarvestStream", "harvest", "harvest_sync"]
+__all__ = ["HarvestOptions", "HarvestStream", "harvest", "harvest_sync"]
 
 _END = object()
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """Everything one run needs, checked once by :func:`harvest`."""
+
+    teacher: Teacher
+    owns_teacher: bool  # built here from a config: closed here when the run ends
+    journal: str | Path
+    config: HarvestConfig
+    options: HarvestOptions
+    budget: Budget | None
+    price: ModelPrice | None
+    progress: bool
+    policy: RetryPolicy
+    batch_client: BatchClient | None
+    retry_failed: RetryFailed
 
 
 class HarvestStream:
@@ -51,12 +80,14 @@ class HarvestStream:
     stopped the run (``await`` and :func:`harvest_sync` return the summary with
     ``stopped_by="budget"`` instead); Ctrl-C raises :class:`HarvestInterrupted` (a
     ``KeyboardInterrupt``) after the drain.
-    ``summary`` is set once the run is over, however it ended.
+    ``summary`` is set once the run is over, however it ended; ``decision`` is the terms
+    decision when ``policy=`` was given.
     """
 
-    def __init__(self, requests: Any, options: dict[str, Any]) -> None:
+    def __init__(self, requests: Any, setup: _Setup) -> None:
         self._requests = requests
-        self._opt = options
+        self._setup = setup
+        self.decision: Decision | None = None
         self.stop_signal = StopSignal()
         self.summary: HarvestSummary | None = None
         self._gen: AsyncIterator[HarvestResult] | None = None
@@ -91,37 +122,42 @@ class HarvestStream:
 
     # ------------------------------------------------------------------ run
 
+    @property
+    def teacher(self) -> Teacher:
+        """The client this run sends through."""
+        return self._setup.teacher
+
     def _engine(self, journal: AsyncJournal, stop: StopSignal) -> Any:
-        opt = self._opt
-        if opt["batch_client"] is not None:
+        s, cfg, opt = self._setup, self._setup.config, self._setup.options
+        if s.batch_client is not None:
             from apidistill.harvest.batch_run import BatchEngine
 
             return BatchEngine(
-                teacher=opt["teacher"],
-                batch_client=opt["batch_client"],
+                teacher=s.teacher,
+                batch_client=s.batch_client,
                 journal=journal,
                 stop=stop,
-                budget=opt["budget"],
-                price=opt["price"],
-                max_requests=opt["max_requests"],
-                count_input_tokens=opt["count_input_tokens"],
-                poll_interval_s=opt["poll_interval_s"],
-                max_rounds=min(opt["policy"].max_retries + 1, 5),
-                retry_failed=opt["retry_failed"],
+                budget=s.budget,
+                price=s.price,
+                max_requests=cfg.max_requests,
+                count_input_tokens=opt.count_input_tokens,
+                poll_interval_s=opt.poll_interval_s,
+                max_rounds=min(s.policy.max_retries + 1, 5),
+                retry_failed=s.retry_failed,
             )
         return HarvestEngine(
-            teacher=opt["teacher"],
+            teacher=s.teacher,
             journal=journal,
-            limiter=RateLimiter(opt["rpm"], opt["tpm"], window_s=opt["rate_window_s"]),
-            policy=opt["policy"],
+            limiter=RateLimiter(cfg.rpm, cfg.tpm, window_s=opt.rate_window_s),
+            policy=s.policy,
             stop=stop,
-            budget=opt["budget"],
-            price=opt["price"],
-            concurrency=opt["concurrency"],
-            max_requests=opt["max_requests"],
-            count_input_tokens=opt["count_input_tokens"],
-            resend_unknown=opt["resend_unknown"],
-            retry_failed=opt["retry_failed"],
+            budget=s.budget,
+            price=s.price,
+            concurrency=cfg.concurrency,
+            max_requests=cfg.max_requests,
+            count_input_tokens=opt.count_input_tokens,
+            resend_unknown=opt.resend_unknown,
+            retry_failed=s.retry_failed,
         )
 
     async def _collect(self) -> HarvestSummary:
@@ -134,17 +170,21 @@ class HarvestStream:
         return self.summary
 
     async def _iterate(self, *, raise_on_budget: bool) -> AsyncIterator[HarvestResult]:
-        opt = self._opt
+        s = self._setup
         loop = asyncio.get_running_loop()
         stop = self.stop_signal
         stop.bind(loop)
-        journal = AsyncJournal(opt["journal"], durable=opt["durable"])
-        await journal.open()
-        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(64, opt["concurrency"] * 2))
+        journal = AsyncJournal(s.journal, durable=s.options.durable)
+        try:
+            await journal.open()
+        except BaseException:
+            await self._close_owned()
+            raise
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(64, s.config.concurrency * 2))
         view = HarvestProgress(
             total=len(self._requests) if isinstance(self._requests, Sized) else None,
-            budget=opt["budget"],
-            enabled=opt["progress"],
+            budget=s.budget,
+            enabled=s.progress,
         )
         engine = self._engine(journal, stop)
         discard = False
@@ -188,6 +228,7 @@ class HarvestStream:
             view.stop(engine.summary)
             restore_signals()
             await journal.close()
+            await self._close_owned()
             engine.summary.elapsed_s = view.elapsed_s
             self.summary = engine.summary
         if engine.summary.stopped_by == "interrupt":
@@ -199,6 +240,14 @@ class HarvestStream:
                 or "raise the budget and run again with the same journal: answered "
                 "requests are never sent again",
             )
+
+    async def _close_owned(self) -> None:
+        """Close the client this run built from a config (a passed-in one is its owner's)."""
+        s = self._setup
+        if s.owns_teacher:
+            await s.teacher.aclose()
+            if s.batch_client is not None and s.batch_client is not s.options.batch_client:
+                await s.batch_client.aclose()
 
 
 def _install_signal_handlers(stop: StopSignal) -> Callable[[], None]:
@@ -229,103 +278,106 @@ def _install_signal_handlers(stop: StopSignal) -> Callable[[], None]:
 def harvest(
     requests: Iterable[TeacherRequest] | AsyncIterable[TeacherRequest],
     *,
-    teacher: Teacher,
+    teacher: Teacher | TeacherConfig | str,
     journal: str | Path,
-    budget: Budget | None = None,
+    config: HarvestConfig | None = None,
+    budget: Budget | Decimal | float | str | None = None,
+    policy: PolicyConfig | None = None,
     price: ModelPrice | None = None,
-    batch: bool = False,
-    concurrency: int = 16,
-    rpm: int | None = None,
-    tpm: int | None = None,
-    max_retries: int = 6,
-    timeout_s: float = 120,
-    max_requests: int | None = None,
-    count_input_tokens: Callable[[TeacherRequest], int] | None = None,
     progress: bool = True,
-    rate_window_s: float = 60.0,
-    resend_unknown: bool = True,
-    durable: bool = True,
-    retry_policy: RetryPolicy | None = None,
-    batch_client: BatchClient | None = None,
-    poll_interval_s: float = 30.0,
-    retry_failed: RetryFailed | str | Iterable[str] | None = None,
+    options: HarvestOptions | None = None,
+    **removed: Any,
 ) -> HarvestStream:
     """Harvest teacher completions for ``requests``, journaled in ``journal`` (SQLite).
 
-    Re-running with the same journal sends only what has no answer yet. ``budget`` is a hard
-    cap for the whole journal (earlier runs count); ``price`` prices usage (``None``: costs
-    stay unknown). ``rpm``/``tpm`` hold in every ``rate_window_s`` window. Requests whose
-    earlier send may have been billed without an answer (a crash) are re-sent once unless
-    ``resend_unknown=False``. ``durable=False`` skips fsync (safe against crashes, not
-    against power loss). ``batch=True`` sends everything through ``batch_client`` (a
-    provider Batch API at its discount; ``concurrency``/``rpm``/``tpm`` do not apply),
-    polling every ``poll_interval_s``. ``retry_failed`` sends again the requests an earlier
-    run gave up on for the named reasons (``"rejected"``, ``["rejected", "out_of_credit"]``,
-    ``"all"``; add ``"at_risk"`` for those that may already have been billed), see
-    :mod:`apidistill.harvest.retry_failed`; answered requests are never sent again.
+    ``teacher``: a :class:`TeacherConfig`, ``"openai:<model>"`` / ``"anthropic:<model>"``
+    (the client is built, priced and closed here), or a ready client (closed by its owner).
+    ``config``: the run file's ``harvest`` section (concurrency, rpm/tpm, retries, timeout,
+    ``use_batch_api``, ``max_requests``, ``retry_failed``); its generation fields belong to
+    the requests, not to this call. ``budget``: a hard USD cap for the whole journal (earlier
+    runs count), as a :class:`Budget` or an amount. ``policy``: the teacher's terms are
+    checked against it before the first request (:class:`PolicyDenied` refuses; the
+    decision is on ``stream.decision``). ``price`` prices usage; by default the teacher
+    config's price (genai-prices or ``teacher.price``), and ``None`` for a ready client
+    (costs stay unknown). ``options``: engine settings no run file carries.
+
+    Re-running with the same journal sends only what has no answer yet; requests whose earlier
+    send may have been billed without an answer (a crash) are re-sent once unless
+    ``options.resend_unknown`` is False. ``retry_failed`` sends again what an earlier run gave
+    up on for the named reasons (:mod:`apidistill.harvest.retry_failed`).
     """
-    _check_positive("concurrency", concurrency)
-    for name, value in (("rpm", rpm), ("tpm", tpm)):
-        if value is not None:
-            _check_positive(name, value)
-    if max_requests is not None:  # 0 is a limit too: answer from the journal, send nothing
-        _check_positive("max_requests", max_requests, least=0)
-    if timeout_s <= 0:
-        raise ConfigError(f"must be > 0, got {timeout_s!r}", key="harvest.timeout_s")
-    if max_retries < 0:
-        raise ConfigError(f"must be >= 0, got {max_retries!r}", key="harvest.max_retries")
-    if rate_window_s <= 0:
-        raise ConfigError(f"must be > 0, got {rate_window_s!r}", key="rate_window_s")
-    if batch and batch_client is None:
+    check_removed_kwargs(removed)
+    config = config if config is not None else HarvestConfig()
+    if not isinstance(config, HarvestConfig):
         raise ConfigError(
-            "batch=True needs a batch_client",
-            key="harvest.use_batch_api",
-            hint="pass batch_client=apidistill.teachers.batch.make_batch_client(provider, model, "
-            "api_key=...)",
+            f"config must be a HarvestConfig, got {type(config).__name__}",
+            key="harvest",
+            hint="pass config=apidistill.HarvestConfig(concurrency=..., ...)",
         )
-    if batch_client is not None and not batch:
-        raise ConfigError("a batch_client was given but batch=False", key="harvest.use_batch_api")
-    if not isinstance(retry_failed, RetryFailed):
-        retry_failed = RetryFailed.parse(retry_failed, key="retry_failed")
-    policy = retry_policy or RetryPolicy(max_retries=max_retries, timeout_s=timeout_s)
-    return HarvestStream(
-        requests,
-        {
-            "teacher": teacher,
-            "journal": journal,
-            "budget": budget,
-            "price": price,
-            "concurrency": concurrency,
-            "rpm": rpm,
-            "tpm": tpm,
-            "max_requests": max_requests,
-            "count_input_tokens": count_input_tokens,
-            "progress": progress,
-            "rate_window_s": rate_window_s,
-            "resend_unknown": resend_unknown,
-            "durable": durable,
-            "policy": policy,
-            "batch_client": batch_client,
-            "poll_interval_s": poll_interval_s,
-            "retry_failed": retry_failed,
-        },
+    options = options or HarvestOptions()
+    retry_failed = RetryFailed.parse(config.retry_failed, key="harvest.retry_failed")
+    cap = as_budget(budget)
+    tcfg = teacher_config_of(teacher) if isinstance(teacher, TeacherConfig | str) else None
+    decision = check_policy(tcfg, policy)  # before any client, price or connection
+    if price is None and tcfg is not None:
+        from apidistill.costs.prices import price_for_teacher
+
+        price = price_for_teacher(tcfg)
+    batch_client = options.batch_client
+    if config.use_batch_api and batch_client is None:
+        if tcfg is None:
+            raise ConfigError(
+                "use_batch_api with a ready teacher client needs a batch client",
+                key="harvest.use_batch_api",
+                hint="pass teacher= as a TeacherConfig, or options=HarvestOptions("
+                "batch_client=apidistill.teachers.make_batch_client(teacher_config))",
+            )
+        from apidistill.teachers import make_batch_client
+
+        batch_client = make_batch_client(tcfg, timeout_s=config.timeout_s)
+    if batch_client is not None and not config.use_batch_api:
+        raise ConfigError(
+            "a batch_client was given but use_batch_api is false", key="harvest.use_batch_api"
+        )
+    client, _ = build_teacher(tcfg or teacher, timeout_s=config.timeout_s)
+    setup = _Setup(
+        teacher=client,
+        owns_teacher=tcfg is not None,
+        journal=journal,
+        config=config,
+        options=options,
+        budget=cap,
+        price=price,
+        progress=progress,
+        policy=options.retry_policy_for(config),
+        batch_client=batch_client,
+        retry_failed=retry_failed,
     )
-
-
-def _check_positive(name: str, value: int, *, least: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ConfigError(
-            f"must be a whole number >= {least}, got {value!r}", key=f"harvest.{name}"
-        )
+    stream = HarvestStream(requests, setup)
+    stream.decision = decision
+    return stream
 
 
 def harvest_sync(
-    requests: Iterable[TeacherRequest], *, close_teacher: bool = True, **kwargs: Any
+    requests: Iterable[TeacherRequest],
+    *,
+    teacher: Teacher | TeacherConfig | str,
+    journal: str | Path,
+    config: HarvestConfig | None = None,
+    budget: Budget | Decimal | float | str | None = None,
+    policy: PolicyConfig | None = None,
+    price: ModelPrice | None = None,
+    progress: bool = True,
+    options: HarvestOptions | None = None,
+    close_teacher: bool = True,
+    **removed: Any,
 ) -> HarvestSummary:
-    """Run :func:`harvest` to completion from synchronous code; return its summary.
+    """Run :func:`harvest` (same arguments) to completion from synchronous code; return its
+    summary.
 
-    The teacher's connections belong to the run's private loop, so the teacher is closed at
-    the end (``close_teacher=False`` leaves that to you). Ctrl-C or SIGTERM: graceful stop,
+    The teacher's connections belong to the run's private loop, so a ready client is closed
+    at the end (``close_teacher=False`` leaves that to you; one built from a config is always
+    closed by the run). Ctrl-C or SIGTERM: graceful stop,
     then :class:`HarvestInterrupted` (a ``KeyboardInterrupt`` carrying the summary); a
     second Ctrl-C abandons what is in flight (those requests
     are reported as outcome-unknown by the next run).
@@ -335,8 +387,20 @@ def harvest_sync(
             "harvest_sync takes a plain iterable of requests",
             hint="use `await harvest(...)` for an async iterable",
         )
-    stream = harvest(requests, **kwargs)
-    teacher = kwargs["teacher"]
+    stream = harvest(
+        requests,
+        teacher=teacher,
+        journal=journal,
+        config=config,
+        budget=budget,
+        policy=policy,
+        price=price,
+        progress=progress,
+        options=options,
+        **removed,
+    )
+    client = stream.teacher
+    close_teacher = close_teacher and not stream._setup.owns_teacher  # else the run closes it
     box: dict[str, Any] = {}
     loop_ready = threading.Event()
 
@@ -350,7 +414,7 @@ def harvest_sync(
             return await stream
         finally:
             if close_teacher:
-                await teacher.aclose()
+                await client.aclose()
 
     finished = threading.Event()
 

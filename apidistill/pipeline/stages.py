@@ -146,9 +146,9 @@ def estimate_stage(ctx: RunContext, batch: PromptBatch, rescore: Any = ()) -> Es
 
 @dataclass
 class HarvestOutcome:
-    """What one harvest did: the engine's summary (also ``harvest_summary.json``), answers
-    (in the journal, indexed by ``answers.jsonl``), requests that failed, wall seconds, whether
-    logprobs were asked."""
+    """What one harvest did: the engine's summary (also ``harvest_summary.json``; None if it
+    never started), answers (in the journal, indexed by ``answers.jsonl``), requests that
+    failed, wall seconds, whether logprobs were asked."""
 
     summary: HarvestSummary | None
     records: int
@@ -275,7 +275,7 @@ def harvest_stage(
     from apidistill.costs.prices import price_for_teacher
     from apidistill.costs.tokens import TokenCounter
     from apidistill.data.answers import AnswerRef, write_answer_refs
-    from apidistill.harvest import harvest
+    from apidistill.harvest import HarvestOptions, harvest
     from apidistill.teachers import make_teacher
     from apidistill.teachers.token_recovery import lossy_text_warning
 
@@ -301,18 +301,11 @@ def harvest_stage(
 
     batch_client = None
     if cfg.harvest.use_batch_api:
-        from apidistill.teachers import resolve_api_key
-        from apidistill.teachers.batch import make_batch_client
+        from apidistill.teachers import make_batch_client
 
-        batch_client = make_batch_client(
-            cfg.teacher.provider,
-            cfg.teacher.model,
-            api_key=resolve_api_key(cfg.teacher, None),
-            base_url=cfg.teacher.base_url,
-            timeout_s=cfg.harvest.timeout_s,
-            prompt_cache=cfg.teacher.marks_prompt_cache,
-        )
+        batch_client = make_batch_client(cfg.teacher, timeout_s=cfg.harvest.timeout_s)
 
+    max_requests = ctx.max_requests if ctx.max_requests is not None else cfg.harvest.max_requests
     n_ok = n_failed = 0
     t0 = time.perf_counter()
 
@@ -326,22 +319,12 @@ def harvest_stage(
             batch.requests,
             teacher=teacher,
             journal=ctx.layout.journal,
+            # 0 means send nothing (answer from the journal only), not "no limit"
+            config=cfg.harvest.model_copy(update={"max_requests": max_requests}),
             budget=budget,
             price=price,
-            batch=cfg.harvest.use_batch_api,
-            batch_client=batch_client,
-            concurrency=cfg.harvest.concurrency,
-            rpm=cfg.harvest.rpm,
-            tpm=cfg.harvest.tpm,
-            max_retries=cfg.harvest.max_retries,
-            timeout_s=cfg.harvest.timeout_s,
-            # 0 means send nothing (answer from the journal only), not "no limit"
-            max_requests=(
-                ctx.max_requests if ctx.max_requests is not None else cfg.harvest.max_requests
-            ),
-            count_input_tokens=count,
             progress=ctx.progress,
-            retry_failed=retry_failed_of(cfg),
+            options=HarvestOptions(count_input_tokens=count, batch_client=batch_client),
         )
         streams.append(gen)
         try:

@@ -51,12 +51,25 @@ class Obligations(_Strict):
     instruction (a name prefix, a line of attribution) rather than prose to interpret.
     """
 
-    name_prefix: str | None = None
-    attribution_text: str | None = None
-    license_passthrough: bool = False
-    noncommercial: bool = False
-    mau_threshold: int | None = Field(None, gt=0)
-    notes: list[str] = Field(default_factory=list)
+    name_prefix: str | None = Field(
+        None,
+        description='A prefix the student\'s published name must carry (e.g. "Llama" for Llama 3 derivatives).',
+    )
+    attribution_text: str | None = Field(
+        None, description="A line of attribution the student's card and outputs must show."
+    )
+    license_passthrough: bool = Field(
+        False, description="The student must ship under the teacher's license."
+    )
+    noncommercial: bool = Field(
+        False, description="The student may be used for noncommercial purposes only."
+    )
+    mau_threshold: int | None = Field(
+        None, gt=0, description="Monthly active users above which a separate license is needed."
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="Other conditions, one instruction per note."
+    )
 
     @field_validator("notes", mode="before")
     @classmethod
@@ -77,32 +90,70 @@ class Obligations(_Strict):
 
 
 class Rule(_Strict):
-    decision: Verdict
-    clause: str = Field(..., min_length=1)
-    reason: str = Field(..., min_length=1)
-    obligations: Obligations | None = None
+    decision: Verdict = Field(..., description="What the document says for this use.")
+    clause: str = Field(
+        ...,
+        min_length=1,
+        description="The section of the document this rule quotes (for the citation).",
+    )
+    reason: str = Field(
+        ..., min_length=1, description="Why the clause leads to the decision, in one sentence."
+    )
+    obligations: Obligations | None = Field(
+        None, description="Obligations of this use on top of the document's."
+    )
 
 
 class Policy(_Strict):
     """One document applied to one channel and the checkpoints it governs."""
 
-    id: str = Field(..., min_length=1, pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    provider: str = Field(..., min_length=1)
-    channel: Channel
-    models: list[str] = Field(default_factory=list)
-    # License ids (lower-case SPDX-like) a self-hosted teacher may declare instead of a name.
-    licenses: list[str] = Field(default_factory=list)
-    document: str = Field(..., min_length=1)
-    effective_date: date | None = None
-    source_url: str | None = None
-    checked_on: date
-    obligations: Obligations = Field(default_factory=Obligations)
-    rules: dict[Use, Rule]
+    id: str = Field(
+        ...,
+        min_length=1,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description="A stable id (lower-case letters, digits, '.', '_', '-').",
+    )
+    provider: str = Field(
+        ...,
+        min_length=1,
+        description="The provider the document governs (openai, anthropic, meta, ...).",
+    )
+    channel: Channel = Field(
+        ..., description="How the model is reached: api, weights (self-hosted) or app."
+    )
+    models: list[str] = Field(
+        default_factory=list, description="Model name globs this document governs."
+    )
+    licenses: list[str] = Field(
+        default_factory=list,
+        description="License ids (lower-case SPDX-like) a self-hosted teacher may declare instead of a model name.",
+    )
+    document: str = Field(
+        ..., min_length=1, description="The document's title, as cited in decisions and cards."
+    )
+    effective_date: date | None = Field(None, description="The date the document took effect.")
+    source_url: str | None = Field(None, description="Where the document can be read.")
+    checked_on: date = Field(
+        ..., description="When this policy file was last checked against the document."
+    )
+    obligations: Obligations = Field(
+        default_factory=Obligations, description="Obligations of every allowed use."
+    )
+    rules: dict[Use, Rule] = Field(..., description="The rule for each intended use.")
 
-    # Where it was read from (not part of the YAML).
-    file: str | None = Field(None, exclude=True)
-    line: int | None = Field(None, exclude=True)
-    user: bool = Field(False, exclude=True)
+    file: str | None = Field(
+        None,
+        exclude=True,
+        description="The file this policy was read from (set by the loader, never read from the file).",
+    )
+    line: int | None = Field(
+        None, exclude=True, description="Its line in that file (set by the loader)."
+    )
+    user: bool = Field(
+        False,
+        exclude=True,
+        description="Whether it came from the user's policy_dirs rather than the built-in library (set by the loader).",
+    )
 
     @field_validator("provider")
     @classmethod
@@ -140,26 +191,49 @@ class Decision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = ""
-    decision: Verdict
-    provider: str
-    model: str
-    use: Use
-    channel: Channel | None = None
-    document: str | None = None
-    effective_date: date | None = None
-    clause: str | None = None
-    reason: str
-    source_url: str | None = None
-    checked_on: date | None = None
-    obligations: Obligations = Field(default_factory=Obligations)
-    policy_id: str | None = None
-    policy_file: str | None = None
-    policy_line: int | None = None
-    user_policy: bool = False
-    matched: str | None = None  # the model glob or license id that selected the policy
-    overridden_by: str | None = None
-    overridden_at: datetime | None = None
+    id: str = Field(
+        "",
+        description="Hash of everything that makes the decision (pd-...); changes with an override.",
+    )
+    decision: Verdict = Field(
+        ..., description="What the document says for this teacher, model and use."
+    )
+    provider: str = Field(..., description="The teacher's provider.")
+    model: str = Field(..., description="The teacher model.")
+    use: Use = Field(..., description="The intended use that was checked.")
+    channel: Channel | None = Field(
+        None, description="How the teacher is reached: api, weights or app."
+    )
+    document: str | None = Field(
+        None, description="The document that decided (unset: none matched)."
+    )
+    effective_date: date | None = Field(None, description="The document's effective date.")
+    clause: str | None = Field(None, description="The clause cited.")
+    reason: str = Field(..., description="Why the clause leads to the decision.")
+    source_url: str | None = Field(None, description="Where the document can be read.")
+    checked_on: date | None = Field(
+        None, description="When the policy file was last checked against the document."
+    )
+    obligations: Obligations = Field(
+        default_factory=Obligations,
+        description="What the user must do for the use to stay allowed.",
+    )
+    policy_id: str | None = Field(None, description="The id of the policy that decided.")
+    policy_file: str | None = Field(
+        None, description="The policy file that decided (a built-in one by its package name)."
+    )
+    policy_line: int | None = Field(None, description="Its line in that file.")
+    user_policy: bool = Field(
+        False, description="Whether the policy came from the user's policy_dirs."
+    )
+    matched: str | None = Field(
+        None, description="The model glob or license id that selected the policy."
+    )
+    overridden_by: str | None = Field(
+        None,
+        description="The authorization, acknowledgement or agreement the run went ahead under, when the terms alone did not allow it.",
+    )
+    overridden_at: datetime | None = Field(None, description="When that override was recorded.")
 
     @model_validator(mode="after")
     def _stable_id(self) -> Decision:

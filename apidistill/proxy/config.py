@@ -159,7 +159,7 @@ class ProxyConfig(_Section):
 
 def load_proxy_config(path: str | Path) -> ProxyConfig:
     """Read and validate a proxy settings file; errors name the file, the line and the key."""
-    from apidistill.config import _format_errors
+    from apidistill.config_file import _format_errors
 
     p = Path(path)
     if not p.is_file():

@@ -28,7 +28,6 @@ from typing import Any
 import anthropic
 import httpx2
 
-from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.errors import CapabilityError, register_secret
 from apidistill.records import Completion, TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
@@ -138,8 +137,6 @@ def parse_anthropic_body(
     model: str,
     request_hash: str = "",
     latency_ms: float = 0.0,
-    price: ModelPrice | None = None,
-    batch: bool = False,
 ) -> Completion:
     """A decoded ``message`` object → Completion."""
     if not isinstance(data, Mapping) or data.get("type", "message") != "message":
@@ -168,7 +165,6 @@ def parse_anthropic_body(
         finish_reason=_STOP_REASONS.get(stop, stop) if isinstance(stop, str) else None,
         logprobs=None,
         usage=usage,
-        cost_usd=cost_of(price, usage, batch=batch),
         latency_ms=latency_ms,
         provider="anthropic",
         model=model,
@@ -192,7 +188,6 @@ class AnthropicTeacher:
         base_url: str | None = None,
         api_key: str | None = None,
         timeout_s: float = 120.0,
-        price: ModelPrice | None = None,
         max_connections: int = 1000,
         transport: str = "auto",
         prompt_cache: bool = True,
@@ -203,7 +198,6 @@ class AnthropicTeacher:
         base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or ANTHROPIC_BASE_URL
         self.base_url = base_url.rstrip("/")
         self._teacher_id = teacher_identity(self.provider, self.base_url)
-        self._price = price
         self.transport = resolve_transport(transport)
         register_secret(api_key)  # redacted by value in every message
         self._client = anthropic.AsyncAnthropic(
@@ -254,7 +248,6 @@ class AnthropicTeacher:
             model=self.model,
             request_hash=request.cache_key(self.teacher_id, self.model),
             latency_ms=latency_ms,
-            price=self._price,
         )
         return TeacherResponse(
             completion=completion,

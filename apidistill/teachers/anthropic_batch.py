@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 import anthropic
 import httpx2
 
-from apidistill.costs.prices import ModelPrice
 from apidistill.errors import DataError, TeacherError, register_secret
 from apidistill.records import Completion, TeacherRequest
 from apidistill.teachers.anthropic import (
@@ -115,7 +114,6 @@ class AnthropicBatch:
         api_key: str | None,
         base_url: str | None = None,
         timeout_s: float = 120.0,
-        price: ModelPrice | None = None,
         max_list_pages: int = 20,
         list_page_size: int = 100,
         prompt_cache: bool = True,
@@ -123,7 +121,6 @@ class AnthropicBatch:
         self.model = model
         self.prompt_cache = prompt_cache
         self.base_url = (base_url or ANTHROPIC_BASE_URL).rstrip("/")
-        self._price = price
         self._max_list_pages = max_list_pages
         self._page_size = list_page_size
         self.unreadable_lines: dict[str, int] = {}
@@ -256,8 +253,6 @@ class AnthropicBatch:
                 return parse_anthropic_body(
                     result.get("message"),  # type: ignore[union-attr]
                     model=self.model,
-                    price=self._price,
-                    batch=True,
                 )
             except TeacherError as exc:
                 return exc

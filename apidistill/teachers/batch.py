@@ -14,7 +14,9 @@ items come back as :class:`~apidistill.records.Completion`, the rest as the
 the engine can resubmit exactly those.
 
 Implementations: :class:`~apidistill.teachers.openai_batch.OpenAIBatch` and
-:class:`~apidistill.teachers.anthropic_batch.AnthropicBatch`.
+:class:`~apidistill.teachers.anthropic_batch.AnthropicBatch`, built from a teacher config by
+:func:`apidistill.teachers.make_batch_client` (the one provider registry,
+:mod:`apidistill.teachers.registry`); this module imports neither.
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ __all__ = [
     "canceled_item",
     "chunk_key_for",
     "expired_item",
-    "make_batch_client",
     "plan_chunks",
 ]
 
@@ -158,38 +159,4 @@ def canceled_item(provider: str, custom_id: str) -> TeacherUnavailable:
         f"{provider} batch item {custom_id!r} was cancelled before it ran (not billed)",
         maybe_billed=False,
         hint="resubmit the cancelled items if you still need them",
-    )
-
-
-def make_batch_client(
-    provider: str,
-    model: str,
-    *,
-    api_key: str | None,
-    base_url: str | None = None,
-    timeout_s: float = 120.0,
-    prompt_cache: bool = True,
-) -> BatchClient:
-    """The Batch API client for ``provider`` (``openai`` or ``anthropic``); ``prompt_cache``:
-    Anthropic's cache_control breakpoint on the shared prefix (teacher.prompt_cache)."""
-    if provider == "openai":
-        from apidistill.teachers.openai_batch import OpenAIBatch
-
-        return OpenAIBatch(model, api_key=api_key, base_url=base_url, timeout_s=timeout_s)
-    if provider == "anthropic":
-        from apidistill.teachers.anthropic_batch import AnthropicBatch
-
-        return AnthropicBatch(
-            model,
-            api_key=api_key,
-            base_url=base_url,
-            timeout_s=timeout_s,
-            prompt_cache=prompt_cache,
-        )
-    from apidistill.errors import ConfigError
-
-    raise ConfigError(
-        f"provider {provider!r} has no Batch API",
-        key="harvest.use_batch_api",
-        hint="set harvest.use_batch_api: false, or use provider openai or anthropic",
     )

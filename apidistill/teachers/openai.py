@@ -19,7 +19,6 @@ from typing import Any
 import httpx2
 import openai
 
-from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.errors import CapabilityError, ConfigError, register_secret
 from apidistill.records import Completion, TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
@@ -189,8 +188,6 @@ def parse_openai_body(
     vocab: TokenVocab | None = None,
     request_hash: str = "",
     latency_ms: float = 0.0,
-    price: ModelPrice | None = None,
-    batch: bool = False,
     sampling: Mapping[str, Any] | None = None,
 ) -> tuple[Completion, NormalizedLogprobs]:
     """A decoded chat (``chat``) or legacy completion object → Completion (first choice).
@@ -241,7 +238,6 @@ def parse_openai_body(
         logprobs_invalid=lp.invalid,
         logprobs_dropped=lp.dropped,
         usage=usage,
-        cost_usd=cost_of(price, usage, batch=batch),
         latency_ms=latency_ms,
         provider=provider,
         model=model,
@@ -277,7 +273,6 @@ class OpenAITeacher:
         profile: ServerProfile | None = None,
         timeout_s: float = 120.0,
         vocab: TokenVocab | None = None,
-        price: ModelPrice | None = None,
         max_connections: int = 1000,
         http_client: Any | None = None,
         identity: str | None = None,
@@ -310,7 +305,6 @@ class OpenAITeacher:
             # they join the identity, so the journal never answers from other sampling.
             self._teacher_id += "+sampling:" + _digest(self._profile.sampling_body)
         self._vocab = vocab
-        self._price = price
         self.transport = "custom" if http_client is not None else resolve_transport(transport)
         register_secret(api_key)  # redacted by value in every message
         self._client = openai.AsyncOpenAI(
@@ -395,7 +389,6 @@ class OpenAITeacher:
             vocab=self._vocab,
             request_hash=request.cache_key(self.teacher_id, self.model),
             latency_ms=latency_ms,
-            price=self._price,
             sampling=sampling_settings(body),
         )
 

@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 import httpx2
 import openai
 
-from apidistill.costs.prices import ModelPrice
 from apidistill.errors import DataError, TeacherError, TeacherUnavailable, register_secret
 from apidistill.records import Completion, TeacherRequest
 from apidistill.teachers.batch import (
@@ -69,7 +68,6 @@ class OpenAIBatch:
         api_key: str | None,
         base_url: str | None = None,
         timeout_s: float = 120.0,
-        price: ModelPrice | None = None,
         max_list_pages: int = 20,
         list_page_size: int = 100,
     ) -> None:
@@ -77,7 +75,6 @@ class OpenAIBatch:
         self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
         self._profile = openai_profile(model)
         self._defaults = openai_model_defaults(model)
-        self._price = price
         self._max_list_pages = max_list_pages
         self._page_size = list_page_size
         self.unreadable_lines: dict[str, int] = {}
@@ -225,8 +222,6 @@ class OpenAIBatch:
                 provider=self.provider,
                 model=self.model,
                 quirks=self._profile.capabilities.quirks,
-                price=self._price,
-                batch=True,
             )
         except TeacherError as exc:
             return exc

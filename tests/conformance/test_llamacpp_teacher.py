@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from apidistill.config import TeacherConfig
+from apidistill.config import HarvestConfig, TeacherConfig
 from apidistill.costs.budget import Budget
 from apidistill.harvest import harvest
 from apidistill.records import GenerationParams, Message, TeacherRequest
@@ -73,7 +73,8 @@ def _requests(texts: list[str], **extra) -> list[TeacherRequest]:
 async def _harvest(teacher, requests, journal: Path):
     out = []
     async for r in harvest(
-        requests, teacher=teacher, journal=journal, budget=Budget("0"), concurrency=1,
+        requests, teacher=teacher, journal=journal, budget=Budget("0"),
+        config=HarvestConfig(concurrency=1),
         progress=False,
     ):  # fmt: skip
         assert r.ok, r.error

@@ -11,7 +11,7 @@ import json
 import sys
 from decimal import Decimal
 
-from apidistill.config import TeacherConfig
+from apidistill.config import HarvestConfig, TeacherConfig
 from apidistill.costs.prices import ModelPrice
 from apidistill.harvest import HarvestInterrupted, harvest, harvest_sync
 from apidistill.records import GenerationParams, Message, TeacherRequest
@@ -42,7 +42,7 @@ def main() -> int:
     kw = {
         "teacher": teacher,
         "journal": journal,
-        "concurrency": int(conc),
+        "config": HarvestConfig(concurrency=int(conc)),
         "progress": False,
         "price": PRICE,
     }

@@ -7,10 +7,11 @@ from decimal import Decimal
 import pytest
 from harvest_fakes import requests
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, cost_of
 from apidistill.errors import BudgetExceeded, ConfigError
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.teachers.openai_batch import OpenAIBatch
 from apidistill.testing.batch_server import BatchServer
@@ -36,8 +37,9 @@ def clients(server, **kw):
 
 
 def run(reqs, teacher, client, journal, **kw):
-    return harvest(reqs, teacher=teacher, journal=journal, batch=True, batch_client=client,
-                   poll_interval_s=0.01, progress=False, durable=False, **kw)  # fmt: skip
+    return harvest(reqs, teacher=teacher, journal=journal, config=HarvestConfig(use_batch_api=True),
+                   options=HarvestOptions(batch_client=client, poll_interval_s=0.01, durable=False),
+                   progress=False, **kw)  # fmt: skip
 
 
 def batches_created(server) -> int:
@@ -122,8 +124,13 @@ async def test_budget_cuts_the_chunk_before_upload(server, tmp_path):
 
 async def test_batch_needs_a_client(tmp_path):
     teacher = OpenAITeacher(MODEL, provider="openai", api_key=KEY)
-    with pytest.raises(ConfigError, match="batch_client"):
-        harvest(requests(1), teacher=teacher, journal=tmp_path / "j.sqlite", batch=True)
+    with pytest.raises(ConfigError, match="batch client"):
+        harvest(
+            requests(1),
+            teacher=teacher,
+            journal=tmp_path / "j.sqlite",
+            config=HarvestConfig(use_batch_api=True),
+        )
 
 
 async def test_a_passing_poll_failure_is_retried_next_sweep(server, tmp_path):

@@ -11,10 +11,11 @@ from harvest_fakes import FakeTeacher, requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
 from apidistill.errors import BudgetExceeded, ConfigError, TeacherTimeout, TeacherUnavailable
-from apidistill.harvest import harvest
+from apidistill.harvest import HarvestOptions, harvest
 from apidistill.harvest.retry import RetryPolicy
 
 D = Decimal
@@ -170,8 +171,9 @@ def test_property_engine_never_spends_past_the_budget(
     budget = Budget(limit)
     stream = harvest(
         reqs, teacher=FakeTeacher(latency_s=0.001, script=script), journal=journal,
-        budget=budget, price=price, concurrency=concurrency, progress=False, durable=False,
-        retry_policy=RetryPolicy(max_retries=2, initial_backoff_s=0.001, max_backoff_s=0.002),
+        budget=budget, price=price, config=HarvestConfig(concurrency=concurrency), progress=False,
+        options=HarvestOptions(durable=False, retry_policy=RetryPolicy(
+            max_retries=2, initial_backoff_s=0.001, max_backoff_s=0.002)),
     )  # fmt: skip
     summary = asyncio.run(_await(stream))
     assert budget.spent + budget.at_risk <= limit

@@ -16,8 +16,9 @@ import pytest
 from conftest import fault_digest, openai_teacher
 from harvest_script import PRICE, prompts
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
-from apidistill.harvest import JournalStore, check_integrity, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, check_integrity, harvest
 from apidistill.harvest.engine import claim_ahead_for
 from apidistill.harvest.retry import RetryPolicy
 
@@ -62,11 +63,13 @@ def _wait_for_done(journal: Path, proc: subprocess.Popen[str], at_least: int) ->
 async def _resume(srv, journal: Path, *, store: bool = False, budget: Budget | None = None):
     teacher = openai_teacher(srv.base_url, store=store)
     # store: a lost answer is looked up until its send's timeout has passed (3 s here)
-    extra: dict = {"retry_policy": RetryPolicy(timeout_s=3.0)} if store else {}
+    extra: dict = (
+        {"options": HarvestOptions(retry_policy=RetryPolicy(timeout_s=3.0))} if store else {}
+    )
     if budget is not None:
         extra["budget"] = budget
     try:
-        return await harvest(prompts(N), teacher=teacher, journal=journal, concurrency=CONCURRENCY,
+        return await harvest(prompts(N), teacher=teacher, journal=journal, config=HarvestConfig(concurrency=CONCURRENCY),
                              progress=False, price=PRICE, **extra)  # fmt: skip
     finally:
         await teacher.aclose()

@@ -13,7 +13,7 @@ from decimal import Decimal
 
 from harvest_fakes import FakeTeacher, requests
 
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.harvest.retry import RetryPolicy
 
 
@@ -43,7 +43,7 @@ async def test_summary_counts_every_crash_the_journal_holds(tmp_path):
     _killed_process(journal, teacher, reqs[:2])  # first crash: 2 in flight
     _killed_process(journal, teacher, reqs[2:5])  # second crash: 3 more in flight
     policy = RetryPolicy(max_retries=1, timeout_s=5, initial_backoff_s=0.001)
-    summary = await harvest(reqs, teacher=teacher, journal=journal, retry_policy=policy,
+    summary = await harvest(reqs, teacher=teacher, journal=journal, options=HarvestOptions(retry_policy=policy),
                             progress=False)  # fmt: skip
     assert summary.crashed_found == 3  # left by the last crash
     assert summary.unknown_found == 5  # both crashes' rows are still unknown here

@@ -9,11 +9,12 @@ import pytest
 from conftest import fault_digest, openai_teacher
 from harvest_fakes import requests
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.ledger import Ledger
 from apidistill.costs.prices import ModelPrice
 from apidistill.errors import BudgetExceeded
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.testing.fault_server import max_in_window
 
@@ -21,10 +22,11 @@ MODEL = "fault-model"
 PRICE = ModelPrice(input_per_mtok=Decimal("1.10"), output_per_mtok=Decimal("4.40"))
 
 
-async def _run(reqs, srv, journal, policy, **kw):
+async def _run(reqs, srv, journal, policy, *, rate_window_s=60.0, **kw):
     teacher = openai_teacher(srv.base_url, timeout_s=policy.timeout_s)
+    options = HarvestOptions(retry_policy=policy, rate_window_s=rate_window_s)
     try:
-        stream = harvest(reqs, teacher=teacher, journal=journal, retry_policy=policy,
+        stream = harvest(reqs, teacher=teacher, journal=journal, options=options,
                          progress=False, **kw)  # fmt: skip
         results = [r async for r in stream]
         return results, stream.summary
@@ -40,7 +42,9 @@ async def test_1000_requests_under_20pct_faults_none_lost_none_paid_twice(
     policy = RetryPolicy(max_retries=8, timeout_s=3.0, initial_backoff_s=0.01, max_backoff_s=0.1)
     reqs = requests(1000, prefix="fault")
     j = tmp_path / "j.sqlite"
-    results, summary = await _run(reqs, srv, j, policy, concurrency=48, price=PRICE)
+    results, summary = await _run(
+        reqs, srv, j, policy, config=HarvestConfig(concurrency=48), price=PRICE
+    )
 
     # every prompt ends done or failed with a reason, exactly once
     assert len(results) == 1000
@@ -78,7 +82,9 @@ async def test_ledger_equals_the_servers_own_log_to_the_cent(fault, tmp_path, qu
     reqs = requests(300, prefix="ledger", label=lambda i: "ab"[i % 2],
                     split=lambda i: "train" if i % 3 else "test")  # fmt: skip
     j = tmp_path / "j.sqlite"
-    _, summary = await _run(reqs, srv, j, quick_retry, concurrency=16, price=PRICE)
+    _, summary = await _run(
+        reqs, srv, j, quick_retry, config=HarvestConfig(concurrency=16), price=PRICE
+    )
     assert summary.done == 300
 
     log = srv.stats()["log"]
@@ -112,8 +118,8 @@ async def test_rpm_and_tpm_hold_in_every_server_side_window(
     srv = fault(latency_ms=5, fault_rate=0.2 if with_faults else 0.0, seed=5, retry_after_ms=5,
                 faults={"429": 1, "500": 1})  # fmt: skip
     reqs = requests(70, prefix="rate")
-    _, summary = await _run(reqs, srv, tmp_path / "j.sqlite", quick_retry, concurrency=16,
-                            rpm=20, tpm=400, rate_window_s=window)  # fmt: skip
+    _, summary = await _run(reqs, srv, tmp_path / "j.sqlite", quick_retry, config=HarvestConfig(concurrency=16, rpm=20, tpm=400),
+                            rate_window_s=window)  # fmt: skip
     assert summary.done == 70
     log = srv.stats()["log"]
     times = [e["t"] for e in log]  # every arrival, retries included
@@ -134,7 +140,8 @@ async def test_budget_hit_mid_run_then_raised_resumes_without_paying_twice(
     small = Budget(Decimal("0.20"))
     teacher = openai_teacher(srv.base_url)
     stream = harvest(reqs, teacher=teacher, journal=j, budget=small, price=price,
-                     concurrency=8, retry_policy=quick_retry, progress=False)  # fmt: skip
+                     config=HarvestConfig(concurrency=8), options=HarvestOptions(retry_policy=quick_retry),
+                     progress=False)  # fmt: skip
     with pytest.raises(BudgetExceeded, match="raise the budget"):
         async for _ in stream:
             pass
@@ -143,7 +150,8 @@ async def test_budget_hit_mid_run_then_raised_resumes_without_paying_twice(
     assert small.spent + small.at_risk <= small.limit
     big = Budget(Decimal("5"))
     summary = await harvest(reqs, teacher=teacher, journal=j, budget=big, price=price,
-                            concurrency=8, retry_policy=quick_retry, progress=False)  # fmt: skip
+                            config=HarvestConfig(concurrency=8),
+                            options=HarvestOptions(retry_policy=quick_retry), progress=False)  # fmt: skip
     await teacher.aclose()
     assert summary.cached == first.done and summary.done == 120 - first.done
     assert summary.resent == 0
@@ -157,7 +165,7 @@ async def test_engine_adapts_to_a_servers_own_limits(fault, tmp_path, quick_retr
     srv = fault(latency_ms=5, rpm_limit=25, limit_window_s=1.0, retry_after_ms=50)
     _, summary = await _run(requests(60, prefix="adapt"), srv, tmp_path / "j.sqlite",
                             RetryPolicy(max_retries=10, timeout_s=10.0, initial_backoff_s=0.05),
-                            concurrency=32)  # fmt: skip
+                            config=HarvestConfig(concurrency=32))  # fmt: skip
     assert summary.done == 60
     outcomes = Counter(e["outcome"] for e in srv.stats()["log"])
     # following the headers keeps 429s to fewer than one per request (30-42 measured over

@@ -8,7 +8,9 @@ from decimal import Decimal
 
 import pytest
 from harvest_fakes import FakeTeacher, fail_times, requests
+from pydantic import ValidationError
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice, worst_case_cost
 from apidistill.errors import (
@@ -19,7 +21,7 @@ from apidistill.errors import (
     TeacherRejected,
     TeacherTimeout,
 )
-from apidistill.harvest import JournalStore, harvest, harvest_sync
+from apidistill.harvest import HarvestOptions, JournalStore, harvest, harvest_sync
 from apidistill.harvest.engine import claim_ahead_for, upper_bound_input_tokens
 from apidistill.harvest.retry import RetryPolicy
 
@@ -27,11 +29,10 @@ FAST = RetryPolicy(max_retries=4, timeout_s=5, initial_backoff_s=0.001, max_back
 PRICE = ModelPrice(input_per_mtok=Decimal("2"), output_per_mtok=Decimal("8"))
 
 
-def run(reqs, teacher, journal, **kw):
+def run(reqs, teacher, journal, *, options=None, **kw):
     kw.setdefault("progress", False)
-    kw.setdefault("durable", False)
-    kw.setdefault("retry_policy", FAST)
-    return harvest(reqs, teacher=teacher, journal=journal, **kw)
+    options = options or HarvestOptions(durable=False, retry_policy=FAST)
+    return harvest(reqs, teacher=teacher, journal=journal, options=options, **kw)
 
 
 async def collect(stream):
@@ -41,7 +42,9 @@ async def collect(stream):
 async def test_every_request_is_answered_once_and_rerun_sends_nothing(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(latency_s=0.002)
-    results = await collect(run(requests(50), t, j, concurrency=8, price=PRICE))
+    results = await collect(
+        run(requests(50), t, j, config=HarvestConfig(concurrency=8), price=PRICE)
+    )
     assert len(results) == 50 and all(r.ok and not r.from_cache for r in results)
     assert sorted(r.request.prompt_id for r in results) == sorted(f"prompt-{i}" for i in range(50))
     assert set(t.calls.values()) == {1} and t.max_in_flight <= 8
@@ -60,7 +63,9 @@ async def test_every_request_is_answered_once_and_rerun_sends_nothing(tmp_path):
 async def test_identical_requests_in_one_run_are_sent_once(tmp_path):
     reqs = requests(5) * 3
     t = FakeTeacher(latency_s=0.01)
-    results = await collect(run(reqs, t, tmp_path / "j.sqlite", concurrency=4))
+    results = await collect(
+        run(reqs, t, tmp_path / "j.sqlite", config=HarvestConfig(concurrency=4))
+    )
     assert len(results) == 15
     assert sum(t.calls.values()) == 5
     assert sum(r.from_cache for r in results) == 10
@@ -102,7 +107,14 @@ async def test_timeouts_are_maybe_billed_and_money_stays_at_risk(tmp_path):
     t = FakeTeacher(latency_s=0.3)
     budget = Budget(Decimal("1"))
     policy = RetryPolicy(max_retries=1, timeout_s=0.05, initial_backoff_s=0.001)
-    stream = run(requests(2), t, j, budget=budget, price=PRICE, retry_policy=policy)
+    stream = run(
+        requests(2),
+        t,
+        j,
+        budget=budget,
+        price=PRICE,
+        options=HarvestOptions(durable=False, retry_policy=policy),
+    )
     results = await collect(stream)
     assert {r.reason for r in results} == {"timeout"}
     s = stream.summary
@@ -121,7 +133,7 @@ async def test_budget_stop_is_graceful_and_resume_pays_nothing_twice(tmp_path):
     small = Budget(Decimal("0.0025"))
     worst = max(worst_case_cost(PRICE, upper_bound_input_tokens(r), r.params.max_tokens)
                 for r in reqs)  # fmt: skip
-    stream = run(reqs, t, j, budget=small, price=PRICE, concurrency=4)
+    stream = run(reqs, t, j, budget=small, price=PRICE, config=HarvestConfig(concurrency=4))
     with pytest.raises(BudgetExceeded, match="budget"):
         await collect(stream)
     first = stream.summary
@@ -134,7 +146,7 @@ async def test_budget_stop_is_graceful_and_resume_pays_nothing_twice(tmp_path):
     assert store.count("sent") == 0 and store.count("unknown") == 0  # drained, journaled
 
     big = Budget(Decimal("1"))
-    summary = await run(reqs, t, j, budget=big, price=PRICE, concurrency=4)
+    summary = await run(reqs, t, j, budget=big, price=PRICE, config=HarvestConfig(concurrency=4))
     assert summary.done + summary.cached == 80 and summary.cached == first.done
     assert max(t.calls.values()) == 1  # nobody was paid twice
     assert summary.resent == 0
@@ -144,7 +156,7 @@ async def test_budget_stop_is_graceful_and_resume_pays_nothing_twice(tmp_path):
 async def test_stop_request_drains_in_flight_without_new_sends(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(latency_s=0.05)
-    stream = run(requests(200), t, j, concurrency=10)
+    stream = run(requests(200), t, j, config=HarvestConfig(concurrency=10))
     got = []
     with pytest.raises(KeyboardInterrupt):
         async for r in stream:
@@ -157,7 +169,7 @@ async def test_stop_request_drains_in_flight_without_new_sends(tmp_path):
     store = JournalStore(j, readonly=True)
     assert store.count("done") == sent_total and store.count("sent") == 0
     t2 = FakeTeacher()
-    summary = await run(requests(200), t2, j, concurrency=10)
+    summary = await run(requests(200), t2, j, config=HarvestConfig(concurrency=10))
     assert summary.resent == 0 and summary.unknown_found == 0
     assert summary.cached == sent_total and sum(t2.calls.values()) == 200 - sent_total
 
@@ -167,7 +179,7 @@ async def test_sent_is_journaled_ahead_of_the_slot_and_unclaimed_on_stop(tmp_pat
     a stop un-claims what never left, so nothing is left 'sent' and nothing counts as sent."""
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(latency_s=1.0)
-    stream = run(requests(40), t, j, concurrency=4)
+    stream = run(requests(40), t, j, config=HarvestConfig(concurrency=4))
     seen: dict[str, int] = {}
 
     async def watch_then_stop():
@@ -201,14 +213,14 @@ async def test_sent_is_journaled_ahead_of_the_slot_and_unclaimed_on_stop(tmp_pat
     finally:
         store.close()
     t2 = FakeTeacher()
-    summary = await run(requests(40), t2, j, concurrency=4)
+    summary = await run(requests(40), t2, j, config=HarvestConfig(concurrency=4))
     assert summary.resent == 0 and summary.unknown_found == 0 and sum(t2.calls.values()) == 36
 
 
 async def test_consumer_breaking_out_stops_gracefully(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(latency_s=0.02)
-    stream = run(requests(100), t, j, concurrency=5)
+    stream = run(requests(100), t, j, config=HarvestConfig(concurrency=5))
     async with stream:
         async for _ in stream:
             break
@@ -221,9 +233,9 @@ async def test_consumer_breaking_out_stops_gracefully(tmp_path):
 async def test_max_requests_caps_new_sends_only(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher()
-    s1 = await run(requests(10), t, j, max_requests=4)
+    s1 = await run(requests(10), t, j, config=HarvestConfig(max_requests=4))
     assert (s1.done, s1.stopped_by) == (4, "max_requests")
-    s2 = await run(requests(10), t, j, max_requests=4)
+    s2 = await run(requests(10), t, j, config=HarvestConfig(max_requests=4))
     assert (s2.cached, s2.done) == (4, 4)
     assert max(t.calls.values()) == 1
 
@@ -252,9 +264,18 @@ async def test_resend_unknown_false_reports_instead_of_sending(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(script=fail_times(1, lambda: TeacherTimeout("lost", maybe_billed=True)))
     policy = RetryPolicy(max_retries=0, timeout_s=5)
-    await collect(run(requests(1), t, j, retry_policy=policy))  # fails, outcome unknown
+    await collect(
+        run(requests(1), t, j, options=HarvestOptions(durable=False, retry_policy=policy))
+    )  # fails, outcome unknown
     t.calls.clear()
-    (r,) = await collect(run(requests(1), t, j, resend_unknown=False))
+    (r,) = await collect(
+        run(
+            requests(1),
+            t,
+            j,
+            options=HarvestOptions(durable=False, retry_policy=FAST, resend_unknown=False),
+        )
+    )
     assert r.reason == "outcome_unknown" and "may have been billed" in r.error
     assert sum(t.calls.values()) == 0
 
@@ -287,7 +308,7 @@ async def test_input_is_read_lazily_with_a_bounded_window(tmp_path):
             yield r
 
     t = FakeTeacher(latency_s=0.01)
-    stream = run(gen(), t, tmp_path / "j.sqlite", concurrency=4)
+    stream = run(gen(), t, tmp_path / "j.sqlite", config=HarvestConfig(concurrency=4))
     async for _ in stream:
         break  # first result: only a window of the input may have been read
     assert produced < 1000
@@ -309,20 +330,66 @@ async def test_rate_limit_headers_slow_the_engine_down(tmp_path):
     t = FakeTeacher(snapshot=RateLimitSnapshot(remaining_requests=0, reset_requests_s=0.3))
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    await run(requests(3), t, tmp_path / "j.sqlite", concurrency=1)
+    await run(requests(3), t, tmp_path / "j.sqlite", config=HarvestConfig(concurrency=1))
     assert loop.time() - t0 >= 0.55  # two waits for the provider's reset
 
 
-def test_invalid_arguments_are_config_errors(tmp_path):
-    t = FakeTeacher()
-    for kw, key in [
-        ({"concurrency": 0}, "harvest.concurrency"),
-        ({"rpm": -5}, "harvest.rpm"),
-        ({"timeout_s": 0}, "harvest.timeout_s"),
-        ({"max_retries": -1}, "harvest.max_retries"),
+def test_invalid_settings_are_refused_by_the_config_model(tmp_path):
+    """harvest() validates nothing by hand: HarvestConfig is the run file's model, so a bad
+    value fails where it is written, naming the field."""
+    for kw, field in [
+        ({"concurrency": 0}, "concurrency"),
+        ({"rpm": -5}, "rpm"),
+        ({"timeout_s": 0}, "timeout_s"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"max_requests": -1}, "max_requests"),
     ]:
-        with pytest.raises(ConfigError, match=key):
-            harvest(requests(1), teacher=t, journal=tmp_path / "j.sqlite", **kw)
+        with pytest.raises(ValidationError, match=field):
+            HarvestConfig(**kw)
+    with pytest.raises(ConfigError, match="retry_failed"):
+        harvest(requests(1), teacher=FakeTeacher(), journal=tmp_path / "j.sqlite",
+                config=HarvestConfig(retry_failed=["nonsense"]))  # fmt: skip
+    with pytest.raises(ConfigError, match="rate_window_s"):
+        HarvestOptions(rate_window_s=0)
+
+
+def test_removed_keyword_arguments_name_their_new_place(tmp_path):
+    """A script written for the old signature fails at once, and the message says where each
+    argument went (users' scripts)."""
+    t = FakeTeacher()
+    with pytest.raises(TypeError) as err:
+        harvest(requests(1), teacher=t, journal=tmp_path / "j.sqlite", concurrency=4,
+                retry_policy=FAST, batch=False)  # fmt: skip
+    msg = str(err.value)
+    assert "concurrency= moved to config=HarvestConfig(concurrency=...)" in msg
+    assert "retry_policy= moved to options=HarvestOptions(retry_policy=...)" in msg
+    assert "batch= moved to config=HarvestConfig(use_batch_api=True)" in msg
+    with pytest.raises(TypeError, match="colour= is not an argument of harvest"):
+        harvest(requests(1), teacher=t, journal=tmp_path / "j.sqlite", colour="red")
+    with pytest.raises(TypeError, match="concurrency= moved"):
+        harvest_sync(requests(1), teacher=t, journal=tmp_path / "j.sqlite", concurrency=2)
+    assert not (tmp_path / "j.sqlite").exists()  # refused before anything was opened
+
+
+def test_config_errors_for_teacher_budget_and_config_types(tmp_path):
+    j = tmp_path / "j.sqlite"
+    with pytest.raises(ConfigError, match="not 'provider:model'"):
+        harvest(requests(1), teacher="gpt-4o", journal=j)
+    with pytest.raises(ConfigError, match="HarvestConfig"):
+        harvest(requests(1), teacher=FakeTeacher(), journal=j, config={"concurrency": 2})
+    with pytest.raises(ConfigError, match="budget"):
+        harvest(requests(1), teacher=FakeTeacher(), journal=j, budget=[1])
+    with pytest.raises(ConfigError, match="batch client"):
+        harvest(requests(1), teacher=FakeTeacher(), journal=j,
+                config=HarvestConfig(use_batch_api=True))  # fmt: skip
+
+
+async def test_a_plain_amount_is_a_budget(tmp_path):
+    t = FakeTeacher()
+    ample = await run(requests(6), t, tmp_path / "a.sqlite", budget="1.5", price=PRICE)
+    assert ample.done == 6 and ample.stopped_by is None
+    tiny = await run(requests(6), t, tmp_path / "b.sqlite", budget=0.000001, price=PRICE)
+    assert tiny.done == 0 and tiny.stopped_by == "budget"
 
 
 def test_harvest_sync_runs_on_its_own_loop_and_closes_the_teacher(tmp_path):
@@ -363,7 +430,9 @@ async def test_a_failing_input_iterator_is_raised_after_a_graceful_drain(tmp_pat
 async def test_cancelling_the_run_abandons_in_flight_and_the_next_run_reports_them(tmp_path):
     j = tmp_path / "j.sqlite"
     t = FakeTeacher(latency_s=1.0)
-    task = asyncio.ensure_future(collect(run(requests(20), t, j, concurrency=4)))
+    task = asyncio.ensure_future(
+        collect(run(requests(20), t, j, config=HarvestConfig(concurrency=4)))
+    )
     while t.in_flight < 4:
         await asyncio.sleep(0.01)
     task.cancel()  # a hard stop, as a second Ctrl-C

@@ -13,9 +13,10 @@ from decimal import Decimal as D
 import pytest
 from harvest_fakes import FakeTeacher, requests
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.records import TeacherRequest, Usage
 from apidistill.teachers.base import Capabilities, TeacherResponse
 from apidistill.teachers.profiles import server_profile
@@ -44,7 +45,8 @@ class OverrunTeacher(FakeTeacher):
 async def _flags(teacher: FakeTeacher, journal) -> list[dict]:
     stream = harvest(
         requests(4, max_tokens=16), teacher=teacher, journal=journal, budget=Budget(D("10")),
-        price=PRICE, concurrency=2, progress=False, durable=False,
+        price=PRICE, config=HarvestConfig(concurrency=2), progress=False,
+        options=HarvestOptions(durable=False),
     )  # fmt: skip
     await stream  # collects to the summary; a budget stop is not raised
     store = JournalStore(journal, readonly=True)

@@ -7,17 +7,23 @@ from __future__ import annotations
 import pytest
 from harvest_fakes import FakeTeacher, requests
 
+from apidistill.config import HarvestConfig
 from apidistill.errors import ConfigError, TeacherRejected, TeacherTimeout
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.harvest.retry_failed import RetryFailed
 
 FAST = RetryPolicy(max_retries=2, timeout_s=5, initial_backoff_s=0.001, max_backoff_s=0.005)
 
 
-async def _run(teacher, reqs, journal, **kw):
+async def _run(teacher, reqs, journal, retry_failed=None):
     stream = harvest(
-        reqs, teacher=teacher, journal=journal, retry_policy=FAST, progress=False, **kw
+        reqs,
+        teacher=teacher,
+        journal=journal,
+        options=HarvestOptions(retry_policy=FAST),
+        progress=False,
+        config=HarvestConfig(retry_failed=retry_failed),
     )
     results = [r async for r in stream]
     return results, stream.summary

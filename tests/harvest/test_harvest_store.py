@@ -14,9 +14,10 @@ from decimal import Decimal
 from conftest import fault_digest, openai_teacher
 from harvest_fakes import requests
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.harvest import JournalStore, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, harvest
 from apidistill.teachers.openai import STORE_METADATA_KEY
 
 # half_body: the provider generated (and billed, and stored) the answer, the client got half
@@ -54,8 +55,8 @@ async def test_a_billed_fault_after_sending_is_recovered_not_paid_twice(
     teacher = openai_teacher(srv.base_url, store=True)
     budget = Budget(Decimal("10"))
     try:
-        stream = harvest(reqs, teacher=teacher, journal=tmp_path / "j.sqlite", concurrency=16,
-                         progress=False, retry_policy=quick_retry, budget=budget,
+        stream = harvest(reqs, teacher=teacher, journal=tmp_path / "j.sqlite", config=HarvestConfig(concurrency=16),
+                         progress=False, options=HarvestOptions(retry_policy=quick_retry), budget=budget,
                          price=PRICE)  # fmt: skip
         results = [r async for r in stream]
     finally:
@@ -89,7 +90,8 @@ async def test_without_store_the_same_faults_are_re_sent_and_counted(fault, tmp_
     teacher = openai_teacher(srv.base_url)
     try:
         stream = harvest(requests(120), teacher=teacher, journal=tmp_path / "j.sqlite",
-                         concurrency=16, progress=False, retry_policy=quick_retry)  # fmt: skip
+                         config=HarvestConfig(concurrency=16), progress=False,
+                         options=HarvestOptions(retry_policy=quick_retry))  # fmt: skip
         results = [r async for r in stream]
     finally:
         await teacher.aclose()

@@ -20,7 +20,7 @@ from harvest_fakes import FakeTeacher, requests
 
 from apidistill.config import RunConfig
 from apidistill.errors import ConfigError
-from apidistill.harvest import JournalStore, harvest_sync
+from apidistill.harvest import HarvestOptions, JournalStore, harvest_sync
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.pipeline.layout import RunLayout
 from apidistill.pipeline.state import guard_run_state
@@ -67,7 +67,7 @@ def test_salvage_recovers_every_intact_answer_and_a_rerun_sends_only_the_lost(tm
     guard_run_state(layout, _cfg())  # a run's journal, with its run id
     teacher = FakeTeacher()
     first = harvest_sync(_requests(), teacher=teacher, journal=layout.journal,
-                         retry_policy=FAST, progress=False, close_teacher=False)  # fmt: skip
+                         options=HarvestOptions(retry_policy=FAST), progress=False, close_teacher=False)  # fmt: skip
     assert first.done == N
     assert not Path(f"{layout.journal}-wal").exists()  # checkpointed on close
     (layout.harvest).mkdir()
@@ -108,7 +108,7 @@ def test_salvage_recovers_every_intact_answer_and_a_rerun_sends_only_the_lost(tm
     guard_run_state(layout, _cfg())  # the run may go on
 
     second = harvest_sync(_requests(), teacher=teacher, journal=layout.journal,
-                          retry_policy=FAST, progress=False)  # fmt: skip
+                          options=HarvestOptions(retry_policy=FAST), progress=False)  # fmt: skip
     assert second.cached == len(recovered) and second.done == len(lost)
     assert {
         p.rsplit("-", 1)[1] for p, n in teacher.calls.items() if n == 2

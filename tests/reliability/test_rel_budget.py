@@ -23,12 +23,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rel_helpers import cli_env, run_cli, run_end_summaries
 
-from apidistill.config import TeacherConfig
+from apidistill.config import HarvestConfig, TeacherConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.ledger import Ledger
 from apidistill.costs.prices import price_for_teacher
 from apidistill.costs.tokens import TokenCounter
-from apidistill.harvest import harvest_sync
+from apidistill.harvest import HarvestOptions, harvest_sync
 from apidistill.harvest.retry import RetryPolicy
 from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.storage.journal import JournalStore
@@ -181,11 +181,13 @@ def _harvest(cfg: TeacherConfig, reqs, journal: Path, cap: str, concurrency: int
         journal=journal,
         budget=budget,
         price=price_for_teacher(cfg),
-        concurrency=concurrency,
-        count_input_tokens=lambda r: counter.bound(r).n,
+        config=HarvestConfig(concurrency=concurrency),
         progress=False,
-        durable=False,
-        retry_policy=RetryPolicy(max_retries=2, timeout_s=10, initial_backoff_s=0.01),
+        options=HarvestOptions(
+            count_input_tokens=lambda r: counter.bound(r).n,
+            durable=False,
+            retry_policy=RetryPolicy(max_retries=2, timeout_s=10, initial_backoff_s=0.01),
+        ),
     )
     return summary, budget
 

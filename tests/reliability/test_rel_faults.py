@@ -33,9 +33,10 @@ import aiohttp
 import pytest
 from rel_helpers import FAULT_MODEL, digest_of, make_requests
 
+from apidistill.config import HarvestConfig
 from apidistill.costs.budget import Budget
 from apidistill.costs.prices import ModelPrice
-from apidistill.harvest import JournalStore, RetryPolicy, harvest
+from apidistill.harvest import HarvestOptions, JournalStore, RetryPolicy, harvest
 from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.openai import OpenAITeacher
 from apidistill.testing import provider_payloads as pp
@@ -68,10 +69,9 @@ async def _harvest(
         journal=journal,
         budget=budget,
         price=ModelPrice(Decimal(1), Decimal(2)),
-        concurrency=64,
+        config=HarvestConfig(concurrency=64),
         progress=False,
-        durable=False,
-        retry_policy=_policy(),
+        options=HarvestOptions(durable=False, retry_policy=_policy()),
     )
     results = []
     try:

@@ -27,7 +27,7 @@ from rel_helpers import make_requests
 
 from apidistill.config import RunConfig, parse_config
 from apidistill.errors import ConfigError, DataError, TeacherError
-from apidistill.harvest import RetryPolicy, harvest
+from apidistill.harvest import HarvestOptions, RetryPolicy, harvest
 from apidistill.pipeline.teacher_requests import load_prompts
 from apidistill.records import GenerationParams, Message, TeacherRequest
 from apidistill.teachers.openai import OpenAITeacher
@@ -484,8 +484,10 @@ def test_garbage_answers_become_recorded_failures(payload_server, tmp_path: Path
                 teacher=teacher,
                 journal=tmp_path / "j.sqlite",
                 progress=False,
-                durable=False,
-                retry_policy=RetryPolicy(max_retries=1, timeout_s=5, initial_backoff_s=0.01),
+                options=HarvestOptions(
+                    durable=False,
+                    retry_policy=RetryPolicy(max_retries=1, timeout_s=5, initial_backoff_s=0.01),
+                ),
             )
             async for r in stream:
                 out.append(r)

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 
+from apidistill.config import TeacherConfig
 from apidistill.errors import (
     CapabilityError,
     ConfigError,
@@ -15,13 +16,9 @@ from apidistill.errors import (
     TeacherUnavailable,
 )
 from apidistill.records import Completion, GenerationParams, Message, TeacherRequest
+from apidistill.teachers import PROVIDERS, make_batch_client, make_teacher
 from apidistill.teachers.anthropic_batch import AnthropicBatch, decode_custom_id, encode_custom_id
-from apidistill.teachers.batch import (
-    BatchLimits,
-    chunk_key_for,
-    make_batch_client,
-    plan_chunks,
-)
+from apidistill.teachers.batch import BatchLimits, chunk_key_for, plan_chunks
 from apidistill.teachers.openai_batch import OpenAIBatch
 from apidistill.testing.batch_server import BatchServer
 from apidistill.testing.provider_payloads import openai_error
@@ -254,7 +251,28 @@ def test_provider_limits_and_chunking():
 
 
 def test_make_batch_client_registry():
-    assert isinstance(make_batch_client("openai", "gpt-4o", api_key=KEY), OpenAIBatch)
-    assert isinstance(make_batch_client("anthropic", "c", api_key=KEY), AnthropicBatch)
+    """One registry builds both clients of a provider from the same teacher config."""
+    oa = TeacherConfig(provider="openai", model="gpt-4o")
+    an = TeacherConfig(provider="anthropic", model="c", prompt_cache=False)
+    assert isinstance(make_batch_client(oa, api_key=KEY), OpenAIBatch)
+    client = make_batch_client(an, api_key=KEY)
+    assert isinstance(client, AnthropicBatch) and client.prompt_cache is False
+    assert make_teacher(oa, api_key=KEY).provider == "openai"
+    assert set(PROVIDERS) == {"openai", "anthropic", "openai_compatible"}
+    assert all(p.online is not None for p in PROVIDERS.values())
+    compatible = TeacherConfig(provider="openai_compatible", model="m", base_url="http://x")
     with pytest.raises(ConfigError, match="no Batch API"):
-        make_batch_client("openai_compatible", "m", api_key=None)
+        make_batch_client(compatible, api_key=None)
+
+
+def test_batch_protocol_module_imports_no_implementation():
+    """teachers/batch.py is the contract the implementations import; importing it must not
+    import them back (the old batch ↔ openai_batch/anthropic_batch cycle)."""
+    import ast
+    import inspect
+
+    from apidistill.teachers import batch
+
+    tree = ast.parse(inspect.getsource(batch))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not {m for m in imported if m.endswith(("openai_batch", "anthropic_batch"))}
