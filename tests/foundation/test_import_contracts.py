@@ -68,28 +68,32 @@ def test_an_import_across_a_layer_fails_the_check(tmp_path: Path):
     assert "apidistill.costs.sneaky -> apidistill.harvest.engine" in res.stdout
 
 
-ALIASES = {  # moved in session 6; the old module stays as an alias for unmerged branches
+MOVED = {  # moved in session 6 (#21); the old names are gone, not aliased
     "apidistill.models": "apidistill.model_loading",
     "apidistill.pipeline.requests": "apidistill.pipeline.teacher_requests",
     "apidistill.data.schema": "apidistill.records",
+    "apidistill.harvest.journal": "apidistill.storage.journal",
 }
 
 
-def test_the_package_imports_no_moved_module_by_its_old_name():
+def test_moved_modules_are_gone_and_nothing_imports_their_old_names():
     import ast
 
+    for old in MOVED:
+        path = ROOT.joinpath(*old.split("."))
+        assert not path.with_suffix(".py").exists(), f"{old} should be gone ({MOVED[old]})"
     found = []
-    for path in (ROOT / "apidistill").rglob("*.py"):
-        dotted = ".".join(path.relative_to(ROOT).with_suffix("").parts)
-        if dotted in ALIASES:
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = (
-                [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else []
-            )
-            found += [f"{dotted}:{node.lineno} {n}" for n in names if n in ALIASES]
-    assert not found, f"import the new names ({ALIASES}): {found}"
+    for top in ("apidistill", "tests", "benchmarks", "examples"):
+        for path in (ROOT / top).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = (
+                    [node.module or ""]
+                    if isinstance(node, ast.ImportFrom)
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n in MOVED
+                ]
+    assert not found, f"import the new names ({MOVED}): {found}"
