@@ -1,7 +1,7 @@
 """A loopback chat-completions server on its own thread, for tests that shape each answer.
 
 Subclasses implement :meth:`ThreadedChatServer.chat` (the ``POST /v1/chat/completions``
-handler); the base class owns the event loop, the free port on 127.0.0.1 and the shutdown, so
+handler), or override :meth:`ThreadedChatServer.routes` for other endpoints; the base class owns the event loop, the free port on 127.0.0.1 and the shutdown, so
 a test that needs one odd answer (a 401 that echoes the key, raw payload bytes, a key check)
 writes only that answer.
 """
@@ -31,10 +31,14 @@ class ThreadedChatServer:
     async def chat(self, request: web.Request) -> web.Response:
         raise NotImplementedError
 
+    def routes(self, app: web.Application) -> None:
+        """The endpoints served; by default only :meth:`chat`."""
+        app.router.add_post("/v1/chat/completions", self.chat)
+
     def _main(self, ready: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
         app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.chat)
+        self.routes(app)
         self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         site = web.TCPSite(self.runner, "127.0.0.1", 0)

@@ -14,16 +14,15 @@ Every request needs ``Authorization: Bearer <key>`` (401 otherwise, as OpenAI an
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from typing import Any
 
 from aiohttp import web
 
 from apidistill.testing import provider_payloads as pp
+from apidistill.testing.threaded_chat import ThreadedChatServer
 
 
-class StoreServer:
+class StoreServer(ThreadedChatServer):
     def __init__(self, key: str = "sk-test-import") -> None:
         self.key = key
         self.files: dict[str, bytes] = {}
@@ -32,12 +31,7 @@ class StoreServer:
         self.list_calls: list[dict[str, str]] = []
         self.message_calls: list[dict[str, str]] = []
         self.chat_bodies: list[dict[str, Any]] = []
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._main, args=(ready,), daemon=True)
-        self.thread.start()
-        if not ready.wait(30):
-            raise RuntimeError("store server did not start")
+        super().__init__()
 
     # -- content
 
@@ -66,29 +60,11 @@ class StoreServer:
 
     # -- server
 
-    def _main(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/files/{fid}/content", self._file)
         app.router.add_get("/v1/chat/completions", self._list)
         app.router.add_get("/v1/chat/completions/{cid}/messages", self._messages)
         app.router.add_post("/v1/chat/completions", self._chat)
-        self.runner = web.AppRunner(app, access_log=None)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.port = self.runner.addresses[0][1]
-        ready.set()
-        self.loop.run_forever()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
     def _authorized(self, request: web.Request) -> bool:
         return request.headers.get("Authorization") == f"Bearer {self.key}"
