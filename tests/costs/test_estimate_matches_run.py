@@ -144,7 +144,7 @@ def test_estimate_equals_the_input_tokens_of_a_self_hosted_run(tmp_path):
     run_file, data = _example_copy(DEMO, tmp_path, max_tokens=answer_tokens)
     data["prompts"]["limit"] = tickets
     run_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    assert data["teacher"]["tokenizer"] == data["teacher"]["serve"]["model"]
+    assert data["teacher"]["tokenizer"] == data["teacher"]["launch"]["model"]
     env = _env()
 
     est = _estimate(run_file, env)
