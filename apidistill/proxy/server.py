@@ -33,7 +33,8 @@ def check_policy(cfg: ProxyConfig) -> PolicyView:
         kept = enforce(decision, cfg.policy)
     except PolicyDenied as exc:
         return PolicyView(False, decision.decision, decision.id, str(exc))
-    return PolicyView(True, kept.decision, kept.id, kept.reason)
+    # the document, its date and the clause, as `apidistill run` prints them
+    return PolicyView(True, kept.decision, kept.id, f"{kept.citation()}: {kept.reason}")
 
 
 def _teacher_key(cfg: ProxyConfig) -> str | None:
