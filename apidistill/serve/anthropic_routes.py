@@ -18,6 +18,7 @@ from apidistill.serve.anthropic_schema import (
     message_response,
     message_start,
     stop_reason_of,
+    tool_use_events,
 )
 from apidistill.serve.http_common import (
     ServerContext,
@@ -38,19 +39,29 @@ from apidistill.serve.tool_calls import (
     tool_schema,
     with_tool_instructions,
 )
+from apidistill.serve.tool_history import anthropic_messages
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-def _messages(req: MessagesRequest) -> tuple[list[Message], bool]:
-    """Chat messages for the template, and whether the last one is a prefill to continue."""
-    out: list[Message] = []
-    system = req.system_text()
-    if system:
-        out.append(Message(role="system", content=system))
-    out.extend(Message(role=m.role, content=m.text()) for m in req.messages)
+def _messages(req: MessagesRequest, grammar: bool) -> tuple[list[Message], bool, bool]:
+    """Chat messages for the template, whether the last one is a prefill to continue, and
+    whether it holds a tool result. Tool blocks need a backend that decodes under a grammar
+    (the transformers engine keeps its 400)."""
+    if not grammar:
+        for i, m in enumerate(req.messages):
+            j = m.tool_block()
+            if j is not None:
+                where = f"messages.{i}.content.{j}"
+                raise APIError(
+                    400,
+                    f"{where}: tool_use and tool_result blocks are not supported by this "
+                    "server's backend (serve a GGUF with --backend llamacpp)",
+                    param=where,
+                )
+    out, after_result = anthropic_messages(req)
     prefill = req.messages[-1].role == "assistant"
     if prefill and out[-1].content != out[-1].content.rstrip():
         raise APIError(
@@ -58,13 +69,12 @@ def _messages(req: MessagesRequest) -> tuple[list[Message], bool]:
             "messages: final assistant content cannot end with trailing whitespace",
             param="messages",
         )
-    return out, prefill
+    return out, prefill, after_result
 
 
 async def _prompt_ids(
-    ctx: ServerContext, req: MessagesRequest, tools: list[ToolSpec] | None = None
+    ctx: ServerContext, messages: list[Message], prefill: bool, tools: list[ToolSpec] | None
 ) -> list[int]:
-    messages, prefill = _messages(req)
     if tools:
         messages = with_tool_instructions(messages, tools)
     try:
@@ -87,7 +97,8 @@ async def count_tokens(request: Request) -> Response:
     ctx.authorize(request)
     req = parse_body(CountTokensRequest, await read_json(request, ctx.settings.max_body_bytes))
     ctx.check_model(req.model)
-    return JSONResponse({"input_tokens": len(await _prompt_ids(ctx, req))})
+    messages, prefill, _ = _messages(req, getattr(ctx.engine, "supports_grammar", False))
+    return JSONResponse({"input_tokens": len(await _prompt_ids(ctx, messages, prefill, None))})
 
 
 @router.post("/v1/messages")
@@ -96,9 +107,10 @@ async def messages(request: Request) -> Response:
     ctx.authorize(request)
     req = parse_body(MessagesRequest, await read_json(request, ctx.settings.max_body_bytes))
     ctx.check_model(req.model)
+    grammar = getattr(ctx.engine, "supports_grammar", False)
     tools = None
     if req.tools:
-        if not getattr(ctx.engine, "supports_grammar", False):
+        if not grammar:
             raise APIError(
                 400,
                 "tools: tool use is not supported by this server's backend "
@@ -106,13 +118,12 @@ async def messages(request: Request) -> Response:
                 param="tools",
             )
         tools = anthropic_tools(req.tools, req.tool_choice)
-        if tools and req.stream:
-            raise APIError(
-                400, "stream: streaming a tool call is not supported; send stream=false",
-                param="stream",
-            )  # fmt: skip
+    messages, prefill, after_result = _messages(req, grammar)
+    kind = req.tool_choice.get("type") if req.tool_choice else None
+    if tools and after_result and kind in (None, "auto"):
+        tools = None  # the model has the result it asked for: it answers in text
     ctx.check_max_tokens(req.max_tokens)
-    ids = await _prompt_ids(ctx, req, tools)
+    ids = await _prompt_ids(ctx, messages, prefill, tools)
     extra: dict[str, Any] = {"top_k": req.top_k} if req.top_k else {}
     if tools:
         extra["tool_call_schema"] = tool_schema(tools)
@@ -144,6 +155,11 @@ async def messages(request: Request) -> Response:
     async def events() -> AsyncIterator[str]:
         try:
             yield sse(message_start(mid, model, len(ids)), "message_start")
+            if tools:  # decoded whole under the grammar, then sent as tool_use events
+                (out,) = await engine.run(prepared)
+                for name, event in tool_use_events(out, _tool_use(out.text)):
+                    yield sse(event, name)
+                return
             block = {"type": "content_block_start", "index": 0}
             yield sse(
                 {**block, "content_block": {"type": "text", "text": ""}}, "content_block_start"

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from apidistill.errors import ApidistillError
-from apidistill.records import GenerationParams, Message, TokenLogprob
+from apidistill.records import GenerationParams, TokenLogprob
 from apidistill.serve.engine import EngineOutput, StreamDelta, _Prepared
 from apidistill.serve.http_common import (
     ServerContext,
@@ -37,6 +37,7 @@ from apidistill.serve.openai_schema import (
     completion_chunk,
     completion_logprobs,
     completion_response,
+    tool_call_deltas,
     usage_body,
 )
 from apidistill.serve.tool_calls import (
@@ -46,6 +47,7 @@ from apidistill.serve.tool_calls import (
     tool_schema,
     with_tool_instructions,
 )
+from apidistill.serve.tool_history import openai_messages
 
 __all__ = ["router"]
 
@@ -134,21 +136,13 @@ async def chat_completions(request: Request) -> Response:
     limit_param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     ctx.check_max_tokens(limit, limit_param)
-    messages = [
-        Message(role="system" if m.role == "developer" else m.role, content=m.text())
-        for m in req.messages
-    ]
+    messages, after_result = openai_messages(req.messages)
     engine = ctx.engine
     grammar: dict[str, Any] = {}
     tools = openai_tools(req.tools, req.tool_choice) if req.tools else None
+    if tools and after_result and req.tool_choice in (None, "auto"):
+        tools = None  # the model has the result it asked for: it answers in text
     if tools:
-        if req.stream:
-            raise APIError(
-                400,
-                "Streaming a tool call is not supported by this server; send stream=false.",
-                param="stream",
-                code="unsupported_parameter",
-            )
         messages = with_tool_instructions(messages, tools)
         grammar["tool_call_schema"] = tool_schema(tools)
     elif (req.response_format or {}).get("type", "text") != "text":
@@ -200,6 +194,16 @@ async def chat_completions(request: Request) -> Response:
         try:
             for i in range(req.n):
                 yield chunk([_chat_choice(i, {"role": "assistant", "content": ""}, None, None)])
+            if tools:  # decoded whole under the grammar, then sent as tool_calls deltas
+                outs = await engine.run(prepared)
+                calls = _tool_calls(outs)
+                for o in outs:
+                    for delta, finish in tool_call_deltas(o, calls.get(o.index)):
+                        yield chunk([_chat_choice(o.index, delta, None, finish)])
+                if include_usage:
+                    yield chunk([], usage_body(outs, req.n))
+                yield "data: [DONE]\n\n"
+                return
             async with contextlib.aclosing(engine.run_stream(prepared)) as stream:
                 async for d in stream:
                     lps = chat_logprobs(d.logprobs) if req.logprobs and d.logprobs else None

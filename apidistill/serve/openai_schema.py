@@ -3,8 +3,8 @@
 Field names, defaults and ranges follow the OpenAI API reference; vLLM's extra body fields
 ``top_k``, ``ignore_eos``, ``return_tokens_as_token_ids`` and ``continue_final_message`` are
 accepted too, since clients written against vLLM send them. Unknown fields are ignored (as
-vLLM does); known fields this server cannot honour (tools, penalties, logit_bias, suffix)
-are refused with a 400 rather than silently changing the answer.
+vLLM does); known fields this server cannot honour (penalties, logit_bias, suffix; tools and
+tool messages on a backend without grammars) are refused with a 400 rather than silently changing the answer.
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ __all__ = [
     "completion_chunk",
     "completion_logprobs",
     "completion_response",
+    "tool_call_deltas",
     "usage_body",
 ]
+
+# Characters of a call's arguments per streamed delta (the call is decoded whole first).
+ARGUMENT_FRAGMENT = 8
 
 
 class _Body(BaseModel):
@@ -43,15 +47,39 @@ class TextPart(_Body):
     text: str
 
 
+class FunctionCallIn(_Body):
+    name: str
+    arguments: str
+
+
+class ToolCallIn(_Body):
+    """An earlier call sent back in an assistant message (``arguments`` is a JSON string)."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Body):
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    """``content`` may be null only on an assistant message with ``tool_calls`` (checked
+    in tool_history.openai_messages, which names the message); ``tool`` messages answer
+    the call named by ``tool_call_id``."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
+        if self.content is None:
+            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(p.text for p in self.content)
+
+    def has_tool_turn(self) -> bool:
+        return self.role == "tool" or bool(self.tool_calls)
 
 
 class StreamOptions(_Body):
@@ -121,6 +149,12 @@ class ChatRequest(SamplingFields):
         if self.tools and not grammar:
             return "tools", (
                 "tool calling is not supported by this server's backend "
+                "(serve a GGUF with --backend llamacpp)"
+            )
+        turn = next((i for i, m in enumerate(self.messages) if m.has_tool_turn()), None)
+        if turn is not None and not grammar:
+            return f"messages[{turn}]", (
+                "tool calls and tool messages are not supported by this server's backend "
                 "(serve a GGUF with --backend llamacpp)"
             )
         fmt = (self.response_format or {}).get("type", "text")
@@ -248,6 +282,33 @@ def chat_chunk(
     if with_usage_field:
         body["usage"] = usage
     return body
+
+
+def tool_call_deltas(
+    out: EngineOutput, calls: list[dict[str, Any]] | None
+) -> list[tuple[dict[str, Any], str | None]]:
+    """The (delta, finish_reason) pairs of one choice's stream after its role chunk, as
+    OpenAI streams a tool call: the call's index, id, type and name with empty arguments,
+    then the arguments in fragments, then ``finish_reason "tool_calls"``. An answer cut
+    short before its call closed (``max_tokens``) streams as text, as stream=false returns
+    it."""
+    if not calls:
+        text = [({"content": out.text}, None)] if out.text else []
+        return [*text, ({}, out.finish_reason)]
+    deltas: list[tuple[dict[str, Any], str | None]] = []
+    for k, call in enumerate(calls):
+        fn = call["function"]
+        head = {"name": fn["name"], "arguments": ""}
+        deltas.append(
+            ({"tool_calls": [{"index": k, "id": call["id"], "type": "function", "function": head}]},
+             None)
+        )  # fmt: skip
+        args = fn["arguments"]
+        for at in range(0, len(args), ARGUMENT_FRAGMENT):
+            piece = {"arguments": args[at : at + ARGUMENT_FRAGMENT]}
+            deltas.append(({"tool_calls": [{"index": k, "function": piece}]}, None))
+    deltas.append(({}, "tool_calls"))
+    return deltas
 
 
 def completion_logprobs(
