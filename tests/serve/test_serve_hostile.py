@@ -199,6 +199,66 @@ def test_anthropic_fields_of_the_wrong_type_are_a_400(live, extra):
     assert next(iter(extra)) in err["message"]
 
 
+_CALL = {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+_USE = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+MALFORMED_OPENAI_TOOL_TURNS = [
+    [{"role": "tool", "content": "x"}],
+    [{"role": "tool", "tool_call_id": "call_nope", "content": "x"}],
+    [{"role": "tool", "tool_call_id": 7, "content": "x"}],
+    [{"role": "assistant", "tool_calls": "call"}],
+    [{"role": "assistant", "tool_calls": [{"id": "c"}]}],
+    [{"role": "assistant", "tool_calls": [{**_CALL, "function": {"name": "f", "arguments": "{"}}]}],
+    [{"role": "assistant", "tool_calls": [{**_CALL, "function": {"name": "f", "arguments": {}}}]}],
+    [{"role": "user", "content": None}],
+    [{"role": "user", "content": "hi", "tool_calls": [_CALL]}],
+    [{"role": "assistant", "tool_calls": [_CALL]}, {"role": "tool", "tool_call_id": "call_1"},
+     {"role": "tool", "tool_call_id": "call_2", "content": "x"}],
+]  # fmt: skip
+MALFORMED_ANTHROPIC_TOOL_TURNS = [
+    [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_nope"}]}],
+    [{"role": "user", "content": [{"type": "tool_result"}]}],
+    [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": 1}]}],
+    [{"role": "user", "content": [_USE]}],
+    [{"role": "user", "content": [{"type": "tool_use", "name": "f", "input": {}}]}],
+    [{"role": "user", "content": [{**_USE, "input": "{}"}]}],
+    [{"role": "user", "content": [{"type": "nope"}]}],
+    [{"role": "user", "content": [{"text": "no type"}]}],
+    [*MSGS, {"role": "assistant", "content": [_USE]}],
+    [*MSGS, {"role": "assistant", "content": [_USE]},
+     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                   "content": [{"type": "image"}]}]}],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("turns", MALFORMED_OPENAI_TOOL_TURNS)
+def test_malformed_openai_tool_turns_are_a_400(live, turns):
+    """On llama.cpp they fail validation; on transformers, which refuses tool turns, too."""
+    body = {"model": NAME, "messages": [*MSGS, *turns], "max_tokens": 2, "stream": True}
+    assert assert_openai_error(httpx2.post(live.base + "/chat/completions", json=body))["param"]
+
+
+@pytest.mark.parametrize("turns", MALFORMED_ANTHROPIC_TOOL_TURNS)
+@pytest.mark.parametrize("path", ["/messages", "/messages/count_tokens"])
+def test_malformed_anthropic_tool_turns_are_a_400(live, turns, path):
+    body = {"model": NAME, "messages": turns, "max_tokens": 2, "stream": True}
+    assert "messages" in assert_anthropic_error(httpx2.post(live.base + path, json=body))["message"]
+
+
+def test_the_transformers_backend_refuses_tool_turns_naming_the_backend(live):
+    if getattr(live.engine, "supports_grammar", False):
+        pytest.skip("the llama.cpp backend serves tool turns")
+    turns = [{"role": "assistant", "tool_calls": [_CALL]},
+             {"role": "tool", "tool_call_id": "call_1", "content": "x"}]  # fmt: skip
+    body = {"model": NAME, "messages": [*MSGS, *turns], "max_tokens": 2}
+    err = assert_openai_error(httpx2.post(live.base + "/chat/completions", json=body))
+    assert err["param"] == "messages[1]" and "llamacpp" in err["message"]
+    result = {"type": "tool_result", "tool_use_id": "toolu_1", "content": "x"}
+    msgs = [*MSGS, {"role": "assistant", "content": [_USE]}, {"role": "user", "content": [result]}]
+    body = {"model": NAME, "messages": msgs, "max_tokens": 2}
+    err = assert_anthropic_error(httpx2.post(live.base + "/messages", json=body))
+    assert err["message"].startswith("messages.1.content.0:") and "llamacpp" in err["message"]
+
+
 def test_an_int_is_still_a_valid_float(live):
     body = {"model": NAME, "messages": MSGS, "max_tokens": 2, "temperature": 0, "top_p": 1}
     assert httpx2.post(live.base + "/chat/completions", json=body, timeout=60).status_code == 200
