@@ -8,9 +8,11 @@ object back into each API's shape: OpenAI ``message.tool_calls`` with ``finish_r
 "tool_calls"``, Anthropic ``tool_use`` blocks with ``stop_reason "tool_use"``.
 
 Choices where the APIs leave room: ``tool_choice`` ``auto`` is decoded like ``required`` (the
-grammar cannot leave the model free to answer in text instead), ``none`` answers in text,
-and a named tool forces that tool. Streaming a tool call is refused with a 400 (the call is
-one JSON object; stream=false returns it whole).
+grammar cannot leave the model free to answer in text instead) except right after a tool
+result, where the routes answer in text; ``none`` answers in text, and a named tool forces
+that tool. A streamed call is decoded whole, then sent as each API's event sequence
+(``tool_call_deltas`` / ``tool_use_events``). Earlier calls and results in the conversation:
+tool_history.py.
 """
 
 from __future__ import annotations
