@@ -125,9 +125,11 @@ def test_openai_stream_of_a_tool_call(root):
     client = oai(root)
     chunks = list(
         client.chat.completions.create(
-            model=NAME, messages=ASK, max_tokens=40, temperature=0, tools=[WEATHER], stream=True
+            model=NAME, messages=ASK, max_tokens=40, temperature=0, tools=[WEATHER], stream=True,
+            stream_options={"include_usage": True},
         )
-    )
+    )  # fmt: skip
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
     calls = [tc for c in chunks for ch in c.choices for tc in ch.delta.tool_calls or []]
     head, rest = calls[0], calls[1:]
     assert head.index == 0 and head.id.startswith("call_") and head.type == "function"
