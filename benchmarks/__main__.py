@@ -86,6 +86,11 @@ SUITE: tuple[Bench, ...] = (
         about="apidistill proxy vs the teacher called directly at 1/64/256 clients, capture on/off",
     ),
     Bench(
+        "teacher_harvest_backends",
+        in_quick=False,
+        about="the demo's teacher harvest (top-20 logprobs) on llama.cpp vs the transformers engine",
+    ),
+    Bench(
         "kd_quality",
         in_quick=False,
         full_timeout_s=4800,

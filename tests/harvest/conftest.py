@@ -6,10 +6,8 @@ from typing import Any
 
 import pytest
 
-from apidistill.config import TeacherConfig
 from apidistill.harvest.retry import RetryPolicy
-from apidistill.teachers import make_teacher
-from apidistill.testing.fault_server import FaultConfig, FaultServerProcess, request_digest
+from apidistill.testing.fault_server import FaultConfig, FaultServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -36,17 +34,3 @@ def quick_retry() -> RetryPolicy:
     """Short backoffs so fault-heavy tests finish fast (the shape is tested separately); a
     long timeout, so that a stall of this shared machine never looks like a lost answer."""
     return RetryPolicy(max_retries=8, timeout_s=10.0, initial_backoff_s=0.01, max_backoff_s=0.1)
-
-
-def openai_teacher(
-    base_url: str, model: str = "fault-model", timeout_s: float = 10.0, store: bool = False
-) -> Any:
-    return make_teacher(
-        TeacherConfig(provider="openai_compatible", base_url=base_url, model=model, store=store),
-        timeout_s=timeout_s,
-    )
-
-
-def fault_digest(req: Any, model: str = "fault-model") -> str:
-    """The fault server's counter key for a chat request (its ``/__stats`` digests)."""
-    return request_digest({"model": model, "messages": [m.model_dump() for m in req.messages]})

@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import fault_digest, openai_teacher
+from fault_teacher import fault_digest, openai_teacher
 from harvest_script import PRICE, prompts
 
 from apidistill.config import HarvestConfig

@@ -6,7 +6,7 @@ from collections import Counter
 from decimal import Decimal
 
 import pytest
-from conftest import fault_digest, openai_teacher
+from fault_teacher import fault_digest, openai_teacher
 from harvest_fakes import requests
 
 from apidistill.config import HarvestConfig

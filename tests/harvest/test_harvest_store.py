@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from decimal import Decimal
 
-from conftest import fault_digest, openai_teacher
+from fault_teacher import fault_digest, openai_teacher
 from harvest_fakes import requests
 
 from apidistill.config import HarvestConfig
