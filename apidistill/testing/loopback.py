@@ -9,9 +9,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from typing import Any, Self
+from collections.abc import Callable
+from typing import IO, Any, Self
 
-__all__ = ["LoopbackServerProcess", "stop_process"]
+__all__ = ["LoopbackServerProcess", "close_process", "spawn_listening", "stop_process"]
 
 
 def stop_process(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
@@ -23,6 +24,43 @@ def stop_process(proc: subprocess.Popen[Any], *, grace_s: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def close_process(proc: subprocess.Popen[str], *, grace_s: float = 10) -> None:
+    """Stop a server started by :func:`spawn_listening` and close its stdout pipe."""
+    stop_process(proc, grace_s=grace_s)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def spawn_listening(
+    cmd: list[str],
+    *,
+    label: str,
+    timeout_s: float,
+    stderr: IO[str] | None = None,
+    env: dict[str, str] | None = None,
+    failure_detail: Callable[[], str] | None = None,
+) -> tuple[subprocess.Popen[str], int]:
+    """Start ``cmd`` and wait for its ``... listening on http://HOST:PORT`` line.
+
+    Every test server process (loopback providers, the capture proxy) announces its port
+    this way, so the spawn/read/stop loop lives here once. Returns the process and the
+    port; if the line never comes (exit, other output, timeout) the process is stopped
+    and ``RuntimeError`` names ``label``, the last line read and ``failure_detail()``.
+    """
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+    assert proc.stdout is not None
+    deadline, line = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if "listening on" in line or not line:
+            break
+    if "listening on" not in line:
+        close_process(proc)
+        detail = f"\n{failure_detail()}" if failure_detail is not None else ""
+        raise RuntimeError(f"{label} did not start: {line!r}{detail}")
+    return proc, int(line.rsplit(":", 1)[1])
 
 
 class LoopbackServerProcess:
@@ -49,18 +87,7 @@ class LoopbackServerProcess:
 
     def start(self, timeout_s: float = 30.0) -> Self:
         cmd = [sys.executable, "-m", self.module, "--port", "0", *self.args()]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        line = ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line or not line:
-                break
-        if "listening on" not in line:
-            self.close()
-            raise RuntimeError(f"{self.label} did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
+        self.proc, self.port = spawn_listening(cmd, label=self.label, timeout_s=timeout_s)
         return self
 
     def _client(self) -> Any:
@@ -74,9 +101,7 @@ class LoopbackServerProcess:
 
     def close(self) -> None:
         if self.proc is not None:
-            stop_process(self.proc, grace_s=10)
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
+            close_process(self.proc, grace_s=10)
         self.proc = None
 
     def __enter__(self) -> Self:

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
 
-from apidistill.testing.loopback import stop_process
+from apidistill.testing.loopback import LoopbackServerProcess, spawn_listening
 
 __all__ = ["ProxyProcess", "write_proxy_config"]
 
@@ -23,40 +21,28 @@ def write_proxy_config(path: Path, settings: dict[str, Any]) -> Path:
     return path
 
 
-class ProxyProcess:
-    """``with ProxyProcess(config_path) as p: p.base_url``; stderr goes to ``log_path``."""
+class ProxyProcess(LoopbackServerProcess):
+    """``with ProxyProcess(config_path) as p: p.base_url``; stderr goes to ``log_path``.
+
+    A loopback server process whose command is ``apidistill proxy``: the start/stop
+    machinery (and ``root``/``base_url``/``close``) is :class:`LoopbackServerProcess`'s.
+    """
+
+    label = "proxy"
 
     def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__()
         self.config, self.log_path = config, log_path
         self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[str] | None = None
-        self.port: int | None = None
-
-    @property
-    def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        return f"{self.root}/v1"
 
     def start(self, timeout_s: float = 60.0) -> Self:
         cmd = [sys.executable, "-m", "apidistill", "proxy", "--config", str(self.config),
                "--port", "0"]  # fmt: skip
         with self.log_path.open("a", encoding="utf-8") as log:
-            self.proc = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=self.env
-            )
-        assert self.proc.stdout is not None
-        deadline, line = time.monotonic() + timeout_s, ""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if "listening on" in line or not line:
-                break
-        if "listening on" not in line:
-            self.close()
-            raise RuntimeError(f"proxy did not start: {line!r}\n{self.log()}")
-        self.port = int(line.rsplit(":", 1)[1])
+            self.proc, self.port = spawn_listening(
+                cmd, label=self.label, timeout_s=timeout_s, stderr=log, env=self.env,
+                failure_detail=self.log,
+            )  # fmt: skip
         return self
 
     def log(self) -> str:
@@ -66,20 +52,4 @@ class ProxyProcess:
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self._drop()
-
-    def _drop(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-
-    def close(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, grace_s=10)
-        self._drop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
         self.close()
