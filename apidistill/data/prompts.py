@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from apidistill.data.jsonl_lines import jsonl_lines
 from apidistill.errors import DataError
 from apidistill.records import Message
 
@@ -271,29 +272,7 @@ _Raw = Any  # a mapping, or a _RowProblem for a line that could not be parsed
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, _Raw]]:
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, _RowProblem(f"not UTF-8 text (byte {exc.start})")
-                continue
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")
-            if not text.strip():
-                continue
-            if lineno == 1 and text.strip() == "[":
-                yield (
-                    lineno,
-                    _RowProblem("looks like a JSON array; write one JSON object per line (JSONL)"),
-                )
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield lineno, _RowProblem(f"not valid JSON: {exc.msg} (column {exc.colno})")
-            except RecursionError:
-                yield lineno, _RowProblem("not valid JSON: nested too deeply")
+    yield from jsonl_lines(path, _RowProblem, array_hint=True)
 
 
 def _csv_rows(path: Path) -> Iterator[tuple[int, _Raw]]:

@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from apidistill.data.jsonl_lines import jsonl_lines
 from apidistill.errors import DataError
 from apidistill.records import Message, Provenance, Record, TokenLogprob, Usage
 
@@ -91,23 +92,7 @@ def jsonl_objects(path: Path) -> Iterator[tuple[int, Any]]:
     :class:`LineProblem` in place of the value (so ``skip_invalid`` can count it)."""
     if not path.is_file():
         raise DataError("import file not found", file=str(path), hint="check the path")
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield lineno, LineProblem(f"not UTF-8 text (byte {exc.start})")
-                continue
-            if lineno == 1:
-                text = text.removeprefix("\ufeff")
-            if not text.strip():
-                continue
-            try:
-                yield lineno, json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield lineno, LineProblem(f"not valid JSON: {exc.msg} (column {exc.colno})")
-            except RecursionError:
-                yield lineno, LineProblem("not valid JSON: nested too deeply")
+    yield from jsonl_lines(path, LineProblem)
 
 
 def collect(
