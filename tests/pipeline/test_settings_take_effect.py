@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from loopback_run_file import loopback_run_file
 
 from apidistill.config import load_config
 from apidistill.data.store import load_records
@@ -39,30 +39,7 @@ def teacher() -> Iterator[FaultServerProcess]:
 
 
 def _run_file(folder: Path, base_url: str, **sections: dict[str, Any]) -> Path:
-    rows = [{"id": f"t{i:02d}", "text": f"ticket {i}: order {1000 + i} is late"} for i in range(10)]
-    (folder / "prompts.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
-    )
-    data: dict[str, Any] = {
-        "name": "settings",
-        "run_dir": str(folder / "run"),
-        "teacher": {
-            "provider": "openai_compatible",
-            "model": "fault-model",
-            "base_url": base_url,
-            "price": {"input_per_mtok": 1, "output_per_mtok": 2},
-        },
-        "prompts": {"path": "prompts.jsonl", "id_field": "id"},
-        "policy": {"use": "internal", "acknowledge_unknown": "settings test: loopback fake"},
-        "budget": {"usd": 10},
-        "harvest": {"concurrency": 4, "max_tokens": 8, "timeout_s": 10, "max_retries": 1},
-        "dataset": {"splits": {"train": 0.7, "validation": 0.0, "test": 0.3, "stratify_by": None}},
-    }
-    for key, section in sections.items():
-        data[key] = {**data.get(key, {}), **section}
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
+    return loopback_run_file(folder, base_url, name="settings", **sections)
 
 
 def test_every_sample_of_harvest_n_reaches_the_dataset(tmp_path, teacher) -> None:

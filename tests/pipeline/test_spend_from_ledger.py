@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from loopback_run_file import loopback_run_file
 
 from apidistill.config import EvalThresholds, load_config
 from apidistill.costs.ledger import Ledger
@@ -138,34 +138,10 @@ def test_card_and_report_spend_equal_the_ledger_for_any_journal(tmp_path_factory
 
 
 def _run_file(folder: Path, base_url: str, **harvest: Any) -> Path:
-    rows = [{"id": f"t{i:02d}", "text": f"ticket {i}: order {1000 + i} is late"} for i in range(12)]
-    (folder / "prompts.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    """12 prompts, no retries: each send is one ledger line (test_dataset_from_journal too)."""
+    return loopback_run_file(
+        folder, base_url, name="spend", rows=12, harvest={"max_retries": 0, **harvest}
     )
-    data: dict[str, Any] = {
-        "name": "spend",
-        "run_dir": str(folder / "run"),
-        "teacher": {
-            "provider": "openai_compatible",
-            "model": "fault-model",
-            "base_url": base_url,
-            "price": {"input_per_mtok": 1, "output_per_mtok": 2},
-        },
-        "prompts": {"path": "prompts.jsonl", "id_field": "id"},
-        "policy": {"use": "internal", "acknowledge_unknown": "spend test: loopback fake"},
-        "budget": {"usd": 10},
-        "harvest": {
-            "concurrency": 4,
-            "max_tokens": 8,
-            "timeout_s": 10,
-            "max_retries": 0,
-            **harvest,
-        },
-        "dataset": {"splits": {"train": 0.7, "validation": 0.0, "test": 0.3, "stratify_by": None}},
-    }
-    path = folder / "run.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-    return path
 
 
 def _records_cost(records: list[Record]) -> Decimal:
