@@ -61,7 +61,7 @@ def test_a_field_without_a_description_is_caught(monkeypatch):
 
 def test_config_reference_is_generated_from_the_models():
     """docs/config.md is exactly what `python -m apidistill.docs_config` writes: a key, type,
-    default or description changed in apidistill/config.py without regenerating fails here."""
+    default or description changed in apidistill/config/ without regenerating fails here."""
     from apidistill.docs_config import render
 
     text = (ROOT / "docs" / "config.md").read_text(encoding="utf-8")
