@@ -261,6 +261,33 @@ def chat_response(
     }
 
 
+def _stream_chunk(
+    obj: str,
+    rid: str,
+    model: str,
+    fingerprint: str,
+    choices: list[dict[str, Any]],
+    *,
+    created: int,
+    usage: dict[str, Any] | None,
+    with_usage_field: bool,
+) -> dict[str, Any]:
+    """One streamed chunk; chat and legacy completions differ only in ``object``. The
+    ``usage`` key is present (null until the last chunk) only when the client asked for it
+    with ``stream_options.include_usage``."""
+    body: dict[str, Any] = {
+        "id": rid,
+        "object": obj,
+        "created": created,
+        "model": model,
+        "system_fingerprint": fingerprint,
+        "choices": choices,
+    }
+    if with_usage_field:
+        body["usage"] = usage
+    return body
+
+
 def chat_chunk(
     rid: str,
     model: str,
@@ -271,17 +298,10 @@ def chat_chunk(
     usage: dict[str, Any] | None = None,
     with_usage_field: bool = False,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": choices,
-    }
-    if with_usage_field:
-        body["usage"] = usage
-    return body
+    return _stream_chunk(
+        "chat.completion.chunk", rid, model, fingerprint, choices,
+        created=created, usage=usage, with_usage_field=with_usage_field,
+    )  # fmt: skip
 
 
 def tool_call_deltas(
@@ -365,14 +385,7 @@ def completion_chunk(
     usage: dict[str, Any] | None = None,
     with_usage_field: bool = False,
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": fingerprint,
-        "choices": choices,
-    }
-    if with_usage_field:
-        body["usage"] = usage
-    return body
+    return _stream_chunk(
+        "text_completion", rid, model, fingerprint, choices,
+        created=created, usage=usage, with_usage_field=with_usage_field,
+    )  # fmt: skip
