@@ -10,6 +10,7 @@ tool messages on a backend without grammars) are refused with a 400 rather than 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -269,8 +270,8 @@ def _stream_chunk(
     choices: list[dict[str, Any]],
     *,
     created: int,
-    usage: dict[str, Any] | None,
-    with_usage_field: bool,
+    usage: dict[str, Any] | None = None,
+    with_usage_field: bool = False,
 ) -> dict[str, Any]:
     """One streamed chunk; chat and legacy completions differ only in ``object``. The
     ``usage`` key is present (null until the last chunk) only when the client asked for it
@@ -288,20 +289,8 @@ def _stream_chunk(
     return body
 
 
-def chat_chunk(
-    rid: str,
-    model: str,
-    fingerprint: str,
-    choices: list[dict[str, Any]],
-    *,
-    created: int,
-    usage: dict[str, Any] | None = None,
-    with_usage_field: bool = False,
-) -> dict[str, Any]:
-    return _stream_chunk(
-        "chat.completion.chunk", rid, model, fingerprint, choices,
-        created=created, usage=usage, with_usage_field=with_usage_field,
-    )  # fmt: skip
+#: ``chat_chunk(rid, model, fingerprint, choices, *, created, usage=None, with_usage_field=False)``
+chat_chunk = partial(_stream_chunk, "chat.completion.chunk")
 
 
 def tool_call_deltas(
@@ -375,17 +364,5 @@ def completion_response(
     }
 
 
-def completion_chunk(
-    rid: str,
-    model: str,
-    fingerprint: str,
-    choices: list[dict[str, Any]],
-    *,
-    created: int,
-    usage: dict[str, Any] | None = None,
-    with_usage_field: bool = False,
-) -> dict[str, Any]:
-    return _stream_chunk(
-        "text_completion", rid, model, fingerprint, choices,
-        created=created, usage=usage, with_usage_field=with_usage_field,
-    )  # fmt: skip
+#: The legacy completions chunk; the same arguments as :data:`chat_chunk`.
+completion_chunk = partial(_stream_chunk, "text_completion")
