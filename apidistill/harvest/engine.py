@@ -205,12 +205,7 @@ class HarvestEngine:
     async def _restore(self) -> None:
         rec = self.journal.recovery
         if rec is not None:
-            self.summary.unknown_found = rec.unknown
-            self.summary.crashed_found = rec.crashed
-            self.summary.crashes_total = rec.crashes_total
-            self.summary.crashed_total = rec.crashed_total
-            self.summary.crashed_total_usd = rec.crashed_total_usd
-            self.summary.at_risk_found_usd = rec.unknown_at_risk_usd
+            self.summary.count_recovery(rec)
         if self.budget is not None:
             totals = await self.journal.call(JournalStore.totals, _utc_day_start())
             self.budget.restore(

@@ -9,7 +9,7 @@ from typing import Literal
 
 from apidistill.costs.budget import format_usd
 from apidistill.records import Completion, TeacherRequest
-from apidistill.storage.journal import RETRYABLE_REASONS
+from apidistill.storage.journal import RETRYABLE_REASONS, Recovery
 
 # Reasons a re-run retries on its own (outcome_unknown: resend_unknown decides).
 _RETRIED_ANYWAY = RETRYABLE_REASONS | {"outcome_unknown"}
@@ -80,6 +80,15 @@ class HarvestSummary:
     # over the answers delivered (sent or from the journal): logprobs NaN/±inf/masked
     logprobs_invalid: int = 0  # sampled-token values stored as -100
     logprobs_dropped: int = 0  # top-list alternatives left out
+
+    def count_recovery(self, rec: Recovery) -> None:
+        """Note what opening the journal found from earlier runs (both engines report it)."""
+        self.unknown_found = rec.unknown
+        self.crashed_found = rec.crashed
+        self.crashes_total = rec.crashes_total
+        self.crashed_total = rec.crashed_total
+        self.crashed_total_usd = rec.crashed_total_usd
+        self.at_risk_found_usd = rec.unknown_at_risk_usd
 
     def count_answer(self, result: HarvestResult) -> None:
         """Note what one delivered answer carries that the numbers above do not show."""
