@@ -30,4 +30,7 @@ def test_both_backends_harvest_with_top20_and_the_ratio_is_the_measured_one(
     assert doc["goal_met"] is (doc["ratio_llamacpp_vs_transformers"] >= 1.0)
     md = (tmp_path / "teacher_harvest_backends.md").read_text()
     assert ("goal ≥ 1.0: met" in md) is doc["goal_met"]
+    # same prompts on both: the agreement is over all of them (the journal keys differ, as the
+    # teacher's address is part of them; answers are matched on the request)
     assert 0.0 <= doc["greedy_agreement"] <= 1.0
+    assert doc["answers_compared"] == 2
