@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import fmt, md_table, out_dir, write_result
+from benchmarks.serve_batching import append_results_md
 
 NAME = "teacher_harvest_backends"
 BACKENDS = ("transformers", "llamacpp")
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tickets", type=int, help="tickets per arm (default 48, quick 8)")
     ap.add_argument("--rounds", type=int, help="rounds (default 2, quick 1)")
     ap.add_argument("--threads", type=int, default=2, help="engine threads (both arms)")
+    ap.add_argument("--no-results-md", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.tickets or (8 if args.quick else 48)
@@ -170,7 +172,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc = json.loads(path.read_text(encoding="utf-8"))
     (out_dir() / f"{NAME}.md").write_text(markdown(doc), encoding="utf-8")
     print(markdown(doc))
+    if not args.no_results_md:
+        append_results_md(results_row(doc))
     return doc
+
+
+def results_row(doc: dict[str, Any]) -> str:
+    """One row of RESULTS.md's appendix."""
+    s, arms = doc["settings"], doc["arms"]
+    setting = (
+        f"the demo's harvest, {s['tickets']} tickets × {s['rounds']} rounds, concurrency "
+        f"{s['concurrency']}, {s['max_tokens']} new tokens, top-{s['top_logprobs']}, greedy, "
+        f"{s['threads']} thread(s)"
+    )
+    result = (
+        f"transformers {arms['transformers']['answers_per_s']} answers/s, llama.cpp "
+        f"{arms['llamacpp']['answers_per_s']} answers/s: "
+        f"{doc['ratio_llamacpp_vs_transformers']}× (goal ≥ {GOAL}: "
+        f"{'met' if doc['goal_met'] else 'not met'}); greedy answers equal "
+        f"{doc['greedy_agreement']:.0%}"
+    )
+    load = doc["machine"].get("load_avg_1_5_15")
+    return f"| {doc['date'][:10]} | {NAME}.py | {setting} | {result} | load average {load} |"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ def test_both_backends_harvest_with_top20_and_the_ratio_is_the_measured_one(
     from benchmarks import teacher_harvest_backends as thb
 
     doc = thb.main(["--quick", "--tickets", "2", "--threads", "1"])
+    row = (
+        (tmp_path / "RESULTS.md").read_text().splitlines()[-1]
+    )  # beside the JSON, not the real one
+    assert row.startswith("| ") and f"{doc['ratio_llamacpp_vs_transformers']}×" in row
     saved = json.loads((tmp_path / "teacher_harvest_backends.json").read_text())
     assert saved["arms"] == doc["arms"] and saved["settings"]["tickets"] == 2
     arms = doc["arms"]
