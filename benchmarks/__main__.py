@@ -87,6 +87,8 @@ SUITE: tuple[Bench, ...] = (
     ),
     Bench(
         "teacher_harvest_backends",
+        ("--no-results-md",),
+        ("--quick", "--no-results-md"),
         in_quick=False,
         about="the demo's teacher harvest (top-20 logprobs) on llama.cpp vs the transformers engine",
     ),

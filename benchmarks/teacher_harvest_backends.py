@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import fmt, md_table, out_dir, write_result
+from benchmarks.serve_batching import append_results_md
 
 NAME = "teacher_harvest_backends"
 BACKENDS = ("transformers", "llamacpp")
@@ -76,7 +77,9 @@ def run_arm(backend: str, cfg: Any, requests: list[Any], work: Path, threads: in
         t1 = time.perf_counter()
         results = asyncio.run(_harvest(cfg, requests, srv.base_url, journal))
         wall = time.perf_counter() - t1
-    done = sorted(results, key=lambda r: r.key)
+    # the journal key includes the teacher's address, which differs between the two servers:
+    # answers are matched on the request itself
+    done = sorted(results, key=lambda r: r.request.model_dump_json())
     out_tokens = sum(r.completion.usage.output_tokens or 0 for r in done)
     toks = [t for r in done for t in (r.completion.logprobs or [])]
     return {
@@ -87,7 +90,7 @@ def run_arm(backend: str, cfg: Any, requests: list[Any], work: Path, threads: in
         "output_tokens_per_s": round(out_tokens / wall, 2),
         "output_tokens": out_tokens,
         "top20_share": round(sum(len(t.top) >= 20 for t in toks) / max(1, len(toks)), 4),
-        "answers": {r.key: r.completion.text for r in done},
+        "answers": {r.request.model_dump_json(): r.completion.text for r in done},
     }
 
 
@@ -126,6 +129,7 @@ def run(n: int, rounds: int, threads: int) -> dict[str, Any]:
         "goal": GOAL,
         "goal_met": ratio >= GOAL,
         "greedy_agreement": round(agree, 4),
+        "answers_compared": len(a),
     }
 
 
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--tickets", type=int, help="tickets per arm (default 48, quick 8)")
     ap.add_argument("--rounds", type=int, help="rounds (default 2, quick 1)")
     ap.add_argument("--threads", type=int, default=2, help="engine threads (both arms)")
+    ap.add_argument("--no-results-md", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.tickets or (8 if args.quick else 48)
@@ -167,7 +172,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     doc = json.loads(path.read_text(encoding="utf-8"))
     (out_dir() / f"{NAME}.md").write_text(markdown(doc), encoding="utf-8")
     print(markdown(doc))
+    if not args.no_results_md:
+        append_results_md(results_row(doc))
     return doc
+
+
+def results_row(doc: dict[str, Any]) -> str:
+    """One row of RESULTS.md's appendix."""
+    s, arms = doc["settings"], doc["arms"]
+    setting = (
+        f"the demo's harvest, {s['tickets']} tickets × {s['rounds']} rounds, concurrency "
+        f"{s['concurrency']}, {s['max_tokens']} new tokens, top-{s['top_logprobs']}, greedy, "
+        f"{s['threads']} thread(s)"
+    )
+    result = (
+        f"transformers {arms['transformers']['answers_per_s']} answers/s, llama.cpp "
+        f"{arms['llamacpp']['answers_per_s']} answers/s: "
+        f"{doc['ratio_llamacpp_vs_transformers']}× (goal ≥ {GOAL}: "
+        f"{'met' if doc['goal_met'] else 'not met'}); greedy answers equal "
+        f"{doc['greedy_agreement']:.0%}"
+    )
+    load = doc["machine"].get("load_avg_1_5_15")
+    return f"| {doc['date'][:10]} | {NAME}.py | {setting} | {result} | load average {load} |"
 
 
 if __name__ == "__main__":

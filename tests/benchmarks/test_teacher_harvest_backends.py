@@ -19,6 +19,10 @@ def test_both_backends_harvest_with_top20_and_the_ratio_is_the_measured_one(
     from benchmarks import teacher_harvest_backends as thb
 
     doc = thb.main(["--quick", "--tickets", "2", "--threads", "1"])
+    row = (
+        (tmp_path / "RESULTS.md").read_text().splitlines()[-1]
+    )  # beside the JSON, not the real one
+    assert row.startswith("| ") and f"{doc['ratio_llamacpp_vs_transformers']}×" in row
     saved = json.loads((tmp_path / "teacher_harvest_backends.json").read_text())
     assert saved["arms"] == doc["arms"] and saved["settings"]["tickets"] == 2
     arms = doc["arms"]
@@ -30,4 +34,7 @@ def test_both_backends_harvest_with_top20_and_the_ratio_is_the_measured_one(
     assert doc["goal_met"] is (doc["ratio_llamacpp_vs_transformers"] >= 1.0)
     md = (tmp_path / "teacher_harvest_backends.md").read_text()
     assert ("goal ≥ 1.0: met" in md) is doc["goal_met"]
+    # same prompts on both: the agreement is over all of them (the journal keys differ, as the
+    # teacher's address is part of them; answers are matched on the request)
     assert 0.0 <= doc["greedy_agreement"] <= 1.0
+    assert doc["answers_compared"] == 2
