@@ -49,6 +49,20 @@ def test_without_llamacpp_the_demo_says_the_one_command(tmp_path, monkeypatch, c
     assert INSTALL_COMMAND in capsys.readouterr().out
 
 
+def test_the_printed_command_pins_the_llamacpp_extra_version():
+    import tomllib
+
+    from apidistill.pipeline.payoff import INSTALL_COMMAND
+
+    root = Path(__file__).resolve().parents[2]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (pin,) = extras["llamacpp"]
+    assert f'pip install "{pin}"' in INSTALL_COMMAND
+    assert pin.replace("llama-cpp-python", "llama-cpp-python[server]") in extras["dev"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_the_demo_writes_the_payoff_row(tmp_path, capsys):
