@@ -184,7 +184,7 @@ def payoff_stage(
         f"student_vs_teacher_rps_c{CONCURRENCY}": round(
             s[f"requests_per_s_c{CONCURRENCY}"] / t[f"requests_per_s_c{CONCURRENCY}"], 2
         ),
-        "teacher_vs_student_gguf_size": round(t["gguf_mb"] / s["gguf_mb"], 2),
+        "student_vs_teacher_gguf_size": round(s["gguf_mb"] / t["gguf_mb"], 2),
     }
     numbers["student_answers_equal_teacher"] = sum(
         a == b for a, b in zip(s["answers"], t["answers"], strict=True)
@@ -206,16 +206,16 @@ def render_payoff_md(p: dict[str, Any]) -> str:
     c = f"c{CONCURRENCY}"
     rows = [
         "| through llama.cpp (apidistill serve --backend llamacpp) | prompted teacher | "
-        "distilled student | student gain |",
+        "distilled student | student vs teacher |",
         "|---|---|---|---|",
         f"| GGUF size (MB) | {t['gguf_mb']} | {s['gguf_mb']} | "
-        f"{r['teacher_vs_student_gguf_size']}× smaller |",
+        f"{r['student_vs_teacher_gguf_size']}× the teacher's |",
         f"| s / request, concurrency 1 (median) | {t['latency_s_median']} | "
-        f"{s['latency_s_median']} | {r['teacher_vs_student_latency']}× faster |",
+        f"{s['latency_s_median']} | {r['teacher_vs_student_latency']}× as fast |",
         f"| requests/s, concurrency 1 | {t['requests_per_s_c1']} | {s['requests_per_s_c1']} | "
-        f"{r['student_vs_teacher_rps_c1']}× |",
+        f"{r['student_vs_teacher_rps_c1']}× the teacher's |",
         f"| requests/s, concurrency {CONCURRENCY} | {t[f'requests_per_s_{c}']} | "
-        f"{s[f'requests_per_s_{c}']} | {r[f'student_vs_teacher_rps_{c}']}× |",
+        f"{s[f'requests_per_s_{c}']} | {r[f'student_vs_teacher_rps_{c}']}× the teacher's |",
         f"| output tokens / request (median) | {t['output_tokens_median']} | "
         f"{s['output_tokens_median']} | |",
     ]

@@ -96,7 +96,7 @@ def test_the_demo_writes_the_payoff_row(tmp_path, capsys):
         "teacher_vs_student_latency",
         "student_vs_teacher_rps_c1",
         "student_vs_teacher_rps_c8",
-        "teacher_vs_student_gguf_size",
+        "student_vs_teacher_gguf_size",
     }
     md = (run / "report" / "payoff.md").read_text()
     assert "| GGUF size (MB) |" in md and "| requests/s, concurrency 8 |" in md
