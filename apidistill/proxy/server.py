@@ -16,7 +16,7 @@ from apidistill.costs.budget import Budget, format_usd
 from apidistill.costs.prices import price_for_teacher
 from apidistill.errors import ConfigError, PolicyDenied, register_secret
 from apidistill.policy.engine import decide_for_teacher, enforce
-from apidistill.proxy.app import PolicyView, ProxyState, build_app
+from apidistill.proxy.app import FastPath, PolicyView, ProxyState, build_app
 from apidistill.proxy.capture_store import CaptureStore
 from apidistill.proxy.config import ProxyConfig
 from apidistill.proxy.enrich import enrich_top_k
@@ -137,7 +137,7 @@ def serve_proxy(cfg: ProxyConfig) -> None:
     )
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(state), host=cfg.host, port=cfg.port, log_level="warning",
+            FastPath(build_app(state)), host=cfg.host, port=cfg.port, log_level="warning",
             access_log=False, lifespan="on", timeout_keep_alive=30, backlog=2048,
             http="h11" if http_name.startswith("h11") else "httptools",
         )
