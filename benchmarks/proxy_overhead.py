@@ -1,7 +1,11 @@
 """Overhead of ``apidistill proxy`` against calling the loopback teacher directly.
 
-Arms, all in the same run against one loopback teacher (its own process, no added latency,
-so the proxy's own cost is what differs): ``direct`` (client → teacher), ``capture_on``
+Two loopback teachers (each its own process), each measured with three arms in the same run:
+``instant`` answers at once, so the proxy's own CPU cost is what differs (client, proxy and
+teacher compete for the same cores: this is the proxy's worst case); ``api_like`` answers
+after a fixed ``--latency-ms`` (300 ms by default, stated in the JSON and markdown), as a real
+teacher API does and as the issue's anchor (a Python gateway's 12 ms median against a fake
+OpenAI endpoint with latency) measured. Arms: ``direct`` (client → teacher), ``capture_on``
 (client → proxy → teacher, every exchange journaled, redacted and committed to SQLite before
 the answer's end reaches the client) and ``capture_off`` (``capture.enabled: false``, no
 budget: pure forwarding). Concurrency 1, 64 and 256 closed-loop clients (one aiohttp
@@ -9,13 +13,15 @@ session, a pool as large as the concurrency); arms are interleaved round by roun
 on this shared machine hits them alike. Requests are non-streaming chat completions with a
 unique user turn each; a quarter are ``stream: true``.
 
-Per arm and concurrency: p50 / p99 latency, throughput; overhead = proxy p50/p99 − direct
-p50/p99 at the same concurrency; throughput ratio = proxy / direct. Goal (issue 22): p50
-overhead ≤ 2 ms and p99 ≤ 10 ms at 256 concurrent, throughput ≥ 0.95 × direct. The client,
-the proxy and the teacher share the machine's cores, so absolute numbers depend on it;
-only the ratios of one run compare.
+Per teacher, arm and concurrency: p50 / p99 latency, throughput, and the proxy process's CPU
+seconds per request (from /proc: far less sensitive to other load on the machine than wall
+latency); overhead = proxy p50/p99 − direct p50/p99 at the same concurrency; throughput
+ratio = proxy / direct. Goal (issue 22): p50 overhead ≤ 2 ms and p99 ≤ 10 ms at 256
+concurrent, throughput ≥ 0.95 × direct; ``goals`` says which teacher and arm meets which.
+The load average is recorded before and after: absolute numbers depend on the machine and
+whatever else runs on it; only the ratios of one run compare.
 
-Usage: python -m benchmarks.proxy_overhead [--quick] [--requests N]
+Usage: python -m benchmarks.proxy_overhead [--quick] [--requests N] [--latency-ms MS]
 Writes out/proxy_overhead.json and out/proxy_overhead.md ($APIDISTILL_BENCH_OUT when set).
 """
 
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -37,6 +44,26 @@ from benchmarks.common import fmt, md_table, out_dir, write_result
 CONCURRENCY = (1, 64, 256)
 ARMS = ("direct", "capture_on", "capture_off")
 GOALS = {"p50_overhead_ms": 2.0, "p99_overhead_ms": 10.0, "throughput_ratio": 0.95}
+PROXY_ARMS = ("capture_on", "capture_off")
+
+
+def _cpu_s(pid: int | None) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; None elsewhere)."""
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load_avg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -81,90 +108,146 @@ async def _load(url: str, concurrency: int, n: int, tag: str) -> dict[str, Any]:
 
 
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of each number over the rounds."""
+    """Median of each number over the rounds; CPU per request over all of them."""
     keys = ("p50_ms", "p99_ms", "mean_ms", "throughput_rps")
-    out = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+    out: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
     out["requests"] = sum(r["requests"] for r in runs)
     out["errors"] = sum(r["errors"] for r in runs)
     out["rounds"] = len(runs)
+    cpu = [r["proxy_cpu_s"] for r in runs if r.get("proxy_cpu_s") is not None]
+    out["proxy_cpu_ms_per_request"] = (
+        round(1000 * sum(cpu) / out["requests"], 3) if len(cpu) == len(runs) else None
+    )
     return out
 
 
-def run(requests: dict[int, int], rounds: int) -> dict[str, Any]:
-    from apidistill.testing.proxy_process import ProxyProcess, write_proxy_config
-    from apidistill.testing.proxy_teacher import ProxyTeacherProcess
+def _measure(url: str, pid: int | None, c: int, n: int, tag: str) -> dict[str, Any]:
+    before = _cpu_s(pid)
+    got = asyncio.run(_load(url, c, n, tag))
+    after = _cpu_s(pid)
+    got["proxy_cpu_s"] = None if before is None or after is None else after - before
+    return got
 
-    tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
-    with ProxyTeacherProcess() as teacher:
-        base = {
-            "teacher": {"provider": "openai", "model": "gpt-4o-mini", "base_url": teacher.base_url,
-                        "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
-            "policy": {"use": "internal"},
-        }  # fmt: skip
-        on = write_proxy_config(
-            tmp / "on.yaml", {**base, "capture": {"path": str(tmp / "captures.sqlite")}}
-        )
-        off = write_proxy_config(tmp / "off.yaml", {**base, "capture": {"enabled": False}})
-        with ProxyProcess(on, tmp / "on.log") as p_on, ProxyProcess(off, tmp / "off.log") as p_off:
-            urls = {
-                "direct": teacher.base_url + "/chat/completions",
-                "capture_on": p_on.base_url + "/chat/completions",
-                "capture_off": p_off.base_url + "/chat/completions",
-            }
-            for arm, url in urls.items():  # warm up pools and code paths
-                asyncio.run(_load(url, 8, 64, f"warm-{arm}"))
-            raw: dict[str, dict[int, list[dict[str, Any]]]] = {
-                a: {c: [] for c in CONCURRENCY} for a in ARMS
-            }
-            for rnd in range(rounds):
-                for c in CONCURRENCY:
-                    order = ARMS if rnd % 2 == 0 else tuple(reversed(ARMS))
-                    for arm in order:
-                        raw[arm][c].append(
-                            asyncio.run(_load(urls[arm], c, requests[c], f"{arm}-{rnd}-{c}"))
-                        )
+
+def _teacher_arms(
+    tmp: Path, teacher: Any, name: str, requests: dict[int, int], rounds: int
+) -> dict[str, Any]:
+    """The three arms against one teacher, interleaved round by round."""
+    from apidistill.testing.proxy_process import ProxyProcess, write_proxy_config
+
+    base = {
+        "teacher": {"provider": "openai", "model": "gpt-4o-mini", "base_url": teacher.base_url,
+                    "price": {"input_per_mtok": 0.15, "output_per_mtok": 0.6}},
+        "policy": {"use": "internal"},
+    }  # fmt: skip
+    on = write_proxy_config(
+        tmp / f"{name}-on.yaml", {**base, "capture": {"path": str(tmp / f"{name}.sqlite")}}
+    )
+    off = write_proxy_config(tmp / f"{name}-off.yaml", {**base, "capture": {"enabled": False}})
+    with (
+        ProxyProcess(on, tmp / f"{name}-on.log") as p_on,
+        ProxyProcess(off, tmp / f"{name}-off.log") as p_off,
+    ):
+        urls = {
+            "direct": teacher.base_url + "/chat/completions",
+            "capture_on": p_on.base_url + "/chat/completions",
+            "capture_off": p_off.base_url + "/chat/completions",
+        }
+        pids = {
+            "direct": None,
+            "capture_on": p_on.proc.pid if p_on.proc else None,
+            "capture_off": p_off.proc.pid if p_off.proc else None,
+        }
+        for arm, url in urls.items():  # warm up pools and code paths
+            asyncio.run(_load(url, 8, 64, f"warm-{arm}"))
+        raw: dict[str, dict[int, list[dict[str, Any]]]] = {
+            a: {c: [] for c in CONCURRENCY} for a in ARMS
+        }
+        for rnd in range(rounds):
+            for c in CONCURRENCY:
+                order = ARMS if rnd % 2 == 0 else tuple(reversed(ARMS))
+                for arm in order:
+                    tag = f"{name}-{arm}-{rnd}-{c}"
+                    raw[arm][c].append(_measure(urls[arm], pids[arm], c, requests[c], tag))
+        started = p_on.log().splitlines()
     results = {arm: {str(c): _merge(raw[arm][c]) for c in CONCURRENCY} for arm in ARMS}
-    ratios: dict[str, dict[str, Any]] = {}
-    for arm in ("capture_on", "capture_off"):
+    overhead: dict[str, dict[str, Any]] = {}
+    for arm in PROXY_ARMS:
         for c in CONCURRENCY:
             d, p = results["direct"][str(c)], results[arm][str(c)]
-            ratios.setdefault(arm, {})[str(c)] = {
+            overhead.setdefault(arm, {})[str(c)] = {
                 "p50_overhead_ms": round(p["p50_ms"] - d["p50_ms"], 3),
                 "p99_overhead_ms": round(p["p99_ms"] - d["p99_ms"], 3),
                 "throughput_ratio": round(p["throughput_rps"] / d["throughput_rps"], 3),
             }
-    at256 = ratios["capture_on"]["256"]
     goals = {
-        "p50_overhead_ms<=2": at256["p50_overhead_ms"] <= GOALS["p50_overhead_ms"],
-        "p99_overhead_ms<=10": at256["p99_overhead_ms"] <= GOALS["p99_overhead_ms"],
-        "throughput_ratio>=0.95": at256["throughput_ratio"] >= GOALS["throughput_ratio"],
+        arm: {
+            "p50_overhead_ms<=2": overhead[arm]["256"]["p50_overhead_ms"]
+            <= GOALS["p50_overhead_ms"],
+            "p99_overhead_ms<=10": overhead[arm]["256"]["p99_overhead_ms"]
+            <= GOALS["p99_overhead_ms"],
+            "throughput_ratio>=0.95": overhead[arm]["256"]["throughput_ratio"]
+            >= GOALS["throughput_ratio"],
+        }
+        for arm in PROXY_ARMS
     }
-    return {"results": results, "overhead": ratios, "goals_at_256_capture_on": goals,
-            "requests_per_round": {str(c): n for c, n in requests.items()}, "rounds": rounds}  # fmt: skip
+    runtime = next((ln.split(": ", 1)[1] for ln in started if "event loop" in ln), None)
+    return {"results": results, "overhead": overhead, "goals_at_256": goals,
+            "p50_overhead_1_client_ms": {a: overhead[a]["1"]["p50_overhead_ms"]
+                                         for a in PROXY_ARMS},
+            "proxy_runtime": runtime,
+            "requests_per_round": {str(c): n for c, n in requests.items()}}  # fmt: skip
+
+
+def run(
+    requests: dict[int, int], api_requests: dict[int, int], rounds: int, latency_ms: float
+) -> dict[str, Any]:
+    from apidistill.testing.proxy_teacher import ProxyTeacherProcess
+
+    tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    load_before = _load_avg()
+    teachers: dict[str, Any] = {}
+    with ProxyTeacherProcess() as instant:
+        teachers["instant"] = {"latency_ms": 0, **_teacher_arms(tmp, instant, "instant",
+                                                                requests, rounds)}  # fmt: skip
+    with ProxyTeacherProcess(latency_ms=latency_ms) as slow:
+        teachers["api_like"] = {"latency_ms": latency_ms, **_teacher_arms(
+            tmp, slow, "api_like", api_requests, rounds)}  # fmt: skip
+    return {"teachers": teachers, "rounds": rounds,
+            "load_avg_before": load_before, "load_avg_after": _load_avg()}  # fmt: skip
 
 
 def markdown(doc: dict[str, Any]) -> str:
-    rows = []
-    for arm in ARMS:
-        for c in CONCURRENCY:
-            r = doc["results"][arm][str(c)]
-            o = doc["overhead"].get(arm, {}).get(str(c), {})
-            rows.append([arm, c, fmt(r["p50_ms"]), fmt(r["p99_ms"]), fmt(r["throughput_rps"], 1),
-                         fmt(o.get("p50_overhead_ms")), fmt(o.get("p99_overhead_ms")),
-                         fmt(o.get("throughput_ratio"), 3), r["errors"]])  # fmt: skip
-    head = ["arm", "clients", "p50 ms", "p99 ms", "req/s", "p50 overhead ms",
-            "p99 overhead ms", "throughput × direct", "errors"]  # fmt: skip
-    goals = ", ".join(
-        f"{k}: {'met' if v else 'NOT met'}" for k, v in doc["goals_at_256_capture_on"].items()
-    )
     m = doc.get("machine", {})
-    return (
+    parts = [
         f"# proxy overhead ({doc['mode']}, {doc['date']})\n\n"
-        f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, load "
-        f"{m.get('load_avg_1_5_15')}. Client, proxy and teacher share these cores.\n\n"
-        + md_table(head, rows)
-        + f"\n\nGoals at 256 clients, capture on: {goals}.\n"
-    )
+        f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, load average "
+        f"{doc.get('load_avg_before')} before and {doc.get('load_avg_after')} after the run. "
+        "Client, proxy and teacher share these cores; other work on the machine moves the wall "
+        "numbers (CPU per request much less).\n"
+    ]
+    head = ["arm", "clients", "p50 ms", "p99 ms", "req/s", "p50 overhead ms",
+            "p99 overhead ms", "throughput × direct", "proxy CPU ms/req", "errors"]  # fmt: skip
+    for name, t in doc["teachers"].items():
+        rows = []
+        for arm in ARMS:
+            for c in CONCURRENCY:
+                r = t["results"][arm][str(c)]
+                o = t["overhead"].get(arm, {}).get(str(c), {})
+                rows.append([arm, c, fmt(r["p50_ms"]), fmt(r["p99_ms"]),
+                             fmt(r["throughput_rps"], 1), fmt(o.get("p50_overhead_ms")),
+                             fmt(o.get("p99_overhead_ms")), fmt(o.get("throughput_ratio"), 3),
+                             fmt(r.get("proxy_cpu_ms_per_request")), r["errors"]])  # fmt: skip
+        goals = "; ".join(
+            f"{arm}: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in g.items())
+            for arm, g in t["goals_at_256"].items()
+        )
+        parts.append(
+            f"\n## teacher `{name}` (answers after {t['latency_ms']} ms; proxy runs "
+            f"{t.get('proxy_runtime')})\n\n" + md_table(head, rows)
+            + f"\n\nGoals at 256 clients: {goals}.\n"
+        )  # fmt: skip
+    return "".join(parts)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -174,12 +257,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--requests", type=int, default=None, help="requests per arm per round at 64/256"
     )
     ap.add_argument("--rounds", type=int, default=None)
+    ap.add_argument(
+        "--latency-ms", type=float, default=300.0, help="the api_like teacher's answer delay"
+    )
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.requests or (256 if args.quick else 2048)
     requests = {1: max(20, n // 16), 64: n, 256: max(n, 512) if not args.quick else n}
+    # the api_like teacher: a whole wave of clients per latency, so fewer requests at 1 client
+    api_requests = {1: max(5, n // 64), 64: n, 256: requests[256]}
     rounds = args.rounds or (1 if args.quick else 3)
-    payload = run(requests, rounds)
+    payload = run(requests, api_requests, rounds, args.latency_ms)
     mode = "quick" if args.quick else "full"
     path = write_result("proxy_overhead", payload, mode=mode, started=started)
     doc = json.loads(path.read_text(encoding="utf-8"))

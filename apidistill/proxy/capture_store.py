@@ -19,6 +19,7 @@ cost an fsync per exchange). Readers (:func:`iter_captures`) never block the pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -166,9 +167,31 @@ class CaptureStore:
         secrets: Iterable[str] = (),
     ) -> None:
         """Journal an exchange before it is sent (``request`` kept only when ``captured``)."""
+        self._write(*self.start_row(
+            id, route=route, api=api, model=model, captured=captured, request=request,
+            sampling=sampling, policy_decision_id=policy_decision_id,
+            reserved_usd=reserved_usd, secrets=secrets,
+        ))  # fmt: skip
+
+    def start_row(
+        self,
+        id: str,
+        *,
+        route: str,
+        api: str,
+        model: str | None,
+        captured: bool,
+        request: dict[str, Any] | None,
+        sampling: dict[str, Any],
+        policy_decision_id: str | None,
+        reserved_usd: Decimal | None,
+        secrets: Iterable[str] = (),
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The redacted INSERT of :meth:`start`, for a caller that commits it itself
+        (:class:`~apidistill.proxy.group_commit.GroupCommit`)."""
         secrets = tuple(secrets)
         body = self.redactor.scrub(request, secrets) if captured and request is not None else None
-        self._write(
+        return (
             "INSERT INTO exchanges (id, route, api, model, status, captured, request, "
             "reserved_usd, policy_decision_id, sampling, created_at) "
             "VALUES (?, ?, ?, ?, 'started', ?, ?, ?, ?, ?, ?)",
@@ -191,11 +214,30 @@ class CaptureStore:
         secrets: Iterable[str] = (),
     ) -> None:
         """Mark an exchange answered (``done`` for a 2xx, else ``failed``) and commit."""
+        row = self._db.execute("SELECT captured FROM exchanges WHERE id = ?", (id,)).fetchone()
+        self._write(*self.finish_row(
+            id, captured=bool(row and row[0]), http_status=http_status, response=response,
+            usage=usage, cost_usd=cost_usd, logprobs=logprobs, secrets=secrets,
+        ))  # fmt: skip
+
+    def finish_row(
+        self,
+        id: str,
+        *,
+        captured: bool,
+        http_status: int,
+        response: dict[str, Any] | None,
+        usage: dict[str, int] | None,
+        cost_usd: Decimal | None,
+        logprobs: Any = None,
+        secrets: Iterable[str] = (),
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The redacted UPDATE of :meth:`finish` for an exchange journaled with ``captured``
+        (the caller knows it: no read of the row on the hot path)."""
         secrets = tuple(secrets)
         done = 200 <= http_status < 300
-        row = self._db.execute("SELECT captured FROM exchanges WHERE id = ?", (id,)).fetchone()
-        keep = bool(row and row[0]) and done
-        self._write(
+        keep = captured and done
+        return (
             "UPDATE exchanges SET status = ?, http_status = ?, response = ?, logprobs = ?, "
             "usage = ?, cost_usd = ?, finished_at = ? WHERE id = ?",
             (
@@ -205,6 +247,31 @@ class CaptureStore:
                 _dump(usage), None if cost_usd is None else str(cost_usd), _now(), id,
             ),
         )  # fmt: skip
+
+    def write_batch(
+        self, rows: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[CaptureStoreError | None]:
+        """Write ``rows`` in one transaction (one commit for all). When it fails (disk full,
+        a row too big) it is rolled back and each row is written on its own, so one row that
+        cannot be written fails alone; the result says per row (``None`` = committed)."""
+        try:
+            self._db.execute("BEGIN")
+            for sql, args in rows:
+                self._db.execute(sql, args)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):  # no transaction left open
+                self._db.execute("ROLLBACK")
+        else:
+            return [None] * len(rows)
+        out: list[CaptureStoreError | None] = []
+        for sql, args in rows:
+            try:
+                self._write(sql, args)
+                out.append(None)
+            except CaptureStoreError as exc:
+                out.append(exc)
+        return out
 
     def recover(self) -> Recovery:
         """Rows left ``started`` by a run that stopped (kill -9, power cut) become

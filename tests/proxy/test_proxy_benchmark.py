@@ -23,10 +23,19 @@ def test_proxy_overhead_benchmark_writes_json_and_markdown(tmp_path: Path) -> No
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     doc = json.loads((tmp_path / "proxy_overhead.json").read_text())
-    assert {"benchmark", "mode", "machine", "versions"} <= doc.keys()
-    for arm in ("direct", "capture_on", "capture_off"):
-        for c in ("1", "64", "256"):
-            assert doc["results"][arm][c]["errors"] == 0
-            assert doc["results"][arm][c]["requests"] > 0
-    assert set(doc["overhead"]) == {"capture_on", "capture_off"}
-    assert "throughput × direct" in (tmp_path / "proxy_overhead.md").read_text()
+    assert {"benchmark", "mode", "machine", "versions", "load_avg_before"} <= doc.keys()
+    assert set(doc["teachers"]) == {"instant", "api_like"}
+    assert doc["teachers"]["api_like"]["latency_ms"] == 300
+    for t in doc["teachers"].values():
+        for arm in ("direct", "capture_on", "capture_off"):
+            for c in ("1", "64", "256"):
+                r = t["results"][arm][c]
+                assert r["errors"] == 0 and r["requests"] > 0
+                if arm != "direct":  # the proxy process's CPU per request is measured
+                    assert r["proxy_cpu_ms_per_request"] is not None
+        assert set(t["overhead"]) == set(t["goals_at_256"]) == {"capture_on", "capture_off"}
+        assert set(t["p50_overhead_1_client_ms"]) == {"capture_on", "capture_off"}
+        assert "event loop" in t["proxy_runtime"]
+    md = (tmp_path / "proxy_overhead.md").read_text()
+    assert "throughput × direct" in md and "proxy CPU ms/req" in md
+    assert "answers after 300" in md

@@ -10,6 +10,7 @@ import time
 
 import httpx2
 import openai
+import pytest
 
 from apidistill.proxy.capture_store import iter_captures
 from apidistill.testing.proxy_teacher import ProxyTeacherProcess
@@ -75,3 +76,52 @@ def test_kill9_loses_no_acknowledged_capture_and_reports_in_flight(start_proxy, 
         assert stats["recovered"]["in_flight_at_last_stop"] == in_flight
         assert float(stats["recovered"]["at_risk_usd"]) > 0
         assert float(stats["budget"]["at_risk_usd"]) == float(stats["recovered"]["at_risk_usd"])
+
+
+def _wait_teacher(teacher: ProxyTeacherProcess, key: str) -> None:
+    while httpx2.get(teacher.root + "/__stats").json()[key] < 1:
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_the_answer_waits_for_its_commit(start_proxy, tmp_path, stream: bool) -> None:
+    """Deterministic: another connection holds SQLite's write lock while the teacher answers,
+    so the exchange's final commit cannot complete; the proxy is killed while it waits. The
+    client must not have the answer's end then (a proxy that sends the answer before its
+    commit is caught here every time, not only when a kill happens to land in the gap)."""
+    with ProxyTeacherProcess(latency_ms=800) as teacher:
+        proxy = start_proxy(proxy_settings(teacher, tmp_path))
+        path = tmp_path / "captures.sqlite"
+        got: list[str] = []
+
+        def client() -> None:
+            oa = openai.OpenAI(base_url=proxy.base_url, api_key=CLIENT_KEY, max_retries=0)
+            msgs = [{"role": "user", "content": "hold me"}]
+            try:
+                if stream:
+                    chunks = list(oa.chat.completions.create(
+                        model="gpt-4o-mini", messages=msgs, max_tokens=8, stream=True
+                    ))  # fmt: skip
+                    got.append(chunks[0].id)
+                else:
+                    got.append(oa.chat.completions.create(
+                        model="gpt-4o-mini", messages=msgs, max_tokens=8
+                    ).id)  # fmt: skip
+            except (openai.APIError, httpx2.HTTPError):
+                pass  # the proxy was killed before the answer ended: as it must be
+
+        t = threading.Thread(target=client)
+        t.start()
+        _wait_teacher(teacher, "received")  # the journal row is committed by now
+        lock = sqlite3.connect(path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")  # the proxy's next commit now waits on this lock
+        _wait_teacher(teacher, "answered")
+        time.sleep(1.0)  # time for the proxy to pass the answer on, if it wrongly would
+        proxy.kill9()
+        lock.execute("ROLLBACK")
+        lock.close()
+        t.join(30)
+
+    assert got == []  # the answer's end never left before its commit
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT status FROM exchanges").fetchall() == [("started",)]

@@ -110,3 +110,46 @@ def test_user_pattern_and_a_disabled_builtin() -> None:
     assert r.text("ACCT-77 a@b.io 4111111111111111") == (
         "[REDACTED:custom] [REDACTED:email] 4111111111111111"
     )
+
+
+def _every_rule(red: Redactor, value: str, client_secrets: tuple[str, ...]) -> str:
+    """The masking with every rule run on every string (what the skips must equal)."""
+    from apidistill.errors import registered_secrets
+    from apidistill.proxy import redact as r
+
+    spans: list[tuple[int, int, str]] = []
+    for secret in {*registered_secrets(), *(s for s in client_secrets if s and len(s) >= 6)}:
+        start = value.find(secret)
+        while start >= 0:
+            spans.append((start, start + len(secret), "api_key"))
+            start = value.find(secret, start + 1)
+    spans += [(*m.span(), "api_key") for m in r._API_KEY.finditer(value)]
+    spans += [(*m.span(), "email") for m in r._EMAIL.finditer(value)]
+    spans += [(s, e, "card") for s, e in r._card_spans(value)]
+    spans += [(s, e, "phone") for s, e in r._phone_spans(value)]
+    for pattern in red.patterns:
+        spans += [(*m.span(), "custom") for m in pattern.finditer(value) if m.end() > m.start()]
+    out, last = [], 0
+    for start, end, kind in r._merge(spans):
+        out += [value[last:start], r.MASK.format(kind)]
+        last = end
+    return "".join([*out, value[last:]])
+
+
+@given(
+    parts=st.lists(st.one_of(secrets, filler, st.text("0123456789 -.()+@", max_size=20)),
+                   max_size=5),
+    client_key=st.text(_ALNUM, min_size=6, max_size=12),
+)  # fmt: skip
+def test_skipping_rules_that_cannot_match_masks_exactly_as_running_them_all(
+    parts: list[str], client_key: str
+) -> None:
+    """The hot path skips the e-mail rule without an '@' and the phone/card rules without a
+    digit, resolving the secrets once per record; over any text the result is unchanged."""
+    red = Redactor(BUILTIN_REDACTIONS, [r"order-\d+"])
+    value = "".join(parts) + client_key
+    assert red.text(value, [client_key]) == _every_rule(red, value, (client_key,))
+    record = {"messages": [{"role": "user", "content": value, value: [value, 3]}]}
+    scrubbed = red.scrub(record, [client_key])["messages"][0]
+    assert scrubbed["content"] == _every_rule(red, value, (client_key,))
+    assert scrubbed[_every_rule(red, value, (client_key,))][0] == scrubbed["content"]
