@@ -13,7 +13,6 @@ import contextlib
 import math
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -98,25 +97,12 @@ def _chat_body(body: dict, text: str, n: int, confidence: float) -> dict:
 @contextlib.contextmanager
 def serve_fake(fake: FakeServer) -> Iterator[FakeServer]:
     """Run ``fake`` on a free loopback port for the duration of the block."""
-    import uvicorn
+    from apidistill.testing.inprocess import serve_in_thread
 
-    config = uvicorn.Config(fake.app(), host="127.0.0.1", port=0, log_level="error", lifespan="off")
-    server = uvicorn.Server(config)
-    fake.server = server
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("fake server did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    fake.base_url = f"http://127.0.0.1:{port}/v1"
-    try:
+    with serve_in_thread(fake.app(), log_level="error", lifespan="off") as (root, server):
+        fake.server = server
+        fake.base_url = f"{root}/v1"
         yield fake
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------- records

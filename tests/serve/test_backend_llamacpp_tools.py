@@ -9,7 +9,6 @@ reuse so greedy answers repeat); ``max_tokens`` stays small except where a call 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,8 +17,9 @@ import httpx2
 import openai
 import pytest
 
-from apidistill.serve.app import bind_socket, create_app
+from apidistill.serve.app import create_app
 from apidistill.serve.http_common import ServeSettings
+from apidistill.testing.inprocess import serve_in_thread
 
 pytestmark = pytest.mark.slow  # one llama.cpp server; ~50 s on 2 loaded cores
 
@@ -48,26 +48,13 @@ GREEDY = {"temperature": 0}  # this anthropic SDK's create() has no temperature 
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[str]:
-    import uvicorn
-
     from apidistill.serve.backends.llamacpp import LlamaCppEngine
     from apidistill.testing.llamacpp_server import embedded_gguf
 
     engine = LlamaCppEngine.from_gguf(embedded_gguf(), num_threads=1, prefix_cache=False)
     app = create_app(engine, ServeSettings(served_model_name=NAME))
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the in-process server did not start"
-        threading.Event().wait(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    with serve_in_thread(app) as (url, _):
+        yield url
         engine.close()
 
 

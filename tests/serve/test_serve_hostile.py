@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
-from apidistill.serve.app import bind_socket, create_app
+from apidistill.serve.app import create_app
 from apidistill.serve.engine import ServeEngine
 from apidistill.serve.http_common import ServeSettings
+from apidistill.testing.inprocess import serve_in_thread
 
 NAME = "student"
 MSGS = [{"role": "user", "content": "hi"}]
@@ -42,8 +43,6 @@ def live(request, tiny_model_dir) -> Iterator[Live]:
     """The same server on each backend: the tiny model in the transformers engine, the
     embedded SmolLM2 GGUF in llama.cpp (no prefix reuse, so greedy answers repeat exactly;
     slow: ~95 s on 2 loaded cores, most of it the fuzzing and the 3.8 MB prompt)."""
-    import uvicorn
-
     if request.param == "llamacpp":
         from apidistill.serve.backends.llamacpp import LlamaCppEngine
         from apidistill.testing.llamacpp_server import embedded_gguf
@@ -52,20 +51,8 @@ def live(request, tiny_model_dir) -> Iterator[Live]:
     else:
         engine = ServeEngine.from_spec(str(tiny_model_dir), max_batch_size=16, num_threads=1)
     app = create_app(engine, ServeSettings(served_model_name=NAME, **CAPS))
-    sock = bind_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the in-process server did not start"
-        threading.Event().wait(0.02)
-    try:
-        yield Live(f"http://127.0.0.1:{port}", engine)
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    with serve_in_thread(app) as (root, _):
+        yield Live(root, engine)
 
 
 def assert_openai_error(resp: httpx2.Response, status: int = 400) -> dict:
