@@ -152,26 +152,11 @@ class CaptureStore:
                 "given to the client",
             ) from None
 
-    def start(
-        self,
-        id: str,
-        *,
-        route: str,
-        api: str,
-        model: str | None,
-        captured: bool,
-        request: dict[str, Any] | None,
-        sampling: dict[str, Any],
-        policy_decision_id: str | None,
-        reserved_usd: Decimal | None,
-        secrets: Iterable[str] = (),
-    ) -> None:
-        """Journal an exchange before it is sent (``request`` kept only when ``captured``)."""
-        self._write(*self.start_row(
-            id, route=route, api=api, model=model, captured=captured, request=request,
-            sampling=sampling, policy_decision_id=policy_decision_id,
-            reserved_usd=reserved_usd, secrets=secrets,
-        ))  # fmt: skip
+    def start(self, id: str, **fields: Any) -> None:
+        """Journal an exchange before it is sent and commit it on its own (``request`` kept
+        only when ``captured``); ``fields`` are :meth:`start_row`'s. The proxy itself batches
+        these rows through :class:`~apidistill.proxy.group_commit.GroupCommit`."""
+        self._write(*self.start_row(id, **fields))
 
     def start_row(
         self,
