@@ -200,7 +200,11 @@ def _teacher_arms(
 
 
 def run(
-    requests: dict[int, int], api_requests: dict[int, int], rounds: int, latency_ms: float
+    requests: dict[int, int],
+    api_requests: dict[int, int],
+    rounds: int,
+    latency_ms: float,
+    jitter: float = 0.0,
 ) -> dict[str, Any]:
     from apidistill.testing.proxy_teacher import ProxyTeacherProcess
 
@@ -210,8 +214,8 @@ def run(
     with ProxyTeacherProcess() as instant:
         teachers["instant"] = {"latency_ms": 0, **_teacher_arms(tmp, instant, "instant",
                                                                 requests, rounds)}  # fmt: skip
-    with ProxyTeacherProcess(latency_ms=latency_ms) as slow:
-        teachers["api_like"] = {"latency_ms": latency_ms, **_teacher_arms(
+    with ProxyTeacherProcess(latency_ms=latency_ms, jitter=jitter) as slow:
+        teachers["api_like"] = {"latency_ms": latency_ms, "jitter": jitter, **_teacher_arms(
             tmp, slow, "api_like", api_requests, rounds)}  # fmt: skip
     return {"teachers": teachers, "rounds": rounds,
             "load_avg_before": load_before, "load_avg_after": _load_avg()}  # fmt: skip
@@ -243,7 +247,9 @@ def markdown(doc: dict[str, Any]) -> str:
             for arm, g in t["goals_at_256"].items()
         )
         parts.append(
-            f"\n## teacher `{name}` (answers after {t['latency_ms']} ms; proxy runs "
+            f"\n## teacher `{name}` (answers after {t['latency_ms']} ms"
+            + (f" ± {t['jitter']:.0%}, uniform" if t.get("jitter") else "")
+            + "; proxy runs "
             f"{t.get('proxy_runtime')})\n\n" + md_table(head, rows)
             + f"\n\nGoals at 256 clients: {goals}.\n"
         )  # fmt: skip
@@ -260,6 +266,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument(
         "--latency-ms", type=float, default=300.0, help="the api_like teacher's answer delay"
     )
+    ap.add_argument(
+        "--jitter",
+        type=float,
+        default=0.0,
+        help="spread of that delay, 0-1 (uniform ±, seeded): closed-loop clients against a "
+        "fixed delay move in lockstep and reach the proxy in bursts of the whole fleet",
+    )
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.requests or (256 if args.quick else 2048)
@@ -267,7 +280,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # the api_like teacher: a whole wave of clients per latency, so fewer requests at 1 client
     api_requests = {1: max(5, n // 64), 64: n, 256: requests[256]}
     rounds = args.rounds or (1 if args.quick else 3)
-    payload = run(requests, api_requests, rounds, args.latency_ms)
+    if not 0.0 <= args.jitter < 1.0:
+        ap.error("--jitter must be in [0, 1)")
+    payload = run(requests, api_requests, rounds, args.latency_ms, args.jitter)
     mode = "quick" if args.quick else "full"
     path = write_result("proxy_overhead", payload, mode=mode, started=started)
     doc = json.loads(path.read_text(encoding="utf-8"))

@@ -173,7 +173,9 @@ async def _handle(request: web.Request, api: str) -> web.StreamResponse:
             return web.json_response(pp.anthropic_error("not_found_error", msg), status=404)
         return web.json_response(pp.openai_error(msg, code="model_not_found"), status=404)
     if state["latency_ms"]:
-        await asyncio.sleep(state["latency_ms"] / 1000)
+        # a real API's latency varies; jitter keeps closed-loop clients from moving in lockstep
+        spread = state["jitter"] * (2 * state["rng"].random() - 1)
+        await asyncio.sleep(state["latency_ms"] * (1 + spread) / 1000)
     answer = anthropic_answer(body) if api == "anthropic" else openai_answer(body)
     headers = {"x-request-id": "req_" + answer["id"][-12:]}
     if not body.get("stream"):
@@ -192,10 +194,17 @@ async def _handle(request: web.Request, api: str) -> web.StreamResponse:
     return resp
 
 
-def build_app(latency_ms: float = 0.0, stream_delay_ms: float = 0.0) -> web.Application:
+def build_app(
+    latency_ms: float = 0.0, stream_delay_ms: float = 0.0, jitter: float = 0.0
+) -> web.Application:
+    """``latency_ms`` delays each answer by ``latency_ms × (1 ± jitter)``, drawn uniformly from
+    a seeded generator (the same sequence every run)."""
+    import random
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app["state"] = {"last": None, "received": 0, "answered": 0, "latency_ms": latency_ms,
-                    "stream_delay_ms": stream_delay_ms}  # fmt: skip
+                    "stream_delay_ms": stream_delay_ms, "jitter": jitter,
+                    "rng": random.Random(0)}  # fmt: skip
 
     async def chat(request: web.Request) -> web.StreamResponse:
         return await _handle(request, "openai")
@@ -222,11 +231,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=0.0)
     ap.add_argument("--stream-delay-ms", type=float, default=0.0)
+    ap.add_argument("--jitter", type=float, default=0.0, help="latency spread, 0-1 (uniform ±)")
     args = ap.parse_args(argv)
 
     async def run() -> None:
         runner = web.AppRunner(
-            build_app(args.latency_ms, args.stream_delay_ms), access_log=None, handle_signals=True
+            build_app(args.latency_ms, args.stream_delay_ms, args.jitter),
+            access_log=None,
+            handle_signals=True,
         )
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", args.port, backlog=1024)
@@ -242,9 +254,11 @@ class ProxyTeacherProcess(LoopbackServerProcess):
     module = "apidistill.testing.proxy_teacher"
     label = "proxy teacher"
 
-    def __init__(self, latency_ms: float = 0.0, stream_delay_ms: float = 0.0) -> None:
+    def __init__(
+        self, latency_ms: float = 0.0, stream_delay_ms: float = 0.0, jitter: float = 0.0
+    ) -> None:
         super().__init__()
-        self.latency_ms, self.stream_delay_ms = latency_ms, stream_delay_ms
+        self.latency_ms, self.stream_delay_ms, self.jitter = latency_ms, stream_delay_ms, jitter
 
     def args(self) -> list[str]:
         return [
@@ -252,6 +266,8 @@ class ProxyTeacherProcess(LoopbackServerProcess):
             str(self.latency_ms),
             "--stream-delay-ms",
             str(self.stream_delay_ms),
+            "--jitter",
+            str(self.jitter),
         ]
 
     def last(self) -> dict[str, Any]:
