@@ -187,23 +187,11 @@ class CaptureStore:
             ),
         )  # fmt: skip
 
-    def finish(
-        self,
-        id: str,
-        *,
-        http_status: int,
-        response: dict[str, Any] | None,
-        usage: dict[str, int] | None,
-        cost_usd: Decimal | None,
-        logprobs: Any = None,
-        secrets: Iterable[str] = (),
-    ) -> None:
-        """Mark an exchange answered (``done`` for a 2xx, else ``failed``) and commit."""
+    def finish(self, id: str, **fields: Any) -> None:
+        """Mark an exchange answered (``done`` for a 2xx, else ``failed``) and commit it on its
+        own; ``fields`` are :meth:`finish_row`'s but ``captured``, which is read from the row."""
         row = self._db.execute("SELECT captured FROM exchanges WHERE id = ?", (id,)).fetchone()
-        self._write(*self.finish_row(
-            id, captured=bool(row and row[0]), http_status=http_status, response=response,
-            usage=usage, cost_usd=cost_usd, logprobs=logprobs, secrets=secrets,
-        ))  # fmt: skip
+        self._write(*self.finish_row(id, captured=bool(row and row[0]), **fields))
 
     def finish_row(
         self,

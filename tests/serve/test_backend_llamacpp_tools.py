@@ -16,6 +16,7 @@ import anthropic
 import httpx2
 import openai
 import pytest
+from test_backend_llamacpp import WEATHER  # the same tool as the single-turn tests
 
 from apidistill.serve.app import create_app
 from apidistill.serve.http_common import ServeSettings
@@ -25,18 +26,6 @@ pytestmark = pytest.mark.slow  # one llama.cpp server; ~50 s on 2 loaded cores
 
 NAME = "student"
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather for a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-        },
-    },
-}
 ANTHROPIC_WEATHER = {
     "name": "get_weather",
     "description": "Current weather for a city.",
