@@ -15,7 +15,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["NEUTRAL", "concurrent_rps", "latency_summary", "sequential", "timed_call"]
+__all__ = [
+    "NEUTRAL",
+    "concurrent_rps",
+    "greedy_request",
+    "latency_summary",
+    "sequential",
+    "timed_call",
+]
 
 # temperature/top_p are SDK parameters; the rest travel in extra_body (llama.cpp's names)
 NEUTRAL: dict[str, Any] = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
@@ -23,17 +30,22 @@ NEUTRAL: dict[str, Any] = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
 Chat = list[dict[str, str]]
 
 
+def greedy_request(model: str, messages: Chat, max_tokens: int) -> dict[str, Any]:
+    """The SDK arguments of one greedy, neutral chat completion (both clients send these)."""
+    return {
+        "model": model,
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "top_p": 1.0,
+        "extra_body": NEUTRAL,
+    }
+
+
 def timed_call(client: Any, model: str, messages: Chat, max_tokens: int) -> dict[str, Any]:
     """One greedy chat completion: wall seconds, output tokens and the answer's text."""
     started = time.perf_counter()
-    r = client.chat.completions.create(
-        model=model,
-        messages=messages,
-        max_tokens=max_tokens,
-        temperature=0,
-        top_p=1.0,
-        extra_body=NEUTRAL,
-    )
+    r = client.chat.completions.create(**greedy_request(model, messages, max_tokens))
     wall = time.perf_counter() - started
     return {"s": wall, "tokens": r.usage.completion_tokens, "text": r.choices[0].message.content}
 
@@ -62,14 +74,7 @@ async def _concurrent(
 
     async def call(msgs: Chat) -> int:
         async with sem:
-            r = await client.chat.completions.create(
-                model=model,
-                messages=msgs,
-                max_tokens=max_tokens,
-                temperature=0,
-                top_p=1.0,
-                extra_body=NEUTRAL,
-            )
+            r = await client.chat.completions.create(**greedy_request(model, msgs, max_tokens))
             return r.usage.completion_tokens
 
     started = time.perf_counter()
