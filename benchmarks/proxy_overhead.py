@@ -21,7 +21,16 @@ concurrent, throughput ≥ 0.95 × direct; ``goals`` says which teacher and arm 
 The load average is recorded before and after: absolute numbers depend on the machine and
 whatever else runs on it; only the ratios of one run compare.
 
+Two layouts (``--layout``): ``shared`` (the default) runs the Python load generator, the
+teacher and the proxy wherever the OS puts them on this machine's cores, so the proxy competes
+with the fleet that loads it; ``isolated`` pins the proxy to the last CPU and the teacher and
+the load generator, `wrk <https://github.com/wg/wrk>`_ (C, closed-loop connections, the same
+requests through ``benchmarks/proxy_overhead.lua``), to the others — the proxy on a core of its
+own as a gateway runs on its own host, and a load generator that costs ~1/20 of the Python
+one's CPU per request. Each run says which it used.
+
 Usage: python -m benchmarks.proxy_overhead [--quick] [--requests N] [--latency-ms MS]
+       [--jitter F] [--layout shared|isolated] [--duration-s S]
 Writes out/proxy_overhead.json and out/proxy_overhead.md ($APIDISTILL_BENCH_OUT when set).
 """
 
@@ -31,9 +40,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +99,8 @@ async def _load(url: str, concurrency: int, n: int, tag: str) -> dict[str, Any]:
                 if i % 4 == 3:
                     body["stream"] = True
                 t0 = time.perf_counter()
-                async with session.post(url, json=body,
-                                        headers={"authorization": "Bearer sk-bench"}) as r:  # fmt: skip
+                head = {"authorization": "Bearer sk-bench", "x-bench-seq": str(i)}
+                async with session.post(url, json=body, headers=head) as r:
                     await r.read()
                     if r.status != 200:
                         errors += 1
@@ -107,6 +119,69 @@ async def _load(url: str, concurrency: int, n: int, tag: str) -> dict[str, Any]:
     }
 
 
+LUA = Path(__file__).with_name("proxy_overhead.lua")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the processes run and what loads them (see the module docstring)."""
+
+    name: str  # "shared" | "isolated"
+    duration_s: float = 8.0  # per wrk measurement (isolated)
+    proxy_cpus: frozenset[int] = frozenset()
+    fleet_cpus: frozenset[int] = frozenset()  # teacher + load generator
+
+    @classmethod
+    def make(cls, name: str, duration_s: float) -> Layout:
+        if name == "shared":
+            return cls("shared")
+        if shutil.which("wrk") is None:
+            raise SystemExit(
+                "--layout isolated needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)"
+            )
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit(f"--layout isolated needs 2 CPUs or more, this process has {cpus}")
+        return cls("isolated", duration_s, frozenset(cpus[-1:]), frozenset(cpus[:-1]))
+
+    def pin(self, pid: int | None, cpus: frozenset[int]) -> None:
+        """Every thread of ``pid`` onto ``cpus`` (threads started later inherit it)."""
+        if pid is None or not cpus:
+            return
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.sched_setaffinity(int(tid), cpus)
+
+    def describe(self) -> dict[str, Any]:
+        if self.name == "shared":
+            return {"name": "shared", "load_generator": "aiohttp (Python, this process)"}
+        version = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+        return {"name": "isolated",
+                "load_generator": (version.stdout or version.stderr).split("[")[0].strip(),
+                "duration_s": self.duration_s, "proxy_cpus": sorted(self.proxy_cpus),
+                "teacher_and_load_generator_cpus": sorted(self.fleet_cpus)}  # fmt: skip
+
+
+def _wrk(url: str, concurrency: int, duration_s: float, tag: str, cpus: frozenset[int]) -> dict:
+    """One closed-loop wrk run (one thread, ``concurrency`` connections) pinned to ``cpus``."""
+    cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus))), "wrk", "-t1",
+           f"-c{concurrency}", f"-d{duration_s:g}s", "--timeout", "30s", "-s", str(LUA), url]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "BENCH_TAG": tag})
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"wrk failed ({done.returncode}): {done.stdout[-500:]}{done.stderr[-500:]}"
+        )
+    w = json.loads(line.removeprefix("WRKJSON "))
+    return {
+        "requests": w["requests"],
+        "errors": w["status_errors"] + w["socket_errors"],
+        "p50_ms": round(w["p50_us"] / 1000, 3),
+        "p99_ms": round(w["p99_us"] / 1000, 3),
+        "mean_ms": round(w["mean_us"] / 1000, 3),
+        "throughput_rps": round(w["requests"] / (w["duration_us"] / 1e6), 1),
+    }
+
+
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of each number over the rounds; CPU per request over all of them."""
     keys = ("p50_ms", "p99_ms", "mean_ms", "throughput_rps")
@@ -121,16 +196,19 @@ def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _measure(url: str, pid: int | None, c: int, n: int, tag: str) -> dict[str, Any]:
+def _measure(url: str, pid: int | None, c: int, n: int, tag: str, layout: Layout) -> dict[str, Any]:
     before = _cpu_s(pid)
-    got = asyncio.run(_load(url, c, n, tag))
+    if layout.name == "isolated":
+        got = _wrk(url, c, layout.duration_s, tag, layout.fleet_cpus)
+    else:
+        got = asyncio.run(_load(url, c, n, tag))
     after = _cpu_s(pid)
     got["proxy_cpu_s"] = None if before is None or after is None else after - before
     return got
 
 
 def _teacher_arms(
-    tmp: Path, teacher: Any, name: str, requests: dict[int, int], rounds: int
+    tmp: Path, teacher: Any, name: str, requests: dict[int, int], rounds: int, layout: Layout
 ) -> dict[str, Any]:
     """The three arms against one teacher, interleaved round by round."""
     from apidistill.testing.proxy_process import ProxyProcess, write_proxy_config
@@ -158,6 +236,9 @@ def _teacher_arms(
             "capture_on": p_on.proc.pid if p_on.proc else None,
             "capture_off": p_off.proc.pid if p_off.proc else None,
         }
+        layout.pin(teacher.proc.pid if teacher.proc else None, layout.fleet_cpus)
+        for arm in PROXY_ARMS:
+            layout.pin(pids[arm], layout.proxy_cpus)
         for arm, url in urls.items():  # warm up pools and code paths
             asyncio.run(_load(url, 8, 64, f"warm-{arm}"))
         raw: dict[str, dict[int, list[dict[str, Any]]]] = {
@@ -168,7 +249,7 @@ def _teacher_arms(
                 order = ARMS if rnd % 2 == 0 else tuple(reversed(ARMS))
                 for arm in order:
                     tag = f"{name}-{arm}-{rnd}-{c}"
-                    raw[arm][c].append(_measure(urls[arm], pids[arm], c, requests[c], tag))
+                    raw[arm][c].append(_measure(urls[arm], pids[arm], c, requests[c], tag, layout))
         started = p_on.log().splitlines()
     results = {arm: {str(c): _merge(raw[arm][c]) for c in CONCURRENCY} for arm in ARMS}
     overhead: dict[str, dict[str, Any]] = {}
@@ -205,20 +286,33 @@ def run(
     rounds: int,
     latency_ms: float,
     jitter: float = 0.0,
+    layout: Layout | None = None,
 ) -> dict[str, Any]:
     from apidistill.testing.proxy_teacher import ProxyTeacherProcess
 
+    layout = layout or Layout("shared")
+    if layout.name == "isolated":  # this process only warms up; the rest is wrk's
+        os.sched_setaffinity(0, layout.fleet_cpus)
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     load_before = _load_avg()
     teachers: dict[str, Any] = {}
     with ProxyTeacherProcess() as instant:
         teachers["instant"] = {"latency_ms": 0, **_teacher_arms(tmp, instant, "instant",
-                                                                requests, rounds)}  # fmt: skip
+                                                                requests, rounds, layout)}  # fmt: skip
     with ProxyTeacherProcess(latency_ms=latency_ms, jitter=jitter) as slow:
         teachers["api_like"] = {"latency_ms": latency_ms, "jitter": jitter, **_teacher_arms(
-            tmp, slow, "api_like", api_requests, rounds)}  # fmt: skip
-    return {"teachers": teachers, "rounds": rounds,
+            tmp, slow, "api_like", api_requests, rounds, layout)}  # fmt: skip
+    return {"teachers": teachers, "rounds": rounds, "layout": layout.describe(),
             "load_avg_before": load_before, "load_avg_after": _load_avg()}  # fmt: skip
+
+
+def _layout_line(layout: dict[str, Any]) -> str:
+    if layout["name"] == "isolated":
+        return (f"Layout **isolated**: the proxy pinned to CPU {layout['proxy_cpus']}, the teacher "
+                f"and the load generator ({layout['load_generator']}, {layout['duration_s']:g} s "
+                f"per measurement) to CPU {layout['teacher_and_load_generator_cpus']}.")  # fmt: skip
+    return ("Layout **shared**: the Python load generator, the proxy and the teacher share "
+            "these cores.")  # fmt: skip
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -227,8 +321,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"# proxy overhead ({doc['mode']}, {doc['date']})\n\n"
         f"Machine: {m.get('cpu')}, {m.get('usable_cores')} usable cores, load average "
         f"{doc.get('load_avg_before')} before and {doc.get('load_avg_after')} after the run. "
-        "Client, proxy and teacher share these cores; other work on the machine moves the wall "
-        "numbers (CPU per request much less).\n"
+        + _layout_line(doc.get("layout") or {"name": "shared"})
+        + " Other work on the machine moves the wall numbers (CPU per request much less).\n"
     ]
     head = ["arm", "clients", "p50 ms", "p99 ms", "req/s", "p50 overhead ms",
             "p99 overhead ms", "throughput × direct", "proxy CPU ms/req", "errors"]  # fmt: skip
@@ -273,6 +367,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="spread of that delay, 0-1 (uniform ±, seeded): closed-loop clients against a "
         "fixed delay move in lockstep and reach the proxy in bursts of the whole fleet",
     )
+    ap.add_argument(
+        "--layout",
+        choices=("shared", "isolated"),
+        default="shared",
+        help="shared: everything on every core, Python load generator; isolated: the proxy "
+        "on a CPU of its own, the teacher and wrk on the others (needs wrk)",
+    )
+    ap.add_argument(
+        "--duration-s", type=float, default=None, help="seconds per wrk measurement (isolated)"
+    )
     args = ap.parse_args(argv)
     started = time.perf_counter()
     n = args.requests or (256 if args.quick else 2048)
@@ -282,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rounds = args.rounds or (1 if args.quick else 3)
     if not 0.0 <= args.jitter < 1.0:
         ap.error("--jitter must be in [0, 1)")
-    payload = run(requests, api_requests, rounds, args.latency_ms, args.jitter)
+    layout = Layout.make(args.layout, args.duration_s or (2.0 if args.quick else 8.0))
+    payload = run(requests, api_requests, rounds, args.latency_ms, args.jitter, layout)
     mode = "quick" if args.quick else "full"
     path = write_result("proxy_overhead", payload, mode=mode, started=started)
     doc = json.loads(path.read_text(encoding="utf-8"))

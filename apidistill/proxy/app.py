@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -130,6 +131,32 @@ class _Exchange:
     ok: bool = False  # the final row records an answer (status < 400)
 
 
+@dataclass
+class Incoming:
+    """A client's request as the handlers need it, built straight from the ASGI scope on the
+    fast path (no Starlette ``Request``/``Headers``/``QueryParams`` objects per request) or
+    from a Starlette ``Request`` on the routed path: the same handler serves both."""
+
+    body: bytes
+    header_items: list[tuple[str, str]]  # names lower-case, in the order received
+    headers: dict[str, str]  # the same, last value wins (lookups)
+    query: list[tuple[str, str]]
+    alias: str | None = None  # ``/r/<alias>/...``
+
+    @classmethod
+    def from_scope(cls, scope: Any, body: bytes) -> Incoming:
+        items = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        qs = scope.get("query_string") or b""
+        query = parse_qsl(qs.decode("latin-1"), keep_blank_values=True) if qs else []
+        return cls(body, items, dict(items), query)
+
+    @classmethod
+    async def from_request(cls, request: Request) -> Incoming:
+        inc = cls.from_scope(request.scope, await request.body())
+        inc.alias = request.path_params.get("alias")
+        return inc
+
+
 def _usage_of(api: Api, answer: dict[str, Any] | None) -> Usage | None:
     u = (answer or {}).get("usage")
     if not isinstance(u, dict):
@@ -183,10 +210,12 @@ class Proxy:
     # ----------------------------------------------------------------- entry points
 
     async def openai_chat(self, request: Request) -> Response:
-        return await self.forward(request, "openai", "/v1/chat/completions")
+        inc = await Incoming.from_request(request)
+        return await self.forward(inc, "openai", "/v1/chat/completions")
 
     async def anthropic_messages(self, request: Request) -> Response:
-        return await self.forward(request, "anthropic", "/v1/messages")
+        inc = await Incoming.from_request(request)
+        return await self.forward(inc, "anthropic", "/v1/messages")
 
     async def models(self, request: Request) -> Response:
         """``GET /v1/models``: the teacher's list (SDK clients ask for it); never captured."""
@@ -207,8 +236,8 @@ class Proxy:
 
     # ----------------------------------------------------------------- the exchange
 
-    def _route(self, request: Request, api: Api) -> str | Response:
-        alias = request.path_params.get("alias") or request.headers.get("x-apidistill-route")
+    def _route(self, inc: Incoming, api: Api) -> str | Response:
+        alias = inc.alias or inc.headers.get("x-apidistill-route")
         if alias is None:
             return "default"
         if not _ALIAS.fullmatch(alias):
@@ -220,12 +249,12 @@ class Proxy:
             )
         return alias
 
-    async def forward(self, request: Request, api: Api, path: str) -> Response:
+    async def forward(self, inc: Incoming, api: Api, path: str) -> Response:
         s = self.s
-        route = self._route(request, api)
+        route = self._route(inc, api)
         if isinstance(route, Response):
             return route
-        raw = await request.body()
+        raw = inc.body
         try:
             body = json.loads(raw)
         except ValueError as exc:
@@ -234,13 +263,13 @@ class Proxy:
             )
         if not isinstance(body, dict):
             return error_response(api, 400, "apidistill proxy: the request body must be an object")
-        headers, secrets = request_headers(list(request.headers.items()), api, s.teacher_key)
-        ex = _Exchange(uuid.uuid4().hex, api, route, body, time.perf_counter(), secrets)
+        headers, secrets = request_headers(inc.header_items, api, s.teacher_key)
+        ex = _Exchange(os.urandom(16).hex(), api, route, body, time.perf_counter(), secrets)
         rs = s.stats.route(route)
         rs.requests += 1
         split = s.cfg.split
         if split is not None and to_student(
-            split_key(request.headers, body, split.key_header), s.split_share, s.rng
+            split_key(inc.headers, body, split.key_header), s.split_share, s.rng
         ):
             answered = await self._from_student(api, path, body, headers)
             if answered is not None:
@@ -313,7 +342,7 @@ class Proxy:
                 root + path,
                 content=content,
                 headers=headers,
-                params=request.query_params.multi_items() or None,
+                params=inc.query or None,
             )
         except UpstreamError as exc:
             await self._committed(ex, self._close(ex, 502, None, None, billed_unknown=exc.sent))
@@ -711,27 +740,77 @@ def build_app(state: ProxyState) -> Starlette:
 
 class FastPath:
     """The ASGI entry point the server runs: ``POST /v1/chat/completions`` and
-    ``POST /v1/messages`` (nearly all of a proxy's traffic) go straight to their handler,
-    without Starlette's middleware stack and route matching (7-10% of the proxy's own CPU per
-    request, docs/proxy.md); everything else (``/r/<alias>/...``, admin, stats,
-    the lifespan) goes through the Starlette app. Same handlers, so the same answers."""
+    ``POST /v1/messages`` (nearly all of a proxy's traffic) go straight to the handler,
+    without Starlette's middleware stack, route matching, ``Request`` object or response
+    machinery: the body is read from ``receive`` and the answer written with ``send``
+    directly (docs/proxy.md: the proxy's own CPU per request); everything else
+    (``/r/<alias>/...``, admin, stats, the lifespan) goes through the Starlette app. Same
+    handler, so the same answers."""
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
         proxy: Proxy = app.state.proxy
-        self._routes = {
-            "/v1/chat/completions": proxy.openai_chat,
-            "/v1/messages": proxy.anthropic_messages,
+        self._routes: dict[str, tuple[Api, str]] = {
+            "/v1/chat/completions": ("openai", "/v1/chat/completions"),
+            "/v1/messages": ("anthropic", "/v1/messages"),
         }
+        self._proxy = proxy
         self.fast = 0  # requests that took the fast path
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self._routes.get(scope["path"])
-            if handler is not None:
+            route = self._routes.get(scope["path"])
+            if route is not None:
                 self.fast += 1
-                scope["app"] = self.app
-                response = await handler(Request(scope, receive, send))
-                await response(scope, receive, send)
+                message = await receive()
+                body = message.get("body", b"")
+                if message.get("more_body"):
+                    parts = [body]
+                    while message.get("more_body"):
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            return  # the client left before its request was whole
+                        parts.append(message.get("body", b""))
+                    body = b"".join(parts)
+                response = await self._proxy.forward(Incoming.from_scope(scope, body), *route)
+                await send_response(response, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+async def send_response(response: Response, receive: Any, send: Any) -> None:
+    """Write a Starlette response with bare ASGI messages: what ``Response.__call__`` does,
+    and for a stream what ``StreamingResponse`` does with an anyio task group (stop the stream
+    when the client disconnects) with one plain asyncio task instead. A stream stopped that
+    way runs its ``finally`` (the relay closes the exchange as cut short, charged at its worst
+    case: tests/proxy/test_proxy_disconnect.py)."""
+    start = {"type": "http.response.start", "status": response.status_code,
+             "headers": response.raw_headers}  # fmt: skip
+    if not isinstance(response, StreamingResponse):
+        await send(start)
+        await send({"type": "http.response.body", "body": response.body})
+        return
+
+    async def pump() -> None:
+        await send(start)
+        async for chunk in response.body_iterator:
+            if not isinstance(chunk, bytes | memoryview):
+                chunk = chunk.encode(response.charset)
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    loop = asyncio.get_running_loop()
+    streaming, watch = loop.create_task(pump()), loop.create_task(gone())
+    try:
+        await asyncio.wait((streaming, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (streaming, watch):
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(streaming, watch, return_exceptions=True)
+    if not streaming.cancelled() and streaming.exception() is not None:
+        raise streaming.exception()  # type: ignore[misc]

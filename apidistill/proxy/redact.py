@@ -38,6 +38,16 @@ _API_KEY = re.compile(
 # a run of digits with the separators people write in phone and card numbers
 _DIGIT_RUN = re.compile(r"\+?\(?\d[\d \-.()]*\d\)?")
 _ANY_DIGIT = re.compile(r"\d")  # what the card and phone patterns both need
+_API_KEY_MIN = 11  # the shortest match of _API_KEY: "sk-" and 8 characters
+
+
+def _may_hold_api_key(value: str) -> bool:
+    """Whether ``value`` holds a literal that every ``_API_KEY`` alternative starts with (most
+    strings in a record, keys included, hold none: the regex is skipped, same result)."""
+    return len(value) >= _API_KEY_MIN and (
+        "sk-" in value or "Bearer" in value or "gh" in value or "AKIA" in value
+        or "xox" in value or "AIza" in value
+    )  # fmt: skip
 _STRUCTURAL_KEYS = frozenset(
     {"id", "object", "model", "role", "type", "finish_reason", "stop_reason",
      "system_fingerprint", "service_tier", "tool_call_id"}
@@ -107,7 +117,7 @@ class Redactor:
 
     def _text(self, value: str, secrets: tuple[str, ...]) -> str:
         # Each rule runs only where it can match: an e-mail needs an '@', a phone or card
-        # number a digit (most strings in a record, keys included, have neither). The
+        # number a digit, a key shape one of its prefixes (most strings in a record, keys included, have neither). The
         # result is the same as running every rule; this is the proxy's hot path.
         spans: list[tuple[int, int, str]] = []
         if "api_key" in self.builtin:
@@ -116,7 +126,8 @@ class Redactor:
                 while start >= 0:
                     spans.append((start, start + len(secret), "api_key"))
                     start = value.find(secret, start + 1)
-            spans += [(*m.span(), "api_key") for m in _API_KEY.finditer(value)]
+            if _may_hold_api_key(value):
+                spans += [(*m.span(), "api_key") for m in _API_KEY.finditer(value)]
         if "email" in self.builtin and "@" in value:
             spans += [(*m.span(), "email") for m in _EMAIL.finditer(value)]
         if self._digits and _ANY_DIGIT.search(value):

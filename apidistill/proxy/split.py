@@ -18,7 +18,7 @@ __all__ = ["split_key", "to_student"]
 
 
 def split_key(headers: Any, body: dict[str, Any], header: str) -> str | None:
-    value = headers.get(header)
+    value = headers.get(header.lower())  # lower-case names: a dict or Starlette Headers
     if value:
         return str(value)
     if isinstance(body.get("user"), str) and body["user"]:

@@ -174,7 +174,9 @@ async def _handle(request: web.Request, api: str) -> web.StreamResponse:
         return web.json_response(pp.openai_error(msg, code="model_not_found"), status=404)
     if state["latency_ms"]:
         # a real API's latency varies; jitter keeps closed-loop clients from moving in lockstep
-        spread = state["jitter"] * (2 * state["rng"].random() - 1)
+        seq = request.headers.get(SEQ_HEADER)
+        draw = _seq_draw(seq) if seq else state["rng"].random()
+        spread = state["jitter"] * (2 * draw - 1)
         await asyncio.sleep(state["latency_ms"] * (1 + spread) / 1000)
     answer = anthropic_answer(body) if api == "anthropic" else openai_answer(body)
     headers = {"x-request-id": "req_" + answer["id"][-12:]}
@@ -183,22 +185,38 @@ async def _handle(request: web.Request, api: str) -> web.StreamResponse:
         return web.json_response(answer, headers=headers)
     resp = web.StreamResponse(status=200, headers=headers)
     resp.content_type = "text/event-stream"
-    await resp.prepare(request)
     parts = anthropic_events(answer) if api == "anthropic" else openai_chunks(body, answer)
-    for i, part in enumerate(parts):
-        if i and state["stream_delay_ms"]:
-            await asyncio.sleep(state["stream_delay_ms"] / 1000)
-        await resp.write(part)
-    await resp.write_eof()
+    try:
+        await resp.prepare(request)
+        for i, part in enumerate(parts):
+            if i and state["stream_delay_ms"]:
+                await asyncio.sleep(state["stream_delay_ms"] / 1000)
+            await resp.write(part)
+        await resp.write_eof()
+    except ConnectionResetError:  # the client left mid-stream (aiohttp's is a subclass)
+        return resp
     state["answered"] += 1
     return resp
+
+
+SEQ_HEADER = "x-bench-seq"
+
+
+def _seq_draw(seq: str) -> float:
+    """A uniform draw in [0, 1) fixed by the request's sequence number: the benchmark's arms
+    send the same numbers, so each arm's requests wait the same delays and the difference of
+    their latency percentiles is the proxy's, not the luck of the draw (at 256 clients a
+    free draw moves the median of a ±50% spread by ~2 ms, the size of the goal)."""
+    digest = hashlib.sha256(seq.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def build_app(
     latency_ms: float = 0.0, stream_delay_ms: float = 0.0, jitter: float = 0.0
 ) -> web.Application:
     """``latency_ms`` delays each answer by ``latency_ms × (1 ± jitter)``, drawn uniformly from
-    a seeded generator (the same sequence every run)."""
+    a seeded generator (the same sequence every run), or from the request's ``x-bench-seq``
+    header when it has one (:func:`_seq_draw`)."""
     import random
 
     app = web.Application(client_max_size=64 * 1024 * 1024)

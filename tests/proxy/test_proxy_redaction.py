@@ -38,9 +38,11 @@ phones = st.builds(
 )  # fmt: skip
 api_keys = st.builds(
     lambda prefix, body: prefix + body,
-    st.sampled_from(["sk-", "sk-proj-", "sk-ant-api03-", "ghp_", "AKIA"]),
+    st.sampled_from(["sk-", "sk-proj-", "sk-ant-api03-", "ghp_", "gho_", "AKIA", "xoxb-",
+                     "AIza", "Bearer "]),
     st.text(_ALNUM, min_size=20, max_size=40),
 ).map(lambda k: k if not k.startswith("AKIA") else "AKIA" + k[4:20].upper().ljust(16, "Q"))
+api_keys = api_keys.map(lambda k: k if not k.startswith("AIza") else k.ljust(34, "Q"))
 cards = st.builds(
     lambda first, rest, sep: sep.join(
         _luhn_complete(first + rest)[i : i + 4] for i in range(0, len(first + rest) + 1, 4)

@@ -11,7 +11,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from apidistill.testing import proxy_teacher
 
 
-async def _delays(monkeypatch: pytest.MonkeyPatch, jitter: float, n: int = 40) -> list[float]:
+async def _delays(
+    monkeypatch: pytest.MonkeyPatch, jitter: float, n: int = 40, seqs: list[str] | None = None
+) -> list[float]:
     slept: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -26,7 +28,8 @@ async def _delays(monkeypatch: pytest.MonkeyPatch, jitter: float, n: int = 40) -
     async with TestClient(TestServer(app)) as client:
         for i in range(n):
             body = {"model": "m", "messages": [{"role": "user", "content": f"q{i}"}]}
-            r = await client.post("/v1/chat/completions", json=body)
+            head = {proxy_teacher.SEQ_HEADER: seqs[i]} if seqs else {}
+            r = await client.post("/v1/chat/completions", json=body, headers=head)
             assert r.status == 200
     return slept
 
@@ -43,3 +46,13 @@ def test_delays_stay_in_the_band_and_spread_only_with_jitter(
         assert slept == asyncio.run(_delays(monkeypatch, jitter))  # seeded: same every run
     else:
         assert set(slept) == {0.3}
+
+
+def test_a_sequence_header_fixes_each_request_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Arms that send the same sequence numbers wait the same delays, in whatever order."""
+    seqs = [str(i) for i in range(40)]
+    first = asyncio.run(_delays(monkeypatch, 0.5, seqs=seqs))
+    again = asyncio.run(_delays(monkeypatch, 0.5, seqs=list(reversed(seqs))))
+    assert first == list(reversed(again))
+    assert all(0.15 <= s <= 0.45 for s in first) and max(first) - min(first) > 0.15
+    assert first != asyncio.run(_delays(monkeypatch, 0.5))  # without the header: the rng
