@@ -48,6 +48,8 @@ def _may_hold_api_key(value: str) -> bool:
         "sk-" in value or "Bearer" in value or "gh" in value or "AKIA" in value
         or "xox" in value or "AIza" in value
     )  # fmt: skip
+
+
 _STRUCTURAL_KEYS = frozenset(
     {"id", "object", "model", "role", "type", "finish_reason", "stop_reason",
      "system_fingerprint", "service_tier", "tool_call_id"}

@@ -38,8 +38,9 @@ phones = st.builds(
 )  # fmt: skip
 api_keys = st.builds(
     lambda prefix, body: prefix + body,
-    st.sampled_from(["sk-", "sk-proj-", "sk-ant-api03-", "ghp_", "gho_", "AKIA", "xoxb-",
-                     "AIza", "Bearer "]),
+    st.sampled_from(
+        ["sk-", "sk-proj-", "sk-ant-api03-", "ghp_", "gho_", "AKIA", "xoxb-", "AIza", "Bearer "]
+    ),
     st.text(_ALNUM, min_size=20, max_size=40),
 ).map(lambda k: k if not k.startswith("AKIA") else "AKIA" + k[4:20].upper().ljust(16, "Q"))
 api_keys = api_keys.map(lambda k: k if not k.startswith("AIza") else k.ljust(34, "Q"))
