@@ -38,6 +38,7 @@ _API_KEY = re.compile(
 # a run of digits with the separators people write in phone and card numbers
 _DIGIT_RUN = re.compile(r"\+?\(?\d[\d \-.()]*\d\)?")
 _ANY_DIGIT = re.compile(r"\d")  # what the card and phone patterns both need
+_KEY_CACHE = 4096  # dict keys whose masking a Redactor remembers (bounded: keys are input)
 _API_KEY_MIN = 11  # the shortest match of _API_KEY: "sk-" and 8 characters
 
 
@@ -106,6 +107,9 @@ class Redactor:
         self.builtin = frozenset(builtin)
         self.patterns = [re.compile(p) for p in patterns]
         self._digits = bool(self.builtin & {"card", "phone"})
+        # dict keys repeat in every record ("role", "content", "usage", ...): their masking by
+        # the rules is kept; secrets (which change per exchange) are still checked each time
+        self._keys: dict[str, str] = {}
 
     def text(self, value: str, secrets: Iterable[str] = ()) -> str:
         """``value`` with every match masked; ``secrets`` are removed by value."""
@@ -153,12 +157,25 @@ class Redactor:
         """A copy of a JSON-like value with every string (and dict key) masked."""
         return self._scrub(obj, self._secrets(secrets), key)
 
+    def _key(self, key: str, secrets: tuple[str, ...]) -> str:
+        """A dict key masked as :meth:`_text` masks it. Without a secret in it, the result
+        depends on the key alone, so it is computed once (at most ``_KEY_CACHE`` keys)."""
+        for secret in secrets:
+            if secret in key:
+                return self._text(key, secrets)
+        masked = self._keys.get(key)
+        if masked is None:
+            masked = self._text(key, ())
+            if len(self._keys) < _KEY_CACHE:
+                self._keys[key] = masked
+        return masked
+
     def _scrub(self, obj: Any, secrets: tuple[str, ...], key: str | None) -> Any:
         if isinstance(obj, str):
             return obj if key in _STRUCTURAL_KEYS else self._text(obj, secrets)
         if isinstance(obj, dict):
             return {
-                self._text(str(k), secrets): self._scrub(v, secrets, str(k)) for k, v in obj.items()
+                self._key(str(k), secrets): self._scrub(v, secrets, str(k)) for k, v in obj.items()
             }
         if isinstance(obj, list):
             return [self._scrub(v, secrets, key) for v in obj]

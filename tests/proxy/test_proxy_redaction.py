@@ -156,3 +156,9 @@ def test_skipping_rules_that_cannot_match_masks_exactly_as_running_them_all(
     scrubbed = red.scrub(record, [client_key])["messages"][0]
     assert scrubbed["content"] == _every_rule(red, value, (client_key,))
     assert scrubbed[_every_rule(red, value, (client_key,))][0] == scrubbed["content"]
+    # the same Redactor remembers keys' masks: a later record, another client key, a key that
+    # holds the new key, and one that held the old one, still mask as every rule would
+    other = client_key[::-1] + "Z"
+    again = red.scrub([{value: 1}, {value + other: 2}], [other])
+    assert [next(iter(d)) for d in again] == [_every_rule(red, value, (other,)),
+                                              _every_rule(red, value + other, (other,))]  # fmt: skip
