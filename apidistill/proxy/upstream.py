@@ -1,14 +1,19 @@
 """The proxy's one shared upstream connection pool, on the teacher's transport.
 
-``teacher.transport`` picks it as it does for the harvest (:mod:`apidistill.teachers.transport`):
-``aiohttp`` (the ``auto`` choice when installed: far less CPU per request, which is most of
-the proxy's own overhead, benchmarks/proxy_overhead.py) or ``httpx2``. Both are wrapped in the
-same small interface, and their failures in one :class:`UpstreamError` that says whether the
-request may have reached the teacher (so the budget knows whether it may have been billed).
+``teacher.transport: auto`` picks the bare keep-alive HTTP/1.1 pool of
+:mod:`apidistill.proxy.raw_upstream` (asyncio protocols + httptools) when ``httptools`` imports:
+the upstream hop is the largest part of the proxy's own CPU per request that a general client
+spends on things the proxy never uses (benchmarks/proxy_overhead.py, docs/proxy.md). Without
+httptools ``auto`` falls back as for the harvest (:mod:`apidistill.teachers.transport`): aiohttp
+when installed, else ``httpx2``; ``aiohttp`` and ``httpx2`` named explicitly keep their meaning.
+All are wrapped in the same small interface, and their failures in one :class:`UpstreamError`
+that says whether the request may have reached the teacher (so the budget knows whether it may
+have been billed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -174,7 +179,13 @@ class _Httpx2:
 
 
 def open_upstream(transport: str, *, max_connections: int, timeout_s: float) -> Upstream:
-    """The shared pool for ``teacher.transport`` (``auto`` → aiohttp when installed)."""
-    if resolve_transport(transport) == "aiohttp":
+    """The shared pool for ``teacher.transport`` (``auto`` → the raw pool when httptools
+    imports, else aiohttp when installed, else httpx2)."""
+    resolved = resolve_transport(transport)  # checks the name even when the raw pool is used
+    if transport == "auto" and importlib.util.find_spec("httptools") is not None:
+        from apidistill.proxy.raw_upstream import RawUpstream
+
+        return RawUpstream(max_connections, timeout_s)
+    if resolved == "aiohttp":
         return _Aiohttp(max_connections, timeout_s)
     return _Httpx2(max_connections, timeout_s)
