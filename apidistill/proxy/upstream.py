@@ -13,7 +13,6 @@ have been billed).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -182,10 +181,13 @@ def open_upstream(transport: str, *, max_connections: int, timeout_s: float) -> 
     """The shared pool for ``teacher.transport`` (``auto`` → the raw pool when httptools
     imports, else aiohttp when installed, else httpx2)."""
     resolved = resolve_transport(transport)  # checks the name even when the raw pool is used
-    if transport == "auto" and importlib.util.find_spec("httptools") is not None:
-        from apidistill.proxy.raw_upstream import RawUpstream
-
-        return RawUpstream(max_connections, timeout_s)
+    if transport == "auto":
+        try:  # an import, not find_spec: a broken or shadowed httptools counts as absent
+            from apidistill.proxy.raw_upstream import RawUpstream
+        except ImportError:
+            pass
+        else:
+            return RawUpstream(max_connections, timeout_s)
     if resolved == "aiohttp":
         return _Aiohttp(max_connections, timeout_s)
     return _Httpx2(max_connections, timeout_s)
