@@ -114,18 +114,18 @@ class _Conn(asyncio.Protocol):
             return
         self.status, self.head_done = status, True
         self.keep_alive = self.parser.should_keep_alive()
-        names = {k.lower() for k, _ in self.headers}
-        self.eof_body = not ({"content-length", "transfer-encoding"} & names) and status not in (
-            204,
-            304,
-        )
+        sized = False
         for k, v in self.headers:
-            if k.lower() == "keep-alive" and "timeout=" in v:
+            low = k.lower()
+            if low == "content-length" or low == "transfer-encoding":
+                sized = True
+            elif low == "keep-alive" and "timeout=" in v:
                 try:
                     n = float(v.split("timeout=", 1)[1].split(",", 1)[0])
                 except ValueError:
                     continue
                 self.ka_s = min(self.ka_s, n - 1.0)  # leave a second for the race
+        self.eof_body = not sized and status != 204 and status != 304
         if self.head_only:  # HEAD: no body follows, whatever the headers say
             self.keep_alive = False
             self._finish()
@@ -264,6 +264,7 @@ class RawUpstream:
         self._ssl = ssl_context
         self._idle: dict[_Key, list[_Conn]] = {}
         self._all: set[_Conn] = set()
+        self._urls: dict[str, tuple[_Key, str, str]] = {}
         self._open = 0
         self._waiters: deque[tuple[_Key, asyncio.Future[_Conn | None]]] = deque()
 
@@ -276,19 +277,10 @@ class RawUpstream:
         headers: Mapping[str, str],
         params: Sequence[tuple[str, str]] | None,
     ) -> _RawResponse:
-        u = urlsplit(url)
-        scheme, host = u.scheme.lower(), u.hostname or ""
-        default = 443 if scheme == "https" else 80
-        port = u.port or default
-        target = u.path or "/"
-        query = "&".join(q for q in (u.query, urlencode(params) if params else "") if q)
-        if query:
-            target += "?" + query
-        hosthdr = f"[{host}]" if ":" in host else host
-        lines = [
-            f"{method} {target} HTTP/1.1\r\nhost: {hosthdr}"
-            + (f":{port}" if port != default else "")
-        ]
+        key, target, hostline = self._urls.get(url) or self._parse(url)
+        if params:
+            target += ("&" if "?" in target else "?") + urlencode(params)
+        lines = [f"{method} {target} HTTP/1.1\r\n{hostline}"]
         for k, v in headers.items():
             if k.lower() in ("host", "content-length", "transfer-encoding"):
                 continue
@@ -297,8 +289,14 @@ class RawUpstream:
             lines.append(f"{k}: {v}")
         if content is not None or method in ("POST", "PUT", "PATCH"):
             lines.append(f"content-length: {len(content or b'')}")
-        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (content or b"")
-        conn = await self._acquire((scheme, host, port))
+        try:
+            head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise UpstreamError(
+                f"not sendable as HTTP/1.1: {exc}", sent=False, timeout=False
+            ) from exc
+        conn = await self._acquire(key)
+        request = head + content if content else head
         try:
             conn.start(request, head_only=method == "HEAD")
             while not conn.head_done:
@@ -309,6 +307,21 @@ class RawUpstream:
             self._release(conn)
             raise
         return _RawResponse(self, conn)
+
+    def _parse(self, url: str) -> tuple[_Key, str, str]:
+        """Pool key, request target and host header of ``url`` (cached: the proxy sends to a
+        handful of URLs, and parsing one costs more than the rest of the request head)."""
+        u = urlsplit(url)
+        scheme, host = u.scheme.lower(), u.hostname or ""
+        default = 443 if scheme == "https" else 80
+        port = u.port or default
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        hostline = "host: " + (f"[{host}]" if ":" in host else host)
+        hostline += f":{port}" if port != default else ""
+        if len(self._urls) >= 1024:
+            self._urls.clear()
+        self._urls[url] = parsed = ((scheme, host, port), target, hostline)
+        return parsed
 
     # ------------------------------------------------------------------ pool
     async def _acquire(self, key: _Key) -> _Conn:
