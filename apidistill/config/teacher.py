@@ -122,7 +122,7 @@ class TeacherConfig(_Section):
     )
     transport: Literal["auto", "httpx2", "aiohttp"] = Field(
         "auto",
-        description="HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2; auto = aiohttp when installed, else httpx2. Errors map the same on both.",
+        description="HTTP transport of the SDK client: aiohttp (far less CPU per request) or httpx2; auto = aiohttp when installed, else httpx2. Errors map the same on both. In `apidistill proxy`, auto = its raw httptools pool when httptools imports (docs/proxy.md).",
     )
     store: bool = Field(
         False,

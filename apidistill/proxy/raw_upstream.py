@@ -342,7 +342,9 @@ class RawUpstream:
         try:
             got = await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
+            if not fut.done() or fut.cancelled():
+                self._waiters = deque(w for w in self._waiters if w[1] is not fut)
+            else:  # handed a socket or a slot just before the cancel: pass it on
                 got = fut.result()
                 if got is None:
                     self._free_slot()

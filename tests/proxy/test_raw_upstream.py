@@ -543,3 +543,48 @@ def test_any_split_reads_back_identical_and_reuse_is_exact(
             await pool.close()
 
     asyncio.run(asyncio.wait_for(main(), GUARD_S))
+
+
+# --------------------------------------------------------------------------- wiring, cancel
+
+
+async def test_open_upstream_auto_is_raw_and_explicit_names_keep_their_meaning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apidistill.proxy import upstream
+
+    assert isinstance(open_upstream("auto", max_connections=2, timeout_s=5), RawUpstream)
+    for name, cls in (("aiohttp", upstream._Aiohttp), ("httpx2", upstream._Httpx2)):
+        pool = open_upstream(name, max_connections=2, timeout_s=5)
+        assert isinstance(pool, cls)
+        await pool.close()
+    monkeypatch.setitem(__import__("sys").modules, "httptools", None)  # as if not installed
+    monkeypatch.delitem(__import__("sys").modules, "apidistill.proxy.raw_upstream")
+    pool = open_upstream("auto", max_connections=2, timeout_s=5)
+    assert isinstance(pool, upstream._Aiohttp)
+    await pool.close()
+
+
+async def test_cancelled_sends_give_their_socket_and_slot_back() -> None:
+    async with RawServer(_silent) as silent, RawServer(_keep_alive_ok) as ok:
+        pool = RawUpstream(1, 300)
+        with pytest.raises(TimeoutError):  # cancelled while waiting for the answer's head
+            await asyncio.wait_for(send(pool, silent.url + "/x"), 0.2)
+        assert pool._open == 0 and not pool._all  # that socket is closed, its slot free
+        held = await pool.send("POST", ok.url + "/x", content=b"{}", headers={}, params=None)
+        for handed_off in (False, True):
+            waiting = asyncio.create_task(send(pool, ok.url + "/x"))
+            for _ in range(100):  # until it waits in the queue for the one slot
+                if pool._waiters:
+                    break
+                await asyncio.sleep(0)
+            assert len(pool._waiters) == 1  # a cancelled wait leaves the queue
+            if handed_off:  # the socket is handed to the queued send, cancelled before it runs
+                assert await held.read() == b"ok"
+                await held.close()
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+        assert await send(pool, ok.url + "/x") == (200, b"ok")
+        assert ok.connections == 1 and pool._open == 1  # the handed-off socket came back
+        await pool.close()
