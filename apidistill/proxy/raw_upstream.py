@@ -357,7 +357,9 @@ class RawUpstream:
         """Open a socket for a slot already counted in ``_open``; gives the slot back on failure."""
         scheme, host, port = key
         loop = asyncio.get_running_loop()
-        ctx = (self._ssl or ssl.create_default_context()) if scheme == "https" else None
+        if scheme == "https" and self._ssl is None:  # one per pool: loading the CAs costs ms
+            self._ssl = ssl.create_default_context()
+        ctx = self._ssl if scheme == "https" else None
         conn = _Conn(self, key)
         try:
             await asyncio.wait_for(
