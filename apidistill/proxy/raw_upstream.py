@@ -91,12 +91,6 @@ class _Conn(asyncio.Protocol):
                 )
         self.pool._forget(self)
 
-    def pause_writing(self) -> None:  # request bodies are small; the kernel buffers them
-        pass
-
-    def resume_writing(self) -> None:
-        pass
-
     # ------------------------------------------------------------------ parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:  # a second answer to one request: never reuse this socket

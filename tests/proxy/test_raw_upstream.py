@@ -588,3 +588,20 @@ async def test_cancelled_sends_give_their_socket_and_slot_back() -> None:
         assert await send(pool, ok.url + "/x") == (200, b"ok")
         assert ok.connections == 1 and pool._open == 1  # the handed-off socket came back
         await pool.close()
+
+
+async def test_a_reused_socket_that_dies_is_sent_and_never_retried() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await read_request(reader)  # the second request on this socket: no answer, FIN
+
+    async with RawServer(script) as srv:
+        pool = RawUpstream(2, 30)
+        assert await send(pool, srv.url + "/x") == (200, b"ok")
+        with pytest.raises(UpstreamError) as err:
+            await send(pool, srv.url + "/x")
+        assert err.value.sent is True  # the teacher may have billed it
+        assert srv.connections == 1  # no silent retry on a fresh socket
+        await pool.close()
