@@ -27,7 +27,9 @@ from apidistill.proxy.upstream import UpstreamError
 
 __all__ = ["RawUpstream"]
 
-_HIGH, _LOW = 256 * 1024, 64 * 1024  # pause reading a socket whose body nobody consumes
+# Pause reading a socket whose body nobody consumes above this; the next read takes all that is
+# buffered and resumes it (the low-water mark is 0).
+_HIGH = 256 * 1024
 _Key = tuple[str, str, int]  # scheme, host, port
 
 
@@ -63,9 +65,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
-        if (
-            not self.active or self.complete
-        ):  # bytes nobody asked for: this socket's state is unknown
+        if not self.active or self.complete:  # bytes nobody asked for: state unknown
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
             return
@@ -82,8 +82,8 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         if self.active and not self.complete:
-            if self.head_done and self.eof_body:
-                self._finish()  # a body without length ends at EOF
+            if self.head_done and self.eof_body and exc is None:
+                self._finish()  # a body without length ends at a clean EOF (not a reset)
             else:
                 why = f": {exc}" if exc else ""
                 self._fail(

@@ -8,6 +8,7 @@ import itertools
 import json
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -604,4 +605,21 @@ async def test_a_reused_socket_that_dies_is_sent_and_never_retried() -> None:
             await send(pool, srv.url + "/x")
         assert err.value.sent is True  # the teacher may have billed it
         assert srv.connections == 1  # no silent retry on a fresh socket
+        await pool.close()
+
+
+async def test_a_reset_ends_a_body_without_length_as_broken_not_complete() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # linger 0: an RST, not a FIN
+
+    async with RawServer(script) as srv:
+        pool = RawUpstream(2, 30)
+        with pytest.raises(UpstreamError) as err:
+            await send(pool, srv.url + "/x")
+        assert err.value.sent is True
         await pool.close()
