@@ -161,17 +161,17 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def _check_timeout(self) -> None:
-        due = self.last_rx + self.pool.timeout_s
-        if self.complete or self.paused or self.loop.time() < due:
-            if not self.complete:
-                self.timer = self.loop.call_at(
-                    max(due, self.loop.time() + 0.01), self._check_timeout
-                )
+        """Fail the answer when no byte came for ``timeout_s`` (one timer per request, moved
+        only when it fires: cheaper than re-arming it on every read)."""
+        if self.complete:
+            return
+        now, limit = self.loop.time(), self.pool.timeout_s
+        if self.paused or now < self.last_rx + limit:  # paused: the silence is ours
+            self.timer = self.loop.call_at(now + limit if self.paused else self.last_rx + limit,
+                                           self._check_timeout)  # fmt: skip
             return
         self._fail(
-            UpstreamError(
-                f"no bytes from the teacher in {self.pool.timeout_s:g} s", sent=True, timeout=True
-            )
+            UpstreamError(f"no bytes from the teacher in {limit:g} s", sent=True, timeout=True)
         )
         if self.transport is not None:
             self.transport.abort()
@@ -204,6 +204,7 @@ class _Conn(asyncio.Protocol):
                 self.buffered = 0
                 if self.paused and self.transport is not None:
                     self.paused = False
+                    self.last_rx = self.loop.time()  # the teacher waited on us, not we on it
                     self.transport.resume_reading()
                 return data
             if self.complete:

@@ -623,3 +623,27 @@ async def test_a_reset_ends_a_body_without_length_as_broken_not_complete() -> No
             await send(pool, srv.url + "/x")
         assert err.value.sent is True
         await pool.close()
+
+
+async def test_a_paused_stream_is_not_a_teacher_timeout() -> None:
+    """While the pool holds a socket paused (nobody reads), the teacher's silence is ours: a
+    read after longer than timeout_s still gets the whole body."""
+    blob = b"x" * (2 * 1024 * 1024)
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(blob) + blob)
+        await writer.drain()
+
+    async with RawServer(script) as srv:
+        pool = RawUpstream(2, 1.0)
+        resp = await pool.send("POST", srv.url + "/x", content=b"{}", headers={}, params=None)
+        for _ in range(2000):
+            if resp._conn.paused:
+                break
+            await asyncio.sleep(0.005)
+        assert resp._conn.paused
+        await asyncio.sleep(1.5)  # longer than timeout_s, all of it paused by us
+        assert await resp.read() == blob
+        await resp.close()
+        await pool.close()
