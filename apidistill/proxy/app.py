@@ -393,7 +393,8 @@ class Proxy:
         splitter = EventSplitter()
         events: list[bytes] = []
         held: list[bytes] = []
-        finished = False
+        finished = broke = False
+        pending: asyncio.Future[None] | None = None
         try:
             async for chunk in upstream.chunks():
                 for ev in splitter.feed(chunk):
@@ -409,6 +410,7 @@ class Proxy:
             finished = True
         except UpstreamError:
             rest = splitter.rest()
+            broke = True
             self.s.stats.route(ex.route).upstream_errors += 1
         finally:
             await upstream.close()
@@ -416,9 +418,10 @@ class Proxy:
                 # the client went away or the teacher broke off: the answer may be billed
                 assembled = self._assemble(ex.api, events)
                 pending = self._close(ex, 502, assembled, None, billed_unknown=True, partial=True)
-                if pending is not None:  # nobody waits: the client left or the teacher broke
+                if pending is not None and not broke:  # the client left: nobody waits
                     forget(pending, lambda exc: self._capture_error(exc))
-        if not finished:
+        if not finished:  # the teacher broke off: the cut answer's end waits for its row too
+            await self._committed(ex, pending)
             if rest:
                 yield rest
             return
