@@ -101,3 +101,35 @@ def test_a_row_that_cannot_be_written_fails_alone(tmp_path: Path) -> None:
         ids = {r[0] for r in other.execute("SELECT id FROM exchanges")}
     assert ids == {"dup", "a", "b"}
     store.close()
+
+
+def test_a_store_made_with_the_earlier_schema_still_journals_and_recovers(tmp_path: Path) -> None:
+    """Stores made before the hot-path schema (AUTOINCREMENT seq, an index on status) open,
+    take new rows after their old ones, and recover and total exactly like new stores."""
+    from apidistill.proxy import capture_store as cs
+
+    old = cs._SCHEMA.replace("seq INTEGER PRIMARY KEY,", "seq INTEGER PRIMARY KEY AUTOINCREMENT,")
+    old += "CREATE INDEX IF NOT EXISTS exchanges_status ON exchanges (status);\n"
+    assert old != cs._SCHEMA
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(old)
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    for store_path in (path, tmp_path / "new.sqlite"):
+        store = CaptureStore(store_path, Redactor())
+        for i, status in enumerate((200, None)):  # one answered, one left in flight
+            store.start(f"x{i}", route="r", api="openai", model="m", captured=True,
+                        request=body, sampling={}, policy_decision_id=None,
+                        reserved_usd=Decimal("0.5"))  # fmt: skip
+            if status:
+                store.finish(f"x{i}", http_status=status, response={"choices": []},
+                             usage={"input_tokens": 1}, cost_usd=Decimal("0.1"))  # fmt: skip
+        store.close()
+        store = CaptureStore(store_path, Redactor())
+        rec = store.recover()
+        assert (rec.in_flight, rec.at_risk_usd) == (1, Decimal("0.5"))
+        assert store.totals()[:2] == (Decimal("0.1"), Decimal("0.5"))
+        store.close()
+        with sqlite3.connect(store_path) as db:
+            seqs = [r[0] for r in db.execute("SELECT seq FROM exchanges ORDER BY seq")]
+        assert seqs == [1, 2]
