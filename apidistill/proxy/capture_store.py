@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 from apidistill.errors import DataError
 from apidistill.proxy.redact import Redactor
+from apidistill.proxy.wal_checkpoint import WalCheckpointer
 
 __all__ = ["CaptureStore", "CaptureStoreError", "CapturedExchange", "Recovery", "iter_captures"]
 
@@ -135,13 +136,21 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
 class CaptureStore:
     """The writer side; one per proxy process (single event loop, synchronous calls)."""
 
-    def __init__(self, path: str | Path, redactor: Redactor) -> None:
+    def __init__(
+        self, path: str | Path, redactor: Redactor, *, background_checkpoint: bool = False
+    ) -> None:
+        """``background_checkpoint``: WAL checkpoints on a thread of their own instead of
+        inside a commit (:mod:`apidistill.proxy.wal_checkpoint`; the proxy turns it on)."""
         self.path = Path(path)
         self.redactor = redactor
         self._db = _connect(self.path, readonly=False)
         self._db.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
         )
+        self.checkpointer: WalCheckpointer | None = None
+        if background_checkpoint:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            self.checkpointer = WalCheckpointer(self.path)
 
     def _write(self, sql: str, args: tuple[Any, ...]) -> None:
         try:
@@ -289,6 +298,8 @@ class CaptureStore:
         return out
 
     def close(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         self._db.close()
 
 

@@ -65,7 +65,9 @@ def prepare(cfg: ProxyConfig, *, say: object = print) -> ProxyState:
     need_store = (cfg.capture.enabled and policy.capture_allowed) or cfg.budget is not None
     if need_store:
         red = cfg.capture.redaction
-        state.store = CaptureStore(cfg.capture.path, Redactor(red.builtin, red.patterns))
+        state.store = CaptureStore(
+            cfg.capture.path, Redactor(red.builtin, red.patterns), background_checkpoint=True
+        )
         state.recovery = state.store.recover()
         if state.recovery.in_flight:
             emit(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -133,3 +134,29 @@ def test_a_store_made_with_the_earlier_schema_still_journals_and_recovers(tmp_pa
         with sqlite3.connect(store_path) as db:
             seqs = [r[0] for r in db.execute("SELECT seq FROM exchanges ORDER BY seq")]
         assert seqs == [1, 2]
+
+
+def test_checkpoints_run_beside_the_writer_and_lose_nothing(tmp_path: Path) -> None:
+    """With background checkpoints the writer never checkpoints in a commit (its automatic
+    checkpoint is off), the thread moves the committed pages into the database file, and
+    every row is there after close."""
+    path = tmp_path / "c.sqlite"
+    store = CaptureStore(path, Redactor(), background_checkpoint=True)
+    assert store._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    assert store.checkpointer is not None
+    store.checkpointer.interval_s = 0.01
+    for i in range(300):
+        store.start(f"x{i}", route="r", api="openai", model="m", captured=True,
+                    request={"messages": [{"role": "user", "content": "a" * 500}]}, sampling={},
+                    policy_decision_id=None, reserved_usd=None)  # fmt: skip
+    before = store.checkpointer.checkpoints
+    for _ in range(500):  # the thread runs on its own
+        if store.checkpointer.checkpoints > before + 1:
+            break
+        time.sleep(0.01)
+    assert store.checkpointer.checkpoints > before + 1
+    assert path.stat().st_size > 300 * 500  # the pages reached the database file
+    store.close()
+    assert not store.checkpointer._thread.is_alive()
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM exchanges").fetchone()[0] == 300
