@@ -1,5 +1,7 @@
 """Start the proxy: check the teacher's terms, open the capture store, restore the budget,
-report what the last run left in flight, then serve with uvicorn.
+report what the last run left in flight, then serve: with the proxy's own HTTP/1.1 front
+(:mod:`apidistill.proxy.http_front`) when httptools is installed, else (or with
+``APIDISTILL_PROXY_SERVER=uvicorn``) with uvicorn.
 
 Prints ``apidistill proxy: listening on http://HOST:PORT`` to stdout once the socket accepts
 connections (tests and scripts read the port from it, ``--port 0`` picks a free one).
@@ -122,21 +124,59 @@ def accelerators() -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str,
     return factory, loop, http
 
 
+def use_front(http_name: str) -> bool:
+    """Whether the front serves: it needs httptools; ``APIDISTILL_PROXY_SERVER=uvicorn``
+    forces uvicorn (to compare the two, or to fall back if the front misbehaves)."""
+    wanted = os.environ.get("APIDISTILL_PROXY_SERVER", "").strip().lower()
+    if wanted not in ("", "front", "uvicorn"):
+        raise ConfigError(
+            f"APIDISTILL_PROXY_SERVER={wanted!r} is not a server the proxy knows",
+            key="APIDISTILL_PROXY_SERVER",
+            hint="set it to 'front' or 'uvicorn', or unset it",
+        )
+    return wanted != "uvicorn" and http_name == "httptools"
+
+
 def serve_proxy(cfg: ProxyConfig) -> None:
-    """Serve until interrupted.
+    """Serve until interrupted (SIGINT or SIGTERM: answers in flight finish, the group
+    commit flushes, the store closes).
 
     uvicorn binds the address itself (a socket handed in with ``sockets=`` loses
     ``TCP_NODELAY`` on accepted connections: every answer then waits ~40 ms for a delayed
     ACK); the ready line is printed once it listens, with the port it got."""
-    import uvicorn
-
     state = prepare(cfg, say=lambda m: print(m, file=sys.stderr, flush=True))
     factory, loop_name, http_name = accelerators()
+    front = use_front(http_name)
     print(
-        f"apidistill proxy: event loop {loop_name}, HTTP parser {http_name}",
+        f"apidistill proxy: event loop {loop_name}, HTTP parser {http_name}, "
+        f"server {'apidistill front' if front else 'uvicorn'}",
         file=sys.stderr,
         flush=True,
     )
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            if front:
+                runner.run(_serve_front(cfg, state))
+            else:
+                runner.run(_serve_uvicorn(cfg, state, http_name))
+    finally:
+        if state.store is not None:
+            state.store.close()
+
+
+def _ready(cfg: ProxyConfig, port: int) -> None:
+    print(f"{READY_PREFIX}http://{cfg.host}:{port}", flush=True)
+
+
+async def _serve_front(cfg: ProxyConfig, state: ProxyState) -> None:
+    from apidistill.proxy.http_front import run_front
+
+    await run_front(build_app(state), cfg.host, cfg.port, lambda port: _ready(cfg, port))
+
+
+async def _serve_uvicorn(cfg: ProxyConfig, state: ProxyState, http_name: str) -> None:
+    import uvicorn
+
     server = uvicorn.Server(
         uvicorn.Config(
             FastPath(build_app(state)), host=cfg.host, port=cfg.port, log_level="warning",
@@ -148,20 +188,11 @@ def serve_proxy(cfg: ProxyConfig) -> None:
         )
     )  # fmt: skip
 
-    async def main() -> None:
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}", key="port")
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        print(f"{READY_PREFIX}http://{cfg.host}:{port}", flush=True)
-        await task
-
-    try:
-        with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(main())
-    finally:
-        if state.store is not None:
-            state.store.close()
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise ConfigError(f"cannot listen on {cfg.host}:{cfg.port}", key="port")
+        await asyncio.sleep(0.01)
+    _ready(cfg, server.servers[0].sockets[0].getsockname()[1])
+    await task
