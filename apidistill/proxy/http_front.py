@@ -263,6 +263,8 @@ class _Connection(asyncio.Protocol):
     async def _write_response(self, req: _Request, resp: Response) -> None:
         assert self.transport is not None
         if not isinstance(resp, StreamingResponse):
+            if self.transport.is_closing():
+                return  # the client left; its exchange was still settled and captured
             self._write_head(req, resp.status_code, resp.raw_headers, len(resp.body))
             self.transport.write(resp.body)
             return
@@ -337,8 +339,8 @@ class _Connection(asyncio.Protocol):
             "query_string": query,
             "root_path": "",
             "headers": req.headers,
-            "client": transport.get_extra_info("peername"),
-            "server": transport.get_extra_info("sockname"),
+            "client": _host_port(transport.get_extra_info("peername")),
+            "server": _host_port(transport.get_extra_info("sockname")),
             "state": {},
         }
         head_only = req.method == b"HEAD"
@@ -384,6 +386,11 @@ class _Connection(asyncio.Protocol):
                 transport.write(resp.body)
             else:
                 transport.close()  # the answer had begun: the client sees it cut short
+
+
+def _host_port(address: Any) -> tuple[str, int] | None:
+    """ASGI's ``(host, port)`` from a socket address (an IPv6 one has four parts)."""
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else None
 
 
 def _api_of(headers: list[tuple[bytes, bytes]]) -> Api:
