@@ -224,8 +224,7 @@ class _Connection(asyncio.Protocol):
                 if req.error is not None:
                     status, why = req.error
                     resp = error_response(_api_of(req.headers), status, f"apidistill proxy: {why}")
-                    self._write_head(req, resp.status_code, resp.raw_headers, len(resp.body))
-                    transport.write(resp.body)
+                    self._write_head(req, resp.status_code, resp.raw_headers, resp.body)
                 else:
                     await self._answer(req)
                 if not req.keep_alive:
@@ -265,8 +264,7 @@ class _Connection(asyncio.Protocol):
         if not isinstance(resp, StreamingResponse):
             if self.transport.is_closing():
                 return  # the client left; its exchange was still settled and captured
-            self._write_head(req, resp.status_code, resp.raw_headers, len(resp.body))
-            self.transport.write(resp.body)
+            self._write_head(req, resp.status_code, resp.raw_headers, resp.body)
             return
         chunked = self._write_head(req, resp.status_code, resp.raw_headers, None)
         self.streaming = True
@@ -297,9 +295,10 @@ class _Connection(asyncio.Protocol):
             await self.writable
 
     def _write_head(
-        self, req: _Request, status: int, headers: list[tuple[bytes, bytes]], length: int | None
+        self, req: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes | None
     ) -> bool:
-        """Write the status line and headers; ``True`` when the body must go chunked."""
+        """Write the status line and headers, and a whole ``body`` with them (one write, one
+        system call); ``body=None``: a stream follows, ``True`` when it must go chunked."""
         assert self.transport is not None
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASON.get(status, b"")), _Date.header()]
         has_length = False
@@ -308,9 +307,9 @@ class _Connection(asyncio.Protocol):
                 has_length = True
             parts.append(b"%b: %b\r\n" % (name, value))
         chunked = False
-        if length is not None and not has_length:
-            parts.append(b"content-length: %d\r\n" % length)
-        elif length is None and not has_length:
+        if body is not None and not has_length:
+            parts.append(b"content-length: %d\r\n" % len(body))
+        elif body is None and not has_length:
             if req.version == "1.1":
                 chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
@@ -319,6 +318,8 @@ class _Connection(asyncio.Protocol):
         if not req.keep_alive:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
+        if body:
+            parts.append(body)
         self.transport.write(b"".join(parts))
         return chunked
 
@@ -364,13 +365,17 @@ class _Connection(asyncio.Protocol):
             if message["type"] == "http.response.start":
                 started.update(message)
                 return
+            more = message.get("more_body", False)
             if not head_written:  # the head goes with the first body part
                 head_written = True
-                more = message.get("more_body", False)
-                length = None if more else len(message.get("body", b""))
                 headers = list(started.get("headers", []))
-                chunked = self._write_head(req, started["status"], headers, length)
+                whole = None if more else message.get("body", b"")
+                # HEAD: the app's headers (its content-length is GET's), no body
+                body = b"" if head_only and whole is not None else whole
+                chunked = self._write_head(req, started["status"], headers, body)
                 chunked = chunked and not head_only
+                if whole is not None:
+                    return
             if not head_only:
                 await self._write_chunk(message.get("body", b""), chunked)
                 if chunked and not message.get("more_body", False):
@@ -382,8 +387,7 @@ class _Connection(asyncio.Protocol):
             log.exception("the proxy's app failed on %s %s", scope["method"], scope["path"])
             if not head_written and not transport.is_closing():
                 resp = error_response(_api_of(req.headers), 500, "apidistill proxy: internal error")
-                self._write_head(req, 500, resp.raw_headers, len(resp.body))
-                transport.write(resp.body)
+                self._write_head(req, 500, resp.raw_headers, resp.body)
             else:
                 transport.close()  # the answer had begun: the client sees it cut short
 

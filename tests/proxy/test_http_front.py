@@ -209,8 +209,10 @@ def test_client_gone_mid_stream_cancels_the_relay(start_proxy, tmp_path: Path) -
         body = json.loads(_CHAT) | {"stream": True}
         with _connect(proxy) as sock:
             sock.sendall(_post(json.dumps(body).encode()))
-            first = sock.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200") and b"data: " in first
+            first = b""
+            while b"data: " not in first:  # the head, then the first event
+                first += sock.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
         # the teacher's next event is 10 s away: a relay that waited for it to notice the
         # disconnect would leave the row 'started' that long; the front cancels it at once
         for _ in range(100):
@@ -296,3 +298,14 @@ def test_uvicorn_on_request(start_proxy, tmp_path: Path) -> None:
             [(status, headers, _)] = _Answers(sock).read(1)
     assert status == 200 and headers["server"] == "uvicorn"
     assert "server uvicorn" in proxy.log()
+
+
+def test_head_gets_the_headers_without_a_body(front: ProxyProcess) -> None:
+    with _connect(front) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b""
+    assert int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
