@@ -200,7 +200,8 @@ class _Connection(asyncio.Protocol):
         self.discard = True
         assert self.transport is not None
         self.transport.pause_reading()
-        self._enqueue(_Request(b"", b"", "1.1", [], b"", False, (status, why)))
+        # the headers read so far pick the error's envelope (Anthropic's SDK sends its version)
+        self._enqueue(_Request(b"", b"", "1.1", self.headers, b"", False, (status, why)))
 
     def _enqueue(self, req: _Request) -> None:
         self.pending.append(req)

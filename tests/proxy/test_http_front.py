@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from apidistill.proxy.http_front import MAX_BODY, FrontServer
+from apidistill.proxy.http_front import IDLE_S, MAX_BODY, FrontServer
 from apidistill.testing.proxy_process import ProxyProcess
 from apidistill.testing.proxy_teacher import ProxyTeacherProcess
 from tests.proxy.conftest import CLIENT_KEY, proxy_settings
@@ -198,6 +198,15 @@ def test_a_413_comes_before_the_body_is_sent(front: ProxyProcess) -> None:
     assert status == 413
 
 
+def test_an_anthropic_client_gets_its_413_in_anthropic_s_envelope(front: ProxyProcess) -> None:
+    with _connect(front) as sock:
+        sock.sendall(b"POST /v1/messages HTTP/1.1\r\nanthropic-version: 2023-06-01\r\n"
+                     b"content-length: %d\r\n\r\n" % (MAX_BODY + 1))  # fmt: skip
+        [(status, _, body)] = _Answers(sock).read(1)
+    assert status == 413
+    assert json.loads(body)["error"]["type"] == "request_too_large"
+
+
 def _row_status(path: Path) -> tuple[Any, ...]:
     with sqlite3.connect(path) as db:
         return db.execute("SELECT status, cost_usd, reserved_usd FROM exchanges").fetchone()
@@ -309,3 +318,27 @@ def test_head_gets_the_headers_without_a_body(front: ProxyProcess) -> None:
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b""
     assert int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) > 0
+
+
+def test_idle_keep_alive_connections_are_closed_busy_ones_are_not() -> None:
+    app = Starlette(routes=[Route("/ping", lambda r: PlainTextResponse("pong"))])
+    app.state.proxy = _Failing()
+
+    async def main() -> tuple[bytes, bool]:
+        front = FrontServer(app, asyncio.get_running_loop())
+        port = await front.listen("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ping HTTP/1.1\r\nhost: x\r\n\r\n")
+        await reader.readuntil(b"pong")
+        [conn] = front.connections
+        front.sweep_idle()  # just answered: stays open
+        still_open = conn in front.connections and not conn.transport.is_closing()
+        conn.last_active -= IDLE_S + 1  # as if the client had said nothing for IDLE_S
+        front.sweep_idle()
+        rest = await asyncio.wait_for(reader.read(), 30)  # end-of-file: the server closed
+        writer.close()
+        await front.stop()
+        return rest, still_open
+
+    rest, still_open = asyncio.run(main())
+    assert rest == b"" and still_open
