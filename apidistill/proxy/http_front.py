@@ -267,17 +267,17 @@ class _Connection(asyncio.Protocol):
                 return  # the client left; its exchange was still settled and captured
             self._write_head(req, resp.status_code, resp.raw_headers, resp.body)
             return
-        chunked = self._write_head(req, resp.status_code, resp.raw_headers, None)
         self.streaming = True
         iterator = resp.body_iterator
         try:
-            if self.transport.is_closing():  # gone before the first byte: stop the relay
-                raise asyncio.CancelledError
-            async for chunk in iterator:
-                data = chunk if isinstance(chunk, bytes) else bytes(chunk, resp.charset)
-                await self._write_chunk(data, chunked)
-            if chunked:
-                self.transport.write(b"0\r\n\r\n")
+            # a client gone before the head: nothing to write, the relay is closed below
+            if not self.transport.is_closing():
+                chunked = self._write_head(req, resp.status_code, resp.raw_headers, None)
+                async for chunk in iterator:
+                    data = chunk if isinstance(chunk, bytes) else bytes(chunk, resp.charset)
+                    await self._write_chunk(data, chunked)
+                if chunked and not self.transport.is_closing():
+                    self.transport.write(b"0\r\n\r\n")
         except asyncio.CancelledError:
             if not self.lost.done():
                 raise  # a stop from elsewhere (server shutdown): not a client disconnect
@@ -299,8 +299,11 @@ class _Connection(asyncio.Protocol):
         self, req: _Request, status: int, headers: list[tuple[bytes, bytes]], body: bytes | None
     ) -> bool:
         """Write the status line and headers, and a whole ``body`` with them (one write, one
-        system call); ``body=None``: a stream follows, ``True`` when it must go chunked."""
+        system call); ``body=None``: a stream follows, ``True`` when it must go chunked.
+        Nothing to a closed connection (uvloop raises on a write to one)."""
         assert self.transport is not None
+        if self.transport.is_closing():
+            return False
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, _REASON.get(status, b"")), _Date.header()]
         has_length = False
         for name, value in headers:
@@ -379,7 +382,7 @@ class _Connection(asyncio.Protocol):
                     return
             if not head_only:
                 await self._write_chunk(message.get("body", b""), chunked)
-                if chunked and not message.get("more_body", False):
+                if chunked and not more and not transport.is_closing():
                     transport.write(b"0\r\n\r\n")
 
         try:
