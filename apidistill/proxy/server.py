@@ -18,7 +18,8 @@ from apidistill.costs.budget import Budget, format_usd
 from apidistill.costs.prices import price_for_teacher
 from apidistill.errors import ConfigError, PolicyDenied, register_secret
 from apidistill.policy.engine import decide_for_teacher, enforce
-from apidistill.proxy.app import FastPath, PolicyView, ProxyState, build_app
+from apidistill.proxy.app import PolicyView, ProxyState, build_app
+from apidistill.proxy.asgi_fast import FastPath
 from apidistill.proxy.capture_store import CaptureStore
 from apidistill.proxy.config import ProxyConfig
 from apidistill.proxy.enrich import enrich_top_k
