@@ -52,11 +52,17 @@ from apidistill.proxy.upstream import Upstream, UpstreamError, UpstreamResponse,
 from apidistill.records import Usage
 from apidistill.teachers.openai import sampling_settings
 
-__all__ = ["Incoming", "Proxy", "ProxyState", "build_app"]
+__all__ = ["FORWARDED", "Incoming", "Proxy", "ProxyState", "build_app"]
 
 log = logging.getLogger("apidistill.proxy")
 _ALIAS = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _DEFAULT_ROOTS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+# the two forwarded routes: path -> (the API it speaks, the teacher's path); the servers'
+# fast paths (asgi_fast.FastPath under uvicorn, http_front) look requests up here
+FORWARDED: dict[str, tuple[Api, str]] = {
+    "/v1/chat/completions": ("openai", "/v1/chat/completions"),
+    "/v1/messages": ("anthropic", "/v1/messages"),
+}
 _ANTHROPIC_SAMPLING = ("temperature", "top_p", "top_k", "max_tokens", "stop_sequences", "thinking")
 
 

@@ -13,8 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.responses import Response, StreamingResponse
 
-from apidistill.proxy.app import Incoming, Proxy
-from apidistill.proxy.shapes import Api
+from apidistill.proxy.app import FORWARDED, Incoming, Proxy
 
 __all__ = ["FastPath", "send_response"]
 
@@ -30,19 +29,12 @@ class FastPath:
 
     def __init__(self, app: Starlette) -> None:
         self.app = app
-        proxy: Proxy = app.state.proxy
-        self._routes: dict[str, tuple[Api, str]] = {
-            "/v1/chat/completions": ("openai", "/v1/chat/completions"),
-            "/v1/messages": ("anthropic", "/v1/messages"),
-        }
-        self._proxy = proxy
-        self.fast = 0  # requests that took the fast path
+        self._proxy: Proxy = app.state.proxy
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            route = self._routes.get(scope["path"])
+            route = FORWARDED.get(scope["path"])
             if route is not None:
-                self.fast += 1
                 message = await receive()
                 body = message.get("body", b"")
                 if message.get("more_body"):

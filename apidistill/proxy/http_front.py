@@ -34,7 +34,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response, StreamingResponse
 
 from apidistill.errors import ConfigError
-from apidistill.proxy.app import Incoming, Proxy
+from apidistill.proxy.app import FORWARDED, Incoming, Proxy
 from apidistill.proxy.shapes import Api, error_response
 
 __all__ = ["MAX_BODY", "FrontServer", "run_front"]
@@ -43,10 +43,7 @@ log = logging.getLogger("apidistill.proxy")
 MAX_BODY = 64 * 1024 * 1024  # a request body over this gets a 413
 MAX_HEAD = 64 * 1024  # request line + headers over this get a 431
 IDLE_S = 30.0  # a keep-alive connection with nothing in flight is closed after this
-_FAST: dict[bytes, tuple[Api, str]] = {
-    b"/v1/chat/completions": ("openai", "/v1/chat/completions"),
-    b"/v1/messages": ("anthropic", "/v1/messages"),
-}
+_FAST: dict[bytes, tuple[Api, str]] = {path.encode(): route for path, route in FORWARDED.items()}
 _REASON = {s.value: s.phrase.encode() for s in HTTPStatus}
 _PAUSE_AT = 32  # parsed requests waiting in one connection before it stops reading
 

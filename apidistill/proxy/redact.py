@@ -123,8 +123,9 @@ class Redactor:
 
     def _text(self, value: str, secrets: tuple[str, ...]) -> str:
         # Each rule runs only where it can match: an e-mail needs an '@', a phone or card
-        # number a digit, a key shape one of its prefixes (most strings in a record, keys included, have neither). The
-        # result is the same as running every rule; this is the proxy's hot path.
+        # number a digit, a key shape one of its prefixes (most strings in a record, keys
+        # included, have none of them). The result is the same as running every rule; this
+        # is the proxy's hot path.
         spans: list[tuple[int, int, str]] = []
         if "api_key" in self.builtin:
             for secret in secrets:
